@@ -1,7 +1,7 @@
 #include "tests/integration/cluster_client.h"
 
 #include <cstdlib>
-#include <fstream>
+#include <random>
 #include <stdexcept>
 
 namespace ephemera::testing {
@@ -14,33 +14,47 @@ TestCluster TestCluster::FromEnvironment() {
   return TestCluster(dir);
 }
 
-TestCluster::TestCluster(std::string dir) : dir_(std::move(dir)) {
-  std::ifstream port_file(dir_ + "/ports/apiserver");
-  std::string port;
-  if (!(port_file >> port)) throw std::runtime_error("no cluster at " + dir_);
-  server_ = "https://127.0.0.1:" + port;
+TestCluster::TestCluster(std::string dir)
+    : dir_(std::move(dir)), kubeconfig_(dir_ + "/kubeconfig") {}
+
+apiclient::RestConfig TestCluster::AdminConfig() const {
+  auto config = apiclient::LoadKubeconfig(kubeconfig_);
+  if (!config.ok()) throw std::runtime_error(config.status().ToString());
+  return *config;
 }
 
-Response TestCluster::Request(const web::http::method& method, const std::string& path,
-                              const nlohmann::json* body) const {
-  web::http::client::http_client_config config;
-  config.set_validate_certificates(true);
-  const std::string pki = dir_ + "/pki/";
-  config.set_ssl_context_callback([pki](boost::asio::ssl::context& ctx) {
-    ctx.load_verify_file(pki + "ca.crt");
-    ctx.use_certificate_file(pki + "admin.crt", boost::asio::ssl::context::pem);
-    ctx.use_private_key_file(pki + "admin.key", boost::asio::ssl::context::pem);
-  });
-  web::http::client::http_client client(server_, config);
-  web::http::http_request request(method);
-  request.set_request_uri(path);
-  if (body != nullptr) request.set_body(body->dump(), "application/json");
-  auto response = client.request(request).get();
-  Response out;
-  out.status = response.status_code();
-  const std::string text = response.extract_utf8string(true).get();
-  if (!text.empty()) out.body = nlohmann::json::parse(text, nullptr, false);
-  return out;
+std::shared_ptr<apiclient::RestClient> TestCluster::AdminClient(double qps, int burst) const {
+  auto config = AdminConfig();
+  config.qps = qps;
+  config.burst = burst;
+  config.user_agent = "ephemera-tests";
+  auto client = apiclient::RestClient::New(config);
+  if (!client.ok()) throw std::runtime_error(client.status().ToString());
+  return *client;
+}
+
+std::string TestCluster::CreateNamespace(const std::string& prefix) const {
+  const std::string name = prefix + "-" + RandomSuffix();
+  auto created = AdminClient()->Create(
+      apiclient::resources::kNamespaces, "",
+      {{"apiVersion", "v1"}, {"kind", "Namespace"}, {"metadata", {{"name", name}}}});
+  if (!created.ok()) throw std::runtime_error(created.status().ToString());
+  return name;
+}
+
+bool TestCluster::CompactEtcd() const {
+  const std::string command =
+      std::string(EPHEMERA_SOURCE_DIR) + "/tests/cluster/etcd-compact '" + dir_ + "' > /dev/null";
+  return std::system(command.c_str()) == 0;  // NOLINT(concurrency-mt-unsafe,cert-env33-c)
+}
+
+std::string RandomSuffix() {
+  static thread_local std::mt19937 rng{std::random_device{}()};
+  static constexpr char kChars[] = "abcdefghijklmnopqrstuvwxyz0123456789";
+  std::string s;
+  for (int i = 0; i < 6; ++i)
+    s += kChars[rng() % 36];
+  return s;
 }
 
 }  // namespace ephemera::testing

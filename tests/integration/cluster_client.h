@@ -1,35 +1,37 @@
-// A minimal HTTPS client for the test cluster that scripts/cluster starts: it talks to the
-// cluster's kube-apiserver as the cluster admin, with the cluster's CA verified. For tests only;
-// the product's client lives in apiclient/.
+// The test cluster that scripts/cluster started for this suite (the ctest fixture puts its
+// directory in $EPHEMERA_TEST_CLUSTER), and API clients for it.
 #pragma once
 
-#include <cpprest/http_client.h>
-
-#include <nlohmann/json.hpp>
+#include <memory>
 #include <string>
+
+#include "apiclient/rest_client.h"
 
 namespace ephemera::testing {
 
-struct Response {
-  int status = 0;
-  nlohmann::json body;
-};
-
 class TestCluster {
  public:
-  // Reads the cluster from the directory in $EPHEMERA_TEST_CLUSTER (the ctest fixture sets it).
+  // Throws when $EPHEMERA_TEST_CLUSTER is unset or holds no cluster: run the test through ctest.
   static TestCluster FromEnvironment();
-  explicit TestCluster(std::string dir);
 
   const std::string& dir() const { return dir_; }
-  const std::string& server() const { return server_; }
-
-  Response Request(const web::http::method& method, const std::string& path,
-                   const nlohmann::json* body = nullptr) const;
+  const std::string& kubeconfig() const { return kubeconfig_; }
+  // The cluster-admin config; tests may change qps/burst before making a client.
+  apiclient::RestConfig AdminConfig() const;
+  // A client as cluster admin with the given client-side rate limit.
+  std::shared_ptr<apiclient::RestClient> AdminClient(double qps = 100, int burst = 200) const;
+  // A fresh namespace for one test (it goes with the suite's cluster).
+  std::string CreateNamespace(const std::string& prefix) const;
+  // Compacts etcd at its current revision (tests/cluster/etcd-compact): every older
+  // resourceVersion is gone. ConfigMaps bypass the watch cache, so their watches see 410 at once.
+  bool CompactEtcd() const;
 
  private:
+  explicit TestCluster(std::string dir);
   std::string dir_;
-  std::string server_;
+  std::string kubeconfig_;
 };
+
+std::string RandomSuffix();
 
 }  // namespace ephemera::testing

@@ -1,0 +1,263 @@
+#include "apiclient/config.h"
+
+#include <sys/stat.h>
+#include <yaml-cpp/yaml.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+
+namespace ephemera::apiclient {
+namespace {
+
+StatusOr<std::string> ReadFile(const std::string& path, const std::string& what) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return Status::NotFound("cannot read " + what + " " + path);
+  std::ostringstream buf;
+  buf << in.rdbuf();
+  return buf.str();
+}
+
+std::string Resolve(const std::string& base_dir, const std::string& path) {
+  if (path.empty() || path[0] == '/' || base_dir.empty()) return path;
+  return base_dir + "/" + path;
+}
+
+// The named entry of a kubeconfig list (clusters, users, contexts): [{name: x, <key>: {...}}].
+StatusOr<YAML::Node> FindNamed(const YAML::Node& root, const char* list, const char* key,
+                               const std::string& name) {
+  const YAML::Node entries = root[list];
+  if (entries && entries.IsSequence()) {
+    for (const auto& entry : entries) {
+      if (entry.IsMap() && entry["name"] && entry["name"].as<std::string>() == name) {
+        const YAML::Node value = entry[key];
+        if (!value || !value.IsMap()) {
+          return Status::InvalidArgument(std::string(list) + " entry \"" + name + "\" has no " +
+                                         key + " map");
+        }
+        return value;
+      }
+    }
+  }
+  return Status::InvalidArgument(std::string("no entry named \"") + name + "\" in " + list);
+}
+
+std::string Str(const YAML::Node& map, const char* key) {
+  const YAML::Node v = map[key];
+  return v && v.IsScalar() ? v.as<std::string>() : std::string();
+}
+
+// Either KEY-data (base64) or KEY (a file path). Empty when neither is set.
+StatusOr<std::string> DataOrFile(const YAML::Node& map, const std::string& key,
+                                 const std::string& base_dir) {
+  const std::string data = Str(map, (key + "-data").c_str());
+  if (!data.empty()) {
+    auto decoded = Base64Decode(data);
+    if (!decoded.ok()) return decoded.status().WithContext(key + "-data");
+    return decoded;
+  }
+  const std::string file = Str(map, key.c_str());
+  if (file.empty()) return std::string();
+  return ReadFile(Resolve(base_dir, file), key);
+}
+
+}  // namespace
+
+StatusOr<std::string> Base64Decode(std::string_view in) {
+  auto value = [](char c) -> int {
+    if (c >= 'A' && c <= 'Z') return c - 'A';
+    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+    if (c >= '0' && c <= '9') return c - '0' + 52;
+    if (c == '+') return 62;
+    if (c == '/') return 63;
+    return -1;
+  };
+  std::string out;
+  uint32_t acc = 0;
+  int bits = 0;
+  bool padding = false;
+  for (char c : in) {
+    if (c == ' ' || c == '\n' || c == '\r' || c == '\t') continue;
+    if (c == '=') {
+      padding = true;
+      continue;
+    }
+    const int v = value(c);
+    if (v < 0 || padding) return Status::InvalidArgument("invalid base64");
+    acc = (acc << 6) | static_cast<uint32_t>(v);
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      out += static_cast<char>((acc >> bits) & 0xff);
+    }
+  }
+  if (bits >= 6) return Status::InvalidArgument("invalid base64 length");
+  return out;
+}
+
+StatusOr<std::string> TokenFile::Token() {
+  std::lock_guard<std::mutex> lock(mu_);
+  const auto now = std::chrono::steady_clock::now();
+  if (mtime_ns_ >= 0 && now - checked_ < std::chrono::seconds(1)) return token_;
+  checked_ = now;
+  struct stat st {};
+  if (stat(path_.c_str(), &st) != 0) {
+    if (mtime_ns_ >= 0) return token_;  // Keep the last token while the file is being replaced.
+    return Status::Unauthenticated("cannot read token file " + path_);
+  }
+  const int64_t mtime = int64_t{st.st_mtim.tv_sec} * 1000000000 + st.st_mtim.tv_nsec;
+  if (mtime == mtime_ns_) return token_;
+  auto text = ReadFile(path_, "token file");
+  if (!text.ok()) {
+    if (mtime_ns_ >= 0) return token_;
+    return Status::Unauthenticated(text.status().message());
+  }
+  std::string token = *text;
+  while (!token.empty() && (token.back() == '\n' || token.back() == '\r' || token.back() == ' ')) {
+    token.pop_back();
+  }
+  token_ = std::move(token);
+  mtime_ns_ = mtime;
+  return token_;
+}
+
+StatusOr<std::string> RestConfig::CurrentToken() const {
+  if (token_file) return token_file->Token();
+  return bearer_token;
+}
+
+std::string RestConfig::DescribeForLog() const {
+  std::string auth;
+  if (!client_cert_pem.empty()) auth = "client certificate";
+  if (!bearer_token.empty()) auth += auth.empty() ? "bearer token" : " + bearer token";
+  if (token_file) auth += (auth.empty() ? "token file " : " + token file ") + token_file->path();
+  if (auth.empty()) auth = "anonymous";
+  return "server " + server + ", auth: " + auth + (ca_pem.empty() ? ", system CAs" : ", custom CA");
+}
+
+StatusOr<RestConfig> ParseKubeconfig(const std::string& text, const std::string& base_dir,
+                                     const std::string& context_flag) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(text);
+  } catch (const YAML::Exception& e) {
+    return Status::InvalidArgument(std::string("kubeconfig is not valid YAML: ") + e.what());
+  }
+  if (!root.IsMap()) return Status::InvalidArgument("kubeconfig is not a YAML map");
+  try {
+    const std::string context_name =
+        context_flag.empty() ? Str(root, "current-context") : context_flag;
+    if (context_name.empty()) {
+      return Status::InvalidArgument("kubeconfig has no current-context and none was given");
+    }
+    auto context = FindNamed(root, "contexts", "context", context_name);
+    if (!context.ok()) return context.status().WithContext("kubeconfig");
+    const std::string cluster_name = Str(*context, "cluster");
+    const std::string user_name = Str(*context, "user");
+    auto cluster = FindNamed(root, "clusters", "cluster", cluster_name);
+    if (!cluster.ok()) return cluster.status().WithContext("kubeconfig");
+
+    RestConfig config;
+    config.server = Str(*cluster, "server");
+    if (config.server.rfind("https://", 0) != 0) {
+      return Status::InvalidArgument("kubeconfig: cluster \"" + cluster_name +
+                                     "\" server must be an https:// URL, not \"" +
+                                     config.server.substr(0, 100) + "\"");
+    }
+    while (!config.server.empty() && config.server.back() == '/')
+      config.server.pop_back();
+    if (Str(*cluster, "insecure-skip-tls-verify") == "true") {
+      return Status::InvalidArgument(
+          "kubeconfig: cluster \"" + cluster_name +
+          "\" sets insecure-skip-tls-verify; ephemera always verifies the server certificate");
+    }
+    config.tls_server_name = Str(*cluster, "tls-server-name");
+    auto ca = DataOrFile(*cluster, "certificate-authority", base_dir);
+    if (!ca.ok()) return ca.status().WithContext("kubeconfig cluster \"" + cluster_name + "\"");
+    config.ca_pem = *ca;
+
+    if (!user_name.empty()) {
+      auto user = FindNamed(root, "users", "user", user_name);
+      if (!user.ok()) return user.status().WithContext("kubeconfig");
+      const std::string where = "kubeconfig user \"" + user_name + "\"";
+      if ((*user)["exec"]) {
+        return Status::Unimplemented(where +
+                                     " uses an exec credential plugin, which ephemera does not "
+                                     "run; use a token, a token file or a client certificate");
+      }
+      if ((*user)["auth-provider"]) {
+        return Status::Unimplemented(where + " uses an auth-provider, which is not supported");
+      }
+      if ((*user)["username"] || (*user)["password"]) {
+        return Status::Unimplemented(where + " uses basic auth, which is not supported");
+      }
+      auto cert = DataOrFile(*user, "client-certificate", base_dir);
+      if (!cert.ok()) return cert.status().WithContext(where);
+      auto key = DataOrFile(*user, "client-key", base_dir);
+      if (!key.ok()) return key.status().WithContext(where);
+      if (cert->empty() != key->empty()) {
+        return Status::InvalidArgument(where + " needs both a client certificate and its key");
+      }
+      config.client_cert_pem = *cert;
+      config.client_key_pem = *key;
+      config.bearer_token = Str(*user, "token");
+      const std::string token_file = Str(*user, "tokenFile");
+      if (config.bearer_token.empty() && !token_file.empty()) {
+        config.token_file = std::make_shared<TokenFile>(Resolve(base_dir, token_file));
+      }
+    }
+    return config;
+  } catch (const YAML::Exception& e) {
+    return Status::InvalidArgument(std::string("kubeconfig has an unexpected shape: ") + e.what());
+  }
+}
+
+StatusOr<RestConfig> LoadKubeconfig(const std::string& path, const std::string& context) {
+  auto text = ReadFile(path, "kubeconfig");
+  if (!text.ok()) return text.status();
+  const auto slash = path.rfind('/');
+  const std::string base_dir = slash == std::string::npos ? "." : path.substr(0, slash);
+  auto config = ParseKubeconfig(*text, base_dir, context);
+  if (!config.ok()) return config.status().WithContext(path);
+  return config;
+}
+
+StatusOr<RestConfig> InClusterConfig(const std::string& sa_dir) {
+  const char* host = std::getenv("KUBERNETES_SERVICE_HOST");  // NOLINT(concurrency-mt-unsafe)
+  const char* port = std::getenv("KUBERNETES_SERVICE_PORT");  // NOLINT(concurrency-mt-unsafe)
+  if (host == nullptr || port == nullptr || *host == '\0' || *port == '\0') {
+    return Status::FailedPrecondition(
+        "not running in a pod: KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT are not set");
+  }
+  RestConfig config;
+  const std::string h = host;
+  // An IPv6 address needs brackets in a URL.
+  config.server = "https://" + (h.find(':') != std::string::npos ? "[" + h + "]" : h) + ":" + port;
+  auto ca = ReadFile(sa_dir + "/ca.crt", "service account CA");
+  if (!ca.ok()) return ca.status();
+  config.ca_pem = *ca;
+  config.token_file = std::make_shared<TokenFile>(sa_dir + "/token");
+  auto token = config.token_file->Token();
+  if (!token.ok()) return token.status();
+  return config;
+}
+
+StatusOr<RestConfig> LoadConfig(const std::string& kubeconfig_flag, const std::string& context) {
+  if (!kubeconfig_flag.empty()) return LoadKubeconfig(kubeconfig_flag, context);
+  const char* env = std::getenv("KUBECONFIG");  // NOLINT(concurrency-mt-unsafe)
+  if (env != nullptr && *env != '\0') {
+    std::string first(env);
+    first = first.substr(0, first.find(':'));  // The first file of a KUBECONFIG list.
+    return LoadKubeconfig(first, context);
+  }
+  if (std::getenv("KUBERNETES_SERVICE_HOST") != nullptr) {  // NOLINT(concurrency-mt-unsafe)
+    return InClusterConfig();
+  }
+  const char* home = std::getenv("HOME");  // NOLINT(concurrency-mt-unsafe)
+  if (home == nullptr) {
+    return Status::FailedPrecondition("no --kubeconfig, no $KUBECONFIG, not in a pod, no $HOME");
+  }
+  return LoadKubeconfig(std::string(home) + "/.kube/config", context);
+}
+
+}  // namespace ephemera::apiclient

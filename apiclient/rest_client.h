@@ -1,0 +1,85 @@
+// RestClient: ApiClient over HTTPS with cpprestsdk.
+//
+// - TLS: the server certificate is verified against the config's CA (or the system's), for the
+//   host of the server URL; client certificates and bearer tokens authenticate us.
+// - A client-side token bucket (RestConfig::qps / burst) paces every request, as client-go does.
+// - Retries: responses with Retry-After (429, and 5xx that carry it) are retried after the delay
+//   the server asks for (at most 10 times, each wait capped at 10 s); transport failures of reads
+//   (GET, LIST) are retried 3 times with backoff. Writes are not retried on transport failures,
+//   since they may have been applied.
+// - Connections are kept alive and pooled by the underlying http_client.
+// - Watches are streamed: each event reaches WatchStream::Next() as soon as its line arrives.
+//
+// Thread safety: all methods may be called concurrently.
+#pragma once
+
+#include <atomic>
+#include <functional>
+#include <memory>
+
+#include "apiclient/client.h"
+#include "apiclient/config.h"
+#include "apiclient/rate_limiter.h"
+
+namespace web::http::client {
+class http_client;
+}
+
+namespace ephemera::apiclient {
+
+// Called after every request with the verb ("GET", "LIST", "WATCH", "POST", ...), the HTTP code
+// (0 for a transport failure) and the duration in seconds. For metrics.
+using RequestObserver = std::function<void(std::string_view verb, int code, double seconds)>;
+
+class RestClient final : public ApiClient {
+ public:
+  // Fails with INVALID_ARGUMENT when the config's certificates or keys cannot be loaded.
+  static StatusOr<std::shared_ptr<RestClient>> New(RestConfig config,
+                                                   RequestObserver observer = nullptr);
+  ~RestClient() override;
+
+  // ApiClient
+  StatusOr<ObjectPtr> Get(const Resource& resource, const std::string& ns,
+                          const std::string& name) override;
+  StatusOr<ListResult> List(const Resource& resource, const std::string& ns,
+                            const ListOptions& options) override;
+  StatusOr<ObjectPtr> Create(const Resource& resource, const std::string& ns,
+                             const Object& object) override;
+  StatusOr<ObjectPtr> Update(const Resource& resource, const std::string& ns,
+                             const Object& object) override;
+  StatusOr<ObjectPtr> UpdateStatus(const Resource& resource, const std::string& ns,
+                                   const Object& object) override;
+  StatusOr<ObjectPtr> MergePatch(const Resource& resource, const std::string& ns,
+                                 const std::string& name, const Object& patch) override;
+  StatusOr<ObjectPtr> Apply(const Resource& resource, const std::string& ns, const Object& object,
+                            const std::string& field_manager, bool force) override;
+  Status Delete(const Resource& resource, const std::string& ns, const std::string& name,
+                const DeleteOptions& options) override;
+  StatusOr<WatchStreamPtr> Watch(const Resource& resource, const std::string& ns,
+                                 const WatchOptions& options) override;
+
+  const RestConfig& config() const { return config_; }
+
+ private:
+  struct RawResponse {
+    int code = 0;
+    std::string body;
+  };
+  RestClient(RestConfig config, RequestObserver observer);
+
+  // One request with rate limiting and retries. `path` includes the query string.
+  StatusOr<RawResponse> Do(std::string_view method, std::string_view verb, const std::string& path,
+                           const std::string* body, std::string_view content_type);
+  // Do() and then an object from a 2xx body, or the mapped error.
+  StatusOr<ObjectPtr> DoObject(std::string_view method, std::string_view verb,
+                               const std::string& path, const std::string* body,
+                               std::string_view content_type);
+  Status AddAuth(void* request) const;  // web::http::http_request*
+
+  const RestConfig config_;
+  const RequestObserver observer_;
+  TokenBucket limiter_;
+  std::unique_ptr<web::http::client::http_client> client_;
+};
+
+}  // namespace ephemera::apiclient
