@@ -78,7 +78,7 @@ std::set<std::string> ServerNames(apiclient::ApiClient& client, const std::strin
   return names;
 }
 
-TEST_CASE("Informer: syncs, then delivers adds, updates and deletes; indexes and trims",
+TEST_CASE("Informer: syncs; then delivers adds; updates and deletes; indexes and trims",
           "[cluster][informer]") {
   const TestCluster cluster = TestCluster::FromEnvironment();
   auto client = cluster.AdminClient();

@@ -27,7 +27,7 @@ Object ConfigMap(const std::string& ns, const std::string& name, const std::stri
           {"data", {{"value", value}}}};
 }
 
-TEST_CASE("RestClient: update, conflict, merge patch, apply, status, delete", "[cluster]") {
+TEST_CASE("RestClient: update; conflict; merge patch; apply; status; delete", "[cluster]") {
   const TestCluster cluster = TestCluster::FromEnvironment();
   auto client = cluster.AdminClient();
   const std::string ns = cluster.CreateNamespace("verbs");
@@ -85,7 +85,7 @@ TEST_CASE("RestClient: update, conflict, merge patch, apply, status, delete", "[
   CHECK(apiclient::IsInvalid(client->Get(kConfigMaps, "a/b", "x").status()));
 }
 
-TEST_CASE("RestClient: list pagination over 2,000 objects", "[cluster]") {
+TEST_CASE("RestClient: list pagination over 2000 objects", "[cluster]") {
   const TestCluster cluster = TestCluster::FromEnvironment();
   auto client = cluster.AdminClient(/*qps=*/0, /*burst=*/0);  // No client-side limit.
   const std::string ns = cluster.CreateNamespace("paging");
