@@ -1,5 +1,7 @@
 #include "apiclient/informer.h"
 
+#include <malloc.h>
+
 #include <random>
 
 #include "apiclient/errors.h"
@@ -187,6 +189,8 @@ void Informer::Run() {
         std::lock_guard<std::mutex> lock(mu_);
         resource_version_ = version;
       }
+      // A large list leaves freed pages behind in the allocator; give them back to the system.
+      malloc_trim(0);
       if (!synced_.exchange(true)) cv_.notify_all();
       need_list = false;
       failures = 0;

@@ -2,6 +2,7 @@
 
 #include <cpprest/containerstream.h>
 #include <cpprest/http_client.h>
+#include <pplx/threadpool.h>
 
 #include <boost/asio/ssl.hpp>
 #include <chrono>
@@ -68,12 +69,12 @@ Status CheckNames(const std::string& ns, const std::string& name, const Resource
   return Status::Ok();
 }
 
-StatusOr<ObjectPtr> ParseObject(const std::string& body, std::string_view what) {
+StatusOr<Object> ParseJson(const std::string& body, std::string_view what) {
   auto parsed = nlohmann::json::parse(body, nullptr, /*allow_exceptions=*/false);
   if (parsed.is_discarded() || !parsed.is_object()) {
     return Status::Internal(std::string(what) + ": the server's answer is not a JSON object");
   }
-  return std::make_shared<const Object>(std::move(parsed));
+  return parsed;
 }
 
 std::string ObjectNamespace(const Object& object, const std::string& ns) {
@@ -289,14 +290,22 @@ StatusOr<RestClient::RawResponse> RestClient::Do(std::string_view method, std::s
   }
 }
 
-StatusOr<ObjectPtr> RestClient::DoObject(std::string_view method, std::string_view verb,
-                                         const std::string& path, const std::string* body,
-                                         std::string_view content_type) {
+StatusOr<Object> RestClient::DoJson(std::string_view method, std::string_view verb,
+                                    const std::string& path, const std::string* body,
+                                    std::string_view content_type) {
   auto raw = Do(method, verb, path, body, content_type);
   if (!raw.ok()) return raw.status();
   const std::string what = std::string(verb) + " " + path.substr(0, path.find('?'));
   if (raw->code < 200 || raw->code >= 300) return StatusFromHttp(raw->code, raw->body, what);
-  return ParseObject(raw->body, what);
+  return ParseJson(raw->body, what);
+}
+
+StatusOr<ObjectPtr> RestClient::DoObject(std::string_view method, std::string_view verb,
+                                         const std::string& path, const std::string* body,
+                                         std::string_view content_type) {
+  auto json = DoJson(method, verb, path, body, content_type);
+  if (!json.ok()) return json.status();
+  return std::make_shared<const Object>(std::move(*json));
 }
 
 StatusOr<ObjectPtr> RestClient::Get(const Resource& resource, const std::string& ns,
@@ -316,21 +325,22 @@ StatusOr<ListResult> RestClient::List(const Resource& resource, const std::strin
                                   {"limit", options.limit > 0 ? std::to_string(options.limit) : ""},
                                   {"continue", options.continue_token},
                                   {"resourceVersion", options.resource_version}});
-  auto list = DoObject("GET", "LIST", path, nullptr, "");
+  auto list = DoJson("GET", "LIST", path, nullptr, "");
   if (!list.ok()) return list.status();
   ListResult result;
-  const Object& doc = **list;
+  Object& doc = *list;
   result.resource_version = Field(doc, "metadata", "resourceVersion");
   result.continue_token = Field(doc, "metadata", "continue");
   auto items = doc.find("items");
   if (items != doc.end() && items->is_array()) {
     result.items.reserve(items->size());
-    for (const auto& item : *items) {
+    for (auto& item : *items) {
       // Items of a list carry no kind/apiVersion; add them so that every object is whole.
-      auto copy = std::make_shared<Object>(item);
-      (*copy)["apiVersion"] = resource.ApiVersion();
-      (*copy)["kind"] = resource.kind;
-      result.items.push_back(std::move(copy));
+      // Moved out of the list document, not copied: a large list is held once, not twice.
+      auto object = std::make_shared<Object>(std::move(item));
+      (*object)["apiVersion"] = resource.ApiVersion();
+      (*object)["kind"] = resource.kind;
+      result.items.push_back(std::move(object));
     }
   }
   return result;

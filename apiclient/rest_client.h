@@ -70,7 +70,10 @@ class RestClient final : public ApiClient {
   // One request with rate limiting and retries. `path` includes the query string.
   StatusOr<RawResponse> Do(std::string_view method, std::string_view verb, const std::string& path,
                            const std::string* body, std::string_view content_type);
-  // Do() and then an object from a 2xx body, or the mapped error.
+  // Do() and then the JSON of a 2xx body, or the mapped error.
+  StatusOr<Object> DoJson(std::string_view method, std::string_view verb, const std::string& path,
+                          const std::string* body, std::string_view content_type);
+  // DoJson() as a shared object.
   StatusOr<ObjectPtr> DoObject(std::string_view method, std::string_view verb,
                                const std::string& path, const std::string* body,
                                std::string_view content_type);

@@ -54,9 +54,10 @@ nlohmann::json CreateMany(ApiClient& client, const Resource& resource, const std
       }
     });
   }
-  for (auto& t : workers) t.join();
+  for (auto& t : workers)
+    t.join();
   const double seconds = Seconds(start);
-  return {{"client", "ephemera"}, {"count", count},         {"inflight", inflight},
+  return {{"client", "ephemera"},        {"count", count},     {"inflight", inflight},
           {"failures", failures.load()}, {"seconds", seconds}, {"per_second", count / seconds}};
 }
 
@@ -68,8 +69,11 @@ Object BenchPod(const std::string& ns, int i) {
       {"name", "app"},
       {"image", "registry.invalid/app:1.2.3"},
       {"args", {"--listen=:8080", "--cache=/cache"}},
-      {"env", {{{"name", "MODE"}, {"value", "production"}}, {{"name", "SHARD"}, {"value", std::to_string(i % 16)}}}},
-      {"resources", {{"requests", {{"cpu", "10m"}, {"memory", "16Mi"}}}, {"limits", {{"memory", "64Mi"}}}}},
+      {"env",
+       {{{"name", "MODE"}, {"value", "production"}},
+        {{"name", "SHARD"}, {"value", std::to_string(i % 16)}}}},
+      {"resources",
+       {{"requests", {{"cpu", "10m"}, {"memory", "16Mi"}}}, {"limits", {{"memory", "64Mi"}}}}},
       {"volumeMounts", {{{"name", "scratch"}, {"mountPath", "/cache"}}}},
       {"ports", {{{"containerPort", 8080}, {"name", "http"}}}}};
   Object sidecar = container;
@@ -99,8 +103,8 @@ Object TrimPod(Object pod) {
   Object out;
   out["apiVersion"] = pod["apiVersion"];
   out["kind"] = pod["kind"];
-  for (const char* key : {"name", "namespace", "uid", "resourceVersion", "deletionTimestamp",
-                          "ownerReferences"}) {
+  for (const char* key :
+       {"name", "namespace", "uid", "resourceVersion", "deletionTimestamp", "ownerReferences"}) {
     if (pod["metadata"].contains(key)) out["metadata"][key] = pod["metadata"][key];
   }
   if (pod["spec"].contains("volumes")) {
