@@ -21,7 +21,9 @@
 
 namespace ephemera::apiclient {
 
-using Object = nlohmann::json;
+// ordered_json keeps an object's members in a vector, not a tree: Kubernetes objects have few keys
+// per level, so lookups stay fast, and an informer of 10,000 pods needs much less memory.
+using Object = nlohmann::ordered_json;
 using ObjectPtr = std::shared_ptr<const Object>;
 
 struct ListOptions {

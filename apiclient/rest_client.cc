@@ -70,7 +70,7 @@ Status CheckNames(const std::string& ns, const std::string& name, const Resource
 }
 
 StatusOr<Object> ParseJson(const std::string& body, std::string_view what) {
-  auto parsed = nlohmann::json::parse(body, nullptr, /*allow_exceptions=*/false);
+  auto parsed = Object::parse(body, nullptr, /*allow_exceptions=*/false);
   if (parsed.is_discarded() || !parsed.is_object()) {
     return Status::Internal(std::string(what) + ": the server's answer is not a JSON object");
   }
@@ -125,7 +125,7 @@ class RestWatchStream final : public WatchStream {
         }
         continue;  // An empty line between events.
       }
-      auto parsed = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+      auto parsed = Object::parse(text, nullptr, /*allow_exceptions=*/false);
       if (!parsed.is_object()) {
         *error = Status::Internal(what_ + ": a watch event is not JSON");
         return false;
