@@ -117,6 +117,10 @@ class RestWatchStream final : public WatchStream {
                                  : Status::Unavailable(what_ + ": " + e.what());
         return false;
       }
+      if (stopped_.load()) {  // Stop() during the read: deliver nothing more.
+        *error = Status::Cancelled(what_ + ": stopped");
+        return false;
+      }
       const std::string& text = line.collection();
       if (n == 0 && text.empty()) {
         if (body_.is_eof()) {

@@ -211,6 +211,8 @@ class PartitionableClient final : public apiclient::ApiClient {
     auto stream = inner_->Watch(r, ns, o);
     if (!stream.ok()) return stream.status();
     std::lock_guard<std::mutex> lock(mu_);
+    // Partitioned while the watch was being opened: it never delivers anything.
+    if (partitioned_) return Status::Unavailable("partitioned by the test");
     streams_.push_back(stream->get());
     return std::move(*stream);
   }
