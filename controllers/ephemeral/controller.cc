@@ -1,0 +1,388 @@
+#include "controllers/ephemeral/controller.h"
+
+#include "apiclient/errors.h"
+#include "apiclient/log.h"
+
+namespace ephemera::controllers {
+namespace {
+
+using apiclient::Field;
+using apiclient::Object;
+using apiclient::ObjectPtr;
+using apiclient::resources::kPersistentVolumeClaims;
+using apiclient::resources::kPods;
+
+constexpr char kClaimIndex[] = "ephemeral-claims";
+
+bool IsEphemeral(const Object& volume) {
+  return volume.is_object() && volume.contains("ephemeral") && volume["ephemeral"].is_object() &&
+         volume["ephemeral"].contains("volumeClaimTemplate");
+}
+
+const Object& Volumes(const Object& pod) {
+  static const Object kNone = Object::array();
+  if (!pod.contains("spec") || !pod["spec"].is_object()) return kNone;
+  auto it = pod["spec"].find("volumes");
+  return it != pod["spec"].end() && it->is_array() ? *it : kNone;
+}
+
+std::vector<std::string> ClaimKeys(const Object& pod) {
+  std::vector<std::string> keys;
+  const std::string ns = Field(pod, "metadata", "namespace");
+  const std::string name = Field(pod, "metadata", "name");
+  for (const auto& volume : Volumes(pod)) {
+    if (IsEphemeral(volume)) {
+      keys.push_back(ns + "/" + EphemeralClaimName(name, Field(volume, "name")));
+    }
+  }
+  return keys;
+}
+
+bool IsTerminated(const Object& pod) {
+  const std::string phase = Field(pod, "status", "phase");
+  return phase == "Succeeded" || phase == "Failed";
+}
+
+bool BeingDeleted(const Object& object) {
+  return object.contains("metadata") && object["metadata"].contains("deletionTimestamp") &&
+         !object["metadata"]["deletionTimestamp"].is_null();
+}
+
+// The pod that controls `pvc`, as "name (uid)", or "" when none does.
+std::string ControllerName(const Object& pvc) {
+  if (!pvc.contains("metadata") || !pvc["metadata"].contains("ownerReferences")) return "";
+  for (const auto& ref : pvc["metadata"]["ownerReferences"]) {
+    if (ref.value("controller", false)) {
+      return ref.value("kind", "") + " " + ref.value("name", "");
+    }
+  }
+  return "";
+}
+
+Object CopyKeys(const Object& from, std::initializer_list<const char*> keys) {
+  Object out = Object::object();
+  for (const char* key : keys) {
+    auto it = from.find(key);
+    if (it != from.end()) out[key] = *it;
+  }
+  return out;
+}
+
+}  // namespace
+
+std::string EphemeralClaimName(const std::string& pod, const std::string& volume) {
+  return pod + "-" + volume;
+}
+
+Object DesiredClaim(const Object& pod, const Object& volume) {
+  const Object& tmpl = volume["ephemeral"]["volumeClaimTemplate"];
+  Object claim = {{"apiVersion", "v1"}, {"kind", "PersistentVolumeClaim"}};
+  Object metadata = {
+      {"name", EphemeralClaimName(Field(pod, "metadata", "name"), Field(volume, "name"))},
+      {"namespace", Field(pod, "metadata", "namespace")},
+      {"ownerReferences",
+       {{{"apiVersion", "v1"},
+         {"kind", "Pod"},
+         {"name", Field(pod, "metadata", "name")},
+         {"uid", Field(pod, "metadata", "uid")},
+         {"controller", true},
+         {"blockOwnerDeletion", true}}}}};
+  if (tmpl.contains("metadata") && tmpl["metadata"].is_object()) {
+    for (const char* key : {"labels", "annotations"}) {
+      auto it = tmpl["metadata"].find(key);
+      if (it != tmpl["metadata"].end() && it->is_object() && !it->empty()) metadata[key] = *it;
+    }
+  }
+  claim["metadata"] = std::move(metadata);
+  claim["spec"] = tmpl.contains("spec") ? tmpl["spec"] : Object::object();
+  return claim;
+}
+
+bool IsControlledBy(const Object& pvc, const std::string& pod_uid) {
+  if (pod_uid.empty() || !pvc.contains("metadata") ||
+      !pvc["metadata"].contains("ownerReferences")) {
+    return false;
+  }
+  for (const auto& ref : pvc["metadata"]["ownerReferences"]) {
+    if (ref.value("controller", false) && ref.value("uid", "") == pod_uid) return true;
+  }
+  return false;
+}
+
+Object TrimPod(Object pod) {
+  Object out = CopyKeys(pod, {"apiVersion", "kind"});
+  if (pod.contains("metadata")) {
+    out["metadata"] = CopyKeys(pod["metadata"], {"name", "namespace", "uid", "resourceVersion",
+                                                 "deletionTimestamp", "creationTimestamp"});
+  }
+  Object volumes = Object::array();
+  for (auto& volume : Volumes(pod)) {
+    if (IsEphemeral(volume)) volumes.push_back(std::move(volume));
+  }
+  if (!volumes.empty()) out["spec"]["volumes"] = std::move(volumes);
+  const std::string phase = Field(pod, "status", "phase");
+  if (!phase.empty()) out["status"]["phase"] = phase;
+  return out;
+}
+
+Object TrimClaim(Object pvc) {
+  Object out = CopyKeys(pvc, {"apiVersion", "kind"});
+  if (pvc.contains("metadata")) {
+    out["metadata"] = CopyKeys(pvc["metadata"], {"name", "namespace", "uid", "resourceVersion",
+                                                 "ownerReferences", "deletionTimestamp"});
+  }
+  return out;
+}
+
+EphemeralVolumeController::EphemeralVolumeController(
+    apiclient::ApiClientPtr client, std::shared_ptr<apiclient::EventRecorder> events,
+    apiclient::MetricsRegistry& metrics, EphemeralVolumeOptions options)
+    : client_(std::move(client)),
+      events_(std::move(events)),
+      options_(options),
+      creates_(metrics
+                   .Counter("ephemeral_volume_controller_create_total",
+                            "Number of PersistentVolumeClaims created for ephemeral volumes.")
+                   .With({})),
+      create_failures_(
+          metrics
+              .Counter("ephemeral_volume_controller_create_failures_total",
+                       "Number of failed attempts to create PersistentVolumeClaims for "
+                       "ephemeral volumes.")
+              .With({})),
+      releases_(metrics
+                    .Counter("ephemeral_volume_controller_release_total",
+                             "Number of PersistentVolumeClaims of terminated pods deleted "
+                             "(--release-terminated-pods).")
+                    .With({})),
+      create_latency_(metrics
+                          .Histogram("ephemeral_volume_controller_create_latency_seconds",
+                                     "Time from a pod being seen to the creation of its "
+                                     "PersistentVolumeClaim.")
+                          .With({})) {
+  auto& depth = metrics.Gauge("workqueue_depth", "Current depth of the work queue.", {"name"});
+  auto& adds = metrics.Counter("workqueue_adds_total", "Keys added to the work queue.", {"name"});
+  auto& retries =
+      metrics.Counter("workqueue_retries_total", "Keys re-added after an error.", {"name"});
+  auto& latency =
+      metrics.Histogram("workqueue_queue_duration_seconds",
+                        "Time a key waits in the queue before a worker takes it.", {"name"});
+  auto& work = metrics.Histogram("workqueue_work_duration_seconds",
+                                 "Time a worker spends on one key.", {"name"});
+  const std::vector<std::string> name = {"ephemeral_volume"};
+  queue_ = std::make_unique<apiclient::WorkQueue>(
+      apiclient::WorkQueueOptions{.name = "ephemeral_volume",
+                                  .base_delay = std::chrono::milliseconds(5),
+                                  .max_delay = std::chrono::seconds(1000),
+                                  .qps = 10,
+                                  .burst = 100},
+      apiclient::SystemClock(),
+      apiclient::WorkQueueObserver{
+          .on_depth = [&d = depth.With(name)](size_t n) { d.Set(static_cast<double>(n)); },
+          .on_add = [&a = adds.With(name)] { a.Inc(); },
+          .on_retry = [&r = retries.With(name)] { r.Inc(); },
+          .on_queue_latency = [&l = latency.With(name)](double s) { l.Observe(s); },
+          .on_work_duration = [&w = work.With(name)](double s) { w.Observe(s); }});
+
+  pods_ = std::make_unique<apiclient::Informer>(
+      client_,
+      apiclient::InformerOptions{
+          .resource = kPods, .indexers = {{kClaimIndex, ClaimKeys}}, .transform = TrimPod});
+  claims_ = std::make_unique<apiclient::Informer>(
+      client_,
+      apiclient::InformerOptions{.resource = kPersistentVolumeClaims, .transform = TrimClaim});
+
+  pods_->AddHandlers({.on_add = [this](const ObjectPtr& pod) { EnqueuePod(pod); },
+                      .on_update =
+                          [this](const ObjectPtr& old_pod, const ObjectPtr& pod) {
+                            // The pod spec is immutable: only a pod that just terminated is news,
+                            // and only when its volumes are to be released.
+                            if (options_.release_terminated_pods && IsTerminated(*pod) &&
+                                !IsTerminated(*old_pod)) {
+                              EnqueuePod(pod);
+                            }
+                          },
+                      .on_delete =
+                          [this](const ObjectPtr& pod) {
+                            std::lock_guard<std::mutex> lock(seen_mu_);
+                            seen_.erase(apiclient::Store::KeyOf(*pod));
+                          }});
+  claims_->AddHandlers({.on_delete = [this](const ObjectPtr& pvc) {
+    // A PVC deleted while its pod lives is recreated: find the pods that want it.
+    for (const auto& pod : pods_->store().ByIndex(kClaimIndex, apiclient::Store::KeyOf(*pvc))) {
+      queue_->Add(apiclient::Store::KeyOf(*pod));
+    }
+  }});
+}
+
+EphemeralVolumeController::~EphemeralVolumeController() {
+  Stop();
+}
+
+void EphemeralVolumeController::EnqueuePod(const ObjectPtr& pod) {
+  if (Volumes(*pod).empty()) return;  // Trimmed: only ephemeral volumes are left.
+  const std::string key = apiclient::Store::KeyOf(*pod);
+  {
+    std::lock_guard<std::mutex> lock(seen_mu_);
+    seen_.emplace(key, std::chrono::steady_clock::now());
+  }
+  queue_->Add(key);
+}
+
+bool EphemeralVolumeController::Start(std::chrono::seconds sync_timeout) {
+  claims_->Start();
+  pods_->Start();
+  const auto timeout = std::chrono::duration_cast<std::chrono::milliseconds>(sync_timeout);
+  if (!claims_->WaitForSync(timeout) || !pods_->WaitForSync(timeout)) return false;
+  for (int i = 0; i < std::max(1, options_.workers); ++i) {
+    workers_.emplace_back([this] { Worker(); });
+  }
+  log::Info("ephemeral-volume controller started",
+            {{"workers", std::to_string(options_.workers)},
+             {"releaseTerminatedPods", options_.release_terminated_pods ? "true" : "false"}});
+  return true;
+}
+
+void EphemeralVolumeController::Stop() {
+  if (stopped_.exchange(true)) return;
+  queue_->ShutDown();
+  for (auto& t : workers_)
+    t.join();
+  workers_.clear();
+  pods_->Stop();
+  claims_->Stop();
+}
+
+bool EphemeralVolumeController::Synced() const {
+  return pods_->HasSynced() && claims_->HasSynced();
+}
+
+void EphemeralVolumeController::Worker() {
+  std::string key;
+  while (queue_->Get(&key)) {
+    const Status status = Sync(key);
+    if (status.ok()) {
+      queue_->Forget(key);
+    } else {
+      if (log::V(2) || queue_->NumRequeues(key) == 0) {
+        log::Error("syncing pod failed; will retry", status, {{"pod", key}});
+      }
+      queue_->AddRateLimited(key);
+    }
+    queue_->Done(key);
+  }
+}
+
+void EphemeralVolumeController::Warn(const Object& pod, const std::string& reason,
+                                     const std::string& note) {
+  if (events_) events_->Record(pod, "Warning", reason, "Provisioning", note);
+}
+
+Status EphemeralVolumeController::Sync(const std::string& key) {
+  const ObjectPtr pod = pods_->store().Get(key);
+  if (pod == nullptr) {
+    std::lock_guard<std::mutex> lock(seen_mu_);
+    seen_.erase(key);
+    return Status::Ok();
+  }
+  if (BeingDeleted(*pod)) return Status::Ok();  // Its PVCs go with it.
+  if (options_.release_terminated_pods && IsTerminated(*pod)) return ReleaseClaims(*pod);
+  Status first_error;
+  for (const auto& volume : Volumes(*pod)) {
+    if (!IsEphemeral(volume)) continue;
+    Status s = EnsureClaim(*pod, volume);
+    if (!s.ok() && first_error.ok()) first_error = std::move(s);
+  }
+  if (first_error.ok()) {
+    std::lock_guard<std::mutex> lock(seen_mu_);
+    seen_.erase(key);
+  }
+  return first_error;
+}
+
+Status EphemeralVolumeController::EnsureClaim(const Object& pod, const Object& volume) {
+  const std::string ns = Field(pod, "metadata", "namespace");
+  const std::string pod_name = Field(pod, "metadata", "name");
+  const std::string pod_uid = Field(pod, "metadata", "uid");
+  const std::string volume_name = Field(volume, "name");
+  const std::string claim = EphemeralClaimName(pod_name, volume_name);
+  auto collision = [&](const Object& existing) {
+    std::string note = "ephemeral volume " + volume_name + ": PVC " + ns + "/" + claim +
+                       " was not created for pod " + ns + "/" + pod_name + " (pod is not owner)";
+    const std::string owner = ControllerName(existing);
+    note += owner.empty() ? "; it has no controller" : "; it belongs to " + owner;
+    Warn(pod, "FailedBinding", note);
+    return Status::FailedPrecondition(note);
+  };
+
+  if (const ObjectPtr cached = claims_->store().Get(ns + "/" + claim)) {
+    if (IsControlledBy(*cached, pod_uid)) {
+      if (BeingDeleted(*cached)) {
+        // Deleted while the pod lives: once it is gone, the delete event brings the pod back.
+        return Status::Unavailable("PVC " + ns + "/" + claim + " is being deleted");
+      }
+      return Status::Ok();
+    }
+    return collision(*cached);
+  }
+
+  auto created = client_->Create(kPersistentVolumeClaims, ns, DesiredClaim(pod, volume));
+  if (created.ok()) {
+    creates_.Inc();
+    {
+      std::lock_guard<std::mutex> lock(seen_mu_);
+      auto it = seen_.find(ns + "/" + pod_name);
+      if (it != seen_.end()) {
+        create_latency_.Observe(
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - it->second).count());
+      }
+    }
+    if (events_) {
+      events_->Record(pod, "Normal", "ProvisioningClaimCreated", "Provisioning",
+                      "ephemeral volume " + volume_name + ": created PVC " + ns + "/" + claim);
+    }
+    return Status::Ok();
+  }
+  if (apiclient::IsAlreadyExists(created.status())) {
+    // Our cache is behind, or another controller (kube-controller-manager's) was faster.
+    auto existing = client_->Get(kPersistentVolumeClaims, ns, claim);
+    if (existing.ok() && IsControlledBy(**existing, pod_uid)) return Status::Ok();
+    if (existing.ok()) return collision(**existing);
+    return existing.status();
+  }
+  create_failures_.Inc();
+  Warn(pod, "FailedCreate",
+       "ephemeral volume " + volume_name + ": creating PVC " + ns + "/" + claim +
+           " failed: " + created.status().message());
+  return created.status();
+}
+
+Status EphemeralVolumeController::ReleaseClaims(const Object& pod) {
+  const std::string ns = Field(pod, "metadata", "namespace");
+  const std::string pod_uid = Field(pod, "metadata", "uid");
+  Status first_error;
+  for (const auto& volume : Volumes(pod)) {
+    if (!IsEphemeral(volume)) continue;
+    const std::string claim =
+        EphemeralClaimName(Field(pod, "metadata", "name"), Field(volume, "name"));
+    const ObjectPtr cached = claims_->store().Get(ns + "/" + claim);
+    if (cached == nullptr || !IsControlledBy(*cached, pod_uid) || BeingDeleted(*cached)) continue;
+    const Status s = client_->Delete(kPersistentVolumeClaims, ns, claim,
+                                     {.precondition_uid = Field(*cached, "metadata", "uid"),
+                                      .propagation_policy = "Background"});
+    if (s.ok() || apiclient::IsNotFound(s)) {
+      releases_.Inc();
+      if (events_) {
+        events_->Record(pod, "Normal", "ReleasedClaim", "Release",
+                        "pod is " + Field(pod, "status", "phase") + ": deleted PVC " + ns + "/" +
+                            claim + " of ephemeral volume " + Field(volume, "name") +
+                            " to release its storage");
+      }
+    } else if (first_error.ok()) {
+      first_error = s;
+    }
+  }
+  return first_error;
+}
+
+}  // namespace ephemera::controllers

@@ -1,0 +1,94 @@
+// The ephemeral-volume controller: for every pod volume with `ephemeral.volumeClaimTemplate`, a
+// PersistentVolumeClaim "<pod>-<volume>" in the pod's namespace, owned by the pod, so that the
+// garbage collector deletes it with the pod.
+//
+// It matches kube-controller-manager's ephemeral volume controller point by point (REFERENCE.md):
+// same PVC name, labels, annotations, spec and owner reference; pods being deleted are skipped; a
+// PVC of that name that the pod does not control is never touched (Warning Event FailedBinding,
+// retry with backoff); a PVC deleted while its pod lives is recreated. Beyond it: a Normal Event
+// when a PVC is created, a Warning naming the owner of a colliding PVC, a latency histogram, and
+// opt-in release of the PVCs of pods that will never run again (phase Succeeded or Failed).
+//
+// The sync is level-based: it reads the pod and PVCs from the informers' caches, makes the API
+// match, and returns an error for anything worth retrying. It never modifies a cached object.
+//
+// Thread safety: Run() starts the informers and the workers; Stop() from any thread.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "apiclient/client.h"
+#include "apiclient/events.h"
+#include "apiclient/informer.h"
+#include "apiclient/metrics.h"
+#include "apiclient/workqueue.h"
+
+namespace ephemera::controllers {
+
+struct EphemeralVolumeOptions {
+  int workers = 5;                       // --concurrent-ephemeralvolume-syncs
+  bool release_terminated_pods = false;  // --release-terminated-pods
+};
+
+// The name of the PVC of a pod's ephemeral volume: "<pod>-<volume>".
+std::string EphemeralClaimName(const std::string& pod, const std::string& volume);
+
+// The PVC that the ephemeral volume `volume` (an entry of pod.spec.volumes) of `pod` needs.
+apiclient::Object DesiredClaim(const apiclient::Object& pod, const apiclient::Object& volume);
+
+// True when `pvc` has a controller owner reference to the pod with this uid.
+bool IsControlledBy(const apiclient::Object& pvc, const std::string& pod_uid);
+
+// What the controller needs of a pod / a PVC: everything else is dropped before caching.
+apiclient::Object TrimPod(apiclient::Object pod);
+apiclient::Object TrimClaim(apiclient::Object pvc);
+
+class EphemeralVolumeController {
+ public:
+  EphemeralVolumeController(apiclient::ApiClientPtr client,
+                            std::shared_ptr<apiclient::EventRecorder> events,
+                            apiclient::MetricsRegistry& metrics, EphemeralVolumeOptions options);
+  ~EphemeralVolumeController();
+
+  // Starts informers and workers; returns once the caches are synced (false on timeout).
+  bool Start(std::chrono::seconds sync_timeout = std::chrono::seconds(120));
+  void Stop();
+  bool Synced() const;
+
+  // One reconciliation of the pod with key "namespace/name" (public for tests).
+  Status Sync(const std::string& key);
+
+ private:
+  void Worker();
+  void EnqueuePod(const apiclient::ObjectPtr& pod);
+  Status EnsureClaim(const apiclient::Object& pod, const apiclient::Object& volume);
+  Status ReleaseClaims(const apiclient::Object& pod);
+  void Warn(const apiclient::Object& pod, const std::string& reason, const std::string& note);
+
+  const apiclient::ApiClientPtr client_;
+  const std::shared_ptr<apiclient::EventRecorder> events_;
+  const EphemeralVolumeOptions options_;
+  apiclient::CounterCell& creates_;
+  apiclient::CounterCell& create_failures_;
+  apiclient::CounterCell& releases_;
+  apiclient::HistogramCell& create_latency_;
+  std::unique_ptr<apiclient::WorkQueue> queue_;
+  std::unique_ptr<apiclient::Informer> pods_;
+  std::unique_ptr<apiclient::Informer> claims_;
+  std::vector<std::thread> workers_;
+  std::atomic<bool> stopped_{false};
+  std::mutex seen_mu_;
+  // When a pod was first seen, for the pod-seen-to-PVC-created latency. Entries go when all of
+  // the pod's PVCs exist.
+  std::unordered_map<std::string, std::chrono::steady_clock::time_point>
+      seen_;  // GUARDED_BY(seen_mu_)
+};
+
+}  // namespace ephemera::controllers

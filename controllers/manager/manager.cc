@@ -1,0 +1,160 @@
+#include "controllers/manager/manager.h"
+
+#include <csignal>
+#include <memory>
+#include <thread>
+
+#include "apiclient/http_server.h"
+#include "apiclient/leader_election.h"
+#include "apiclient/log.h"
+#include "apiclient/rest_client.h"
+#include "controllers/ephemeral/controller.h"
+
+namespace ephemera::controllers {
+namespace {
+
+std::atomic<bool> g_stop{false};
+
+void OnSignal(int /*signal*/) {
+  g_stop = true;
+}
+
+}  // namespace
+
+int RunManager(const ManagerOptions& options) {
+  Status s = log::Configure(options.logging_format, options.verbosity);
+  if (!s.ok()) {
+    log::Error("bad logging flags", s);
+    return 2;
+  }
+  log::SetComponent("ephemera-controller-manager");
+  std::signal(SIGTERM, OnSignal);
+  std::signal(SIGINT, OnSignal);
+
+  auto config = apiclient::LoadConfig(options.kubeconfig, options.context);
+  if (!config.ok()) {
+    log::Error("cannot load the API server configuration", config.status());
+    return 1;
+  }
+  config->qps = options.kube_api_qps;
+  config->burst = options.kube_api_burst;
+  config->user_agent = "ephemera-controller-manager/0.1";
+  log::Info("API server", {{"config", config->DescribeForLog()}});
+
+  apiclient::MetricsRegistry metrics;
+  auto& latency = metrics.Histogram("rest_client_request_duration_seconds",
+                                    "API request latency by verb and HTTP code.", {"verb", "code"});
+  auto& requests = metrics.Counter("rest_client_requests_total",
+                                   "API requests by verb and HTTP code.", {"verb", "code"});
+  auto client =
+      apiclient::RestClient::New(*config, [&](std::string_view verb, int code, double sec) {
+        const std::vector<std::string> labels = {std::string(verb), std::to_string(code)};
+        latency.With(labels).Observe(sec);
+        requests.With(labels).Inc();
+      });
+  if (!client.ok()) {
+    log::Error("cannot create the API client", client.status());
+    return 1;
+  }
+
+  apiclient::LeaderElectionConfig le{.lease_namespace = options.leader_elect_namespace,
+                                     .lease_name = options.leader_elect_lease_name,
+                                     .identity = apiclient::MakeLeaderIdentity(),
+                                     .lease_duration = options.leader_elect_lease_duration,
+                                     .renew_deadline = options.leader_elect_renew_deadline,
+                                     .retry_period = options.leader_elect_retry_period};
+  if (options.leader_elect) {
+    s = apiclient::ValidateLeaderElection(le);
+    if (!s.ok()) {
+      log::Error("bad leader election flags", s);
+      return 2;
+    }
+  }
+
+  auto events = std::make_shared<apiclient::EventRecorder>(
+      *client, apiclient::EventSource{"ephemera.io/ephemeral-volume", le.identity});
+  std::unique_ptr<EphemeralVolumeController> controller;
+  std::atomic<bool> controllers_ready{false};
+
+  apiclient::HttpEndpoint endpoint(metrics);
+  std::unique_ptr<apiclient::LeaderElector> elector;
+  if (!options.http_endpoint.empty()) {
+    endpoint.AddLivenessCheck("leader-election",
+                              [&elector] { return elector ? elector->Check() : Status::Ok(); });
+    endpoint.AddReadinessCheck("controllers", [&controllers_ready, &options, &elector] {
+      // A standby replica is ready: it is healthy and waiting for the lease.
+      if (options.leader_elect && elector && !elector->IsLeader()) return Status::Ok();
+      return controllers_ready ? Status::Ok() : Status::Unavailable("caches not synced yet");
+    });
+    s = endpoint.Start(options.http_endpoint);
+    if (!s.ok()) {
+      log::Error("cannot serve the HTTP endpoint", s);
+      return 1;
+    }
+    log::Info("serving /metrics, /healthz, /readyz", {{"address", options.http_endpoint}});
+  }
+
+  auto start_controllers = [&]() -> bool {
+    controller = std::make_unique<EphemeralVolumeController>(
+        *client, events, metrics,
+        EphemeralVolumeOptions{.workers = options.concurrent_ephemeralvolume_syncs,
+                               .release_terminated_pods = options.release_terminated_pods});
+    if (!controller->Start()) {
+      log::Error("informer caches did not sync", Status::DeadlineExceeded("cache sync"));
+      return false;
+    }
+    controllers_ready = true;
+    return true;
+  };
+
+  int exit_code = 0;
+  if (options.leader_elect) {
+    log::Info("campaigning for leadership",
+              {{"lease", le.lease_namespace + "/" + le.lease_name}, {"identity", le.identity}});
+    std::atomic<bool> start_failed{false};
+    elector = std::make_unique<apiclient::LeaderElector>(
+        *client, le,
+        apiclient::LeaderCallbacks{.on_started_leading =
+                                       [&] {
+                                         log::Info("became leader", {{"identity", le.identity}});
+                                         if (!start_controllers()) {
+                                           start_failed = true;
+                                           g_stop = true;
+                                         }
+                                       },
+                                   .on_new_leader =
+                                       [](const std::string& who) {
+                                         log::Info("leader is", {{"identity", who}});
+                                       }});
+    std::thread stopper([&] {
+      while (!g_stop)
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      elector->Stop();
+    });
+    const bool led = elector->Run();
+    const bool stopped_by_signal = g_stop.load() && !start_failed;
+    g_stop = true;
+    stopper.join();
+    if (controller) controller->Stop();
+    if (start_failed) {
+      exit_code = 1;
+    } else if (led && !stopped_by_signal) {
+      log::Error("lost the leader lease", Status::Aborted("leader election lost"));
+      exit_code = 1;
+    }
+  } else {
+    if (!start_controllers()) {
+      exit_code = 1;
+    } else {
+      while (!g_stop)
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    if (controller) controller->Stop();
+  }
+  events->Flush();
+  endpoint.Stop();
+  log::Info("stopped", {{"exitCode", std::to_string(exit_code)}});
+  return exit_code;
+}
+
+}  // namespace ephemera::controllers

@@ -1,0 +1,368 @@
+#include "controllers/manager/options.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <cstdlib>
+#include <functional>
+#include <map>
+#include <set>
+
+namespace ephemera::controllers {
+namespace {
+
+StatusOr<int> ParseInt(const std::string& name, const std::string& v, int min) {
+  if (v.empty() || v.size() > 9 || v.find_first_not_of("0123456789") != std::string::npos) {
+    return Status::InvalidArgument(name + " must be a whole number, not \"" + v.substr(0, 32) +
+                                   "\"");
+  }
+  const int n = std::stoi(v);
+  if (n < min) return Status::InvalidArgument(name + " must be at least " + std::to_string(min));
+  return n;
+}
+
+StatusOr<double> ParseDouble(const std::string& name, const std::string& v) {
+  try {
+    size_t used = 0;
+    const double d = std::stod(v, &used);
+    if (used != v.size()) throw std::invalid_argument(v);
+    return d;
+  } catch (const std::exception&) {
+    return Status::InvalidArgument(name + " must be a number, not \"" + v.substr(0, 32) + "\"");
+  }
+}
+
+StatusOr<bool> ParseBool(const std::string& name, const std::string& v) {
+  if (v == "true" || v == "1") return true;
+  if (v == "false" || v == "0") return false;
+  return Status::InvalidArgument(name + " must be true or false, not \"" + v.substr(0, 32) + "\"");
+}
+
+std::vector<std::string> SplitList(const std::string& v) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (start <= v.size()) {
+    const size_t comma = v.find(',', start);
+    std::string item =
+        v.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    if (!item.empty()) out.push_back(item);
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  return out;
+}
+
+// One setting: how to apply a textual value. Shared by flags and the config file.
+using Setter = std::function<Status(ManagerOptions*, const std::string&)>;
+
+const std::map<std::string, Setter>& Setters() {
+  static const std::map<std::string, Setter> kSetters = {
+      {"kubeconfig",
+       [](ManagerOptions* o, const std::string& v) {
+         o->kubeconfig = v;
+         return Status::Ok();
+       }},
+      {"context",
+       [](ManagerOptions* o, const std::string& v) {
+         o->context = v;
+         return Status::Ok();
+       }},
+      {"controllers",
+       [](ManagerOptions* o, const std::string& v) {
+         o->controllers = SplitList(v);
+         return Status::Ok();
+       }},
+      {"concurrent-ephemeralvolume-syncs",
+       [](ManagerOptions* o, const std::string& v) {
+         auto n = ParseInt("--concurrent-ephemeralvolume-syncs", v, 1);
+         if (!n.ok()) return n.status();
+         o->concurrent_ephemeralvolume_syncs = *n;
+         return Status::Ok();
+       }},
+      {"kube-api-qps",
+       [](ManagerOptions* o, const std::string& v) {
+         auto d = ParseDouble("--kube-api-qps", v);
+         if (!d.ok()) return d.status();
+         o->kube_api_qps = *d;
+         return Status::Ok();
+       }},
+      {"kube-api-burst",
+       [](ManagerOptions* o, const std::string& v) {
+         auto n = ParseInt("--kube-api-burst", v, 1);
+         if (!n.ok()) return n.status();
+         o->kube_api_burst = *n;
+         return Status::Ok();
+       }},
+      {"release-terminated-pods",
+       [](ManagerOptions* o, const std::string& v) {
+         auto b = ParseBool("--release-terminated-pods", v);
+         if (!b.ok()) return b.status();
+         o->release_terminated_pods = *b;
+         return Status::Ok();
+       }},
+      {"leader-elect",
+       [](ManagerOptions* o, const std::string& v) {
+         auto b = ParseBool("--leader-elect", v);
+         if (!b.ok()) return b.status();
+         o->leader_elect = *b;
+         return Status::Ok();
+       }},
+      {"leader-elect-namespace",
+       [](ManagerOptions* o, const std::string& v) {
+         o->leader_elect_namespace = v;
+         return Status::Ok();
+       }},
+      {"leader-elect-lease-name",
+       [](ManagerOptions* o, const std::string& v) {
+         o->leader_elect_lease_name = v;
+         return Status::Ok();
+       }},
+      {"leader-elect-lease-duration",
+       [](ManagerOptions* o, const std::string& v) {
+         auto d = ParseDuration(v);
+         if (!d.ok()) return d.status().WithContext("--leader-elect-lease-duration");
+         o->leader_elect_lease_duration = *d;
+         return Status::Ok();
+       }},
+      {"leader-elect-renew-deadline",
+       [](ManagerOptions* o, const std::string& v) {
+         auto d = ParseDuration(v);
+         if (!d.ok()) return d.status().WithContext("--leader-elect-renew-deadline");
+         o->leader_elect_renew_deadline = *d;
+         return Status::Ok();
+       }},
+      {"leader-elect-retry-period",
+       [](ManagerOptions* o, const std::string& v) {
+         auto d = ParseDuration(v);
+         if (!d.ok()) return d.status().WithContext("--leader-elect-retry-period");
+         o->leader_elect_retry_period = *d;
+         return Status::Ok();
+       }},
+      {"http-endpoint",
+       [](ManagerOptions* o, const std::string& v) {
+         o->http_endpoint = v;
+         return Status::Ok();
+       }},
+      {"logging-format",
+       [](ManagerOptions* o, const std::string& v) {
+         if (v != "text" && v != "json") {
+           return Status::InvalidArgument("--logging-format must be text or json");
+         }
+         o->logging_format = v;
+         return Status::Ok();
+       }},
+      {"v",
+       [](ManagerOptions* o, const std::string& v) {
+         auto n = ParseInt("-v", v, 0);
+         if (!n.ok()) return n.status();
+         o->verbosity = *n;
+         return Status::Ok();
+       }},
+  };
+  return kSetters;
+}
+
+// Config file keys (camelCase) -> flag names.
+const std::map<std::string, std::string>& FileKeys() {
+  static const std::map<std::string, std::string> kKeys = {
+      {"controllers", "controllers"},
+      {"concurrentEphemeralVolumeSyncs", "concurrent-ephemeralvolume-syncs"},
+      {"kubeAPIQPS", "kube-api-qps"},
+      {"kubeAPIBurst", "kube-api-burst"},
+      {"releaseTerminatedPods", "release-terminated-pods"},
+      {"httpEndpoint", "http-endpoint"},
+      {"loggingFormat", "logging-format"},
+      {"verbosity", "v"},
+  };
+  return kKeys;
+}
+
+const std::map<std::string, std::string>& LeaderElectionKeys() {
+  static const std::map<std::string, std::string> kKeys = {
+      {"leaderElect", "leader-elect"},
+      {"namespace", "leader-elect-namespace"},
+      {"leaseName", "leader-elect-lease-name"},
+      {"leaseDuration", "leader-elect-lease-duration"},
+      {"renewDeadline", "leader-elect-renew-deadline"},
+      {"retryPeriod", "leader-elect-retry-period"},
+  };
+  return kKeys;
+}
+
+}  // namespace
+
+StatusOr<std::chrono::milliseconds> ParseDuration(const std::string& text) {
+  if (text.empty()) return Status::InvalidArgument("empty duration");
+  double total_ms = 0;
+  size_t i = 0;
+  while (i < text.size()) {
+    size_t j = i;
+    while (j < text.size() && (std::isdigit(static_cast<unsigned char>(text[j])) || text[j] == '.'))
+      ++j;
+    if (j == i) break;
+    const double value = std::stod(text.substr(i, j - i));
+    size_t k = j;
+    while (k < text.size() && std::isalpha(static_cast<unsigned char>(text[k])))
+      ++k;
+    const std::string unit = text.substr(j, k - j);
+    double scale = 0;
+    if (unit == "ms") {
+      scale = 1;
+    } else if (unit == "s") {
+      scale = 1000;
+    } else if (unit == "m") {
+      scale = 60000;
+    } else if (unit == "h") {
+      scale = 3600000;
+    } else {
+      break;
+    }
+    total_ms += value * scale;
+    i = k;
+  }
+  if (i != text.size()) {
+    return Status::InvalidArgument("\"" + text.substr(0, 32) +
+                                   "\" is not a duration such as 15s, 1m30s or 500ms");
+  }
+  return std::chrono::milliseconds(static_cast<int64_t>(total_ms));
+}
+
+Status LoadManagerConfigFile(const std::string& path, ManagerOptions* options) {
+  YAML::Node root;
+  try {
+    root = YAML::LoadFile(path);
+  } catch (const YAML::Exception& e) {
+    return Status::InvalidArgument("config file " + path + ": " + e.what());
+  }
+  if (root.IsNull()) return Status::Ok();
+  if (!root.IsMap()) return Status::InvalidArgument("config file " + path + " is not a YAML map");
+  auto apply = [&](const std::string& key, const std::string& flag, const YAML::Node& value) {
+    std::string text;
+    if (value.IsSequence()) {
+      for (const auto& item : value)
+        text += (text.empty() ? "" : ",") + item.as<std::string>();
+    } else if (value.IsScalar()) {
+      text = value.as<std::string>();
+    } else {
+      return Status::InvalidArgument("config file " + path + ": " + key + " must be a value");
+    }
+    Status s = Setters().at(flag)(options, text);
+    return s.ok() ? s : Status(s.code(), "config file " + path + ": " + key + ": " + s.message());
+  };
+  try {
+    for (const auto& entry : root) {
+      const std::string key = entry.first.as<std::string>();
+      if (key == "leaderElection") {
+        if (!entry.second.IsMap()) {
+          return Status::InvalidArgument("config file " + path + ": leaderElection must be a map");
+        }
+        for (const auto& le : entry.second) {
+          const std::string sub = le.first.as<std::string>();
+          auto it = LeaderElectionKeys().find(sub);
+          if (it == LeaderElectionKeys().end()) {
+            return Status::InvalidArgument("config file " + path + ": unknown key leaderElection." +
+                                           sub);
+          }
+          EPHEMERA_RETURN_IF_ERROR(apply("leaderElection." + sub, it->second, le.second));
+        }
+        continue;
+      }
+      auto it = FileKeys().find(key);
+      if (it == FileKeys().end()) {
+        return Status::InvalidArgument("config file " + path + ": unknown key " + key);
+      }
+      EPHEMERA_RETURN_IF_ERROR(apply(key, it->second, entry.second));
+    }
+  } catch (const YAML::Exception& e) {
+    return Status::InvalidArgument("config file " + path + ": " + e.what());
+  }
+  return Status::Ok();
+}
+
+Status ParseManagerOptions(const std::vector<std::string>& args, ManagerOptions* options) {
+  std::vector<std::pair<std::string, std::string>> flags;
+  for (size_t i = 0; i < args.size(); ++i) {
+    std::string arg = args[i];
+    if (arg == "-h" || arg == "--help") {
+      options->help = true;
+      continue;
+    }
+    if (arg.rfind("--", 0) == 0) {
+      arg = arg.substr(2);
+    } else if (arg.rfind("-", 0) == 0) {
+      arg = arg.substr(1);
+    } else {
+      return Status::InvalidArgument("unexpected argument \"" + arg.substr(0, 64) + "\"");
+    }
+    std::string name = arg;
+    std::string value;
+    const auto eq = arg.find('=');
+    if (eq != std::string::npos) {
+      name = arg.substr(0, eq);
+      value = arg.substr(eq + 1);
+    } else if (name == "leader-elect" || name == "release-terminated-pods") {
+      value = "true";  // Boolean flags may stand alone.
+    } else if (i + 1 < args.size()) {
+      value = args[++i];
+    } else {
+      return Status::InvalidArgument("--" + name + " needs a value");
+    }
+    if (name != "config" && Setters().count(name) == 0) {
+      return Status::InvalidArgument("unknown flag --" + name + " (see --help)");
+    }
+    flags.emplace_back(name, value);
+  }
+  for (const auto& [name, value] : flags) {
+    if (name == "config") {
+      options->config_file = value;
+      EPHEMERA_RETURN_IF_ERROR(LoadManagerConfigFile(value, options));
+    }
+  }
+  for (const auto& [name, value] : flags) {
+    if (name != "config") EPHEMERA_RETURN_IF_ERROR(Setters().at(name)(options, value));
+  }
+  if (options->leader_elect_namespace.empty()) {
+    const char* ns = std::getenv("POD_NAMESPACE");  // NOLINT(concurrency-mt-unsafe)
+    options->leader_elect_namespace = ns != nullptr && *ns != '\0' ? ns : "kube-system";
+  }
+  return ValidateManagerOptions(*options);
+}
+
+Status ValidateManagerOptions(const ManagerOptions& o) {
+  static const std::set<std::string> kKnown = {"ephemeral-volume", "storage-capacity"};
+  if (o.controllers.empty()) return Status::InvalidArgument("--controllers names no controller");
+  for (const auto& c : o.controllers) {
+    if (kKnown.count(c) == 0) {
+      return Status::InvalidArgument("--controllers: unknown controller \"" + c.substr(0, 64) +
+                                     "\" (known: ephemeral-volume, storage-capacity)");
+    }
+    if (c == "storage-capacity") {
+      return Status::Unimplemented(
+          "--controllers: storage-capacity is not implemented yet in this build");
+    }
+  }
+  return Status::Ok();
+}
+
+std::string ManagerUsage() {
+  return R"(ephemera-controller-manager: pod-owned PVCs for generic ephemeral volumes.
+
+Flags (also settable in the --config YAML file, camelCase; flags win):
+  --kubeconfig PATH                       kubeconfig; default $KUBECONFIG, in-cluster, ~/.kube/config
+  --context NAME                          kubeconfig context (default: the current one)
+  --controllers LIST                      controllers to run (default ephemeral-volume)
+  --concurrent-ephemeralvolume-syncs N    workers of the ephemeral-volume controller (default 5)
+  --kube-api-qps Q, --kube-api-burst B    client-side rate limit (default 20, 30)
+  --release-terminated-pods[=true|false]  delete the PVCs of Succeeded/Failed pods (default false)
+  --leader-elect[=true|false]             leader election (default true)
+  --leader-elect-namespace NS             namespace of the Lease (default $POD_NAMESPACE or kube-system)
+  --leader-elect-lease-name NAME          (default ephemera-controller-manager)
+  --leader-elect-lease-duration D         (default 15s)
+  --leader-elect-renew-deadline D         (default 10s)
+  --leader-elect-retry-period D           (default 2s)
+  --http-endpoint HOST:PORT               /metrics, /healthz, /readyz (default off)
+  --logging-format text|json, -v N        logging
+  --config PATH                           YAML config file
+)";
+}
+
+}  // namespace ephemera::controllers

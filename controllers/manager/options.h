@@ -1,0 +1,46 @@
+// The controller-manager's settings: flags, and a YAML file (--config, mounted from a ConfigMap)
+// with the same settings in camelCase. Flags win over the file. A bad value, an unknown flag or an
+// unknown key is an error that names it; the program refuses to start rather than guess.
+#pragma once
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+
+namespace ephemera::controllers {
+
+struct ManagerOptions {
+  std::string kubeconfig;
+  std::string context;
+  std::vector<std::string> controllers = {"ephemeral-volume"};
+  int concurrent_ephemeralvolume_syncs = 5;
+  double kube_api_qps = 20;
+  int kube_api_burst = 30;
+  bool release_terminated_pods = false;
+  bool leader_elect = true;
+  std::string leader_elect_namespace;  // default: $POD_NAMESPACE, else kube-system
+  std::string leader_elect_lease_name = "ephemera-controller-manager";
+  std::chrono::milliseconds leader_elect_lease_duration{15000};
+  std::chrono::milliseconds leader_elect_renew_deadline{10000};
+  std::chrono::milliseconds leader_elect_retry_period{2000};
+  std::string http_endpoint;  // "" = no metrics/health endpoint
+  std::string logging_format = "text";
+  int verbosity = 0;
+  std::string config_file;
+  bool help = false;
+};
+
+// Parses argv (after the program name) into `options`, reading --config first.
+Status ParseManagerOptions(const std::vector<std::string>& args, ManagerOptions* options);
+// Applies a YAML config file's settings.
+Status LoadManagerConfigFile(const std::string& path, ManagerOptions* options);
+// Checks values that depend on each other.
+Status ValidateManagerOptions(const ManagerOptions& options);
+// "15s", "1m30s", "500ms", "2h".
+StatusOr<std::chrono::milliseconds> ParseDuration(const std::string& text);
+
+std::string ManagerUsage();
+
+}  // namespace ephemera::controllers

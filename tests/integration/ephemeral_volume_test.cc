@@ -1,0 +1,363 @@
+// The ephemeral-volume controller (the real ephemera-controller-manager binary) against the live
+// cluster, with kube-controller-manager's garbage collector and kube-scheduler running.
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <functional>
+#include <thread>
+
+#include "apiclient/errors.h"
+#include "tests/integration/cluster_client.h"
+
+namespace ephemera::testing {
+namespace {
+
+using apiclient::Field;
+using apiclient::Object;
+using apiclient::ObjectPtr;
+using apiclient::resources::kEvents;
+using apiclient::resources::kPersistentVolumeClaims;
+using apiclient::resources::kPods;
+using std::chrono::milliseconds;
+using std::chrono::seconds;
+
+// Runs ephemera-controller-manager for the duration of a test; SIGTERM on destruction.
+class ControllerProcess {
+ public:
+  ControllerProcess(const TestCluster& cluster, std::vector<std::string> extra) {
+    log_ = cluster.dir() + "/logs/ephemera-controller-manager-" + RandomSuffix() + ".log";
+    const std::string binary =
+        std::string(EPHEMERA_BINARY_DIR) + "/bin/ephemera-controller-manager";
+    std::vector<std::string> args = {
+        binary, "--kubeconfig", cluster.kubeconfig(), "--leader-elect=false", "-v", "2"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    pid_ = fork();
+    if (pid_ == 0) {
+      FILE* out = std::freopen(log_.c_str(), "w", stderr);
+      (void)out;
+      std::vector<char*> argv;
+      for (auto& a : args)
+        argv.push_back(a.data());
+      argv.push_back(nullptr);
+      execv(binary.c_str(), argv.data());
+      _exit(127);
+    }
+  }
+  ~ControllerProcess() {
+    kill(pid_, SIGTERM);
+    int status = 0;
+    waitpid(pid_, &status, 0);
+  }
+  pid_t pid() const { return pid_; }
+
+ private:
+  pid_t pid_ = -1;
+  std::string log_;
+};
+
+bool Eventually(const std::function<bool()>& condition, seconds timeout = seconds(30)) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (condition()) return true;
+    std::this_thread::sleep_for(milliseconds(100));
+  }
+  return condition();
+}
+
+Object EphemeralVolume(const std::string& name, const std::string& size) {
+  return {
+      {"name", name},
+      {"ephemeral",
+       {{"volumeClaimTemplate",
+         {{"metadata", {{"labels", {{"vol", name}}}, {"annotations", {{"note", "for " + name}}}}},
+          {"spec",
+           {{"accessModes", {"ReadWriteOnce"}},
+            {"storageClassName", "late"},
+            {"resources", {{"requests", {{"storage", size}}}}}}}}}}}};
+}
+
+Object PodSpec(std::vector<Object> volumes) {
+  return {{"containers", {{{"name", "app"}, {"image", "registry.invalid/app"}}}},
+          {"volumes", std::move(volumes)}};
+}
+
+Object Pod(const std::string& ns, const std::string& name, std::vector<Object> volumes) {
+  return {{"apiVersion", "v1"},
+          {"kind", "Pod"},
+          {"metadata", {{"name", name}, {"namespace", ns}}},
+          {"spec", PodSpec(std::move(volumes))}};
+}
+
+ObjectPtr GetClaim(apiclient::ApiClient& client, const std::string& ns, const std::string& name) {
+  auto pvc = client.Get(kPersistentVolumeClaims, ns, name);
+  return pvc.ok() ? *pvc : nullptr;
+}
+
+std::vector<ObjectPtr> EventsFor(apiclient::ApiClient& client, const std::string& ns,
+                                 const std::string& reason) {
+  std::vector<ObjectPtr> out;
+  auto list = client.List(kEvents, ns, {});
+  if (!list.ok()) return out;
+  for (const auto& e : list->items) {
+    if (Field(*e, "reason") == reason) out.push_back(e);
+  }
+  return out;
+}
+
+void EnsureLateBindingClass(apiclient::ApiClient& client) {
+  (void)client.Create(apiclient::resources::kStorageClasses, "",
+                      {{"apiVersion", "storage.k8s.io/v1"},
+                       {"kind", "StorageClass"},
+                       {"metadata", {{"name", "late"}}},
+                       {"provisioner", "pmem-csi.ephemera.io"},
+                       {"volumeBindingMode", "WaitForFirstConsumer"}});
+}
+
+TEST_CASE("Ephemeral volumes: PVCs made as the reference makes them; the scheduler picks a node",
+          "[cluster][ephemeral]") {
+  const TestCluster cluster = TestCluster::FromEnvironment();
+  auto client = cluster.AdminClient();
+  EnsureLateBindingClass(*client);
+  ControllerProcess controller(cluster, {"--release-terminated-pods"});
+  const std::string ns = cluster.CreateNamespace("ev");
+  auto pod = client->Create(kPods, ns,
+                            Pod(ns, "web",
+                                {EphemeralVolume("scratch", "1Gi"),
+                                 EphemeralVolume("cache", "2Gi"),
+                                 {{"name", "plain"}, {"emptyDir", Object::object()}}}));
+  REQUIRE(pod.ok());
+  const std::string uid = Field(**pod, "metadata", "uid");
+
+  ObjectPtr scratch, cache;
+  REQUIRE(Eventually([&] {
+    scratch = GetClaim(*client, ns, "web-scratch");
+    cache = GetClaim(*client, ns, "web-cache");
+    return scratch && cache;
+  }));
+  CHECK(GetClaim(*client, ns, "web-plain") == nullptr);
+  for (const auto& [pvc, vol, size] :
+       {std::tuple{scratch, "scratch", "1Gi"}, std::tuple{cache, "cache", "2Gi"}}) {
+    const Object& owner = (*pvc)["metadata"]["ownerReferences"][0];
+    CHECK((*pvc)["metadata"]["ownerReferences"].size() == 1);
+    CHECK(owner["apiVersion"] == "v1");
+    CHECK(owner["kind"] == "Pod");
+    CHECK(owner["name"] == "web");
+    CHECK(owner["uid"] == uid);
+    CHECK(owner["controller"] == true);
+    CHECK(owner["blockOwnerDeletion"] == true);
+    CHECK(Field(*pvc, "metadata", "labels", "vol") == vol);
+    CHECK(Field(*pvc, "metadata", "annotations", "note") == std::string("for ") + vol);
+    CHECK(Field(*pvc, "spec", "storageClassName") == "late");
+    CHECK(Field(*pvc, "spec", "resources", "requests", "storage") == size);
+  }
+  // kube-scheduler sees the PVCs and chooses a node for the late-binding class.
+  CHECK(Eventually([&] {
+    auto pvc = GetClaim(*client, ns, "web-scratch");
+    return pvc &&
+           !Field(*pvc, "metadata", "annotations", "volume.kubernetes.io/selected-node").empty();
+  }));
+  CHECK(Eventually([&] { return EventsFor(*client, ns, "ProvisioningClaimCreated").size() == 2; }));
+
+  // Pod deleted: the garbage collector deletes the PVCs it owns.
+  REQUIRE(client->Delete(kPods, ns, "web", {.propagation_policy = "Background"}).ok());
+  CHECK(Eventually(
+      [&] { return !GetClaim(*client, ns, "web-scratch") && !GetClaim(*client, ns, "web-cache"); },
+      seconds(60)));
+}
+
+TEST_CASE("Ephemeral volumes: a foreign PVC is never touched; ours follows once it is gone",
+          "[cluster][ephemeral]") {
+  const TestCluster cluster = TestCluster::FromEnvironment();
+  auto client = cluster.AdminClient();
+  EnsureLateBindingClass(*client);
+  ControllerProcess controller(cluster, {});
+  const std::string ns = cluster.CreateNamespace("foreign");
+  const Object foreign = {
+      {"apiVersion", "v1"},
+      {"kind", "PersistentVolumeClaim"},
+      {"metadata", {{"name", "app-data"}, {"namespace", ns}, {"labels", {{"mine", "yes"}}}}},
+      {"spec",
+       {{"accessModes", {"ReadWriteOnce"}},
+        {"storageClassName", "late"},
+        {"resources", {{"requests", {{"storage", "5Gi"}}}}}}}};
+  auto created = client->Create(kPersistentVolumeClaims, ns, foreign);
+  REQUIRE(created.ok());
+  REQUIRE(client->Create(kPods, ns, Pod(ns, "app", {EphemeralVolume("data", "1Gi")})).ok());
+
+  REQUIRE(Eventually([&] { return !EventsFor(*client, ns, "FailedBinding").empty(); }));
+  const auto warning = EventsFor(*client, ns, "FailedBinding")[0];
+  CHECK(Field(*warning, "type") == "Warning");
+  CHECK(Field(*warning, "note")
+            .find("PVC " + ns + "/app-data was not created for pod " + ns +
+                  "/app (pod is not owner)") != std::string::npos);
+  auto unchanged = GetClaim(*client, ns, "app-data");
+  REQUIRE(unchanged);
+  CHECK(Field(*unchanged, "metadata", "resourceVersion") ==
+        Field(**created, "metadata", "resourceVersion"));
+  CHECK_FALSE((*unchanged)["metadata"].contains("ownerReferences"));
+
+  REQUIRE(client->Delete(kPersistentVolumeClaims, ns, "app-data", {}).ok());
+  CHECK(Eventually(
+      [&] {
+        auto pvc = GetClaim(*client, ns, "app-data");
+        return pvc && (*pvc)["metadata"].contains("ownerReferences") &&
+               (*pvc)["metadata"]["ownerReferences"][0]["name"] == "app" &&
+               Field(*pvc, "spec", "resources", "requests", "storage") == "1Gi";
+      },
+      seconds(60)));
+}
+
+TEST_CASE("Ephemeral volumes: a PVC deleted while its pod lives is recreated",
+          "[cluster][ephemeral]") {
+  const TestCluster cluster = TestCluster::FromEnvironment();
+  auto client = cluster.AdminClient();
+  EnsureLateBindingClass(*client);
+  ControllerProcess controller(cluster, {});
+  const std::string ns = cluster.CreateNamespace("recreate");
+  REQUIRE(client->Create(kPods, ns, Pod(ns, "p", {EphemeralVolume("v", "1Gi")})).ok());
+  ObjectPtr first;
+  REQUIRE(Eventually([&] { return (first = GetClaim(*client, ns, "p-v")) != nullptr; }));
+  REQUIRE(client->Delete(kPersistentVolumeClaims, ns, "p-v", {}).ok());
+  CHECK(Eventually(
+      [&] {
+        auto again = GetClaim(*client, ns, "p-v");
+        return again && Field(*again, "metadata", "uid") != Field(*first, "metadata", "uid");
+      },
+      seconds(60)));
+}
+
+TEST_CASE("Ephemeral volumes: a name collision is reported with the owner of the PVC",
+          "[cluster][ephemeral]") {
+  const TestCluster cluster = TestCluster::FromEnvironment();
+  auto client = cluster.AdminClient();
+  EnsureLateBindingClass(*client);
+  ControllerProcess controller(cluster, {});
+  const std::string ns = cluster.CreateNamespace("collide");
+  // pod-a + scratch and pod + a-scratch both want "pod-a-scratch".
+  REQUIRE(client->Create(kPods, ns, Pod(ns, "pod-a", {EphemeralVolume("scratch", "1Gi")})).ok());
+  ObjectPtr pvc;
+  REQUIRE(Eventually([&] { return (pvc = GetClaim(*client, ns, "pod-a-scratch")) != nullptr; }));
+  REQUIRE(client->Create(kPods, ns, Pod(ns, "pod", {EphemeralVolume("a-scratch", "1Gi")})).ok());
+  REQUIRE(Eventually([&] { return !EventsFor(*client, ns, "FailedBinding").empty(); }));
+  const auto warning = EventsFor(*client, ns, "FailedBinding")[0];
+  CHECK(Field(*warning, "regarding", "name") == "pod");
+  CHECK(Field(*warning, "note")
+            .find("ephemeral volume a-scratch: PVC " + ns +
+                  "/pod-a-scratch was not created for pod " + ns + "/pod") != std::string::npos);
+  CHECK(Field(*warning, "note").find("it belongs to Pod pod-a") != std::string::npos);
+  // The PVC still belongs to pod-a, untouched.
+  auto after = GetClaim(*client, ns, "pod-a-scratch");
+  REQUIRE(after);
+  CHECK(Field(*after, "metadata", "resourceVersion") == Field(*pvc, "metadata", "resourceVersion"));
+}
+
+TEST_CASE("Ephemeral volumes: --release-terminated-pods frees a Failed pod's PVC; Running keeps",
+          "[cluster][ephemeral]") {
+  const TestCluster cluster = TestCluster::FromEnvironment();
+  auto client = cluster.AdminClient();
+  EnsureLateBindingClass(*client);
+  ControllerProcess controller(cluster, {"--release-terminated-pods"});
+  const std::string ns = cluster.CreateNamespace("release");
+  for (const char* name : {"done", "busy"}) {
+    REQUIRE(client->Create(kPods, ns, Pod(ns, name, {EphemeralVolume("v", "1Gi")})).ok());
+  }
+  REQUIRE(Eventually(
+      [&] { return GetClaim(*client, ns, "done-v") && GetClaim(*client, ns, "busy-v"); }));
+  auto set_phase = [&](const std::string& name, const std::string& phase) {
+    auto pod = client->Get(kPods, ns, name);
+    REQUIRE(pod.ok());
+    Object copy = **pod;
+    copy["status"]["phase"] = phase;
+    if (phase == "Failed") copy["status"]["reason"] = "OutOfcpu";  // as a kubelet admission reject
+    REQUIRE(client->UpdateStatus(kPods, ns, copy).ok());
+  };
+  set_phase("busy", "Running");
+  set_phase("done", "Failed");
+  CHECK(Eventually([&] { return GetClaim(*client, ns, "done-v") == nullptr; }, seconds(60)));
+  CHECK(Eventually([&] { return !EventsFor(*client, ns, "ReleasedClaim").empty(); }));
+  std::this_thread::sleep_for(seconds(2));
+  CHECK(GetClaim(*client, ns, "busy-v") != nullptr);
+  // Released means released: the Failed pod does not get its PVC back.
+  CHECK(GetClaim(*client, ns, "done-v") == nullptr);
+}
+
+TEST_CASE("Ephemeral volumes: Deployment, StatefulSet, DaemonSet and Job pods get their PVCs",
+          "[cluster][ephemeral]") {
+  const TestCluster cluster = TestCluster::FromEnvironment();
+  auto client = cluster.AdminClient();
+  EnsureLateBindingClass(*client);
+  ControllerProcess controller(cluster, {});
+  const std::string ns = cluster.CreateNamespace("workloads");
+  auto tmpl = [](const std::string& app) {
+    return Object{{"metadata", {{"labels", {{"app", app}}}}},
+                  {"spec", PodSpec({EphemeralVolume("scratch", "1Gi")})}};
+  };
+  const apiclient::Resource statefulsets{"apps", "v1", "statefulsets", "StatefulSet", true};
+  const apiclient::Resource daemonsets{"apps", "v1", "daemonsets", "DaemonSet", true};
+  const apiclient::Resource jobs{"batch", "v1", "jobs", "Job", true};
+  auto job_tmpl = tmpl("job");
+  job_tmpl["spec"]["restartPolicy"] = "Never";
+  REQUIRE(client
+              ->Create(apiclient::resources::kDeployments, ns,
+                       {{"apiVersion", "apps/v1"},
+                        {"kind", "Deployment"},
+                        {"metadata", {{"name", "deploy"}, {"namespace", ns}}},
+                        {"spec",
+                         {{"replicas", 2},
+                          {"selector", {{"matchLabels", {{"app", "deploy"}}}}},
+                          {"template", tmpl("deploy")}}}})
+              .ok());
+  REQUIRE(client
+              ->Create(statefulsets, ns,
+                       {{"apiVersion", "apps/v1"},
+                        {"kind", "StatefulSet"},
+                        {"metadata", {{"name", "sts"}, {"namespace", ns}}},
+                        {"spec",
+                         {{"replicas", 1},
+                          {"serviceName", "sts"},
+                          {"selector", {{"matchLabels", {{"app", "sts"}}}}},
+                          {"template", tmpl("sts")}}}})
+              .ok());
+  REQUIRE(
+      client
+          ->Create(daemonsets, ns,
+                   {{"apiVersion", "apps/v1"},
+                    {"kind", "DaemonSet"},
+                    {"metadata", {{"name", "ds"}, {"namespace", ns}}},
+                    {"spec",
+                     {{"selector", {{"matchLabels", {{"app", "ds"}}}}}, {"template", tmpl("ds")}}}})
+          .ok());
+  REQUIRE(client
+              ->Create(jobs, ns,
+                       {{"apiVersion", "batch/v1"},
+                        {"kind", "Job"},
+                        {"metadata", {{"name", "job"}, {"namespace", ns}}},
+                        {"spec", {{"template", job_tmpl}}}})
+              .ok());
+  // 2 (Deployment) + 1 (StatefulSet) + 3 (DaemonSet, one per node) + 1 (Job) pods, each with its
+  // own PVC "<pod>-scratch" owned by it.
+  size_t pods_with_claims = 0;
+  CHECK(Eventually(
+      [&] {
+        auto pods = client->List(kPods, ns, {});
+        if (!pods.ok() || pods->items.size() < 7) return false;
+        pods_with_claims = 0;
+        for (const auto& p : pods->items) {
+          auto pvc = GetClaim(*client, ns, Field(*p, "metadata", "name") + "-scratch");
+          if (pvc &&
+              (*pvc)["metadata"]["ownerReferences"][0]["uid"] == Field(*p, "metadata", "uid")) {
+            ++pods_with_claims;
+          }
+        }
+        return pods_with_claims == pods->items.size();
+      },
+      seconds(90)));
+  INFO("pods with their PVC: " << pods_with_claims);
+  CHECK(pods_with_claims >= 7);
+}
+
+}  // namespace
+}  // namespace ephemera::testing
