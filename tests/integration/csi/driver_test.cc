@@ -10,6 +10,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <random>
 #include <set>
 #include <thread>
@@ -112,37 +113,43 @@ TEST_CASE("SIGKILL during 100 create/delete cycles leaks nothing", "[csi][integr
   DriverFixture driver("256Mi");
   std::mt19937 random(42);
   int kills = 0;
+  int interrupted = 0;
   std::set<std::string> names_in_flight;
   for (int cycle = 0; cycle < 100; ++cycle) {
     std::string name = "pvc-cycle-" + std::to_string(cycle);
     names_in_flight.insert(name);
-    // Every tenth cycle, a killer fires after a random delay while create/delete run.
+    // Every tenth cycle a killer fires after a random delay; the cycle repeats create+delete of
+    // its name until the kill lands, so that every kill hits the driver inside a call.
     std::thread killer;
     std::atomic<bool> killed{false};
     if (cycle % 10 == 5) {
-      int delay_us = std::uniform_int_distribution<int>(0, 30000)(random);
+      int delay_us = std::uniform_int_distribution<int>(0, 20000)(random);
       killer = std::thread([&, delay_us] {
         std::this_thread::sleep_for(std::chrono::microseconds(delay_us));
         driver.Kill(SIGKILL);
         killed = true;
       });
     }
-    CreateVolumeRequest create;
-    create.set_name(name);
-    create.mutable_capacity_range()->set_required_bytes(8 * kMi);
-    *create.add_volume_capabilities() = MountCapability();
-    CreateVolumeResponse created;
-    grpc::Status status = CALL(driver.controller(), CreateVolume, create, &created);
-    if (status.ok()) {
-      DeleteVolumeRequest del;
-      del.set_volume_id(created.volume().volume_id());
-      DeleteVolumeResponse deleted;
-      status = CALL(driver.controller(), DeleteVolume, del, &deleted);
-      if (status.ok()) names_in_flight.erase(name);
-    }
+    grpc::Status status;
+    do {
+      CreateVolumeRequest create;
+      create.set_name(name);
+      create.mutable_capacity_range()->set_required_bytes(8 * kMi);
+      *create.add_volume_capabilities() = MountCapability();
+      CreateVolumeResponse created;
+      status = CALL(driver.controller(), CreateVolume, create, &created);
+      if (status.ok()) {
+        DeleteVolumeRequest del;
+        del.set_volume_id(created.volume().volume_id());
+        DeleteVolumeResponse deleted;
+        status = CALL(driver.controller(), DeleteVolume, del, &deleted);
+      }
+    } while (killer.joinable() && status.ok() && !killed);
+    if (status.ok()) names_in_flight.erase(name);
     if (killer.joinable()) {
       killer.join();
       ++kills;
+      if (!status.ok()) ++interrupted;
       driver.Start();
       // After the restart: devices, records and loops agree one to one.
       std::vector<std::string> files = driver.PoolFiles();
@@ -152,6 +159,16 @@ TEST_CASE("SIGKILL during 100 create/delete cycles leaks nothing", "[csi][integr
     }
     REQUIRE((status.ok() || killed));
   }
+  std::ifstream log_in(driver.log_path());
+  std::string log_text((std::istreambuf_iterator<char>(log_in)), std::istreambuf_iterator<char>());
+  size_t repairs = 0;
+  for (size_t at = log_text.find("recovery: "); at != std::string::npos;
+       at = log_text.find("recovery: ", at + 1)) {
+    ++repairs;
+  }
+  std::cout << "SIGKILL test: " << kills << " kills, " << interrupted << " inside a call, "
+            << repairs << " repairs at restart, " << names_in_flight.size() << " names retried\n";
+  CHECK(interrupted == kills);
   CHECK(kills == 10);
   // The CO retries what failed: create (idempotent) and delete each name once more.
   for (const std::string& name : names_in_flight) {
@@ -170,9 +187,7 @@ TEST_CASE("SIGKILL during 100 create/delete cycles leaks nothing", "[csi][integr
   CHECK(driver.Records().empty());
   CHECK(driver.Loops().empty());
   CHECK(driver.AvailableCapacity() == 256 * kMi);
-  std::ifstream log(driver.log_path());
-  std::string text((std::istreambuf_iterator<char>(log)), std::istreambuf_iterator<char>());
-  CHECK(text.find("ORPHANED") == std::string::npos);
+  CHECK(log_text.find("ORPHANED") == std::string::npos);
 }
 
 // Whether this process has CAP_SYS_RESOURCE (bit 24 of CapEff), which the kernel requires for the
