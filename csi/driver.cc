@@ -72,6 +72,7 @@ void LogReport(const VolumeManager::RecoveryReport& report) {
   print("ORPHANED device without record (use --remove-orphans to delete):", report.orphans);
   print("removed orphaned device", report.removed_orphans);
   print("UNREADABLE record file (left in place):", report.corrupt_records);
+  print("could not repair now (left in place):", report.errors);
 }
 
 }  // namespace

@@ -30,36 +30,8 @@ StatusOr<VolumeManager::RecoveryReport> VolumeManager::Recover() {
   std::set<std::string> known;
   for (VolumeRecord& record : *records) {
     known.insert(record.id);
-    switch (record.phase) {
-      case Phase::kCreating:
-        EPHEMERA_RETURN_IF_ERROR(devices_.Delete(record.id, record.erase_after));
-        EPHEMERA_RETURN_IF_ERROR(store_.Remove(record.id));
-        report.rolled_back.push_back(record.id);
-        break;
-      case Phase::kDeleting: {
-        Status status = devices_.Delete(record.id, record.erase_after);
-        if (status.code() == Code::kFailedPrecondition) {
-          // Still in use: the delete that was interrupted would have been refused. Keep it.
-          record.phase = Phase::kReady;
-          EPHEMERA_RETURN_IF_ERROR(store_.Put(record));
-          break;
-        }
-        EPHEMERA_RETURN_IF_ERROR(status);
-        EPHEMERA_RETURN_IF_ERROR(store_.Remove(record.id));
-        report.finished_delete.push_back(record.id);
-        break;
-      }
-      case Phase::kReady: {
-        StatusOr<Device> device = devices_.Get(record.id);
-        if (device.status().code() == Code::kNotFound) {
-          EPHEMERA_RETURN_IF_ERROR(store_.Remove(record.id));
-          report.dropped_records.push_back(record.id);
-        } else if (!device.ok()) {
-          return device.status();
-        }
-        break;
-      }
-    }
+    Status status = RecoverRecord(record, &report);
+    if (!status.ok()) report.errors.push_back(record.id + ": " + status.ToString());
   }
   for (const std::string& corrupt : report.corrupt_records) {
     // A record that cannot be read still claims its device: never treat that device as an orphan.
@@ -71,11 +43,47 @@ StatusOr<VolumeManager::RecoveryReport> VolumeManager::Recover() {
     if (known.count(device.id) != 0) continue;
     report.orphans.push_back(device.id);
     if (options_.remove_orphans) {
-      EPHEMERA_RETURN_IF_ERROR(devices_.Delete(device.id, /*erase=*/true));
-      report.removed_orphans.push_back(device.id);
+      Status status = devices_.Delete(device.id, /*erase=*/true);
+      if (status.ok()) {
+        report.removed_orphans.push_back(device.id);
+      } else {
+        report.errors.push_back(device.id + ": " + status.ToString());
+      }
     }
   }
   return report;
+}
+
+Status VolumeManager::RecoverRecord(VolumeRecord& record, RecoveryReport* report) {
+  switch (record.phase) {
+    case Phase::kCreating:
+      EPHEMERA_RETURN_IF_ERROR(devices_.Delete(record.id, record.erase_after));
+      EPHEMERA_RETURN_IF_ERROR(store_.Remove(record.id));
+      report->rolled_back.push_back(record.id);
+      return Status::Ok();
+    case Phase::kDeleting: {
+      Status status = devices_.Delete(record.id, record.erase_after);
+      if (status.code() == Code::kFailedPrecondition) {
+        // Still in use: the delete that was interrupted would have been refused. Keep it.
+        record.phase = Phase::kReady;
+        return store_.Put(record);
+      }
+      EPHEMERA_RETURN_IF_ERROR(status);
+      EPHEMERA_RETURN_IF_ERROR(store_.Remove(record.id));
+      report->finished_delete.push_back(record.id);
+      return Status::Ok();
+    }
+    case Phase::kReady: {
+      StatusOr<Device> device = devices_.Get(record.id);
+      if (device.status().code() == Code::kNotFound) {
+        EPHEMERA_RETURN_IF_ERROR(store_.Remove(record.id));
+        report->dropped_records.push_back(record.id);
+        return Status::Ok();
+      }
+      return device.status();
+    }
+  }
+  return Status::Ok();
 }
 
 StatusOr<VolumeRecord> VolumeManager::CreateVolume(const std::string& name, int64_t required_bytes,

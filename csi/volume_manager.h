@@ -77,13 +77,17 @@ class VolumeManager {
     std::vector<std::string> orphans;          // devices without a record
     std::vector<std::string> removed_orphans;  // ... of which removed (Options::remove_orphans)
     std::vector<std::string> corrupt_records;  // record files that could not be parsed
+    std::vector<std::string> errors;           // "id: status" of volumes that could not be
+                                               // repaired now (left as they are, retried later)
   };
 
   VolumeManager(DeviceManager& devices, StateStore& store, Options options);
 
   void SetFaultHook(FaultHook hook) { fault_hook_ = std::move(hook); }
 
-  // Repairs the state after a restart, see above. Errors: INTERNAL from the backend or the store.
+  // Repairs the state after a restart, see above. A volume that cannot be repaired now (e.g. its
+  // device is busy) is listed in `errors` and left for the next call or start. Errors: INTERNAL
+  // when the records or devices cannot be listed at all.
   StatusOr<RecoveryReport> Recover();
 
   // Creates the volume `name` (idempotent). Errors: INVALID_ARGUMENT / OUT_OF_RANGE for the
@@ -133,6 +137,7 @@ class VolumeManager {
                                       int64_t required_bytes, int64_t limit_bytes,
                                       const VolumeParameters& params, bool ephemeral);
   Status DeleteLocked(const std::string& id);
+  Status RecoverRecord(VolumeRecord& record, RecoveryReport* report);
 
   DeviceManager& devices_;
   StateStore& store_;

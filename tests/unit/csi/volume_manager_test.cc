@@ -246,6 +246,31 @@ TEST_CASE("a deleting record of a volume in use goes back to ready", "[csi][volu
   f.CheckConsistent();
 }
 
+TEST_CASE("a volume that cannot be repaired does not stop recovery of the others",
+          "[csi][volumes][crash]") {
+  Fixture f;
+  std::string busy;
+  {
+    auto vm = f.Restart();
+    vm->SetFaultHook([](std::string_view p) { return CrashAt(p, "create:device-created"); });
+    busy = DeriveVolumeId("pvc-busy");
+    CHECK_FALSE(vm->CreateVolume("pvc-busy", 0, 0, {}).ok());
+    vm->SetFaultHook(nullptr);
+    REQUIRE(vm->CreateVolume("pvc-ok", 0, 0, {}).ok());
+  }
+  f.devices.in_use[busy] = true;  // e.g. someone mounted the half-created device by hand
+  f.devices.AddDevice("eph-orphan", 4 * kMi);
+  auto vm = f.Restart();
+  StatusOr<VolumeManager::RecoveryReport> report = vm->Recover();
+  REQUIRE(report.ok());
+  REQUIRE(report->errors.size() == 1);
+  CHECK(report->errors[0].starts_with(busy + ": FAILED_PRECONDITION"));
+  CHECK(report->orphans == std::vector<std::string>{"eph-orphan"});
+  CHECK(f.devices.Has(busy));
+  CHECK(f.store.Get(busy)->phase == Phase::kCreating);  // kept for a later repair
+  CHECK(vm->GetVolume(DeriveVolumeId("pvc-ok")).ok());
+}
+
 TEST_CASE("expansion grows the device and the record, never shrinks", "[csi][volumes]") {
   Fixture f;
   auto vm = f.Restart();
