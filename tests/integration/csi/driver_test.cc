@@ -2,6 +2,7 @@
 // root): inline ephemeral volumes, SIGKILL during create/delete cycles, online expansion, the
 // metrics endpoint and the mTLS capacity listener.
 #include <signal.h>
+#include <sys/mount.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
 
@@ -92,6 +93,42 @@ TEST_CASE("inline ephemeral volume: published, written, unpublished, space retur
   // Unpublishing again: the volume is gone.
   CHECK(CALL(driver.node(), NodeUnpublishVolume, unpublish, &unpublished).error_code() ==
         grpc::StatusCode::NOT_FOUND);
+}
+
+TEST_CASE("inline ephemeral volume: a restart between create and mount is repaired by the retry",
+          "[csi][integration][crash]") {
+  DriverFixture driver;
+  const int64_t before = driver.AvailableCapacity();
+  std::string target = driver.work() + "/pods/p2/volumes/scratch/mount";
+  NodePublishVolumeRequest publish;
+  publish.set_volume_id("csi-restart-1");
+  publish.set_target_path(target);
+  *publish.mutable_volume_capability() = MountCapability("ext4");
+  (*publish.mutable_volume_context())["csi.storage.k8s.io/ephemeral"] = "true";
+  (*publish.mutable_volume_context())["size"] = "16Mi";
+  NodePublishVolumeResponse published;
+  REQUIRE(CALL(driver.node(), NodePublishVolume, publish, &published).ok());
+  // What a crash after the volume was made and formatted but before the mount leaves: the volume,
+  // no mount. The driver is killed and restarted, and kubelet retries the publish.
+  REQUIRE(umount2(target.c_str(), 0) == 0);
+  driver.Restart();
+  REQUIRE(driver.Mounts().empty());
+  REQUIRE(CALL(driver.node(), NodePublishVolume, publish, &published).ok());
+  CHECK(driver.Mounts() == std::vector<std::string>{target});
+  CHECK(driver.PoolFiles().size() == 1);  // the same volume, not a second one
+  // A restart while published changes nothing; unpublish then cleans up everything.
+  driver.Restart();
+  REQUIRE(CALL(driver.node(), NodePublishVolume, publish, &published).ok());
+  NodeUnpublishVolumeRequest unpublish;
+  unpublish.set_volume_id(publish.volume_id());
+  unpublish.set_target_path(target);
+  NodeUnpublishVolumeResponse unpublished;
+  REQUIRE(CALL(driver.node(), NodeUnpublishVolume, unpublish, &unpublished).ok());
+  CHECK(driver.AvailableCapacity() == before);
+  CHECK(driver.PoolFiles().empty());
+  CHECK(driver.Records().empty());
+  CHECK(driver.Loops().empty());
+  CHECK(driver.Mounts().empty());
 }
 
 TEST_CASE("inline ephemeral volume without size is INVALID_ARGUMENT and leaves nothing",
