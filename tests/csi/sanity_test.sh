@@ -12,11 +12,13 @@ SANITY=${CSI_SANITY:-$ROOT/.tools/bin/csi-sanity}
 driver_setup
 driver_start
 mkdir -p "$WORK/mnt" "$WORK/staging"
+set +e  # a failing suite must still reach the leftover check below
 "$SANITY" -csi.endpoint="unix://$SOCK" \
   -csi.mountdir="$WORK/mnt/target" -csi.stagingdir="$WORK/staging/target" \
   -csi.testvolumesize=$((32 * 1024 * 1024)) -csi.testvolumeexpandsize=$((64 * 1024 * 1024)) \
   -ginkgo.no-color -ginkgo.junit-report="$WORK/junit.xml" "$@" 2>&1 | tee "$WORK/sanity.log"
 rc=${PIPESTATUS[0]}
+set -e
 grep -E "^(Ran|PASS|FAIL|SUCCESS|FAIL!)" "$WORK/sanity.log" | tail -3 || true
 
 # Nothing may be left: every volume csi-sanity created was deleted.
