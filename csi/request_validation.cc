@@ -35,6 +35,14 @@ Status ValidateCapability(std::string_view field, const VolumeCapability& capabi
       if (flag.find(',') != std::string::npos || flag.find('\0') != std::string::npos) {
         return Status::InvalidArgument(prefix + ".mount.mount_flags: a flag contains ',' or NUL");
       }
+      // Options that would let a request reach another device or file of the node (an external
+      // journal or log device) or turn a filesystem error into a kernel panic.
+      std::string key = flag.substr(0, flag.find('='));
+      if (key == "journal_path" || key == "journal_dev" || key == "logdev" || key == "rtdev" ||
+          flag == "errors=panic") {
+        return Status::InvalidArgument(prefix + ".mount.mount_flags: \"" + flag.substr(0, 64) +
+                                       "\" is not allowed");
+      }
     }
     if (flags_size > 4096) {
       return Status::InvalidArgument(prefix + ".mount.mount_flags: more than 4 KiB");

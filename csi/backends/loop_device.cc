@@ -76,6 +76,9 @@ StatusOr<std::string> AttachLoop(const std::string& file) {
   return Status::Unavailable("no free loop device after 32 attempts");
 }
 
+namespace {
+
+// Every attached loop device with its backing file.
 StatusOr<std::vector<LoopInfo>> ListLoops() {
   std::vector<LoopInfo> loops;
   std::error_code ec;
@@ -96,6 +99,8 @@ StatusOr<std::vector<LoopInfo>> ListLoops() {
   if (ec) return Status::Internal("listing /sys/block: " + ec.message());
   return loops;
 }
+
+}  // namespace
 
 StatusOr<std::vector<std::string>> FindLoopsForFile(const std::string& file) {
   StatusOr<std::vector<LoopInfo>> loops = ListLoops();
