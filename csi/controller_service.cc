@@ -184,6 +184,8 @@ Status ControllerService::DoGetCapacity(const GetCapacityRequest& request,
   }
   response->set_available_capacity(usable ? capacity->available : 0);
   response->mutable_maximum_volume_size()->set_value(usable ? capacity->max_volume_size : 0);
+  // A limit_bytes below one allocation unit cannot be met (OUT_OF_RANGE).
+  response->mutable_minimum_volume_size()->set_value(volumes_.devices().Alignment());
   return Status::Ok();
 }
 
