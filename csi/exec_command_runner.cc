@@ -10,12 +10,14 @@
 #include <cerrno>
 #include <cstring>
 
+#include "csi/system_error.h"
+
 extern char** environ;
 
 namespace ephemera::csi {
 
 namespace {
-constexpr size_t kMaxOutput = 64 * 1024;
+constexpr size_t kMaxOutput = size_t{64} * 1024;
 }
 
 StatusOr<CommandResult> ExecCommandRunner::Run(const std::vector<std::string>& argv) {
@@ -33,7 +35,7 @@ StatusOr<CommandResult> ExecCommandRunner::Run(const std::vector<std::string>& a
 
   int pipe_fds[2];
   if (pipe2(pipe_fds, O_CLOEXEC) != 0) {
-    return Status::Internal(std::string("pipe: ") + std::strerror(errno));
+    return Status::Internal(std::string("pipe: ") + ErrnoText(errno));
   }
   posix_spawn_file_actions_t actions;
   posix_spawn_file_actions_init(&actions);
@@ -46,7 +48,7 @@ StatusOr<CommandResult> ExecCommandRunner::Run(const std::vector<std::string>& a
   close(pipe_fds[1]);
   if (rc != 0) {
     close(pipe_fds[0]);
-    return Status::Internal("cannot start " + argv[0] + ": " + std::strerror(rc));
+    return Status::Internal("cannot start " + argv[0] + ": " + ErrnoText(rc));
   }
   CommandResult result;
   char buffer[4096];
@@ -61,7 +63,7 @@ StatusOr<CommandResult> ExecCommandRunner::Run(const std::vector<std::string>& a
   close(pipe_fds[0]);
   int wstatus = 0;
   while (waitpid(pid, &wstatus, 0) < 0) {
-    if (errno != EINTR) return Status::Internal(std::string("waitpid: ") + std::strerror(errno));
+    if (errno != EINTR) return Status::Internal(std::string("waitpid: ") + ErrnoText(errno));
   }
   if (WIFEXITED(wstatus)) {
     result.exit_code = WEXITSTATUS(wstatus);

@@ -10,6 +10,8 @@
 #include <cerrno>
 #include <cstring>
 
+#include "csi/system_error.h"
+
 namespace ephemera::csi {
 
 Status HttpServer::Start(const std::string& address) {
@@ -32,12 +34,12 @@ Status HttpServer::Start(const std::string& address) {
     return Status::InvalidArgument("--http-endpoint: bad IPv4 address " + host);
   }
   listen_fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (listen_fd_ < 0) return Status::Internal(std::string("socket: ") + std::strerror(errno));
+  if (listen_fd_ < 0) return Status::Internal(std::string("socket: ") + ErrnoText(errno));
   int one = 1;
   setsockopt(listen_fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
   if (bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
       listen(listen_fd_, 16) != 0) {
-    Status status = Status::Internal("listen on " + address + ": " + std::strerror(errno));
+    Status status = Status::Internal("listen on " + address + ": " + ErrnoText(errno));
     close(listen_fd_);
     listen_fd_ = -1;
     return status;

@@ -29,12 +29,14 @@ constexpr const char* kUsage =
   --tls-ca=FILE --tls-cert=FILE --tls-key=FILE   certificates of that listener
 )";
 
-bool ParseArgs(int argc, char** argv, ephemera::csi::Config* config) {
+// Fills `config`; returns false on a bad command line. Sets `*help` for --help.
+bool ParseArgs(int argc, char** argv, ephemera::csi::Config* config, bool* help) {
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
     if (arg == "--help" || arg == "-h") {
       std::cout << kUsage;
-      std::exit(0);
+      *help = true;
+      return true;
     }
     if (arg == "--remove-orphans") {
       config->remove_orphans = true;
@@ -81,7 +83,9 @@ bool ParseArgs(int argc, char** argv, ephemera::csi::Config* config) {
 
 int main(int argc, char** argv) {
   ephemera::csi::Config config;
-  if (!ParseArgs(argc, argv, &config)) return 2;
+  bool help = false;
+  if (!ParseArgs(argc, argv, &config, &help)) return 2;
+  if (help) return 0;
 
   // Block the stop signals in every thread; one thread waits for them.
   sigset_t signals;

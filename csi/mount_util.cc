@@ -11,13 +11,11 @@
 #include <map>
 #include <sstream>
 
+#include "csi/system_error.h"
+
 namespace ephemera::csi {
 
 namespace {
-
-std::string Errno(const std::string& what) {
-  return what + ": " + std::strerror(errno);
-}
 
 // mountinfo escapes space, tab, newline and backslash as \ooo.
 std::string Unescape(const std::string& s) {
@@ -86,8 +84,8 @@ StatusOr<bool> DeviceNodeIsBindMounted(const std::string& name) {
 }
 
 StatusOr<std::string> DeviceMajorMinor(const std::string& device) {
-  struct stat st;
-  if (stat(device.c_str(), &st) != 0) return Status::Internal(Errno("stat " + device));
+  struct stat st {};
+  if (stat(device.c_str(), &st) != 0) return Status::Internal(ErrnoMessage("stat " + device));
   if (!S_ISBLK(st.st_mode)) return Status::Internal(device + " is not a block device");
   return std::to_string(major(st.st_rdev)) + ":" + std::to_string(minor(st.st_rdev));
 }
@@ -130,18 +128,19 @@ Status MountFilesystem(const std::string& device, const std::string& target,
   }
   if (mount(device.c_str(), target.c_str(), fstype.c_str(), flags,
             data.empty() ? nullptr : data.c_str()) != 0) {
-    return Status::Internal(Errno("mount " + device + " on " + target + " (" + fstype + ")"));
+    return Status::Internal(
+        ErrnoMessage("mount " + device + " on " + target + " (" + fstype + ")"));
   }
   return Status::Ok();
 }
 
 Status BindMount(const std::string& source, const std::string& target, bool read_only) {
   if (mount(source.c_str(), target.c_str(), nullptr, MS_BIND, nullptr) != 0) {
-    return Status::Internal(Errno("bind mount " + source + " on " + target));
+    return Status::Internal(ErrnoMessage("bind mount " + source + " on " + target));
   }
   if (read_only &&
       mount(nullptr, target.c_str(), nullptr, MS_BIND | MS_REMOUNT | MS_RDONLY, nullptr) != 0) {
-    Status status = Status::Internal(Errno("remount " + target + " read-only"));
+    Status status = Status::Internal(ErrnoMessage("remount " + target + " read-only"));
     umount2(target.c_str(), MNT_DETACH);
     return status;
   }
@@ -151,7 +150,7 @@ Status BindMount(const std::string& source, const std::string& target, bool read
 Status Unmount(const std::string& target) {
   if (umount2(target.c_str(), UMOUNT_NOFOLLOW) != 0) {
     if (errno == EINVAL || errno == ENOENT) return Status::Ok();
-    return Status::Internal(Errno("unmount " + target));
+    return Status::Internal(ErrnoMessage("unmount " + target));
   }
   return Status::Ok();
 }

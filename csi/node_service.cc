@@ -17,6 +17,7 @@
 #include "csi/mount_util.h"
 #include "csi/parameters.h"
 #include "csi/request_validation.h"
+#include "csi/system_error.h"
 #include "csi/volume_id.h"
 
 namespace ephemera::csi {
@@ -24,10 +25,6 @@ namespace ephemera::csi {
 using namespace ::csi::v1;  // NOLINT(google-build-using-namespace): the generated messages
 
 namespace {
-
-std::string Errno(const std::string& what) {
-  return what + ": " + std::strerror(errno);
-}
 
 Status EnsureDirectory(const std::string& path) {
   std::error_code ec;
@@ -40,7 +37,7 @@ Status EnsureDirectory(const std::string& path) {
 Status EnsureFile(const std::string& path) {
   EPHEMERA_RETURN_IF_ERROR(EnsureDirectory(std::filesystem::path(path).parent_path().string()));
   int fd = open(path.c_str(), O_CREAT | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, 0600);
-  if (fd < 0) return Status::Internal(Errno("create " + path));
+  if (fd < 0) return Status::Internal(ErrnoMessage("create " + path));
   close(fd);
   return Status::Ok();
 }
@@ -49,7 +46,7 @@ Status EnsureFile(const std::string& path) {
 Status RemoveTarget(const std::string& path) {
   if (rmdir(path.c_str()) == 0 || errno == ENOENT) return Status::Ok();
   if (errno == ENOTDIR && (unlink(path.c_str()) == 0 || errno == ENOENT)) return Status::Ok();
-  return Status::Internal(Errno("remove " + path));
+  return Status::Internal(ErrnoMessage("remove " + path));
 }
 
 std::vector<std::string> MountOptions(const VolumeCapability& capability, const Device& device) {
@@ -336,10 +333,10 @@ Status NodeService::DoStats(const NodeGetVolumeStatsRequest& request,
   StatusOr<VolumeRecord> record = FindVolume(request.volume_id());
   if (!record.ok()) return record.status();
   const std::string& path = request.volume_path();
-  struct stat st;
+  struct stat st {};
   if (stat(path.c_str(), &st) != 0) {
     if (errno == ENOENT) return Status::NotFound("volume_path: " + path + " does not exist");
-    return Status::Internal(Errno("stat " + path));
+    return Status::Internal(ErrnoMessage("stat " + path));
   }
   StatusOr<Device> device = volumes_.GetDevice(record->id);
   VolumeCondition* condition = response->mutable_volume_condition();
@@ -365,8 +362,8 @@ Status NodeService::DoStats(const NodeGetVolumeStatsRequest& request,
     condition->set_message(ours ? "healthy" : "volume_path is another block device");
     return Status::Ok();
   }
-  struct statvfs fs;
-  if (statvfs(path.c_str(), &fs) != 0) return Status::Internal(Errno("statvfs " + path));
+  struct statvfs fs {};
+  if (statvfs(path.c_str(), &fs) != 0) return Status::Internal(ErrnoMessage("statvfs " + path));
   auto frsize = static_cast<int64_t>(fs.f_frsize);
   VolumeUsage* bytes = response->add_usage();
   bytes->set_unit(VolumeUsage::BYTES);
@@ -414,10 +411,10 @@ Status NodeService::DoExpand(const NodeExpandVolumeRequest& request,
   StatusOr<VolumeLocks::Guard> guard = volumes_.locks().TryLock(record->id);
   if (!guard.ok()) return guard.status();
   const std::string& path = request.volume_path();
-  struct stat st;
+  struct stat st {};
   if (stat(path.c_str(), &st) != 0) {
     if (errno == ENOENT) return Status::NotFound("volume_path: " + path + " does not exist");
-    return Status::Internal(Errno("stat " + path));
+    return Status::Internal(ErrnoMessage("stat " + path));
   }
   StatusOr<Device> device = volumes_.GetDevice(record->id);
   if (!device.ok()) return device.status();

@@ -14,7 +14,7 @@ std::string HexSha256(std::string_view data) {
   SHA256(reinterpret_cast<const unsigned char*>(data.data()), data.size(), digest);
   static constexpr char kHex[] = "0123456789abcdef";
   std::string hex;
-  hex.reserve(2 * SHA256_DIGEST_LENGTH);
+  hex.reserve(size_t{2} * SHA256_DIGEST_LENGTH);
   for (unsigned char byte : digest) {
     hex.push_back(kHex[byte >> 4]);
     hex.push_back(kHex[byte & 0xf]);

@@ -14,6 +14,7 @@
 
 #include "csi/backends/loop_device.h"
 #include "csi/mount_util.h"
+#include "csi/system_error.h"
 #include "csi/volume_id.h"
 
 namespace ephemera::csi {
@@ -22,19 +23,15 @@ namespace {
 
 constexpr std::string_view kSuffix = ".img";
 
-std::string Errno(const std::string& what) {
-  return what + ": " + std::strerror(errno);
-}
-
 Status SyncDir(const std::string& dir) {
   int fd = open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return Status::Internal(Errno("open " + dir));
+  if (fd < 0) return Status::Internal(ErrnoMessage("open " + dir));
   int rc = fsync(fd);
   int saved = errno;
   close(fd);
   if (rc != 0) {
     errno = saved;
-    return Status::Internal(Errno("fsync " + dir));
+    return Status::Internal(ErrnoMessage("fsync " + dir));
   }
   return Status::Ok();
 }
@@ -42,28 +39,29 @@ Status SyncDir(const std::string& dir) {
 }  // namespace
 
 Status ZeroAllocatedExtents(int fd) {
-  static const std::vector<char> kZeros(1024 * 1024, 0);
+  static const std::vector<char> kZeros(size_t{1024} * 1024, 0);
   off_t offset = 0;
   for (;;) {
     off_t data = lseek(fd, offset, SEEK_DATA);
     if (data < 0) {
       if (errno == ENXIO) break;  // no data after offset
-      return Status::Internal(Errno("SEEK_DATA"));
+      return Status::Internal(ErrnoMessage("SEEK_DATA"));
     }
     off_t hole = lseek(fd, data, SEEK_HOLE);
-    if (hole < 0) return Status::Internal(Errno("SEEK_HOLE"));
+    if (hole < 0) return Status::Internal(ErrnoMessage("SEEK_HOLE"));
     for (off_t pos = data; pos < hole;) {
-      size_t chunk = static_cast<size_t>(std::min<off_t>(hole - pos, kZeros.size()));
+      size_t chunk =
+          static_cast<size_t>(std::min<off_t>(hole - pos, static_cast<off_t>(kZeros.size())));
       ssize_t n = pwrite(fd, kZeros.data(), chunk, pos);
       if (n < 0) {
         if (errno == EINTR) continue;
-        return Status::Internal(Errno("pwrite"));
+        return Status::Internal(ErrnoMessage("pwrite"));
       }
       pos += n;
     }
     offset = hole;
   }
-  if (fdatasync(fd) != 0) return Status::Internal(Errno("fdatasync"));
+  if (fdatasync(fd) != 0) return Status::Internal(ErrnoMessage("fdatasync"));
   return Status::Ok();
 }
 
@@ -99,7 +97,7 @@ Status FileDeviceManager::Init() {
     }
   }
 
-  struct statvfs fs;
+  struct statvfs fs {};
   if (statvfs(dir_.c_str(), &fs) == 0) {
     auto fs_size = static_cast<int64_t>(fs.f_blocks) * static_cast<int64_t>(fs.f_frsize);
     if (fs_size < pool_size_) {
@@ -116,7 +114,7 @@ StatusOr<int64_t> FileDeviceManager::UsedLocked() const {
   for (const auto& entry : std::filesystem::directory_iterator(dir_, ec)) {
     std::string name = entry.path().filename().string();
     if (!name.ends_with(kSuffix)) continue;
-    struct stat st;
+    struct stat st {};
     if (stat(entry.path().c_str(), &st) != 0) continue;
     // A partially created file counts with its rounded-up size.
     used += (st.st_size + kAlignment - 1) / kAlignment * kAlignment;
@@ -143,13 +141,13 @@ StatusOr<Device> FileDeviceManager::Create(const std::string& id, int64_t size) 
   int fd = open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
   if (fd < 0) {
     if (errno == EEXIST) return Status::AlreadyExists("device " + id + " exists");
-    return Status::Internal(Errno("create " + path));
+    return Status::Internal(ErrnoMessage("create " + path));
   }
   Status status;
   if (ftruncate(fd, size) != 0) {
-    status = Status::Internal(Errno("truncate " + path));
+    status = Status::Internal(ErrnoMessage("truncate " + path));
   } else if (fsync(fd) != 0) {
-    status = Status::Internal(Errno("fsync " + path));
+    status = Status::Internal(ErrnoMessage("fsync " + path));
   }
   close(fd);
   if (status.ok()) status = SyncDir(dir_);
@@ -171,7 +169,9 @@ Status FileDeviceManager::Delete(const std::string& id, bool erase) {
     StatusOr<bool> in_use = LoopInUse(loop);
     if (!in_use.ok()) return in_use.status();
     if (*in_use) {
-      return Status::FailedPrecondition("device " + id + " (" + loop + ") is in use");
+      std::string message = "device " + id;
+      message.append(" (").append(loop).append(") is in use");
+      return Status::FailedPrecondition(message);
     }
   }
   for (const std::string& loop : *loops)
@@ -183,21 +183,21 @@ Status FileDeviceManager::Delete(const std::string& id, bool erase) {
       close(fd);
       EPHEMERA_RETURN_IF_ERROR(status);
     } else if (errno != ENOENT) {
-      return Status::Internal(Errno("open " + path));
+      return Status::Internal(ErrnoMessage("open " + path));
     }
   }
   if (unlink(path.c_str()) != 0 && errno != ENOENT) {
-    return Status::Internal(Errno("unlink " + path));
+    return Status::Internal(ErrnoMessage("unlink " + path));
   }
   return SyncDir(dir_);
 }
 
 StatusOr<Device> FileDeviceManager::GetLocked(const std::string& id, bool attach) {
   std::string path = FilePath(id);
-  struct stat st;
+  struct stat st {};
   if (stat(path.c_str(), &st) != 0) {
     if (errno == ENOENT) return Status::NotFound("device " + id + " not found");
-    return Status::Internal(Errno("stat " + path));
+    return Status::Internal(ErrnoMessage("stat " + path));
   }
   Device device{id, st.st_size, "", false};
   StatusOr<std::vector<std::string>> loops = FindLoopsForFile(path);
@@ -274,7 +274,8 @@ StatusOr<Device> FileDeviceManager::Expand(const std::string& id, int64_t new_si
         " bytes does not fit: " + std::to_string(pool_size_ - *used) + " bytes free");
   }
   std::string path = FilePath(id);
-  if (truncate(path.c_str(), new_size) != 0) return Status::Internal(Errno("truncate " + path));
+  if (truncate(path.c_str(), new_size) != 0)
+    return Status::Internal(ErrnoMessage("truncate " + path));
   EPHEMERA_RETURN_IF_ERROR(RefreshLoopCapacity(device->path));
   device->size = new_size;
   return device;

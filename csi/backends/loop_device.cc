@@ -16,16 +16,13 @@
 #include <sstream>
 
 #include "csi/mount_util.h"
+#include "csi/system_error.h"
 
 namespace ephemera::csi {
 
 namespace {
 
 constexpr std::string_view kDeletedSuffix = " (deleted)";
-
-std::string Errno(const std::string& what) {
-  return what + ": " + std::strerror(errno);
-}
 
 class Fd {
  public:
@@ -52,26 +49,27 @@ std::string ReadFirstLine(const std::string& path) {
 
 StatusOr<std::string> AttachLoop(const std::string& file) {
   Fd backing(open(file.c_str(), O_RDWR | O_CLOEXEC));
-  if (backing.get() < 0) return Status::Internal(Errno("open " + file));
+  if (backing.get() < 0) return Status::Internal(ErrnoMessage("open " + file));
   Fd control(open("/dev/loop-control", O_RDWR | O_CLOEXEC));
-  if (control.get() < 0) return Status::Internal(Errno("open /dev/loop-control"));
+  if (control.get() < 0) return Status::Internal(ErrnoMessage("open /dev/loop-control"));
   for (int attempt = 0; attempt < 32; ++attempt) {
     int index = ioctl(control.get(), LOOP_CTL_GET_FREE);
-    if (index < 0) return Status::Internal(Errno("LOOP_CTL_GET_FREE"));
+    if (index < 0) return Status::Internal(ErrnoMessage("LOOP_CTL_GET_FREE"));
     std::string device = "/dev/loop" + std::to_string(index);
     Fd loop(open(device.c_str(), O_RDWR | O_CLOEXEC));
     if (loop.get() < 0) {
       if (errno == ENOENT) continue;  // udev or devtmpfs not there yet; ask again
-      return Status::Internal(Errno("open " + device));
+      return Status::Internal(ErrnoMessage("open " + device));
     }
-    loop_config config;
-    std::memset(&config, 0, sizeof(config));
+    loop_config config{};
     config.fd = static_cast<__u32>(backing.get());
     config.block_size = 4096;
     std::strncpy(reinterpret_cast<char*>(config.info.lo_file_name), file.c_str(), LO_NAME_SIZE - 1);
     if (ioctl(loop.get(), LOOP_CONFIGURE, &config) == 0) return device;
     if (errno == EBUSY) continue;  // another process took it first
-    return Status::Internal(Errno("LOOP_CONFIGURE " + device + " for " + file));
+    std::string what = "LOOP_CONFIGURE " + device;
+    what.append(" for ").append(file);
+    return Status::Internal(ErrnoMessage(what));
   }
   return Status::Unavailable("no free loop device after 32 attempts");
 }
@@ -125,16 +123,16 @@ StatusOr<std::vector<LoopInfo>> ListLoopsInDir(const std::string& dir) {
 }
 
 StatusOr<bool> LoopInUse(const std::string& device) {
-  struct stat st;
+  struct stat st {};
   if (stat(device.c_str(), &st) != 0) {
     if (errno == ENOENT) return false;
-    return Status::Internal(Errno("stat " + device));
+    return Status::Internal(ErrnoMessage("stat " + device));
   }
   // A mounted filesystem holds an exclusive claim: O_EXCL fails with EBUSY.
   int fd = open(device.c_str(), O_RDONLY | O_EXCL | O_CLOEXEC);
   if (fd < 0) {
     if (errno == EBUSY) return true;
-    return Status::Internal(Errno("open " + device));
+    return Status::Internal(ErrnoMessage("open " + device));
   }
   close(fd);
   // A bind mount of the device node (raw block volumes) holds no claim: look for it.
@@ -147,29 +145,29 @@ Status DetachLoop(const std::string& device) {
   Fd loop(open(device.c_str(), O_RDWR | O_CLOEXEC));
   if (loop.get() < 0) {
     if (errno == ENOENT || errno == ENXIO) return Status::Ok();
-    return Status::Internal(Errno("open " + device));
+    return Status::Internal(ErrnoMessage("open " + device));
   }
   if (ioctl(loop.get(), LOOP_CLR_FD, 0) != 0 && errno != ENXIO) {
-    return Status::Internal(Errno("LOOP_CLR_FD " + device));
+    return Status::Internal(ErrnoMessage("LOOP_CLR_FD " + device));
   }
   return Status::Ok();
 }
 
 Status RefreshLoopCapacity(const std::string& device) {
   Fd loop(open(device.c_str(), O_RDWR | O_CLOEXEC));
-  if (loop.get() < 0) return Status::Internal(Errno("open " + device));
+  if (loop.get() < 0) return Status::Internal(ErrnoMessage("open " + device));
   if (ioctl(loop.get(), LOOP_SET_CAPACITY, 0) != 0) {
-    return Status::Internal(Errno("LOOP_SET_CAPACITY " + device));
+    return Status::Internal(ErrnoMessage("LOOP_SET_CAPACITY " + device));
   }
   return Status::Ok();
 }
 
 StatusOr<int64_t> BlockDeviceSize(const std::string& device) {
   Fd fd(open(device.c_str(), O_RDONLY | O_CLOEXEC));
-  if (fd.get() < 0) return Status::Internal(Errno("open " + device));
+  if (fd.get() < 0) return Status::Internal(ErrnoMessage("open " + device));
   uint64_t size = 0;
   if (ioctl(fd.get(), BLKGETSIZE64, &size) != 0) {
-    return Status::Internal(Errno("BLKGETSIZE64 " + device));
+    return Status::Internal(ErrnoMessage("BLKGETSIZE64 " + device));
   }
   return static_cast<int64_t>(size);
 }

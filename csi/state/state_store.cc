@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "csi/system_error.h"
 #include "csi/volume_id.h"
 
 namespace ephemera::csi {
@@ -21,17 +22,13 @@ namespace {
 constexpr std::string_view kSuffix = ".json";
 constexpr std::string_view kTempSuffix = ".tmp";
 
-std::string Errno(const std::string& what) {
-  return what + ": " + std::strerror(errno);
-}
-
 Status WriteAll(int fd, const std::string& data, const std::string& path) {
   size_t done = 0;
   while (done < data.size()) {
     ssize_t n = write(fd, data.data() + done, data.size() - done);
     if (n < 0) {
       if (errno == EINTR) continue;
-      return Status::Internal(Errno("write " + path));
+      return Status::Internal(ErrnoMessage("write " + path));
     }
     done += static_cast<size_t>(n);
   }
@@ -40,10 +37,10 @@ Status WriteAll(int fd, const std::string& data, const std::string& path) {
 
 Status SyncDir(const std::string& dir) {
   int fd = open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return Status::Internal(Errno("open " + dir));
+  if (fd < 0) return Status::Internal(ErrnoMessage("open " + dir));
   int rc = fsync(fd);
   close(fd);
-  if (rc != 0) return Status::Internal(Errno("fsync " + dir));
+  if (rc != 0) return Status::Internal(ErrnoMessage("fsync " + dir));
   return Status::Ok();
 }
 
@@ -128,12 +125,12 @@ Status StateStore::Put(const VolumeRecord& record) {
   std::string path = Path(record.id);
   std::string temp = path + std::string(kTempSuffix);
   int fd = open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (fd < 0) return Status::Internal(Errno("create " + temp));
+  if (fd < 0) return Status::Internal(ErrnoMessage("create " + temp));
   Status status = WriteAll(fd, SerializeRecord(record), temp);
-  if (status.ok() && fsync(fd) != 0) status = Status::Internal(Errno("fsync " + temp));
+  if (status.ok() && fsync(fd) != 0) status = Status::Internal(ErrnoMessage("fsync " + temp));
   close(fd);
   if (status.ok() && rename(temp.c_str(), path.c_str()) != 0) {
-    status = Status::Internal(Errno("rename " + temp));
+    status = Status::Internal(ErrnoMessage("rename " + temp));
   }
   if (!status.ok()) {
     unlink(temp.c_str());
@@ -147,7 +144,7 @@ StatusOr<VolumeRecord> StateStore::Get(const std::string& id) const {
   std::ifstream in(Path(id));
   if (!in) {
     if (errno == ENOENT) return Status::NotFound("volume " + id + " not found");
-    return Status::Internal(Errno("open " + Path(id)));
+    return Status::Internal(ErrnoMessage("open " + Path(id)));
   }
   std::stringstream buffer;
   buffer << in.rdbuf();
@@ -161,7 +158,7 @@ Status StateStore::Remove(const std::string& id) {
   EPHEMERA_RETURN_IF_ERROR(ValidateVolumeId("id", id));
   if (unlink(Path(id).c_str()) != 0) {
     if (errno == ENOENT) return Status::Ok();
-    return Status::Internal(Errno("unlink " + Path(id)));
+    return Status::Internal(ErrnoMessage("unlink " + Path(id)));
   }
   return SyncDir(dir_);
 }
