@@ -108,8 +108,9 @@ Status FileDeviceManager::Init() {
   return Status::Ok();
 }
 
-StatusOr<int64_t> FileDeviceManager::UsedLocked() const {
-  int64_t used = 0;
+StatusOr<int64_t> FileDeviceManager::FreeLocked() const {
+  int64_t used = 0;  // full sizes of the volumes: what the pool has promised
+  int64_t owed = 0;  // their blocks not allocated yet: what the filesystem still has to give
   std::error_code ec;
   for (const auto& entry : std::filesystem::directory_iterator(dir_, ec)) {
     std::string name = entry.path().filename().string();
@@ -117,10 +118,18 @@ StatusOr<int64_t> FileDeviceManager::UsedLocked() const {
     struct stat st {};
     if (stat(entry.path().c_str(), &st) != 0) continue;
     // A partially created file counts with its rounded-up size.
-    used += (st.st_size + kAlignment - 1) / kAlignment * kAlignment;
+    int64_t size = (st.st_size + kAlignment - 1) / kAlignment * kAlignment;
+    used += size;
+    owed += std::max<int64_t>(0, size - static_cast<int64_t>(st.st_blocks) * 512);
   }
   if (ec) return Status::Internal("listing " + dir_ + ": " + ec.message());
-  return used;
+  struct statvfs fs {};
+  if (statvfs(dir_.c_str(), &fs) != 0) return Status::Internal(ErrnoMessage("statvfs " + dir_));
+  int64_t fs_free = static_cast<int64_t>(fs.f_bavail) * static_cast<int64_t>(fs.f_frsize) - owed;
+  // Honest about both limits: the configured pool, and the directory's filesystem, which must
+  // still hold every block the sparse files may write.
+  int64_t free = std::max<int64_t>(0, std::min(pool_size_ - used, fs_free));
+  return free - free % kAlignment;
 }
 
 StatusOr<Device> FileDeviceManager::Create(const std::string& id, int64_t size) {
@@ -130,12 +139,12 @@ StatusOr<Device> FileDeviceManager::Create(const std::string& id, int64_t size) 
   }
   EPHEMERA_RETURN_IF_ERROR(ValidateVolumeId("id", id));
   std::lock_guard<std::mutex> lock(mu_);
-  StatusOr<int64_t> used = UsedLocked();
-  if (!used.ok()) return used.status();
-  if (size > pool_size_ - *used) {
+  StatusOr<int64_t> free = FreeLocked();
+  if (!free.ok()) return free.status();
+  if (size > *free) {
     return Status::ResourceExhausted("volume of " + std::to_string(size) +
-                                     " bytes does not fit: " + std::to_string(pool_size_ - *used) +
-                                     " of " + std::to_string(pool_size_) + " bytes free");
+                                     " bytes does not fit: " + std::to_string(*free) +
+                                     " bytes free (pool " + std::to_string(pool_size_) + ")");
   }
   std::string path = FilePath(id);
   int fd = open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
@@ -243,13 +252,12 @@ StatusOr<std::vector<Device>> FileDeviceManager::List() {
 
 StatusOr<Capacity> FileDeviceManager::GetCapacity() {
   std::lock_guard<std::mutex> lock(mu_);
-  StatusOr<int64_t> used = UsedLocked();
-  if (!used.ok()) return used.status();
+  StatusOr<int64_t> free = FreeLocked();
+  if (!free.ok()) return free.status();
   Capacity capacity;
   capacity.total = pool_size_;
-  int64_t free = std::max<int64_t>(0, pool_size_ - *used);
-  capacity.available = free - free % kAlignment;
-  capacity.max_volume_size = capacity.available;
+  capacity.available = *free;
+  capacity.max_volume_size = *free;
   return capacity;
 }
 
@@ -266,12 +274,12 @@ StatusOr<Device> FileDeviceManager::Expand(const std::string& id, int64_t new_si
     return Status::InvalidArgument("cannot shrink device " + id);
   }
   if (new_size == device->size) return device;
-  StatusOr<int64_t> used = UsedLocked();
-  if (!used.ok()) return used.status();
-  if (new_size - device->size > pool_size_ - *used) {
+  StatusOr<int64_t> free = FreeLocked();
+  if (!free.ok()) return free.status();
+  if (new_size - device->size > *free) {
     return Status::ResourceExhausted(
         "growing " + id + " by " + std::to_string(new_size - device->size) +
-        " bytes does not fit: " + std::to_string(pool_size_ - *used) + " bytes free");
+        " bytes does not fit: " + std::to_string(*free) + " bytes free");
   }
   std::string path = FilePath(id);
   if (truncate(path.c_str(), new_size) != 0)

@@ -41,7 +41,8 @@ class FileDeviceManager : public DeviceManager {
 
  private:
   std::string FilePath(const std::string& id) const;
-  StatusOr<int64_t> UsedLocked() const;
+  // Bytes new volumes can still get, rounded down to the alignment.
+  StatusOr<int64_t> FreeLocked() const;
   StatusOr<Device> GetLocked(const std::string& id, bool attach);
 
   std::string dir_;

@@ -16,7 +16,9 @@
 #include <set>
 #include <thread>
 
+#include "csi/backends/loop_device.h"
 #include "csi/exec_command_runner.h"
+#include "csi/volume_id.h"
 #include "driver_fixture.h"
 
 namespace ephemera::csi::testing {
@@ -326,6 +328,52 @@ TEST_CASE("expansion of a mounted ext4 volume grows the filesystem", "[csi][inte
 TEST_CASE("expansion of a mounted xfs volume grows the filesystem", "[csi][integration]") {
   // mkfs.xfs of xfsprogs 6 refuses filesystems below 300 MB.
   ExpandMounted("xfs", 320 * kMi, 512 * kMi);
+}
+
+TEST_CASE("capacity is bounded by the pool directory's filesystem, not just the pool",
+          "[csi][integration]") {
+  // A 64 MiB tmpfs as the file directory under a 1 GiB pool: the driver must not promise more
+  // than the filesystem can hold, counting the blocks its sparse files may still allocate.
+  struct Tmpfs {
+    std::string dir = "/tmp/ephemera-tmpfs-" + std::to_string(getpid());
+    Tmpfs() {
+      std::filesystem::create_directories(dir);
+      REQUIRE(mount("tmpfs", dir.c_str(), "tmpfs", 0, "size=64m") == 0);
+    }
+    ~Tmpfs() {
+      StatusOr<std::vector<LoopInfo>> loops = ListLoopsInDir(dir);
+      if (loops.ok()) {
+        for (const LoopInfo& loop : *loops)
+          (void)DetachLoop(loop.device);
+      }
+      umount2(dir.c_str(), MNT_DETACH);
+      std::filesystem::remove_all(dir);
+    }
+  } tmpfs;
+  DriverFixture driver("1Gi", {"--file-dir=" + tmpfs.dir});
+  const int64_t start = driver.AvailableCapacity();
+  CHECK(start <= 64 * kMi);
+  CHECK(start >= 56 * kMi);
+  CHECK(start % (4 * kMi) == 0);
+
+  CreateVolumeRequest create;
+  create.set_name("pvc-small-fs");
+  create.mutable_capacity_range()->set_required_bytes(32 * kMi);
+  *create.add_volume_capabilities() = MountCapability();
+  CreateVolumeResponse created;
+  REQUIRE(CALL(driver.controller(), CreateVolume, create, &created).ok());
+  // Sparse, nothing written yet, but its 32 MiB are owed by the filesystem.
+  CHECK(driver.AvailableCapacity() <= start - 32 * kMi);
+  CreateVolumeRequest too_big = create;
+  too_big.set_name("pvc-does-not-fit");
+  too_big.mutable_capacity_range()->set_required_bytes(start - 28 * kMi);
+  CHECK(CALL(driver.controller(), CreateVolume, too_big, &created).error_code() ==
+        grpc::StatusCode::RESOURCE_EXHAUSTED);
+  DeleteVolumeRequest del;
+  del.set_volume_id(DeriveVolumeId("pvc-small-fs"));
+  DeleteVolumeResponse deleted;
+  REQUIRE(CALL(driver.controller(), DeleteVolume, del, &deleted).ok());
+  CHECK(driver.AvailableCapacity() == start);
 }
 
 std::string HttpGet(int port, const std::string& path) {
