@@ -1,0 +1,292 @@
+// The file backend (see file_device_manager.h).
+#include "csi/backends/file_device_manager.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <iostream>
+
+#include "csi/backends/loop_device.h"
+#include "csi/mount_util.h"
+#include "csi/system_error.h"
+#include "csi/volume_id.h"
+
+namespace ephemera::csi {
+
+namespace {
+
+constexpr std::string_view kSuffix = ".img";
+
+Status SyncDir(const std::string& dir) {
+  int fd = open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return Status::Internal(ErrnoMessage("open " + dir));
+  int rc = fsync(fd);
+  int saved = errno;
+  close(fd);
+  if (rc != 0) {
+    errno = saved;
+    return Status::Internal(ErrnoMessage("fsync " + dir));
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status ZeroAllocatedExtents(int fd) {
+  static const std::vector<char> kZeros(size_t{1024} * 1024, 0);
+  off_t offset = 0;
+  for (;;) {
+    off_t data = lseek(fd, offset, SEEK_DATA);
+    if (data < 0) {
+      if (errno == ENXIO) break;  // no data after offset
+      return Status::Internal(ErrnoMessage("SEEK_DATA"));
+    }
+    off_t hole = lseek(fd, data, SEEK_HOLE);
+    if (hole < 0) return Status::Internal(ErrnoMessage("SEEK_HOLE"));
+    for (off_t pos = data; pos < hole;) {
+      size_t chunk =
+          static_cast<size_t>(std::min<off_t>(hole - pos, static_cast<off_t>(kZeros.size())));
+      ssize_t n = pwrite(fd, kZeros.data(), chunk, pos);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        return Status::Internal(ErrnoMessage("pwrite"));
+      }
+      pos += n;
+    }
+    offset = hole;
+  }
+  if (fdatasync(fd) != 0) return Status::Internal(ErrnoMessage("fdatasync"));
+  return Status::Ok();
+}
+
+FileDeviceManager::FileDeviceManager(std::string dir, int64_t pool_size)
+    : dir_(std::move(dir)), pool_size_(pool_size - pool_size % kAlignment) {}
+
+std::string FileDeviceManager::FilePath(const std::string& id) const {
+  return dir_ + "/" + id + std::string(kSuffix);
+}
+
+Status FileDeviceManager::Init() {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::error_code ec;
+  std::filesystem::create_directories(dir_, ec);
+  if (ec) return Status::Internal("creating " + dir_ + ": " + ec.message());
+  std::filesystem::path canonical = std::filesystem::canonical(dir_, ec);
+  if (ec) return Status::Internal("resolving " + dir_ + ": " + ec.message());
+  dir_ = canonical.string();
+
+  // Loop devices left on files that were unlinked (a crash between unlink and detach is not
+  // possible, as we detach first, but a file removed by hand is): detach them when unused.
+  StatusOr<std::vector<LoopInfo>> loops = ListLoopsInDir(dir_);
+  if (!loops.ok()) return loops.status();
+  for (const LoopInfo& loop : *loops) {
+    if (!loop.deleted) continue;
+    StatusOr<bool> in_use = LoopInUse(loop.device);
+    if (in_use.ok() && !*in_use) {
+      std::cerr << "file backend: detaching " << loop.device << " of deleted " << loop.file << "\n";
+      EPHEMERA_RETURN_IF_ERROR(DetachLoop(loop.device));
+    } else {
+      std::cerr << "file backend: " << loop.device << " of deleted " << loop.file
+                << " is still in use; left alone\n";
+    }
+  }
+
+  struct statvfs fs {};
+  if (statvfs(dir_.c_str(), &fs) == 0) {
+    auto fs_size = static_cast<int64_t>(fs.f_blocks) * static_cast<int64_t>(fs.f_frsize);
+    if (fs_size < pool_size_) {
+      std::cerr << "file backend: warning: pool of " << pool_size_ << " bytes is larger than the "
+                << fs_size << " bytes of the filesystem of " << dir_ << "\n";
+    }
+  }
+  return Status::Ok();
+}
+
+StatusOr<int64_t> FileDeviceManager::FreeLocked() const {
+  int64_t used = 0;  // full sizes of the volumes: what the pool has promised
+  int64_t owed = 0;  // their blocks not allocated yet: what the filesystem still has to give
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(dir_, ec)) {
+    std::string name = entry.path().filename().string();
+    if (!name.ends_with(kSuffix)) continue;
+    struct stat st {};
+    if (stat(entry.path().c_str(), &st) != 0) continue;
+    // A partially created file counts with its rounded-up size.
+    int64_t size = (st.st_size + kAlignment - 1) / kAlignment * kAlignment;
+    used += size;
+    owed += std::max<int64_t>(0, size - static_cast<int64_t>(st.st_blocks) * 512);
+  }
+  if (ec) return Status::Internal("listing " + dir_ + ": " + ec.message());
+  struct statvfs fs {};
+  if (statvfs(dir_.c_str(), &fs) != 0) return Status::Internal(ErrnoMessage("statvfs " + dir_));
+  int64_t fs_free = static_cast<int64_t>(fs.f_bavail) * static_cast<int64_t>(fs.f_frsize) - owed;
+  // Honest about both limits: the configured pool, and the directory's filesystem, which must
+  // still hold every block the sparse files may write.
+  int64_t free = std::max<int64_t>(0, std::min(pool_size_ - used, fs_free));
+  return free - free % kAlignment;
+}
+
+StatusOr<Device> FileDeviceManager::Create(const std::string& id, int64_t size) {
+  if (size <= 0 || size % kAlignment != 0) {
+    return Status::InvalidArgument("size " + std::to_string(size) +
+                                   " is not a positive multiple of 4 MiB");
+  }
+  EPHEMERA_RETURN_IF_ERROR(ValidateVolumeId("id", id));
+  std::lock_guard<std::mutex> lock(mu_);
+  StatusOr<int64_t> free = FreeLocked();
+  if (!free.ok()) return free.status();
+  if (size > *free) {
+    return Status::ResourceExhausted("volume of " + std::to_string(size) +
+                                     " bytes does not fit: " + std::to_string(*free) +
+                                     " bytes free (pool " + std::to_string(pool_size_) + ")");
+  }
+  std::string path = FilePath(id);
+  int fd = open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    if (errno == EEXIST) return Status::AlreadyExists("device " + id + " exists");
+    return Status::Internal(ErrnoMessage("create " + path));
+  }
+  Status status;
+  if (ftruncate(fd, size) != 0) {
+    status = Status::Internal(ErrnoMessage("truncate " + path));
+  } else if (fsync(fd) != 0) {
+    status = Status::Internal(ErrnoMessage("fsync " + path));
+  }
+  close(fd);
+  if (status.ok()) status = SyncDir(dir_);
+  StatusOr<std::string> loop = status.ok() ? AttachLoop(path) : StatusOr<std::string>(status);
+  if (!loop.ok()) {
+    unlink(path.c_str());
+    return loop.status();
+  }
+  return Device{id, size, *loop, DeviceSupportsDax(*loop)};
+}
+
+Status FileDeviceManager::Delete(const std::string& id, bool erase) {
+  EPHEMERA_RETURN_IF_ERROR(ValidateVolumeId("id", id));
+  std::lock_guard<std::mutex> lock(mu_);
+  std::string path = FilePath(id);
+  StatusOr<std::vector<std::string>> loops = FindLoopsForFile(path);
+  if (!loops.ok()) return loops.status();
+  for (const std::string& loop : *loops) {
+    StatusOr<bool> in_use = LoopInUse(loop);
+    if (!in_use.ok()) return in_use.status();
+    if (*in_use) {
+      std::string message = "device " + id;
+      message.append(" (").append(loop).append(") is in use");
+      return Status::FailedPrecondition(message);
+    }
+  }
+  for (const std::string& loop : *loops)
+    EPHEMERA_RETURN_IF_ERROR(DetachLoop(loop));
+  if (erase) {
+    int fd = open(path.c_str(), O_RDWR | O_CLOEXEC);
+    if (fd >= 0) {
+      Status status = ZeroAllocatedExtents(fd);
+      close(fd);
+      EPHEMERA_RETURN_IF_ERROR(status);
+    } else if (errno != ENOENT) {
+      return Status::Internal(ErrnoMessage("open " + path));
+    }
+  }
+  if (unlink(path.c_str()) != 0 && errno != ENOENT) {
+    return Status::Internal(ErrnoMessage("unlink " + path));
+  }
+  return SyncDir(dir_);
+}
+
+StatusOr<Device> FileDeviceManager::GetLocked(const std::string& id, bool attach) {
+  std::string path = FilePath(id);
+  struct stat st {};
+  if (stat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT) return Status::NotFound("device " + id + " not found");
+    return Status::Internal(ErrnoMessage("stat " + path));
+  }
+  Device device{id, st.st_size, "", false};
+  StatusOr<std::vector<std::string>> loops = FindLoopsForFile(path);
+  if (!loops.ok()) return loops.status();
+  if (!loops->empty()) {
+    device.path = loops->front();
+  } else if (attach) {
+    StatusOr<std::string> loop = AttachLoop(path);
+    if (!loop.ok()) return loop.status();
+    device.path = *loop;
+  }
+  if (!device.path.empty()) device.supports_dax = DeviceSupportsDax(device.path);
+  return device;
+}
+
+StatusOr<Device> FileDeviceManager::Get(const std::string& id) {
+  EPHEMERA_RETURN_IF_ERROR(ValidateVolumeId("id", id));
+  std::lock_guard<std::mutex> lock(mu_);
+  // A file without a loop device (after a reboot) gets one here.
+  return GetLocked(id, /*attach=*/true);
+}
+
+StatusOr<std::vector<Device>> FileDeviceManager::List() {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<Device> devices;
+  std::error_code ec;
+  std::vector<std::string> ids;
+  for (const auto& entry : std::filesystem::directory_iterator(dir_, ec)) {
+    std::string name = entry.path().filename().string();
+    if (!name.ends_with(kSuffix)) continue;
+    std::string id = name.substr(0, name.size() - kSuffix.size());
+    if (!ValidateVolumeId("id", id).ok()) continue;
+    ids.push_back(id);
+  }
+  if (ec) return Status::Internal("listing " + dir_ + ": " + ec.message());
+  std::sort(ids.begin(), ids.end());
+  for (const std::string& id : ids) {
+    StatusOr<Device> device = GetLocked(id, /*attach=*/false);
+    if (device.ok()) devices.push_back(*device);
+  }
+  return devices;
+}
+
+StatusOr<Capacity> FileDeviceManager::GetCapacity() {
+  std::lock_guard<std::mutex> lock(mu_);
+  StatusOr<int64_t> free = FreeLocked();
+  if (!free.ok()) return free.status();
+  Capacity capacity;
+  capacity.total = pool_size_;
+  capacity.available = *free;
+  capacity.max_volume_size = *free;
+  return capacity;
+}
+
+StatusOr<Device> FileDeviceManager::Expand(const std::string& id, int64_t new_size) {
+  EPHEMERA_RETURN_IF_ERROR(ValidateVolumeId("id", id));
+  if (new_size <= 0 || new_size % kAlignment != 0) {
+    return Status::InvalidArgument("size " + std::to_string(new_size) +
+                                   " is not a positive multiple of 4 MiB");
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  StatusOr<Device> device = GetLocked(id, /*attach=*/true);
+  if (!device.ok()) return device.status();
+  if (new_size < device->size) {
+    return Status::InvalidArgument("cannot shrink device " + id);
+  }
+  if (new_size == device->size) return device;
+  StatusOr<int64_t> free = FreeLocked();
+  if (!free.ok()) return free.status();
+  if (new_size - device->size > *free) {
+    return Status::ResourceExhausted(
+        "growing " + id + " by " + std::to_string(new_size - device->size) +
+        " bytes does not fit: " + std::to_string(*free) + " bytes free");
+  }
+  std::string path = FilePath(id);
+  if (truncate(path.c_str(), new_size) != 0)
+    return Status::Internal(ErrnoMessage("truncate " + path));
+  EPHEMERA_RETURN_IF_ERROR(RefreshLoopCapacity(device->path));
+  device->size = new_size;
+  return device;
+}
+
+}  // namespace ephemera::csi

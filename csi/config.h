@@ -1,0 +1,29 @@
+// The configuration of ephemera-pmem-csi, filled from the command line by main.
+//
+// Thread safety: a value; read-only once the driver runs.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace ephemera::csi {
+
+struct Config {
+  std::string mode = "node";  // only "node": Identity, Controller and Node on one socket
+  std::string endpoint;       // unix:///path/to/csi.sock
+  std::string node_id;
+  std::string backend = "file";  // file | direct | lvm (the latter two: not built yet)
+  std::string state_dir = "/var/lib/ephemera-pmem-csi/state";
+  // file backend
+  std::string file_dir = "/var/lib/ephemera-pmem-csi/files";
+  int64_t file_capacity = 0;  // bytes; required for the file backend
+  int64_t default_volume_size = 1LL << 30;
+  bool remove_orphans = false;
+  // observability
+  std::string http_endpoint;  // HOST:PORT for /metrics and /healthz; off when empty
+  // read-only capacity listener with mutual TLS; off when empty
+  std::string capacity_listen;  // HOST:PORT
+  std::string tls_ca, tls_cert, tls_key;
+};
+
+}  // namespace ephemera::csi

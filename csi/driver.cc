@@ -1,0 +1,249 @@
+// Driver wiring (see driver.h).
+#include "csi/driver.h"
+
+#include <unistd.h>
+
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+#include "csi/backends/file_device_manager.h"
+#include "csi/controller_service.h"
+#include "csi/exec_command_runner.h"
+#include "csi/grpc_status.h"
+#include "csi/http_server.h"
+#include "csi/identity_service.h"
+#include "csi/logging_interceptor.h"
+#include "csi/metrics.h"
+#include "csi/node_service.h"
+#include "csi/request_validation.h"
+#include "csi/state/state_store.h"
+#include "csi/volume_manager.h"
+
+namespace ephemera::csi {
+
+namespace {
+
+using namespace ::csi::v1;  // NOLINT(google-build-using-namespace): the generated messages
+
+StatusOr<std::string> ReadFile(const std::string& flag, const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return Status::InvalidArgument(flag + ": cannot read " + path);
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  return buffer.str();
+}
+
+// The Controller service of the capacity listener: GetCapacity only.
+class CapacityControllerService final : public Controller::Service {
+ public:
+  explicit CapacityControllerService(ControllerService& controller) : controller_(controller) {}
+  grpc::Status GetCapacity(grpc::ServerContext*, const GetCapacityRequest* request,
+                           GetCapacityResponse* response) override {
+    return Handle([&] { return controller_.DoGetCapacity(*request, response); });
+  }
+
+ private:
+  ControllerService& controller_;
+};
+
+// The Node service of the capacity listener: NodeGetInfo only.
+class CapacityNodeService final : public Node::Service {
+ public:
+  explicit CapacityNodeService(NodeService& node) : node_(node) {}
+  grpc::Status NodeGetInfo(grpc::ServerContext*, const NodeGetInfoRequest*,
+                           NodeGetInfoResponse* response) override {
+    node_.FillNodeInfo(response);
+    return grpc::Status::OK;
+  }
+
+ private:
+  NodeService& node_;
+};
+
+void LogReport(const VolumeManager::RecoveryReport& report) {
+  auto print = [](const char* what, const std::vector<std::string>& ids) {
+    for (const std::string& id : ids)
+      std::cerr << "recovery: " << what << " " << id << "\n";
+  };
+  print("rolled back interrupted create of", report.rolled_back);
+  print("finished interrupted delete of", report.finished_delete);
+  print("dropped record without device:", report.dropped_records);
+  print("ORPHANED device without record (use --remove-orphans to delete):", report.orphans);
+  print("removed orphaned device", report.removed_orphans);
+  print("UNREADABLE record file (left in place):", report.corrupt_records);
+  print("could not repair now (left in place):", report.errors);
+}
+
+}  // namespace
+
+struct Driver::Impl {
+  Config config;
+  Metrics metrics;
+  ExecCommandRunner runner;
+  std::unique_ptr<DeviceManager> devices;
+  std::unique_ptr<StateStore> store;
+  std::unique_ptr<VolumeManager> volumes;
+  std::unique_ptr<IdentityService> identity;
+  std::unique_ptr<ControllerService> controller;
+  std::unique_ptr<NodeService> node;
+  std::unique_ptr<IdentityService> capacity_identity;
+  std::unique_ptr<CapacityControllerService> capacity_controller;
+  std::unique_ptr<CapacityNodeService> capacity_node;
+  std::unique_ptr<grpc::Server> server;
+  std::unique_ptr<grpc::Server> capacity_server;
+  std::unique_ptr<HttpServer> http;
+  std::string socket_path;
+
+  Status Validate() const;
+  Status StartCapacityListener();
+};
+
+Status Driver::Impl::Validate() const {
+  if (config.mode != "node") {
+    return Status::InvalidArgument("--mode: only \"node\" is supported, got \"" + config.mode +
+                                   "\"");
+  }
+  if (!config.endpoint.starts_with("unix://") || config.endpoint.size() <= 7) {
+    return Status::InvalidArgument("--endpoint: must be unix:///path, got \"" + config.endpoint +
+                                   "\"");
+  }
+  if (config.node_id.empty() || config.node_id.size() > 128) {
+    return Status::InvalidArgument("--node-id: required, at most 128 characters");
+  }
+  if (config.backend == "direct" || config.backend == "lvm") {
+    return Status::Unimplemented("--backend=" + config.backend + ": not built yet (file only)");
+  }
+  if (config.backend != "file") {
+    return Status::InvalidArgument("--backend: file, direct or lvm, got \"" + config.backend +
+                                   "\"");
+  }
+  if (config.file_capacity < FileDeviceManager::kAlignment) {
+    return Status::InvalidArgument("--file-capacity: required, at least 4Mi");
+  }
+  if (config.default_volume_size <= 0) {
+    return Status::InvalidArgument("--default-volume-size: must be positive");
+  }
+  bool any_tls = !config.tls_ca.empty() || !config.tls_cert.empty() || !config.tls_key.empty();
+  if (!config.capacity_listen.empty() &&
+      (config.tls_ca.empty() || config.tls_cert.empty() || config.tls_key.empty())) {
+    return Status::InvalidArgument("--capacity-listen needs --tls-ca, --tls-cert and --tls-key");
+  }
+  if (config.capacity_listen.empty() && any_tls) {
+    return Status::InvalidArgument("--tls-* given without --capacity-listen");
+  }
+  return Status::Ok();
+}
+
+Status Driver::Impl::StartCapacityListener() {
+  StatusOr<std::string> ca = ReadFile("--tls-ca", config.tls_ca);
+  if (!ca.ok()) return ca.status();
+  StatusOr<std::string> cert = ReadFile("--tls-cert", config.tls_cert);
+  if (!cert.ok()) return cert.status();
+  StatusOr<std::string> key = ReadFile("--tls-key", config.tls_key);
+  if (!key.ok()) return key.status();
+  grpc::SslServerCredentialsOptions options(
+      GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  options.pem_root_certs = *ca;
+  options.pem_key_cert_pairs.push_back({*key, *cert});
+  capacity_identity = std::make_unique<IdentityService>();
+  capacity_controller = std::make_unique<CapacityControllerService>(*controller);
+  capacity_node = std::make_unique<CapacityNodeService>(*node);
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(config.capacity_listen, grpc::SslServerCredentials(options));
+  builder.RegisterService(capacity_identity.get());
+  builder.RegisterService(capacity_controller.get());
+  builder.RegisterService(capacity_node.get());
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> factories;
+  factories.push_back(std::make_unique<LoggingInterceptorFactory>(&metrics));
+  builder.experimental().SetInterceptorCreators(std::move(factories));
+  capacity_server = builder.BuildAndStart();
+  if (!capacity_server) {
+    return Status::Internal("cannot listen on --capacity-listen=" + config.capacity_listen);
+  }
+  std::cerr << "capacity listener (mTLS) on " << config.capacity_listen << "\n";
+  return Status::Ok();
+}
+
+Driver::Driver(Config config) : impl_(std::make_unique<Impl>()) {
+  impl_->config = std::move(config);
+}
+
+Driver::~Driver() {
+  Shutdown();
+}
+
+Status Driver::Start() {
+  Impl& d = *impl_;
+  EPHEMERA_RETURN_IF_ERROR(d.Validate());
+  auto file = std::make_unique<FileDeviceManager>(d.config.file_dir, d.config.file_capacity);
+  EPHEMERA_RETURN_IF_ERROR(file->Init());
+  d.devices = std::move(file);
+  d.store = std::make_unique<StateStore>(d.config.state_dir);
+  EPHEMERA_RETURN_IF_ERROR(d.store->Init());
+  VolumeManager::Options options;
+  options.default_size = d.config.default_volume_size;
+  options.remove_orphans = d.config.remove_orphans;
+  d.volumes = std::make_unique<VolumeManager>(*d.devices, *d.store, options);
+  StatusOr<VolumeManager::RecoveryReport> report = d.volumes->Recover();
+  if (!report.ok()) return report.status().WithContext("recovering state");
+  LogReport(*report);
+  d.metrics.SetOrphans(
+      static_cast<int64_t>(report->orphans.size() - report->removed_orphans.size()));
+  StatusOr<Capacity> capacity = d.volumes->GetCapacity();
+  if (!capacity.ok()) return capacity.status();
+  d.metrics.SetCapacity(capacity->total, capacity->available, capacity->max_volume_size);
+
+  d.identity = std::make_unique<IdentityService>();
+  d.controller = std::make_unique<ControllerService>(*d.volumes, d.config.node_id, &d.metrics);
+  d.node = std::make_unique<NodeService>(*d.volumes, d.runner, d.config.node_id);
+
+  d.socket_path = d.config.endpoint.substr(7);
+  unlink(d.socket_path.c_str());  // a socket left by a previous run
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(d.config.endpoint, grpc::InsecureServerCredentials());
+  builder.RegisterService(d.identity.get());
+  builder.RegisterService(d.controller.get());
+  builder.RegisterService(d.node.get());
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> factories;
+  factories.push_back(std::make_unique<LoggingInterceptorFactory>(&d.metrics));
+  builder.experimental().SetInterceptorCreators(std::move(factories));
+  d.server = builder.BuildAndStart();
+  if (!d.server) return Status::Internal("cannot listen on " + d.config.endpoint);
+  std::cerr << "ephemera-pmem-csi " << EPHEMERA_VERSION << " serving " << kDriverName << " on "
+            << d.config.endpoint << " (node " << d.config.node_id << ", backend "
+            << d.devices->Name() << ")\n";
+
+  if (!d.config.capacity_listen.empty()) EPHEMERA_RETURN_IF_ERROR(d.StartCapacityListener());
+  if (!d.config.http_endpoint.empty()) {
+    Impl* impl = impl_.get();
+    d.http = std::make_unique<HttpServer>([impl](const std::string& path) -> HttpResponse {
+      if (path == "/healthz") return {200, "text/plain", "ok\n"};
+      if (path == "/metrics") {
+        StatusOr<Capacity> now = impl->volumes->GetCapacity();
+        if (now.ok()) impl->metrics.SetCapacity(now->total, now->available, now->max_volume_size);
+        return {200, "text/plain; version=0.0.4", impl->metrics.Render()};
+      }
+      return {404, "text/plain", "not found\n"};
+    });
+    EPHEMERA_RETURN_IF_ERROR(d.http->Start(d.config.http_endpoint));
+    std::cerr << "metrics and health on http://" << d.config.http_endpoint << "\n";
+  }
+  return Status::Ok();
+}
+
+void Driver::Wait() {
+  if (impl_->server) impl_->server->Wait();
+}
+
+void Driver::Shutdown() {
+  Impl& d = *impl_;
+  if (d.http) d.http->Stop();
+  if (d.capacity_server) d.capacity_server->Shutdown();
+  if (d.server) {
+    d.server->Shutdown();
+    unlink(d.socket_path.c_str());
+  }
+}
+
+}  // namespace ephemera::csi

@@ -1,0 +1,473 @@
+// CSI Node service (see node_service.h).
+#include "csi/node_service.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <iostream>
+
+#include "csi/backends/loop_device.h"
+#include "csi/grpc_status.h"
+#include "csi/mount_util.h"
+#include "csi/parameters.h"
+#include "csi/request_validation.h"
+#include "csi/system_error.h"
+#include "csi/volume_id.h"
+
+namespace ephemera::csi {
+
+using namespace ::csi::v1;  // NOLINT(google-build-using-namespace): the generated messages
+
+namespace {
+
+Status EnsureDirectory(const std::string& path) {
+  std::error_code ec;
+  std::filesystem::create_directories(path, ec);
+  if (ec) return Status::Internal("creating " + path + ": " + ec.message());
+  return Status::Ok();
+}
+
+// For a raw block volume the target is a file that the device node is bind-mounted on.
+Status EnsureFile(const std::string& path) {
+  EPHEMERA_RETURN_IF_ERROR(EnsureDirectory(std::filesystem::path(path).parent_path().string()));
+  int fd = open(path.c_str(), O_CREAT | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (fd < 0) return Status::Internal(ErrnoMessage("create " + path));
+  close(fd);
+  return Status::Ok();
+}
+
+// Removes what was published at `path` (a directory or the file of a raw block volume).
+Status RemoveTarget(const std::string& path) {
+  if (rmdir(path.c_str()) == 0 || errno == ENOENT) return Status::Ok();
+  if (errno == ENOTDIR && (unlink(path.c_str()) == 0 || errno == ENOENT)) return Status::Ok();
+  return Status::Internal(ErrnoMessage("remove " + path));
+}
+
+std::vector<std::string> MountOptions(const VolumeCapability& capability, const Device& device) {
+  std::vector<std::string> options(capability.mount().mount_flags().begin(),
+                                   capability.mount().mount_flags().end());
+  if (device.supports_dax) options.push_back("dax");
+  return options;
+}
+
+}  // namespace
+
+StatusOr<VolumeRecord> NodeService::FindVolume(const std::string& request_id) {
+  StatusOr<VolumeRecord> record = volumes_.GetVolume(request_id);
+  if (record.status().code() != Code::kNotFound) return record;
+  StatusOr<VolumeRecord> ephemeral = volumes_.GetVolume(DeriveEphemeralVolumeId(request_id));
+  if (ephemeral.ok() && ephemeral->ephemeral && ephemeral->name == request_id) return ephemeral;
+  return Status::NotFound("volume " + request_id + " not found");
+}
+
+Status NodeService::EnsureFormatted(const VolumeRecord& record, const Device& device,
+                                    const std::string& fs_type) {
+  if (!record.fs_type.empty()) {
+    if (record.fs_type != fs_type) {
+      return Status::AlreadyExists("volume " + record.id + " holds a " + record.fs_type +
+                                   " filesystem, not " + fs_type);
+    }
+    return Status::Ok();
+  }
+  if (fs_type == "xfs") {
+    // reflink=0: DAX and reflink exclude each other on XFS.
+    EPHEMERA_RETURN_IF_ERROR(
+        RunChecked(runner_, {"mkfs.xfs", "-q", "-f", "-m", "reflink=0", device.path}));
+  } else {
+    EPHEMERA_RETURN_IF_ERROR(
+        RunChecked(runner_, {"mkfs.ext4", "-q", "-F", "-b", "4096", device.path}));
+  }
+  return volumes_.SetFsType(record.id, fs_type);
+}
+
+grpc::Status NodeService::NodeStageVolume(grpc::ServerContext*,
+                                          const NodeStageVolumeRequest* request,
+                                          NodeStageVolumeResponse*) {
+  return Handle([&] { return DoStage(*request); });
+}
+
+Status NodeService::DoStage(const NodeStageVolumeRequest& request) {
+  EPHEMERA_RETURN_IF_ERROR(ValidateVolumeId("volume_id", request.volume_id()));
+  EPHEMERA_RETURN_IF_ERROR(ValidatePath("staging_target_path", request.staging_target_path()));
+  if (!request.has_volume_capability()) {
+    return Status::InvalidArgument("volume_capability: required");
+  }
+  EPHEMERA_RETURN_IF_ERROR(ValidateCapability("volume_capability", request.volume_capability()));
+  const std::string& id = request.volume_id();
+  const std::string& staging = request.staging_target_path();
+  StatusOr<VolumeLocks::Guard> guard = volumes_.locks().TryLock(id);
+  if (!guard.ok()) return guard.status();
+  StatusOr<VolumeRecord> record = volumes_.GetVolume(id);
+  if (!record.ok()) return record.status();
+  // Raw block volumes are published straight from the device: nothing to stage.
+  if (request.volume_capability().has_block()) return Status::Ok();
+
+  StatusOr<std::string> fs_type =
+      ParseFsType("volume_capability.mount.fs_type", request.volume_capability().mount().fs_type());
+  if (!fs_type.ok()) return fs_type.status();
+  StatusOr<Device> device = volumes_.GetDevice(id);
+  if (!device.ok()) return device.status();
+  StatusOr<std::string> major_minor = DeviceMajorMinor(device->path);
+  if (!major_minor.ok()) return major_minor.status();
+  StatusOr<std::optional<MountEntry>> mounted = FindMount(staging);
+  if (!mounted.ok()) return mounted.status();
+  if (mounted->has_value()) {
+    if ((*mounted)->major_minor != *major_minor) {
+      return Status::AlreadyExists("staging_target_path: " + staging +
+                                   " has another filesystem mounted");
+    }
+    if ((*mounted)->fstype != *fs_type) {
+      return Status::AlreadyExists("volume " + id + " is staged with " + (*mounted)->fstype);
+    }
+    return Status::Ok();  // already staged
+  }
+  EPHEMERA_RETURN_IF_ERROR(EnsureFormatted(*record, *device, *fs_type));
+  EPHEMERA_RETURN_IF_ERROR(EnsureDirectory(staging));
+  return MountFilesystem(device->path, staging, *fs_type,
+                         MountOptions(request.volume_capability(), *device));
+}
+
+grpc::Status NodeService::NodeUnstageVolume(grpc::ServerContext*,
+                                            const NodeUnstageVolumeRequest* request,
+                                            NodeUnstageVolumeResponse*) {
+  return Handle([&] { return DoUnstage(*request); });
+}
+
+Status NodeService::DoUnstage(const NodeUnstageVolumeRequest& request) {
+  EPHEMERA_RETURN_IF_ERROR(ValidateVolumeId("volume_id", request.volume_id()));
+  EPHEMERA_RETURN_IF_ERROR(ValidatePath("staging_target_path", request.staging_target_path()));
+  StatusOr<VolumeLocks::Guard> guard = volumes_.locks().TryLock(request.volume_id());
+  if (!guard.ok()) return guard.status();
+  StatusOr<VolumeRecord> record = volumes_.GetVolume(request.volume_id());
+  StatusOr<std::optional<MountEntry>> mounted = FindMount(request.staging_target_path());
+  if (!mounted.ok()) return mounted.status();
+  if (!record.ok() && !mounted->has_value()) return record.status();
+  // Unmount every layer a repeated or interrupted stage may have left.
+  while (mounted->has_value()) {
+    EPHEMERA_RETURN_IF_ERROR(Unmount(request.staging_target_path()));
+    mounted = FindMount(request.staging_target_path());
+    if (!mounted.ok()) return mounted.status();
+  }
+  return Status::Ok();
+}
+
+grpc::Status NodeService::NodePublishVolume(grpc::ServerContext*,
+                                            const NodePublishVolumeRequest* request,
+                                            NodePublishVolumeResponse*) {
+  return Handle([&] {
+    return IsEphemeral({request->volume_context().begin(), request->volume_context().end()})
+               ? DoPublishEphemeral(*request)
+               : DoPublish(*request);
+  });
+}
+
+Status NodeService::DoPublish(const NodePublishVolumeRequest& request) {
+  EPHEMERA_RETURN_IF_ERROR(ValidateVolumeId("volume_id", request.volume_id()));
+  EPHEMERA_RETURN_IF_ERROR(ValidatePath("target_path", request.target_path()));
+  if (!request.has_volume_capability()) {
+    return Status::InvalidArgument("volume_capability: required");
+  }
+  EPHEMERA_RETURN_IF_ERROR(ValidateCapability("volume_capability", request.volume_capability()));
+  bool block = request.volume_capability().has_block();
+  if (!block) {
+    if (request.staging_target_path().empty()) {
+      return Status::InvalidArgument("staging_target_path: required (the volume must be staged)");
+    }
+    EPHEMERA_RETURN_IF_ERROR(ValidatePath("staging_target_path", request.staging_target_path()));
+  }
+  const std::string& id = request.volume_id();
+  const std::string& target = request.target_path();
+  bool read_only = request.readonly() || IsReadOnlyMode(request.volume_capability());
+  StatusOr<VolumeLocks::Guard> guard = volumes_.locks().TryLock(id);
+  if (!guard.ok()) return guard.status();
+  StatusOr<Device> device = volumes_.GetDevice(id);
+  if (!device.ok()) return device.status();
+
+  StatusOr<std::optional<MountEntry>> existing = FindMount(target);
+  if (!existing.ok()) return existing.status();
+  if (existing->has_value()) {
+    if (IsReadOnly(**existing) != read_only) {
+      return Status::AlreadyExists("target_path: " + target +
+                                   " is published with a different read-only setting");
+    }
+    return Status::Ok();
+  }
+  if (block) {
+    EPHEMERA_RETURN_IF_ERROR(EnsureFile(target));
+    return BindMount(device->path, target, read_only);
+  }
+  StatusOr<std::optional<MountEntry>> staged = FindMount(request.staging_target_path());
+  if (!staged.ok()) return staged.status();
+  StatusOr<std::string> major_minor = DeviceMajorMinor(device->path);
+  if (!major_minor.ok()) return major_minor.status();
+  if (!staged->has_value() || (*staged)->major_minor != *major_minor) {
+    return Status::FailedPrecondition("staging_target_path: volume " + id + " is not staged at " +
+                                      request.staging_target_path());
+  }
+  EPHEMERA_RETURN_IF_ERROR(EnsureDirectory(target));
+  return BindMount(request.staging_target_path(), target, read_only);
+}
+
+Status NodeService::DoPublishEphemeral(const NodePublishVolumeRequest& request) {
+  EPHEMERA_RETURN_IF_ERROR(ValidateVolumeId("volume_id", request.volume_id()));
+  EPHEMERA_RETURN_IF_ERROR(ValidatePath("target_path", request.target_path()));
+  if (!request.has_volume_capability()) {
+    return Status::InvalidArgument("volume_capability: required");
+  }
+  EPHEMERA_RETURN_IF_ERROR(ValidateCapability("volume_capability", request.volume_capability()));
+  if (!request.volume_capability().has_mount()) {
+    return Status::InvalidArgument(
+        "volume_capability: inline ephemeral volumes must use the mount access type");
+  }
+  StatusOr<EphemeralParameters> params =
+      ParseEphemeralParameters({request.volume_context().begin(), request.volume_context().end()});
+  if (!params.ok()) return params.status();
+  StatusOr<std::string> fs_type =
+      ParseFsType("volume_capability.mount.fs_type", request.volume_capability().mount().fs_type());
+  if (!fs_type.ok()) return fs_type.status();
+  const std::string& target = request.target_path();
+  bool read_only = request.readonly() || IsReadOnlyMode(request.volume_capability());
+
+  StatusOr<VolumeRecord> record =
+      volumes_.CreateVolume(request.volume_id(), params->size, 0, params->volume,
+                            /*ephemeral=*/true);
+  if (!record.ok()) return record.status();
+  Status status;
+  {
+    StatusOr<VolumeLocks::Guard> guard = volumes_.locks().TryLock(record->id);
+    if (!guard.ok()) return guard.status();
+    StatusOr<std::optional<MountEntry>> existing = FindMount(target);
+    if (!existing.ok()) return existing.status();
+    if (existing->has_value()) return Status::Ok();  // published before
+    status = [&]() -> Status {
+      StatusOr<Device> device = volumes_.GetDevice(record->id);
+      if (!device.ok()) return device.status();
+      EPHEMERA_RETURN_IF_ERROR(EnsureFormatted(*record, *device, *fs_type));
+      EPHEMERA_RETURN_IF_ERROR(EnsureDirectory(target));
+      std::vector<std::string> options = MountOptions(request.volume_capability(), *device);
+      if (read_only) options.push_back("ro");
+      return MountFilesystem(device->path, target, *fs_type, options);
+    }();
+  }
+  if (!status.ok()) {
+    // Do not keep a volume that no pod can use; kubelet retries the whole publish.
+    Status deleted = volumes_.DeleteVolume(record->id);
+    if (!deleted.ok()) {
+      std::cerr << "ephemeral volume " << record->id << ": cleanup: " << deleted.ToString() << "\n";
+    }
+  }
+  return status;
+}
+
+grpc::Status NodeService::NodeUnpublishVolume(grpc::ServerContext*,
+                                              const NodeUnpublishVolumeRequest* request,
+                                              NodeUnpublishVolumeResponse*) {
+  return Handle([&] { return DoUnpublish(*request); });
+}
+
+Status NodeService::DoUnpublish(const NodeUnpublishVolumeRequest& request) {
+  EPHEMERA_RETURN_IF_ERROR(ValidateVolumeId("volume_id", request.volume_id()));
+  EPHEMERA_RETURN_IF_ERROR(ValidatePath("target_path", request.target_path()));
+  const std::string& target = request.target_path();
+  std::string ephemeral_id = DeriveEphemeralVolumeId(request.volume_id());
+  bool ephemeral = false;
+  {
+    StatusOr<VolumeRecord> record = FindVolume(request.volume_id());
+    if (record.ok()) {
+      ephemeral = record->ephemeral;
+    } else if (record.status().code() != Code::kNotFound) {
+      return record.status();
+    } else if (volumes_.HasRecord(ephemeral_id)) {
+      // An inline ephemeral volume whose delete was interrupted: finish it.
+      ephemeral = true;
+    } else {
+      StatusOr<std::optional<MountEntry>> mounted = FindMount(target);
+      if (!mounted.ok()) return mounted.status();
+      if (!mounted->has_value()) {
+        return Status::NotFound("volume " + request.volume_id() + " not found");
+      }
+      // Mounted but unknown: unmount what is there so the pod's directory can go away.
+    }
+  }
+  {
+    std::string lock_id = ephemeral ? ephemeral_id : request.volume_id();
+    StatusOr<VolumeLocks::Guard> guard = volumes_.locks().TryLock(lock_id);
+    if (!guard.ok()) return guard.status();
+    StatusOr<std::optional<MountEntry>> mounted = FindMount(target);
+    if (!mounted.ok()) return mounted.status();
+    while (mounted->has_value()) {
+      EPHEMERA_RETURN_IF_ERROR(Unmount(target));
+      mounted = FindMount(target);
+      if (!mounted.ok()) return mounted.status();
+    }
+    EPHEMERA_RETURN_IF_ERROR(RemoveTarget(target));
+  }
+  if (ephemeral) return volumes_.DeleteVolume(ephemeral_id);
+  return Status::Ok();
+}
+
+grpc::Status NodeService::NodeGetVolumeStats(grpc::ServerContext*,
+                                             const NodeGetVolumeStatsRequest* request,
+                                             NodeGetVolumeStatsResponse* response) {
+  return Handle([&] { return DoStats(*request, response); });
+}
+
+Status NodeService::DoStats(const NodeGetVolumeStatsRequest& request,
+                            NodeGetVolumeStatsResponse* response) {
+  EPHEMERA_RETURN_IF_ERROR(ValidateVolumeId("volume_id", request.volume_id()));
+  // A relative path cannot be where a volume is published: the volume is not found there.
+  if (!request.volume_path().empty() && request.volume_path()[0] != '/') {
+    return Status::NotFound("volume_path: " + request.volume_path().substr(0, 256) +
+                            " is not an absolute path; no volume is published there");
+  }
+  EPHEMERA_RETURN_IF_ERROR(ValidatePath("volume_path", request.volume_path()));
+  if (!request.staging_target_path().empty()) {
+    EPHEMERA_RETURN_IF_ERROR(ValidatePath("staging_target_path", request.staging_target_path()));
+  }
+  StatusOr<VolumeRecord> record = FindVolume(request.volume_id());
+  if (!record.ok()) return record.status();
+  const std::string& path = request.volume_path();
+  struct stat st {};
+  if (stat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT) return Status::NotFound("volume_path: " + path + " does not exist");
+    return Status::Internal(ErrnoMessage("stat " + path));
+  }
+  StatusOr<Device> device = volumes_.GetDevice(record->id);
+  VolumeCondition* condition = response->mutable_volume_condition();
+  if (!device.ok()) {
+    condition->set_abnormal(true);
+    condition->set_message("device missing: " + device.status().message());
+    return Status::Ok();
+  }
+  StatusOr<std::string> major_minor = DeviceMajorMinor(device->path);
+  StatusOr<std::optional<MountEntry>> mounted = FindMount(path);
+  if (!mounted.ok()) return mounted.status();
+
+  if (S_ISBLK(st.st_mode)) {
+    StatusOr<int64_t> size = BlockDeviceSize(path);
+    if (!size.ok()) return size.status();
+    VolumeUsage* usage = response->add_usage();
+    usage->set_unit(VolumeUsage::BYTES);
+    usage->set_total(*size);
+    bool ours =
+        major_minor.ok() &&
+        std::to_string(major(st.st_rdev)) + ":" + std::to_string(minor(st.st_rdev)) == *major_minor;
+    condition->set_abnormal(!ours);
+    condition->set_message(ours ? "healthy" : "volume_path is another block device");
+    return Status::Ok();
+  }
+  struct statvfs fs {};
+  if (statvfs(path.c_str(), &fs) != 0) return Status::Internal(ErrnoMessage("statvfs " + path));
+  auto frsize = static_cast<int64_t>(fs.f_frsize);
+  VolumeUsage* bytes = response->add_usage();
+  bytes->set_unit(VolumeUsage::BYTES);
+  bytes->set_total(static_cast<int64_t>(fs.f_blocks) * frsize);
+  bytes->set_available(static_cast<int64_t>(fs.f_bavail) * frsize);
+  bytes->set_used(static_cast<int64_t>(fs.f_blocks - fs.f_bfree) * frsize);
+  VolumeUsage* inodes = response->add_usage();
+  inodes->set_unit(VolumeUsage::INODES);
+  inodes->set_total(static_cast<int64_t>(fs.f_files));
+  inodes->set_available(static_cast<int64_t>(fs.f_favail));
+  inodes->set_used(static_cast<int64_t>(fs.f_files - fs.f_ffree));
+  if (!mounted->has_value()) {
+    condition->set_abnormal(true);
+    condition->set_message("volume_path is not a mount point");
+  } else if (!major_minor.ok() || (*mounted)->major_minor != *major_minor) {
+    condition->set_abnormal(true);
+    condition->set_message("volume_path holds another filesystem than the volume's device");
+  } else {
+    condition->set_abnormal(false);
+    condition->set_message("healthy");
+  }
+  return Status::Ok();
+}
+
+grpc::Status NodeService::NodeExpandVolume(grpc::ServerContext*,
+                                           const NodeExpandVolumeRequest* request,
+                                           NodeExpandVolumeResponse* response) {
+  return Handle([&] { return DoExpand(*request, response); });
+}
+
+Status NodeService::DoExpand(const NodeExpandVolumeRequest& request,
+                             NodeExpandVolumeResponse* response) {
+  EPHEMERA_RETURN_IF_ERROR(ValidateVolumeId("volume_id", request.volume_id()));
+  // A relative path cannot be where a volume is published: the volume is not found there.
+  if (!request.volume_path().empty() && request.volume_path()[0] != '/') {
+    return Status::NotFound("volume_path: " + request.volume_path().substr(0, 256) +
+                            " is not an absolute path; no volume is published there");
+  }
+  EPHEMERA_RETURN_IF_ERROR(ValidatePath("volume_path", request.volume_path()));
+  if (request.has_volume_capability()) {
+    EPHEMERA_RETURN_IF_ERROR(ValidateCapability("volume_capability", request.volume_capability()));
+  }
+  StatusOr<VolumeRecord> record = FindVolume(request.volume_id());
+  if (!record.ok()) return record.status();
+  StatusOr<VolumeLocks::Guard> guard = volumes_.locks().TryLock(record->id);
+  if (!guard.ok()) return guard.status();
+  const std::string& path = request.volume_path();
+  struct stat st {};
+  if (stat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT) return Status::NotFound("volume_path: " + path + " does not exist");
+    return Status::Internal(ErrnoMessage("stat " + path));
+  }
+  StatusOr<Device> device = volumes_.GetDevice(record->id);
+  if (!device.ok()) return device.status();
+  StatusOr<int64_t> size = BlockDeviceSize(device->path);
+  if (!size.ok()) return size.status();
+  int64_t required = request.capacity_range().required_bytes();
+  if (required > *size) {
+    return Status::OutOfRange("capacity_range.required_bytes: " + std::to_string(required) +
+                              " exceeds the device size " + std::to_string(*size) +
+                              "; call ControllerExpandVolume first");
+  }
+  response->set_capacity_bytes(*size);
+  if (S_ISBLK(st.st_mode) ||
+      (request.has_volume_capability() && request.volume_capability().has_block())) {
+    return Status::Ok();  // raw block: the device already has its new size
+  }
+  StatusOr<std::optional<MountEntry>> mounted = FindMount(path);
+  if (!mounted.ok()) return mounted.status();
+  if (!mounted->has_value()) {
+    return Status::FailedPrecondition("volume_path: " + path + " is not mounted");
+  }
+  if ((*mounted)->fstype == "xfs") {
+    return RunChecked(runner_, {"xfs_growfs", path});
+  }
+  if ((*mounted)->fstype == "ext4") {
+    return RunChecked(runner_, {"resize2fs", device->path});
+  }
+  return Status::FailedPrecondition("volume_path: cannot grow a " + (*mounted)->fstype +
+                                    " filesystem");
+}
+
+grpc::Status NodeService::NodeGetCapabilities(grpc::ServerContext*,
+                                              const NodeGetCapabilitiesRequest*,
+                                              NodeGetCapabilitiesResponse* response) {
+  for (auto type :
+       {NodeServiceCapability::RPC::STAGE_UNSTAGE_VOLUME,
+        NodeServiceCapability::RPC::GET_VOLUME_STATS, NodeServiceCapability::RPC::EXPAND_VOLUME,
+        NodeServiceCapability::RPC::VOLUME_CONDITION}) {
+    response->add_capabilities()->mutable_rpc()->set_type(type);
+  }
+  return grpc::Status::OK;
+}
+
+void NodeService::FillNodeInfo(NodeGetInfoResponse* response) const {
+  response->set_node_id(node_id_);
+  (*response->mutable_accessible_topology()->mutable_segments())[std::string(kTopologyKey)] =
+      node_id_;
+}
+
+grpc::Status NodeService::NodeGetInfo(grpc::ServerContext*, const NodeGetInfoRequest*,
+                                      NodeGetInfoResponse* response) {
+  FillNodeInfo(response);
+  return grpc::Status::OK;
+}
+
+}  // namespace ephemera::csi

@@ -1,0 +1,149 @@
+// VolumeManager: creation, deletion, expansion and crash recovery of volumes, on a DeviceManager
+// and a StateStore. It knows nothing of gRPC; the CSI services translate requests into calls here.
+//
+// Protocol (the invariant: a device never exists without a record):
+//   create: record(phase=creating) -> device -> record(phase=ready)
+//   delete: record(phase=deleting) -> device removed -> record removed
+// Recover() (at start) and the next call for the same volume repair whatever a crash interrupted:
+// a `creating` record is rolled back, a `deleting` one is finished, a `ready` record whose device
+// is gone is dropped, and a device without a record is reported (and removed when configured).
+//
+// Thread safety: all methods may be called concurrently; operations on one volume ID are
+// serialized by VolumeLocks (a second concurrent operation on the same ID gets ABORTED, as the CSI
+// specification recommends).
+#pragma once
+
+#include <functional>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "csi/backends/device_manager.h"
+#include "csi/parameters.h"
+#include "csi/state/state_store.h"
+
+namespace ephemera::csi {
+
+// Per-ID mutual exclusion that fails fast instead of waiting.
+class VolumeLocks {
+ public:
+  class Guard {
+   public:
+    Guard(VolumeLocks* locks, std::string id) : locks_(locks), id_(std::move(id)) {}
+    Guard(Guard&& other) noexcept : locks_(other.locks_), id_(std::move(other.id_)) {
+      other.locks_ = nullptr;
+    }
+    Guard(const Guard&) = delete;
+    Guard& operator=(const Guard&) = delete;
+    Guard& operator=(Guard&&) = delete;
+    ~Guard() {
+      if (locks_ != nullptr) locks_->Release(id_);
+    }
+
+   private:
+    VolumeLocks* locks_;
+    std::string id_;
+  };
+
+  // ABORTED when an operation on `id` is in progress.
+  StatusOr<Guard> TryLock(const std::string& id);
+
+ private:
+  void Release(const std::string& id);
+  std::mutex mu_;
+  std::set<std::string> busy_;
+};
+
+class VolumeManager {
+ public:
+  struct Options {
+    int64_t default_size = 1LL << 30;  // size of a volume created without a capacity range
+    bool remove_orphans = false;       // Recover() deletes devices that have no record
+  };
+
+  // Called at the named points of create and delete ("create:record-written",
+  // "create:device-created", "create:ready", "delete:marked", "delete:device-deleted"). A non-OK
+  // result stops the operation right there and is returned, as if the process had died: the test
+  // seam for crash recovery. Never set in production.
+  using FaultHook = std::function<Status(std::string_view point)>;
+
+  struct RecoveryReport {
+    std::vector<std::string> rolled_back;      // `creating` records: device and record removed
+    std::vector<std::string> finished_delete;  // `deleting` records: device and record removed
+    std::vector<std::string> dropped_records;  // `ready` records whose device was gone
+    std::vector<std::string> orphans;          // devices without a record
+    std::vector<std::string> removed_orphans;  // ... of which removed (Options::remove_orphans)
+    std::vector<std::string> corrupt_records;  // record files that could not be parsed
+    std::vector<std::string> errors;           // "id: status" of volumes that could not be
+                                               // repaired now (left as they are, retried later)
+  };
+
+  VolumeManager(DeviceManager& devices, StateStore& store, Options options);
+
+  void SetFaultHook(FaultHook hook) { fault_hook_ = std::move(hook); }
+
+  // Repairs the state after a restart, see above. A volume that cannot be repaired now (e.g. its
+  // device is busy) is listed in `errors` and left for the next call or start. Errors: INTERNAL
+  // when the records or devices cannot be listed at all.
+  StatusOr<RecoveryReport> Recover();
+
+  // Creates the volume `name` (idempotent). Errors: INVALID_ARGUMENT / OUT_OF_RANGE for the
+  // capacity range (see SizeForRange); ALREADY_EXISTS when a volume of that name exists with a
+  // size outside the range or other parameters; RESOURCE_EXHAUSTED when it does not fit; ABORTED
+  // when an operation on it is in progress; INTERNAL.
+  StatusOr<VolumeRecord> CreateVolume(const std::string& name, int64_t required_bytes,
+                                      int64_t limit_bytes, const VolumeParameters& params,
+                                      bool ephemeral = false);
+
+  // Deletes the volume `id` (idempotent: OK when it does not exist). Errors: FAILED_PRECONDITION
+  // when it is in use; ABORTED; INTERNAL.
+  Status DeleteVolume(const std::string& id);
+
+  // The ready volume `id`. Errors: NOT_FOUND; INTERNAL.
+  StatusOr<VolumeRecord> GetVolume(const std::string& id);
+
+  // The device of the ready volume `id`. Errors: NOT_FOUND; INTERNAL.
+  StatusOr<Device> GetDevice(const std::string& id);
+
+  // Ready volumes sorted by ID; with `include_ephemeral` also inline ephemeral ones.
+  StatusOr<std::vector<VolumeRecord>> ListVolumes(bool include_ephemeral);
+
+  StatusOr<Capacity> GetCapacity() { return devices_.GetCapacity(); }
+
+  // Grows the volume to SizeForRange(required, limit); a no-op when it is already as large.
+  // Errors: NOT_FOUND; INVALID_ARGUMENT / OUT_OF_RANGE for the range; RESOURCE_EXHAUSTED;
+  // UNIMPLEMENTED when the backend cannot grow devices; ABORTED; INTERNAL.
+  StatusOr<VolumeRecord> ExpandVolume(const std::string& id, int64_t required_bytes,
+                                      int64_t limit_bytes);
+
+  // Whether a record of `id` exists in any phase.
+  bool HasRecord(const std::string& id) const { return store_.Get(id).ok(); }
+
+  // Remembers the filesystem the volume was formatted with; the caller holds the volume's lock.
+  // Errors: NOT_FOUND; INTERNAL.
+  Status SetFsType(const std::string& id, const std::string& fs_type);
+
+  VolumeLocks& locks() { return locks_; }
+  DeviceManager& devices() { return devices_; }
+
+ private:
+  Status Fault(std::string_view point) const {
+    return fault_hook_ ? fault_hook_(point) : Status::Ok();
+  }
+  StatusOr<VolumeRecord> CreateLocked(const std::string& id, const std::string& name, int64_t size,
+                                      int64_t required_bytes, int64_t limit_bytes,
+                                      const VolumeParameters& params, bool ephemeral);
+  Status DeleteLocked(const std::string& id);
+  Status RecoverRecord(VolumeRecord& record, RecoveryReport* report);
+
+  DeviceManager& devices_;
+  StateStore& store_;
+  const Options options_;
+  FaultHook fault_hook_;
+  VolumeLocks locks_;
+};
+
+}  // namespace ephemera::csi

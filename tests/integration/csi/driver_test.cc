@@ -1,0 +1,497 @@
+// ephemera-pmem-csi end to end with the file backend on real loop devices, mkfs and mounts (run as
+// root): inline ephemeral volumes, SIGKILL during create/delete cycles, online expansion, the
+// metrics endpoint and the mTLS capacity listener.
+#include <signal.h>
+#include <sys/mount.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <random>
+#include <set>
+#include <thread>
+
+#include "csi/backends/loop_device.h"
+#include "csi/exec_command_runner.h"
+#include "csi/volume_id.h"
+#include "driver_fixture.h"
+
+namespace ephemera::csi::testing {
+namespace {
+
+using namespace ::csi::v1;  // NOLINT(google-build-using-namespace)
+
+constexpr int64_t kMi = 1024 * 1024;
+
+grpc::Status Call(auto method, const auto& request, auto* response) {
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+  return method(&context, request, response);
+}
+
+#define CALL(stub, Method, request, response)                                                    \
+  Call([&](grpc::ClientContext* c, const auto& rq, auto* rs) { return stub.Method(c, rq, rs); }, \
+       request, response)
+
+int64_t FsTotalBytes(const std::string& path) {
+  struct statvfs fs;
+  REQUIRE(statvfs(path.c_str(), &fs) == 0);
+  return static_cast<int64_t>(fs.f_blocks) * static_cast<int64_t>(fs.f_frsize);
+}
+
+TEST_CASE("inline ephemeral volume: published, written, unpublished, space returned",
+          "[csi][integration]") {
+  DriverFixture driver;
+  const int64_t before = driver.AvailableCapacity();
+  std::string target = driver.work() + "/pods/p1/volumes/scratch/mount";
+
+  NodePublishVolumeRequest publish;
+  publish.set_volume_id("csi-4f1c2a9e0b7d");
+  publish.set_target_path(target);
+  *publish.mutable_volume_capability() = MountCapability("ext4");
+  (*publish.mutable_volume_context())["csi.storage.k8s.io/ephemeral"] = "true";
+  (*publish.mutable_volume_context())["csi.storage.k8s.io/pod.name"] = "p1";
+  (*publish.mutable_volume_context())["size"] = "30Mi";
+  NodePublishVolumeResponse published;
+  grpc::Status status = CALL(driver.node(), NodePublishVolume, publish, &published);
+  REQUIRE(status.error_message() == "");
+  REQUIRE(status.ok());
+  // Idempotent.
+  REQUIRE(CALL(driver.node(), NodePublishVolume, publish, &published).ok());
+  CHECK(driver.AvailableCapacity() == before - 32 * kMi);  // 30Mi rounded up to 4 MiB
+
+  {
+    std::ofstream out(target + "/data");
+    out << std::string(4 * kMi, 'x');
+  }
+  sync();
+  NodeGetVolumeStatsRequest stats_request;
+  stats_request.set_volume_id(publish.volume_id());
+  stats_request.set_volume_path(target);
+  NodeGetVolumeStatsResponse stats;
+  REQUIRE(CALL(driver.node(), NodeGetVolumeStats, stats_request, &stats).ok());
+  REQUIRE(stats.usage_size() == 2);
+  CHECK(stats.usage(0).unit() == VolumeUsage::BYTES);
+  CHECK(stats.usage(0).used() >= 4 * kMi);
+  CHECK(stats.usage(1).unit() == VolumeUsage::INODES);
+  CHECK_FALSE(stats.volume_condition().abnormal());
+
+  NodeUnpublishVolumeRequest unpublish;
+  unpublish.set_volume_id(publish.volume_id());
+  unpublish.set_target_path(target);
+  NodeUnpublishVolumeResponse unpublished;
+  REQUIRE(CALL(driver.node(), NodeUnpublishVolume, unpublish, &unpublished).ok());
+  CHECK(driver.AvailableCapacity() == before);
+  CHECK_FALSE(std::filesystem::exists(target));
+  CHECK(driver.PoolFiles().empty());
+  CHECK(driver.Records().empty());
+  CHECK(driver.Loops().empty());
+  CHECK(driver.Mounts().empty());
+  // Unpublishing again: the volume is gone.
+  CHECK(CALL(driver.node(), NodeUnpublishVolume, unpublish, &unpublished).error_code() ==
+        grpc::StatusCode::NOT_FOUND);
+}
+
+TEST_CASE("inline ephemeral volume: a restart between create and mount is repaired by the retry",
+          "[csi][integration][crash]") {
+  DriverFixture driver;
+  const int64_t before = driver.AvailableCapacity();
+  std::string target = driver.work() + "/pods/p2/volumes/scratch/mount";
+  NodePublishVolumeRequest publish;
+  publish.set_volume_id("csi-restart-1");
+  publish.set_target_path(target);
+  *publish.mutable_volume_capability() = MountCapability("ext4");
+  (*publish.mutable_volume_context())["csi.storage.k8s.io/ephemeral"] = "true";
+  (*publish.mutable_volume_context())["size"] = "16Mi";
+  NodePublishVolumeResponse published;
+  REQUIRE(CALL(driver.node(), NodePublishVolume, publish, &published).ok());
+  // What a crash after the volume was made and formatted but before the mount leaves: the volume,
+  // no mount. The driver is killed and restarted, and kubelet retries the publish.
+  REQUIRE(umount2(target.c_str(), 0) == 0);
+  driver.Restart();
+  REQUIRE(driver.Mounts().empty());
+  REQUIRE(CALL(driver.node(), NodePublishVolume, publish, &published).ok());
+  CHECK(driver.Mounts() == std::vector<std::string>{target});
+  CHECK(driver.PoolFiles().size() == 1);  // the same volume, not a second one
+  // A restart while published changes nothing; unpublish then cleans up everything.
+  driver.Restart();
+  REQUIRE(CALL(driver.node(), NodePublishVolume, publish, &published).ok());
+  NodeUnpublishVolumeRequest unpublish;
+  unpublish.set_volume_id(publish.volume_id());
+  unpublish.set_target_path(target);
+  NodeUnpublishVolumeResponse unpublished;
+  REQUIRE(CALL(driver.node(), NodeUnpublishVolume, unpublish, &unpublished).ok());
+  CHECK(driver.AvailableCapacity() == before);
+  CHECK(driver.PoolFiles().empty());
+  CHECK(driver.Records().empty());
+  CHECK(driver.Loops().empty());
+  CHECK(driver.Mounts().empty());
+}
+
+TEST_CASE("inline ephemeral volume without size is INVALID_ARGUMENT and leaves nothing",
+          "[csi][integration]") {
+  DriverFixture driver;
+  NodePublishVolumeRequest publish;
+  publish.set_volume_id("csi-nosize");
+  publish.set_target_path(driver.work() + "/t");
+  *publish.mutable_volume_capability() = MountCapability();
+  (*publish.mutable_volume_context())["csi.storage.k8s.io/ephemeral"] = "true";
+  NodePublishVolumeResponse response;
+  grpc::Status status = CALL(driver.node(), NodePublishVolume, publish, &response);
+  CHECK(status.error_code() == grpc::StatusCode::INVALID_ARGUMENT);
+  CHECK(status.error_message().find("size") != std::string::npos);
+  CHECK(driver.PoolFiles().empty());
+}
+
+TEST_CASE("SIGKILL during 100 create/delete cycles leaks nothing", "[csi][integration][crash]") {
+  DriverFixture driver("256Mi");
+  std::mt19937 random(42);
+  int kills = 0;
+  int interrupted = 0;
+  std::set<std::string> names_in_flight;
+  for (int cycle = 0; cycle < 100; ++cycle) {
+    std::string name = "pvc-cycle-" + std::to_string(cycle);
+    names_in_flight.insert(name);
+    // Every tenth cycle a killer fires after a random delay; the cycle repeats create+delete of
+    // its name until the kill lands, so that every kill hits the driver inside a call.
+    std::thread killer;
+    std::atomic<bool> killed{false};
+    if (cycle % 10 == 5) {
+      int delay_us = std::uniform_int_distribution<int>(0, 20000)(random);
+      killer = std::thread([&, delay_us] {
+        std::this_thread::sleep_for(std::chrono::microseconds(delay_us));
+        driver.Kill(SIGKILL);
+        killed = true;
+      });
+    }
+    grpc::Status status;
+    do {
+      CreateVolumeRequest create;
+      create.set_name(name);
+      create.mutable_capacity_range()->set_required_bytes(8 * kMi);
+      *create.add_volume_capabilities() = MountCapability();
+      CreateVolumeResponse created;
+      status = CALL(driver.controller(), CreateVolume, create, &created);
+      if (status.ok()) {
+        DeleteVolumeRequest del;
+        del.set_volume_id(created.volume().volume_id());
+        DeleteVolumeResponse deleted;
+        status = CALL(driver.controller(), DeleteVolume, del, &deleted);
+      }
+    } while (killer.joinable() && status.ok() && !killed);
+    if (status.ok()) names_in_flight.erase(name);
+    if (killer.joinable()) {
+      killer.join();
+      ++kills;
+      if (!status.ok()) ++interrupted;
+      driver.Start();
+      // After the restart: devices, records and loops agree one to one.
+      std::vector<std::string> files = driver.PoolFiles();
+      std::vector<std::string> records = driver.Records();
+      REQUIRE(files.size() == records.size());
+      REQUIRE(driver.Loops().size() == files.size());
+    }
+    REQUIRE((status.ok() || killed));
+  }
+  std::ifstream log_in(driver.log_path());
+  std::string log_text((std::istreambuf_iterator<char>(log_in)), std::istreambuf_iterator<char>());
+  size_t repairs = 0;
+  for (size_t at = log_text.find("recovery: "); at != std::string::npos;
+       at = log_text.find("recovery: ", at + 1)) {
+    ++repairs;
+  }
+  std::cout << "SIGKILL test: " << kills << " kills, " << interrupted << " inside a call, "
+            << repairs << " repairs at restart, " << names_in_flight.size() << " names retried\n";
+  CHECK(interrupted == kills);
+  CHECK(kills == 10);
+  // The CO retries what failed: create (idempotent) and delete each name once more.
+  for (const std::string& name : names_in_flight) {
+    CreateVolumeRequest create;
+    create.set_name(name);
+    create.mutable_capacity_range()->set_required_bytes(8 * kMi);
+    *create.add_volume_capabilities() = MountCapability();
+    CreateVolumeResponse created;
+    REQUIRE(CALL(driver.controller(), CreateVolume, create, &created).ok());
+    DeleteVolumeRequest del;
+    del.set_volume_id(created.volume().volume_id());
+    DeleteVolumeResponse deleted;
+    REQUIRE(CALL(driver.controller(), DeleteVolume, del, &deleted).ok());
+  }
+  CHECK(driver.PoolFiles().empty());
+  CHECK(driver.Records().empty());
+  CHECK(driver.Loops().empty());
+  CHECK(driver.AvailableCapacity() == 256 * kMi);
+  CHECK(log_text.find("ORPHANED") == std::string::npos);
+}
+
+// Whether this process has CAP_SYS_RESOURCE (bit 24 of CapEff), which the kernel requires for the
+// online resize of ext4 (EXT4_IOC_RESIZE_FS). Some container runtimes drop it even for root.
+bool HaveSysResource() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.starts_with("CapEff:")) {
+      return (std::stoull(line.substr(7), nullptr, 16) >> 24) & 1;
+    }
+  }
+  return false;
+}
+
+void ExpandMounted(const std::string& fs_type, int64_t initial, int64_t grown) {
+  DriverFixture driver("2Gi");
+  CreateVolumeRequest create;
+  create.set_name("pvc-grow-" + fs_type);
+  create.mutable_capacity_range()->set_required_bytes(initial);
+  *create.add_volume_capabilities() = MountCapability(fs_type);
+  CreateVolumeResponse created;
+  REQUIRE(CALL(driver.controller(), CreateVolume, create, &created).ok());
+  const std::string id = created.volume().volume_id();
+  const std::string staging = driver.work() + "/staging";
+  const std::string target = driver.work() + "/target";
+
+  NodeStageVolumeRequest stage;
+  stage.set_volume_id(id);
+  stage.set_staging_target_path(staging);
+  *stage.mutable_volume_capability() = MountCapability(fs_type);
+  NodeStageVolumeResponse staged;
+  grpc::Status status = CALL(driver.node(), NodeStageVolume, stage, &staged);
+  REQUIRE(status.error_message() == "");
+  NodePublishVolumeRequest publish;
+  publish.set_volume_id(id);
+  publish.set_staging_target_path(staging);
+  publish.set_target_path(target);
+  *publish.mutable_volume_capability() = MountCapability(fs_type);
+  NodePublishVolumeResponse published;
+  REQUIRE(CALL(driver.node(), NodePublishVolume, publish, &published).ok());
+  const int64_t before = FsTotalBytes(target);
+
+  // In use: DeleteVolume must refuse.
+  DeleteVolumeRequest del;
+  del.set_volume_id(id);
+  DeleteVolumeResponse deleted;
+  CHECK(CALL(driver.controller(), DeleteVolume, del, &deleted).error_code() ==
+        grpc::StatusCode::FAILED_PRECONDITION);
+
+  ControllerExpandVolumeRequest expand;
+  expand.set_volume_id(id);
+  expand.mutable_capacity_range()->set_required_bytes(grown);
+  ControllerExpandVolumeResponse expanded;
+  REQUIRE(CALL(driver.controller(), ControllerExpandVolume, expand, &expanded).ok());
+  CHECK(expanded.capacity_bytes() == grown);
+  CHECK(expanded.node_expansion_required());
+
+  NodeExpandVolumeRequest node_expand;
+  node_expand.set_volume_id(id);
+  node_expand.set_volume_path(target);
+  node_expand.mutable_capacity_range()->set_required_bytes(grown);
+  NodeExpandVolumeResponse node_expanded;
+  status = CALL(driver.node(), NodeExpandVolume, node_expand, &node_expanded);
+  if (fs_type == "ext4" && !HaveSysResource()) {
+    // Written reason: without CAP_SYS_RESOURCE the kernel refuses the online resize; the driver
+    // must then report the failure, not claim success.
+    WARN("no CAP_SYS_RESOURCE: ext4 online growth cannot be measured on this host");
+    CHECK(status.error_code() == grpc::StatusCode::INTERNAL);
+    CHECK(status.error_message().find("resize2fs") != std::string::npos);
+    CHECK(FsTotalBytes(target) == before);
+  } else {
+    REQUIRE(status.error_message() == "");
+    CHECK(node_expanded.capacity_bytes() == grown);
+    const int64_t after = FsTotalBytes(target);
+    INFO(fs_type << ": " << before << " -> " << after);
+    CHECK(after > before + (grown - initial) * 8 / 10);
+  }
+
+  NodeUnpublishVolumeRequest unpublish;
+  unpublish.set_volume_id(id);
+  unpublish.set_target_path(target);
+  NodeUnpublishVolumeResponse unpublished;
+  REQUIRE(CALL(driver.node(), NodeUnpublishVolume, unpublish, &unpublished).ok());
+  NodeUnstageVolumeRequest unstage;
+  unstage.set_volume_id(id);
+  unstage.set_staging_target_path(staging);
+  NodeUnstageVolumeResponse unstaged;
+  REQUIRE(CALL(driver.node(), NodeUnstageVolume, unstage, &unstaged).ok());
+  REQUIRE(CALL(driver.controller(), DeleteVolume, del, &deleted).ok());
+  CHECK(driver.PoolFiles().empty());
+  CHECK(driver.Loops().empty());
+}
+
+TEST_CASE("expansion of a mounted ext4 volume grows the filesystem", "[csi][integration]") {
+  ExpandMounted("ext4", 32 * kMi, 96 * kMi);
+}
+
+TEST_CASE("expansion of a mounted xfs volume grows the filesystem", "[csi][integration]") {
+  // mkfs.xfs of xfsprogs 6 refuses filesystems below 300 MB.
+  ExpandMounted("xfs", 320 * kMi, 512 * kMi);
+}
+
+TEST_CASE("capacity is bounded by the pool directory's filesystem, not just the pool",
+          "[csi][integration]") {
+  // A 64 MiB tmpfs as the file directory under a 1 GiB pool: the driver must not promise more
+  // than the filesystem can hold, counting the blocks its sparse files may still allocate.
+  struct Tmpfs {
+    std::string dir = "/tmp/ephemera-tmpfs-" + std::to_string(getpid());
+    Tmpfs() {
+      std::filesystem::create_directories(dir);
+      REQUIRE(mount("tmpfs", dir.c_str(), "tmpfs", 0, "size=64m") == 0);
+    }
+    ~Tmpfs() {
+      StatusOr<std::vector<LoopInfo>> loops = ListLoopsInDir(dir);
+      if (loops.ok()) {
+        for (const LoopInfo& loop : *loops)
+          (void)DetachLoop(loop.device);
+      }
+      umount2(dir.c_str(), MNT_DETACH);
+      std::filesystem::remove_all(dir);
+    }
+  } tmpfs;
+  DriverFixture driver("1Gi", {"--file-dir=" + tmpfs.dir});
+  const int64_t start = driver.AvailableCapacity();
+  CHECK(start <= 64 * kMi);
+  CHECK(start >= 56 * kMi);
+  CHECK(start % (4 * kMi) == 0);
+
+  CreateVolumeRequest create;
+  create.set_name("pvc-small-fs");
+  create.mutable_capacity_range()->set_required_bytes(32 * kMi);
+  *create.add_volume_capabilities() = MountCapability();
+  CreateVolumeResponse created;
+  REQUIRE(CALL(driver.controller(), CreateVolume, create, &created).ok());
+  // Sparse, nothing written yet, but its 32 MiB are owed by the filesystem.
+  CHECK(driver.AvailableCapacity() <= start - 32 * kMi);
+  CreateVolumeRequest too_big = create;
+  too_big.set_name("pvc-does-not-fit");
+  too_big.mutable_capacity_range()->set_required_bytes(start - 28 * kMi);
+  CHECK(CALL(driver.controller(), CreateVolume, too_big, &created).error_code() ==
+        grpc::StatusCode::RESOURCE_EXHAUSTED);
+  DeleteVolumeRequest del;
+  del.set_volume_id(DeriveVolumeId("pvc-small-fs"));
+  DeleteVolumeResponse deleted;
+  REQUIRE(CALL(driver.controller(), DeleteVolume, del, &deleted).ok());
+  CHECK(driver.AvailableCapacity() == start);
+}
+
+std::string HttpGet(int port, const std::string& path) {
+  ExecCommandRunner runner;
+  StatusOr<CommandResult> result =
+      runner.Run({"curl", "-sS", "http://127.0.0.1:" + std::to_string(port) + path});
+  REQUIRE(result.ok());
+  REQUIRE(result->exit_code == 0);
+  return result->output;
+}
+
+TEST_CASE("metrics and health endpoint", "[csi][integration]") {
+  const int port = 19000 + static_cast<int>(getpid() % 1000);
+  DriverFixture driver("512Mi", {"--http-endpoint=127.0.0.1:" + std::to_string(port)});
+  CHECK(HttpGet(port, "/healthz") == "ok\n");
+  driver.AvailableCapacity();
+  std::string metrics = HttpGet(port, "/metrics");
+  CHECK(metrics.find("ephemera_pmem_capacity_total_bytes 536870912\n") != std::string::npos);
+  CHECK(metrics.find("ephemera_pmem_capacity_available_bytes 536870912\n") != std::string::npos);
+  CHECK(metrics.find("ephemera_pmem_max_volume_size_bytes 536870912\n") != std::string::npos);
+  CHECK(metrics.find("ephemera_pmem_operation_duration_seconds_count{method=\"/csi.v1."
+                     "Controller/GetCapacity\",code=\"OK\"} 1") != std::string::npos);
+}
+
+// Makes a CA and a server and a client certificate signed by it, and a stranger's client
+// certificate signed by another CA, with the openssl command.
+void MakeCertificates(const std::string& dir) {
+  ExecCommandRunner runner;
+  auto run = [&](std::vector<std::string> argv) {
+    StatusOr<CommandResult> r = runner.Run(argv);
+    REQUIRE(r.ok());
+    INFO(r->output);
+    REQUIRE(r->exit_code == 0);
+  };
+  for (const std::string ca : {"ca", "otherca"}) {
+    run({"openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+         "/CN=" + ca, "-keyout", dir + "/" + ca + ".key", "-out", dir + "/" + ca + ".crt"});
+  }
+  std::ofstream(dir + "/san.ext") << "subjectAltName=DNS:localhost,IP:127.0.0.1\n";
+  for (const auto& [name, ca] : std::vector<std::pair<std::string, std::string>>{
+           {"server", "ca"}, {"client", "ca"}, {"stranger", "otherca"}}) {
+    run({"openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=" + name, "-keyout",
+         dir + "/" + name + ".key", "-out", dir + "/" + name + ".csr"});
+    run({"openssl", "x509", "-req", "-in", dir + "/" + name + ".csr", "-CA",
+         dir + "/" + ca + ".crt", "-CAkey", dir + "/" + ca + ".key", "-CAcreateserial", "-days",
+         "1", "-extfile", dir + "/san.ext", "-out", dir + "/" + name + ".crt"});
+  }
+}
+
+std::string Slurp(const std::string& path) {
+  std::ifstream in(path);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+std::shared_ptr<grpc::Channel> TlsChannel(const std::string& dir, int port,
+                                          const std::string& client) {
+  grpc::SslCredentialsOptions options;
+  options.pem_root_certs = Slurp(dir + "/ca.crt");
+  if (!client.empty()) {
+    options.pem_private_key = Slurp(dir + "/" + client + ".key");
+    options.pem_cert_chain = Slurp(dir + "/" + client + ".crt");
+  }
+  return grpc::CreateChannel("localhost:" + std::to_string(port), grpc::SslCredentials(options));
+}
+
+TEST_CASE("capacity listener: mutual TLS, Identity + GetCapacity + NodeGetInfo only",
+          "[csi][integration]") {
+  std::string certs = "/tmp/ephemera-certs-" + std::to_string(getpid());
+  std::filesystem::create_directories(certs);
+  struct Cleanup {
+    std::string dir;
+    ~Cleanup() { std::filesystem::remove_all(dir); }
+  } cleanup{certs};
+  MakeCertificates(certs);
+  const int port = 20000 + static_cast<int>(getpid() % 1000);
+  DriverFixture driver(
+      "512Mi",
+      {"--capacity-listen=127.0.0.1:" + std::to_string(port), "--tls-ca=" + certs + "/ca.crt",
+       "--tls-cert=" + certs + "/server.crt", "--tls-key=" + certs + "/server.key"});
+  auto deadline = [] { return std::chrono::system_clock::now() + std::chrono::seconds(10); };
+  {
+    auto channel = TlsChannel(certs, port, "client");
+    auto controller = Controller::NewStub(channel);
+    grpc::ClientContext c1;
+    c1.set_deadline(deadline());
+    GetCapacityResponse capacity;
+    grpc::Status status = controller->GetCapacity(&c1, GetCapacityRequest(), &capacity);
+    REQUIRE(status.error_message() == "");
+    CHECK(capacity.available_capacity() == 512 * kMi);
+    grpc::ClientContext c2;
+    c2.set_deadline(deadline());
+    NodeGetInfoResponse info;
+    REQUIRE(Node::NewStub(channel)->NodeGetInfo(&c2, NodeGetInfoRequest(), &info).ok());
+    CHECK(info.node_id() == "it-node");
+    grpc::ClientContext c3;
+    c3.set_deadline(deadline());
+    GetPluginInfoResponse plugin;
+    REQUIRE(Identity::NewStub(channel)->GetPluginInfo(&c3, GetPluginInfoRequest(), &plugin).ok());
+    CHECK(plugin.name() == "pmem-csi.ephemera.io");
+    // Nothing that changes state is served there.
+    grpc::ClientContext c4;
+    c4.set_deadline(deadline());
+    CreateVolumeRequest create;
+    create.set_name("x");
+    CreateVolumeResponse created;
+    CHECK(controller->CreateVolume(&c4, create, &created).error_code() ==
+          grpc::StatusCode::UNIMPLEMENTED);
+    CHECK(driver.PoolFiles().empty());
+  }
+  for (const std::string& client : {std::string(), std::string("stranger")}) {
+    INFO("client certificate: " << (client.empty() ? "none" : client));
+    auto controller = Controller::NewStub(TlsChannel(certs, port, client));
+    grpc::ClientContext context;
+    context.set_deadline(deadline());
+    GetCapacityResponse capacity;
+    CHECK_FALSE(controller->GetCapacity(&context, GetCapacityRequest(), &capacity).ok());
+  }
+}
+
+}  // namespace
+}  // namespace ephemera::csi::testing
