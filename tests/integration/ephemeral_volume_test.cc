@@ -136,7 +136,7 @@ void EnsureLateBindingClass(apiclient::ApiClient& client) {
                        {"volumeBindingMode", "WaitForFirstConsumer"}});
 }
 
-TEST_CASE("Ephemeral volumes: PVCs made as the reference makes them; the scheduler picks a node",
+TEST_CASE("Ephemeral volumes: PVCs made as the reference makes them / the scheduler picks a node",
           "[cluster][ephemeral]") {
   const TestCluster cluster = TestCluster::FromEnvironment();
   auto client = cluster.AdminClient();
@@ -188,7 +188,7 @@ TEST_CASE("Ephemeral volumes: PVCs made as the reference makes them; the schedul
       seconds(60)));
 }
 
-TEST_CASE("Ephemeral volumes: a foreign PVC is never touched; ours follows once it is gone",
+TEST_CASE("Ephemeral volumes: a foreign PVC is never touched / ours follows once it is gone",
           "[cluster][ephemeral]") {
   const TestCluster cluster = TestCluster::FromEnvironment();
   auto client = cluster.AdminClient();
@@ -278,7 +278,7 @@ TEST_CASE("Ephemeral volumes: a name collision is reported with the owner of the
   CHECK_FALSE(UpdatedByController(*after));
 }
 
-TEST_CASE("Ephemeral volumes: --release-terminated-pods frees a Failed pod's PVC; Running keeps",
+TEST_CASE("Ephemeral volumes: --release-terminated-pods frees a Failed pod's PVC / Running keeps",
           "[cluster][ephemeral]") {
   const TestCluster cluster = TestCluster::FromEnvironment();
   auto client = cluster.AdminClient();
@@ -291,12 +291,20 @@ TEST_CASE("Ephemeral volumes: --release-terminated-pods frees a Failed pod's PVC
   REQUIRE(Eventually(
       [&] { return GetClaim(*client, ns, "done-v") && GetClaim(*client, ns, "busy-v"); }));
   auto set_phase = [&](const std::string& name, const std::string& phase) {
-    auto pod = client->Get(kPods, ns, name);
-    REQUIRE(pod.ok());
-    Object copy = **pod;
-    copy["status"]["phase"] = phase;
-    if (phase == "Failed") copy["status"]["reason"] = "OutOfcpu";  // as a kubelet admission reject
-    REQUIRE(client->UpdateStatus(kPods, ns, copy).ok());
+    // kube-scheduler writes the pod's status too: read, change, write; again on a conflict.
+    Status status;
+    for (int attempt = 0; attempt < 10; ++attempt) {
+      auto pod = client->Get(kPods, ns, name);
+      REQUIRE(pod.ok());
+      Object copy = **pod;
+      copy["status"]["phase"] = phase;
+      if (phase == "Failed")
+        copy["status"]["reason"] = "OutOfcpu";  // as a kubelet admission reject
+      status = client->UpdateStatus(kPods, ns, copy).status();
+      if (!apiclient::IsConflict(status)) break;
+    }
+    INFO(status.ToString());
+    REQUIRE(status.ok());
   };
   set_phase("busy", "Running");
   set_phase("done", "Failed");
@@ -308,7 +316,7 @@ TEST_CASE("Ephemeral volumes: --release-terminated-pods frees a Failed pod's PVC
   CHECK(GetClaim(*client, ns, "done-v") == nullptr);
 }
 
-TEST_CASE("Ephemeral volumes: Deployment, StatefulSet, DaemonSet and Job pods get their PVCs",
+TEST_CASE("Ephemeral volumes: Deployment / StatefulSet / DaemonSet and Job pods get their PVCs",
           "[cluster][ephemeral]") {
   const TestCluster cluster = TestCluster::FromEnvironment();
   auto client = cluster.AdminClient();

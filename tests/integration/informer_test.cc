@@ -78,7 +78,7 @@ std::set<std::string> ServerNames(apiclient::ApiClient& client, const std::strin
   return names;
 }
 
-TEST_CASE("Informer: syncs; then delivers adds; updates and deletes; indexes and trims",
+TEST_CASE("Informer: syncs / then delivers adds / updates and deletes / indexes and trims",
           "[cluster][informer]") {
   const TestCluster cluster = TestCluster::FromEnvironment();
   auto client = cluster.AdminClient();
@@ -117,7 +117,8 @@ TEST_CASE("Informer: syncs; then delivers adds; updates and deletes; indexes and
   informer.Stop();
 }
 
-TEST_CASE("Informer: no event lost across a restart of kube-apiserver", "[cluster][informer]") {
+TEST_CASE("Informer: no event lost across a restart of kube-apiserver",
+          "[.][restart][cluster][informer]") {
   const TestCluster cluster = TestCluster::FromEnvironment();
   auto client = cluster.AdminClient();
   const std::string ns = cluster.CreateNamespace("restart");

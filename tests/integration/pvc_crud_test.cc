@@ -12,7 +12,7 @@ namespace {
 
 using apiclient::resources::kPersistentVolumeClaims;
 
-TEST_CASE("A PVC is created; read and deleted through the live API server", "[cluster]") {
+TEST_CASE("A PVC is created / read and deleted through the live API server", "[cluster]") {
   const TestCluster cluster = TestCluster::FromEnvironment();
   auto client = cluster.AdminClient();
   const std::string name = "crud-" + RandomSuffix();

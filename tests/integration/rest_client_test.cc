@@ -5,6 +5,7 @@
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <fstream>
+#include <mutex>
 #include <set>
 #include <sstream>
 #include <thread>
@@ -27,7 +28,7 @@ Object ConfigMap(const std::string& ns, const std::string& name, const std::stri
           {"data", {{"value", value}}}};
 }
 
-TEST_CASE("RestClient: update; conflict; merge patch; apply; status; delete", "[cluster]") {
+TEST_CASE("RestClient: update / conflict / merge patch / apply / status / delete", "[cluster]") {
   const TestCluster cluster = TestCluster::FromEnvironment();
   auto client = cluster.AdminClient();
   const std::string ns = cluster.CreateNamespace("verbs");
@@ -92,18 +93,25 @@ TEST_CASE("RestClient: list pagination over 2000 objects", "[cluster]") {
   constexpr int kObjects = 2000;
   std::atomic<int> next{0};
   std::atomic<int> failures{0};
+  std::mutex first_error_mu;
+  std::string first_error;
   std::vector<std::thread> workers;
   for (int w = 0; w < 8; ++w) {
     workers.emplace_back([&] {
       for (int i = next++; i < kObjects; i = next++) {
         Object cm = ConfigMap(ns, "cm-" + std::to_string(i), std::to_string(i));
         cm["metadata"]["labels"]["set"] = i % 2 == 0 ? "even" : "odd";
-        if (!client->Create(kConfigMaps, ns, cm).ok()) ++failures;
+        const Status s = client->Create(kConfigMaps, ns, cm).status();
+        if (!s.ok() && failures++ == 0) {
+          std::lock_guard<std::mutex> lock(first_error_mu);
+          first_error = s.ToString();
+        }
       }
     });
   }
   for (auto& t : workers)
     t.join();
+  INFO("first failure: " << first_error);
   REQUIRE(failures == 0);
 
   std::set<std::string> names;
@@ -210,7 +218,7 @@ std::string ReadText(const std::string& path) {
   return s.str();
 }
 
-TEST_CASE("RestClient: TLS is verified; a server the CA did not sign is refused", "[cluster]") {
+TEST_CASE("RestClient: TLS is verified / a server the CA did not sign is refused", "[cluster]") {
   const TestCluster cluster = TestCluster::FromEnvironment();
   auto config = cluster.AdminConfig();
   // A real CA, but not the one that signed the server's certificate.

@@ -130,7 +130,7 @@ TEST_CASE("Leader election: the second process takes over within 20 s of a SIGKI
   rmdir(dir.c_str());
 }
 
-TEST_CASE("Events: repeats aggregate into a series; kubectl get events shows them", "[cluster]") {
+TEST_CASE("Events: repeats aggregate into a series / kubectl get events shows them", "[cluster]") {
   const TestCluster cluster = TestCluster::FromEnvironment();
   auto client = cluster.AdminClient();
   const std::string ns = cluster.CreateNamespace("events");
@@ -171,7 +171,7 @@ TEST_CASE("Events: repeats aggregate into a series; kubectl get events shows the
   CHECK(out.find("ProvisioningClaimCreated") != std::string::npos);
 }
 
-TEST_CASE("HTTP endpoint: /metrics passes promtool, /healthz and /readyz follow the checks",
+TEST_CASE("HTTP endpoint: /metrics passes promtool / /healthz and /readyz follow the checks",
           "[cluster]") {
   apiclient::MetricsRegistry registry;
   // The client's request metrics, as a controller wires them.

@@ -82,7 +82,7 @@ TEST_CASE("kubeconfig: a token is used but never described", "[apiclient][config
   CHECK(config->DescribeForLog().find("secret-token") == std::string::npos);
 }
 
-TEST_CASE("kubeconfig: files relative to the kubeconfig; token file re-read when it changes",
+TEST_CASE("kubeconfig: files relative to the kubeconfig / token file re-read when it changes",
           "[apiclient][config]") {
   char dir_template[] = "/tmp/ephemera-kubeconfig-XXXXXX";
   const std::string dir = mkdtemp(dir_template);
@@ -103,7 +103,7 @@ TEST_CASE("kubeconfig: files relative to the kubeconfig; token file re-read when
   std::remove(dir.c_str());
 }
 
-TEST_CASE("kubeconfig: unsupported and broken input gives a clear error; no crash",
+TEST_CASE("kubeconfig: unsupported and broken input gives a clear error / no crash",
           "[apiclient][config]") {
   auto exec = ParseKubeconfig(kKubeconfig, "/x", "plugin@test");
   CHECK(exec.status().code() == Code::kUnimplemented);
@@ -171,7 +171,7 @@ TEST_CASE("HTTP errors map to canonical codes", "[apiclient][errors]") {
   CHECK(StatusFromHttp(502, std::string(10000, 'x'), "G").message().size() < 300);
 }
 
-TEST_CASE("token bucket: burst; then qps", "[apiclient][ratelimit]") {
+TEST_CASE("token bucket: burst / then qps", "[apiclient][ratelimit]") {
   FakeClock clock;
   TokenBucket bucket(10, 3, clock);
   for (int i = 0; i < 3; ++i)

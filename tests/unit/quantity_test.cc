@@ -33,7 +33,7 @@ TEST_CASE("Binary and decimal suffixes", "[quantity]") {
   CHECK(Parse("-12Mi") == -12LL * 1024 * 1024);
 }
 
-TEST_CASE("Fractions are rounded up to a whole byte; as Quantity.Value() does", "[quantity]") {
+TEST_CASE("Fractions are rounded up to a whole byte / as Quantity.Value() does", "[quantity]") {
   CHECK(Parse("1.5Gi") == 3LL << 29);
   CHECK(Parse("0.5") == 1);
   CHECK(Parse("1.") == 1);

@@ -71,7 +71,7 @@ TEST_CASE("StatusOr holds a value or an error", "[status]") {
   CHECK(HalveTwice(6, &out).code() == Code::kInvalidArgument);  // 6 -> 3 -> odd
 }
 
-TEST_CASE("A StatusOr made from an OK status is an internal error; not a value", "[status]") {
+TEST_CASE("A StatusOr made from an OK status is an internal error / not a value", "[status]") {
   StatusOr<int> wrong{Status::Ok()};
   CHECK_FALSE(wrong.ok());
   CHECK(wrong.status().code() == Code::kInternal);

@@ -31,7 +31,7 @@ std::vector<std::string> ClaimIndex(const Object& pod) {
   return out;
 }
 
-TEST_CASE("store: keys; upsert; remove and an index kept in step", "[store]") {
+TEST_CASE("store: keys / upsert / remove and an index kept in step", "[store]") {
   Store store({{"claims", ClaimIndex}});
   CHECK(Store::KeyOf(*Pod("ns", "a", "1")) == "ns/a");
   CHECK(Store::KeyOf(Object{{"metadata", {{"name", "node-1"}}}}) == "node-1");
@@ -55,7 +55,7 @@ TEST_CASE("store: keys; upsert; remove and an index kept in step", "[store]") {
   CHECK(store.Size() == 1);
 }
 
-TEST_CASE("store: Replace reports adds; updates and deletes", "[store]") {
+TEST_CASE("store: Replace reports adds / updates and deletes", "[store]") {
   Store store({{"claims", ClaimIndex}});
   store.Upsert(Pod("ns", "keep", "1", {"c"}));
   store.Upsert(Pod("ns", "gone", "1", {"c"}));
@@ -77,7 +77,7 @@ TEST_CASE("store: Replace reports adds; updates and deletes", "[store]") {
   CHECK(Field(*by_claim[0], "metadata", "name") == "new");
 }
 
-TEST_CASE("workqueue: duplicates merge; a key is never in two workers", "[workqueue]") {
+TEST_CASE("workqueue: duplicates merge / a key is never in two workers", "[workqueue]") {
   WorkQueue q;
   q.Add("a");
   q.Add("a");
@@ -130,7 +130,7 @@ TEST_CASE("workqueue: concurrent workers never share a key", "[workqueue]") {
   CHECK(processed > 10);
 }
 
-TEST_CASE("workqueue: AddAfter delays; the earliest time of a key wins", "[workqueue]") {
+TEST_CASE("workqueue: AddAfter delays / the earliest time of a key wins", "[workqueue]") {
   WorkQueue q;
   const auto start = std::chrono::steady_clock::now();
   q.AddAfter("late", milliseconds(300));
@@ -152,7 +152,7 @@ TEST_CASE("workqueue: AddAfter delays; the earliest time of a key wins", "[workq
   CHECK(q.Len() == 0);  // The superseded 500 ms and the 400 ms adds never fire.
 }
 
-TEST_CASE("workqueue: per-item exponential backoff; Forget resets it", "[workqueue]") {
+TEST_CASE("workqueue: per-item exponential backoff / Forget resets it", "[workqueue]") {
   WorkQueue q({.base_delay = milliseconds(20), .max_delay = milliseconds(1000), .qps = 0});
   std::string key;
   std::vector<milliseconds> waits;
@@ -192,7 +192,7 @@ TEST_CASE("workqueue: the overall bucket limits retries of many keys", "[workque
   CHECK(elapsed < milliseconds(2000));
 }
 
-TEST_CASE("workqueue: ShutDown wakes blocked workers; adds after it are ignored", "[workqueue]") {
+TEST_CASE("workqueue: ShutDown wakes blocked workers / adds after it are ignored", "[workqueue]") {
   WorkQueue q;
   std::atomic<int> returned{0};
   std::vector<std::thread> workers;
@@ -211,7 +211,7 @@ TEST_CASE("workqueue: ShutDown wakes blocked workers; adds after it are ignored"
   CHECK(q.Len() == 0);
 }
 
-TEST_CASE("workqueue: observer sees adds; depth; latency and retries", "[workqueue]") {
+TEST_CASE("workqueue: observer sees adds / depth / latency and retries", "[workqueue]") {
   int adds = 0;
   int retries = 0;
   size_t max_depth = 0;

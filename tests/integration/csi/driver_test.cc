@@ -44,7 +44,7 @@ int64_t FsTotalBytes(const std::string& path) {
   return static_cast<int64_t>(fs.f_blocks) * static_cast<int64_t>(fs.f_frsize);
 }
 
-TEST_CASE("inline ephemeral volume: published, written, unpublished, space returned",
+TEST_CASE("inline ephemeral volume: published / written / unpublished / space returned",
           "[csi][integration]") {
   DriverFixture driver;
   const int64_t before = driver.AvailableCapacity();
@@ -330,7 +330,7 @@ TEST_CASE("expansion of a mounted xfs volume grows the filesystem", "[csi][integ
   ExpandMounted("xfs", 320 * kMi, 512 * kMi);
 }
 
-TEST_CASE("capacity is bounded by the pool directory's filesystem, not just the pool",
+TEST_CASE("capacity is bounded by the pool directory's filesystem / not just the pool",
           "[csi][integration]") {
   // A 64 MiB tmpfs as the file directory under a 1 GiB pool: the driver must not promise more
   // than the filesystem can hold, counting the blocks its sparse files may still allocate.
@@ -439,7 +439,7 @@ std::shared_ptr<grpc::Channel> TlsChannel(const std::string& dir, int port,
   return grpc::CreateChannel("localhost:" + std::to_string(port), grpc::SslCredentials(options));
 }
 
-TEST_CASE("capacity listener: mutual TLS, Identity + GetCapacity + NodeGetInfo only",
+TEST_CASE("capacity listener: mutual TLS / Identity + GetCapacity + NodeGetInfo only",
           "[csi][integration]") {
   std::string certs = "/tmp/ephemera-certs-" + std::to_string(getpid());
   std::filesystem::create_directories(certs);

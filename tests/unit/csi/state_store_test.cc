@@ -37,7 +37,7 @@ TEST_CASE("records round-trip through JSON", "[csi][state]") {
             .code() == Code::kInvalidArgument);
 }
 
-TEST_CASE("the store puts, gets, lists and removes records", "[csi][state]") {
+TEST_CASE("the store puts / gets / lists and removes records", "[csi][state]") {
   TempDir dir;
   StateStore store(dir.path() + "/state");
   REQUIRE(store.Init().ok());
@@ -65,7 +65,7 @@ TEST_CASE("the store puts, gets, lists and removes records", "[csi][state]") {
   CHECK(store.Put(Sample("a/b")).code() == Code::kInvalidArgument);
 }
 
-TEST_CASE("corrupt records are reported, temp files of interrupted writes removed",
+TEST_CASE("corrupt records are reported / temp files of interrupted writes removed",
           "[csi][state]") {
   TempDir dir;
   StateStore store(dir.path());

@@ -83,7 +83,7 @@ TEST_CASE("a volume that does not fit is RESOURCE_EXHAUSTED and leaves nothing",
   f.CheckConsistent();
 }
 
-TEST_CASE("delete: missing is OK, in use is FAILED_PRECONDITION and keeps the volume",
+TEST_CASE("delete: missing is OK / in use is FAILED_PRECONDITION and keeps the volume",
           "[csi][volumes]") {
   Fixture f;
   auto vm = f.Restart();
@@ -214,7 +214,7 @@ TEST_CASE("a crash at any step of delete is repaired", "[csi][volumes][crash]") 
   }
 }
 
-TEST_CASE("recovery: records without device are dropped, orphans reported", "[csi][volumes]") {
+TEST_CASE("recovery: records without device are dropped / orphans reported", "[csi][volumes]") {
   Fixture f;
   auto vm = f.Restart();
   StatusOr<VolumeRecord> a = vm->CreateVolume("pvc-a", 0, 0, {});
@@ -271,7 +271,7 @@ TEST_CASE("a volume that cannot be repaired does not stop recovery of the others
   CHECK(vm->GetVolume(DeriveVolumeId("pvc-ok")).ok());
 }
 
-TEST_CASE("expansion grows the device and the record, never shrinks", "[csi][volumes]") {
+TEST_CASE("expansion grows the device and the record / never shrinks", "[csi][volumes]") {
   Fixture f;
   auto vm = f.Restart();
   std::string id = vm->CreateVolume("pvc-a", 8 * kMi, 0, {})->id;
