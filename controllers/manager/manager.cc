@@ -71,8 +71,18 @@ int RunManager(const ManagerOptions& options) {
     }
   }
 
+  // Events go through a client of their own, with its own rate limit of the same size: Events
+  // about our work never slow the work down (kube-controller-manager writes no Event when a PVC
+  // is created; we do, and must not pay for it in PVC throughput).
+  auto event_config = *config;
+  event_config.user_agent = "ephemera-controller-manager/0.1 (events)";
+  auto event_client = apiclient::RestClient::New(event_config);
+  if (!event_client.ok()) {
+    log::Error("cannot create the API client for events", event_client.status());
+    return 1;
+  }
   auto events = std::make_shared<apiclient::EventRecorder>(
-      *client, apiclient::EventSource{"ephemera.io/ephemeral-volume", le.identity});
+      *event_client, apiclient::EventSource{"ephemera.io/ephemeral-volume", le.identity});
   std::unique_ptr<EphemeralVolumeController> controller;
   std::atomic<bool> controllers_ready{false};
 

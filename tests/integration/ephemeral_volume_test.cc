@@ -7,6 +7,7 @@
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <functional>
+#include <map>
 #include <thread>
 
 #include "apiclient/errors.h"
@@ -24,16 +25,25 @@ using apiclient::resources::kPods;
 using std::chrono::milliseconds;
 using std::chrono::seconds;
 
+std::vector<std::string> Concat(std::vector<std::string> a, const std::vector<std::string>& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+
 // Runs ephemera-controller-manager for the duration of a test; SIGTERM on destruction.
 class ControllerProcess {
  public:
-  ControllerProcess(const TestCluster& cluster, std::vector<std::string> extra) {
-    log_ = cluster.dir() + "/logs/ephemera-controller-manager-" + RandomSuffix() + ".log";
-    const std::string binary =
-        std::string(EPHEMERA_BINARY_DIR) + "/bin/ephemera-controller-manager";
-    std::vector<std::string> args = {
-        binary, "--kubeconfig", cluster.kubeconfig(), "--leader-elect=false", "-v", "2"};
-    args.insert(args.end(), extra.begin(), extra.end());
+  ControllerProcess(const TestCluster& cluster, const std::vector<std::string>& extra)
+      : ControllerProcess(
+            cluster, std::string(EPHEMERA_BINARY_DIR) + "/bin/ephemera-controller-manager",
+            Concat({"--kubeconfig", cluster.kubeconfig(), "--leader-elect=false", "-v", "2"},
+                   extra)) {}
+  // Any program, e.g. kube-controller-manager.
+  ControllerProcess(const TestCluster& cluster, const std::string& binary,
+                    const std::vector<std::string>& flags) {
+    log_ = cluster.dir() + "/logs/controller-" + RandomSuffix() + ".log";
+    std::vector<std::string> args = {binary};
+    args.insert(args.end(), flags.begin(), flags.end());
     pid_ = fork();
     if (pid_ == 0) {
       FILE* out = std::freopen(log_.c_str(), "w", stderr);
@@ -389,6 +399,56 @@ TEST_CASE("Ephemeral volumes: Deployment / StatefulSet / DaemonSet and Job pods 
       seconds(90)));
   INFO("pods with their PVC: " << pods_with_claims);
   CHECK(pods_with_claims >= 7);
+}
+
+TEST_CASE("Ephemeral volumes: safe beside kube-controller-manager's own controller",
+          "[cluster][ephemeral]") {
+  const TestCluster cluster = TestCluster::FromEnvironment();
+  auto client = cluster.AdminClient();
+  EnsureLateBindingClass(*client);
+  // Both controllers race for the same PVCs.
+  ControllerProcess ours(cluster, {});
+  ControllerProcess theirs(cluster,
+                           std::string(EPHEMERA_SOURCE_DIR) + "/.tools/bin/kube-controller-manager",
+                           {"--kubeconfig", cluster.dir() + "/kube-controller-manager.kubeconfig",
+                            "--controllers", "ephemeral-volume-controller", "--leader-elect=false",
+                            "--use-service-account-credentials=true", "--secure-port", "0"});
+  const std::string ns = cluster.CreateNamespace("race");
+  constexpr int kPodCount = 40;
+  for (int i = 0; i < kPodCount; ++i) {
+    REQUIRE(
+        client->Create(kPods, ns, Pod(ns, "r" + std::to_string(i), {EphemeralVolume("v", "1Gi")}))
+            .ok());
+  }
+  // Every pod ends with exactly one PVC, controlled by it.
+  CHECK(Eventually(
+      [&] {
+        auto pvcs = client->List(kPersistentVolumeClaims, ns, {});
+        if (!pvcs.ok() || pvcs->items.size() != kPodCount) return false;
+        auto pods = client->List(kPods, ns, {});
+        if (!pods.ok()) return false;
+        std::map<std::string, std::string> uid_of;
+        for (const auto& p : pods->items)
+          uid_of[Field(*p, "metadata", "name")] = Field(*p, "metadata", "uid");
+        for (const auto& pvc : pvcs->items) {
+          const std::string name = Field(*pvc, "metadata", "name");  // "<pod>-v"
+          if (!(*pvc)["metadata"].contains("ownerReferences") ||
+              (*pvc)["metadata"]["ownerReferences"][0]["uid"] !=
+                  uid_of[name.substr(0, name.size() - 2)]) {
+            return false;
+          }
+        }
+        return true;
+      },
+      seconds(60)));
+  // No error from ours: losing the race to the other controller is not a failure. (The
+  // reference's controller does record FailedBinding "already exists" when it loses the race to
+  // ours; it then finds the PVC controlled by the pod and stops.)
+  std::this_thread::sleep_for(seconds(2));
+  for (const auto& e : EventsFor(*client, ns, "FailedBinding")) {
+    CHECK(Field(*e, "reportingController") != "ephemera.io/ephemeral-volume");
+  }
+  CHECK(EventsFor(*client, ns, "FailedCreate").empty());
 }
 
 }  // namespace
