@@ -4,10 +4,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <functional>
 #include <map>
+#include <memory>
 #include <thread>
 
 #include "apiclient/errors.h"
@@ -449,6 +451,72 @@ TEST_CASE("Ephemeral volumes: safe beside kube-controller-manager's own controll
     CHECK(Field(*e, "reportingController") != "ephemera.io/ephemeral-volume");
   }
   CHECK(EventsFor(*client, ns, "FailedCreate").empty());
+}
+
+TEST_CASE("Ephemeral volumes: restarted while 500 pods are created / every pod gets its PVC",
+          "[cluster][ephemeral]") {
+  const TestCluster cluster = TestCluster::FromEnvironment();
+  auto client = cluster.AdminClient(0, 0);
+  EnsureLateBindingClass(*client);
+  const std::string ns = cluster.CreateNamespace("restart");
+  const std::vector<std::string> flags = {"--kube-api-qps", "200", "--kube-api-burst", "400"};
+  auto controller = std::make_unique<ControllerProcess>(cluster, flags);
+  constexpr int kPodCount = 500;
+  std::atomic<int> next{0};
+  std::atomic<int> failures{0};
+  std::vector<std::thread> creators;
+  for (int w = 0; w < 8; ++w) {
+    creators.emplace_back([&] {
+      for (int i = next++; i < kPodCount; i = next++) {
+        if (!client
+                 ->Create(kPods, ns,
+                          Pod(ns, "m" + std::to_string(i), {EphemeralVolume("v", "1Gi")}))
+                 .ok()) {
+          ++failures;
+        }
+      }
+    });
+  }
+  // Kill it hard while pods are still being created, and start a new one.
+  REQUIRE(Eventually([&] { return next.load() > kPodCount / 4; }, seconds(30)));
+  kill(controller->pid(), SIGKILL);
+  controller.reset();
+  controller = std::make_unique<ControllerProcess>(cluster, flags);
+  for (auto& t : creators)
+    t.join();
+  REQUIRE(failures == 0);
+
+  size_t good = 0;
+  CHECK(Eventually(
+      [&] {
+        auto pvcs = client->List(kPersistentVolumeClaims, ns, {});
+        auto pods = client->List(kPods, ns, {});
+        if (!pvcs.ok() || !pods.ok()) return false;
+        std::map<std::string, std::string> uid_of;
+        for (const auto& p : pods->items)
+          uid_of[Field(*p, "metadata", "name")] = Field(*p, "metadata", "uid");
+        good = 0;
+        for (const auto& pvc : pvcs->items) {
+          const std::string name = Field(*pvc, "metadata", "name");
+          if ((*pvc)["metadata"].contains("ownerReferences") &&
+              (*pvc)["metadata"]["ownerReferences"].size() == 1 &&
+              (*pvc)["metadata"]["ownerReferences"][0]["uid"] ==
+                  uid_of[name.substr(0, name.size() - 2)]) {
+            ++good;
+          }
+        }
+        return pvcs->items.size() == kPodCount && good == kPodCount;
+      },
+      seconds(120)));
+  INFO("PVCs controlled by their pod: " << good);
+  CHECK(good == kPodCount);
+  auto events = client->List(kEvents, ns, {});
+  REQUIRE(events.ok());
+  for (const auto& e : events->items) {
+    if (Field(*e, "reportingController") == "ephemera.io/ephemeral-volume") {
+      CHECK(Field(*e, "type") == "Normal");
+    }
+  }
 }
 
 }  // namespace
