@@ -7,6 +7,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <sstream>
@@ -91,7 +92,11 @@ StatusOr<std::string> DeviceMajorMinor(const std::string& device) {
 }
 
 bool DeviceSupportsDax(const std::string& device) {
-  std::string name = device.substr(device.rfind('/') + 1);
+  // /dev/<vg>/<lv> is a symlink to /dev/dm-N: the kernel's name is the target's.
+  std::error_code ec;
+  std::string resolved = std::filesystem::canonical(device, ec).string();
+  if (ec) resolved = device;
+  std::string name = resolved.substr(resolved.rfind('/') + 1);
   std::ifstream in("/sys/block/" + name + "/queue/dax");
   std::string value;
   return in && std::getline(in, value) && value == "1";
