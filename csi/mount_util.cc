@@ -92,12 +92,12 @@ StatusOr<std::string> DeviceMajorMinor(const std::string& device) {
 }
 
 bool DeviceSupportsDax(const std::string& device) {
-  // /dev/<vg>/<lv> is a symlink to /dev/dm-N: the kernel's name is the target's.
-  std::error_code ec;
-  std::string resolved = std::filesystem::canonical(device, ec).string();
-  if (ec) resolved = device;
-  std::string name = resolved.substr(resolved.rfind('/') + 1);
-  std::ifstream in("/sys/block/" + name + "/queue/dax");
+  // By device number: /dev/<vg>/<lv> links to /dev/mapper/<vg>-<lv>, a node whose name is not the
+  // kernel's (dm-N) when no udev made it.
+  struct stat st {};
+  if (stat(device.c_str(), &st) != 0 || !S_ISBLK(st.st_mode)) return false;
+  std::ifstream in("/sys/dev/block/" + std::to_string(major(st.st_rdev)) + ":" +
+                   std::to_string(minor(st.st_rdev)) + "/queue/dax");
   std::string value;
   return in && std::getline(in, value) && value == "1";
 }
