@@ -1,7 +1,8 @@
 // ephemera-csi-client: a minimal CSI client for the guest tests (tests/vm), where no other client
 // is at hand. One call per run; prints the result on one line; exit 0 on an OK status, 1 on an
 // error status (its gRPC code name is printed), 2 on a bad command line.
-//   ephemera-csi-client SOCKET create NAME BYTES      -> "<volume id> <capacity bytes>"
+//   ephemera-csi-client SOCKET create NAME BYTES [KEY=VALUE...]
+//                                                     -> "<volume id> <capacity bytes>"
 //   ephemera-csi-client SOCKET delete ID
 //   ephemera-csi-client SOCKET capacity               -> "<available> <maximum volume size>"
 //   ephemera-csi-client SOCKET stage ID DIR FSTYPE    (mount volume, single node writer)
@@ -66,8 +67,14 @@ int main(int argc, char** argv) {
   auto node = Node::NewStub(channel);
   std::string command = argv[2];
   grpc::ClientContext context;
-  if (command == "create" && argc == 5) {
+  if (command == "create" && argc >= 5) {
     CreateVolumeRequest request;
+    for (int i = 5; i < argc; ++i) {
+      std::string parameter = argv[i];
+      size_t eq = parameter.find('=');
+      if (eq == std::string::npos) return 2;
+      (*request.mutable_parameters())[parameter.substr(0, eq)] = parameter.substr(eq + 1);
+    }
     request.set_name(argv[3]);
     request.mutable_capacity_range()->set_required_bytes(std::stoll(argv[4]));
     SetMountCapability(request.add_volume_capabilities(), "ext4");
