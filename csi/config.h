@@ -12,11 +12,13 @@ struct Config {
   std::string mode = "node";  // only "node": Identity, Controller and Node on one socket
   std::string endpoint;       // unix:///path/to/csi.sock
   std::string node_id;
-  std::string backend = "file";  // file | direct | lvm (the latter two: not built yet)
+  std::string backend = "file";  // file | direct | lvm (direct: not built yet)
   std::string state_dir = "/var/lib/ephemera-pmem-csi/state";
   // file backend
   std::string file_dir = "/var/lib/ephemera-pmem-csi/files";
   int64_t file_capacity = 0;  // bytes; required for the file backend
+  // lvm backend: the share of each PMEM region its namespace covers, 1..100
+  int pmem_percentage = 100;
   int64_t default_volume_size = 1LL << 30;
   bool remove_orphans = false;
   // observability

@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "csi/backends/file_device_manager.h"
+#include "csi/backends/lvm_device_manager.h"
 #include "csi/controller_service.h"
 #include "csi/exec_command_runner.h"
 #include "csi/grpc_status.h"
@@ -111,14 +112,14 @@ Status Driver::Impl::Validate() const {
   if (config.node_id.empty() || config.node_id.size() > 128) {
     return Status::InvalidArgument("--node-id: required, at most 128 characters");
   }
-  if (config.backend == "direct" || config.backend == "lvm") {
-    return Status::Unimplemented("--backend=" + config.backend + ": not built yet (file only)");
+  if (config.backend == "direct") {
+    return Status::Unimplemented("--backend=direct: not built yet (file and lvm are)");
   }
-  if (config.backend != "file") {
+  if (config.backend != "file" && config.backend != "lvm") {
     return Status::InvalidArgument("--backend: file, direct or lvm, got \"" + config.backend +
                                    "\"");
   }
-  if (config.file_capacity < FileDeviceManager::kAlignment) {
+  if (config.backend == "file" && config.file_capacity < FileDeviceManager::kAlignment) {
     return Status::InvalidArgument("--file-capacity: required, at least 4Mi");
   }
   if (config.default_volume_size <= 0) {
@@ -176,9 +177,15 @@ Driver::~Driver() {
 Status Driver::Start() {
   Impl& d = *impl_;
   EPHEMERA_RETURN_IF_ERROR(d.Validate());
-  auto file = std::make_unique<FileDeviceManager>(d.config.file_dir, d.config.file_capacity);
-  EPHEMERA_RETURN_IF_ERROR(file->Init());
-  d.devices = std::move(file);
+  if (d.config.backend == "lvm") {
+    auto lvm = std::make_unique<LvmDeviceManager>(d.runner, d.config.pmem_percentage);
+    EPHEMERA_RETURN_IF_ERROR(lvm->Init().WithContext("lvm backend"));
+    d.devices = std::move(lvm);
+  } else {
+    auto file = std::make_unique<FileDeviceManager>(d.config.file_dir, d.config.file_capacity);
+    EPHEMERA_RETURN_IF_ERROR(file->Init());
+    d.devices = std::move(file);
+  }
   d.store = std::make_unique<StateStore>(d.config.state_dir);
   EPHEMERA_RETURN_IF_ERROR(d.store->Init());
   VolumeManager::Options options;

@@ -3,6 +3,7 @@
 #include <pthread.h>
 #include <signal.h>
 
+#include <cstdlib>
 #include <iostream>
 #include <map>
 #include <thread>
@@ -18,7 +19,8 @@ constexpr const char* kUsage =
   --mode=node                    Identity, Controller and Node on one socket (the only mode)
   --endpoint=unix:///PATH        CSI socket
   --node-id=ID                   this node's name; also the topology value
-  --backend=file|direct|lvm      storage backend (only file is built)
+  --backend=file|direct|lvm      storage backend (direct is not built yet)
+  --pmem-percentage=N            lvm backend: percent of each PMEM region for LVM (default 100)
   --state-dir=DIR                volume records (default /var/lib/ephemera-pmem-csi/state)
   --file-dir=DIR                 file backend: directory of the volume files
   --file-capacity=QUANTITY       file backend: pool size, e.g. 10Gi
@@ -40,6 +42,17 @@ bool ParseArgs(int argc, char** argv, ephemera::csi::Config* config, bool* help)
     }
     if (arg == "--remove-orphans") {
       config->remove_orphans = true;
+      continue;
+    }
+    if (arg.starts_with("--pmem-percentage=")) {
+      std::string value = arg.substr(18);
+      char* end = nullptr;
+      long percent = std::strtol(value.c_str(), &end, 10);
+      if (value.empty() || *end != '\0' || percent < 1 || percent > 100) {
+        std::cerr << "--pmem-percentage: an integer from 1 to 100\n";
+        return false;
+      }
+      config->pmem_percentage = static_cast<int>(percent);
       continue;
     }
     size_t eq = arg.find('=');

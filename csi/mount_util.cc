@@ -7,6 +7,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <sstream>
@@ -91,8 +92,12 @@ StatusOr<std::string> DeviceMajorMinor(const std::string& device) {
 }
 
 bool DeviceSupportsDax(const std::string& device) {
-  std::string name = device.substr(device.rfind('/') + 1);
-  std::ifstream in("/sys/block/" + name + "/queue/dax");
+  // By device number: /dev/<vg>/<lv> links to /dev/mapper/<vg>-<lv>, a node whose name is not the
+  // kernel's (dm-N) when no udev made it.
+  struct stat st {};
+  if (stat(device.c_str(), &st) != 0 || !S_ISBLK(st.st_mode)) return false;
+  std::ifstream in("/sys/dev/block/" + std::to_string(major(st.st_rdev)) + ":" +
+                   std::to_string(minor(st.st_rdev)) + "/queue/dax");
   std::string value;
   return in && std::getline(in, value) && value == "1";
 }

@@ -1,0 +1,421 @@
+// The lvm backend (see lvm_device_manager.h).
+#include "csi/backends/lvm_device_manager.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "csi/mount_util.h"
+#include "csi/system_error.h"
+#include "csi/volume_id.h"
+
+namespace ephemera::csi {
+
+namespace {
+
+using nlohmann::json;
+
+// The JSON document in `text`: from the first '{' or '[' to the last '}' or ']'.
+StatusOr<json> ParseJson(const std::string& what, const std::string& text) {
+  size_t begin = text.find_first_of("{[");
+  size_t end = text.find_last_of("}]");
+  if (begin == std::string::npos || end == std::string::npos || end < begin) {
+    return Status::Internal(what + ": no JSON in the output: " + text.substr(0, 500));
+  }
+  json doc = json::parse(text.substr(begin, end - begin + 1), nullptr, /*allow_exceptions=*/false);
+  if (doc.is_discarded()) {
+    return Status::Internal(what + ": malformed JSON: " + text.substr(0, 500));
+  }
+  return doc;
+}
+
+// ndctl prints a lone object instead of an array of one.
+json AsArray(const json& doc) {
+  if (doc.is_array()) return doc;
+  return json::array({doc});
+}
+
+int64_t ToInt(const json& value) {
+  if (value.is_number_integer()) return value.get<int64_t>();
+  if (value.is_string()) {
+    try {
+      return std::stoll(value.get<std::string>());
+    } catch (...) {
+      return -1;
+    }
+  }
+  return -1;
+}
+
+std::string ToString(const json& object, const char* key) {
+  auto it = object.find(key);
+  if (it == object.end() || !it->is_string()) return "";
+  return it->get<std::string>();
+}
+
+// The rows of the first report of an LVM JSON report: {"report":[{"vg":[...]}]}.
+StatusOr<json> ReportRows(const std::string& what, const std::string& text, const char* kind) {
+  StatusOr<json> doc = ParseJson(what, text);
+  if (!doc.ok()) return doc.status();
+  json rows = json::array();
+  if (!doc->is_object() || !doc->contains("report") || !(*doc)["report"].is_array()) {
+    return Status::Internal(what + ": no report in the output");
+  }
+  for (const json& report : (*doc)["report"]) {
+    if (report.contains(kind) && report[kind].is_array()) {
+      for (const json& row : report[kind])
+        rows.push_back(row);
+    }
+  }
+  return rows;
+}
+
+StatusOr<CommandResult> RunOk(CommandRunner& runner, const std::vector<std::string>& argv) {
+  StatusOr<CommandResult> result = runner.Run(argv);
+  if (!result.ok()) return result.status();
+  if (result->exit_code != 0) {
+    return Status::Internal(argv[0] + " " + (argv.size() > 1 ? argv[1] : "") + " exited with " +
+                            std::to_string(result->exit_code) + ": " + result->output);
+  }
+  return result;
+}
+
+// Opens the block device exclusively: the kernel refuses (EBUSY) while it is mounted or held.
+StatusOr<bool> DeviceBusy(const std::string& path) {
+  int fd = open(path.c_str(), O_RDONLY | O_EXCL | O_CLOEXEC);
+  if (fd < 0) {
+    if (errno == EBUSY) return true;
+    if (errno == ENOENT) return false;
+    return Status::Internal(ErrnoMessage("open " + path));
+  }
+  close(fd);
+  return false;
+}
+
+Status ZeroDevice(const std::string& path, int64_t size) {
+  int fd = open(path.c_str(), O_WRONLY | O_EXCL | O_CLOEXEC);
+  if (fd < 0) return Status::Internal(ErrnoMessage("open " + path));
+  static const std::vector<char> kZeros(size_t{1024} * 1024, 0);
+  Status status;
+  for (int64_t pos = 0; pos < size && status.ok();) {
+    auto chunk = static_cast<size_t>(std::min<int64_t>(size - pos, kZeros.size()));
+    ssize_t n = pwrite(fd, kZeros.data(), chunk, pos);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      status = Status::Internal(ErrnoMessage("zeroing " + path));
+      break;
+    }
+    pos += n;
+  }
+  if (status.ok() && fdatasync(fd) != 0) status = Status::Internal(ErrnoMessage("fdatasync"));
+  close(fd);
+  return status;
+}
+
+}  // namespace
+
+StatusOr<std::vector<LvmVolumeGroup>> ParseVgsReport(const std::string& text) {
+  StatusOr<json> rows = ReportRows("vgs", text, "vg");
+  if (!rows.ok()) return rows.status();
+  std::vector<LvmVolumeGroup> vgs;
+  for (const json& row : *rows) {
+    LvmVolumeGroup vg{ToString(row, "vg_name"), ToInt(row.value("vg_size", json())),
+                      ToInt(row.value("vg_free", json())),
+                      ToInt(row.value("vg_extent_size", json()))};
+    if (vg.name.empty() || vg.size < 0 || vg.free < 0 || vg.extent_size <= 0) {
+      return Status::Internal("vgs: unexpected row " + row.dump());
+    }
+    vgs.push_back(vg);
+  }
+  return vgs;
+}
+
+StatusOr<std::vector<LvmLogicalVolume>> ParseLvsReport(const std::string& text) {
+  StatusOr<json> rows = ReportRows("lvs", text, "lv");
+  if (!rows.ok()) return rows.status();
+  std::vector<LvmLogicalVolume> lvs;
+  for (const json& row : *rows) {
+    LvmLogicalVolume lv{ToString(row, "lv_name"), ToString(row, "vg_name"),
+                        ToInt(row.value("lv_size", json())), ToString(row, "lv_path"),
+                        ToString(row, "lv_attr")};
+    if (lv.name.empty() || lv.vg.empty() || lv.size < 0) {
+      return Status::Internal("lvs: unexpected row " + row.dump());
+    }
+    if (lv.path.empty()) lv.path = "/dev/" + lv.vg + "/" + lv.name;
+    lvs.push_back(lv);
+  }
+  return lvs;
+}
+
+LvmDeviceManager::LvmDeviceManager(CommandRunner& runner, int pmem_percentage)
+    : runner_(runner), pmem_percentage_(pmem_percentage) {}
+
+Status LvmDeviceManager::SetUpRegion(const std::string& region, int64_t region_size, int64_t align,
+                                     int64_t available) {
+  std::string vg = kVgPrefix + region;
+  // The namespace: ours by its alt name.
+  StatusOr<CommandResult> list = RunOk(runner_, {"ndctl", "list", "-N", "-r", region});
+  if (!list.ok()) return list.status();
+  std::string blockdev;
+  if (list->output.find_first_of("{[") != std::string::npos) {
+    StatusOr<json> namespaces = ParseJson("ndctl list -N", list->output);
+    if (!namespaces.ok()) return namespaces.status();
+    for (const json& ns : AsArray(*namespaces)) {
+      if (ToString(ns, "name") == kNamespaceName && ToString(ns, "mode") == "fsdax") {
+        blockdev = ToString(ns, "blockdev");
+      }
+    }
+  }
+  if (blockdev.empty()) {
+    if (align <= 0) align = 1;
+    int64_t size = region_size / 100 * pmem_percentage_;
+    size = std::min(size, available);
+    size -= size % align;
+    if (size <= 0) {
+      std::cerr << "lvm backend: " << region << " has no room for a namespace; skipped\n";
+      return Status::Ok();
+    }
+    std::cerr << "lvm backend: creating an fsdax namespace of " << size << " bytes on " << region
+              << "\n";
+    StatusOr<CommandResult> created =
+        RunOk(runner_, {"ndctl", "create-namespace", "-r", region, "-m", "fsdax", "-n",
+                        kNamespaceName, "-s", std::to_string(size)});
+    if (!created.ok()) return created.status();
+    StatusOr<json> ns = ParseJson("ndctl create-namespace", created->output);
+    if (!ns.ok()) return ns.status();
+    blockdev = ToString(*ns, "blockdev");
+    if (blockdev.empty()) return Status::Internal("ndctl create-namespace: no blockdev");
+  }
+  std::string device = "/dev/" + blockdev;
+  StatusOr<CommandResult> vgs =
+      RunOk(runner_, {"vgs", "--reportformat", "json", "--units", "b", "--nosuffix", "-o",
+                      "vg_name,vg_size,vg_free,vg_extent_size"});
+  if (!vgs.ok()) return vgs.status();
+  StatusOr<std::vector<LvmVolumeGroup>> groups = ParseVgsReport(vgs->output);
+  if (!groups.ok()) return groups.status();
+  bool exists = std::any_of(groups->begin(), groups->end(),
+                            [&](const LvmVolumeGroup& g) { return g.name == vg; });
+  if (!exists) {
+    std::cerr << "lvm backend: creating volume group " << vg << " on " << device << "\n";
+    EPHEMERA_RETURN_IF_ERROR(RunChecked(runner_, {"pvcreate", "-y", "-ff", device}));
+    EPHEMERA_RETURN_IF_ERROR(RunChecked(runner_, {"vgcreate", "-y", vg, device}));
+  }
+  vgs_.push_back(vg);
+  return Status::Ok();
+}
+
+Status LvmDeviceManager::Init() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (pmem_percentage_ < 1 || pmem_percentage_ > 100) {
+    return Status::InvalidArgument("--pmem-percentage: 1 to 100");
+  }
+  StatusOr<CommandResult> regions = RunOk(runner_, {"ndctl", "list", "-R"});
+  if (!regions.ok()) return regions.status();
+  if (regions->output.find_first_of("{[") == std::string::npos) {
+    return Status::FailedPrecondition("no PMEM region (ndctl list -R is empty)");
+  }
+  StatusOr<json> doc = ParseJson("ndctl list -R", regions->output);
+  if (!doc.ok()) return doc.status();
+  vgs_.clear();
+  for (const json& region : AsArray(*doc)) {
+    if (ToString(region, "type") != "pmem") continue;
+    EPHEMERA_RETURN_IF_ERROR(SetUpRegion(
+        ToString(region, "dev"), ToInt(region.value("size", json())),
+        ToInt(region.value("align", json())), ToInt(region.value("max_available_extent", json()))));
+  }
+  if (vgs_.empty()) return Status::FailedPrecondition("no PMEM region with room for LVM");
+  std::sort(vgs_.begin(), vgs_.end());
+  StatusOr<std::vector<LvmVolumeGroup>> groups = VolumeGroupsLocked();
+  if (!groups.ok()) return groups.status();
+  for (const LvmVolumeGroup& g : *groups)
+    alignment_ = std::max(alignment_, g.extent_size);
+  // Volumes left inactive (after a reboot without udev) are activated here.
+  for (const std::string& vg : vgs_) {
+    EPHEMERA_RETURN_IF_ERROR(RunChecked(runner_, {"vgchange", "-ay", vg}));
+  }
+  return Status::Ok();
+}
+
+StatusOr<std::vector<LvmVolumeGroup>> LvmDeviceManager::VolumeGroupsLocked() {
+  std::vector<std::string> argv = {
+      "vgs", "--reportformat", "json", "--units",
+      "b",   "--nosuffix",     "-o",   "vg_name,vg_size,vg_free,vg_extent_size"};
+  argv.insert(argv.end(), vgs_.begin(), vgs_.end());
+  StatusOr<CommandResult> result = RunOk(runner_, argv);
+  if (!result.ok()) return result.status();
+  return ParseVgsReport(result->output);
+}
+
+StatusOr<std::vector<LvmLogicalVolume>> LvmDeviceManager::LogicalVolumesLocked() {
+  std::vector<std::string> argv = {
+      "lvs", "--reportformat", "json", "--units",
+      "b",   "--nosuffix",     "-o",   "lv_name,vg_name,lv_size,lv_path,lv_attr"};
+  argv.insert(argv.end(), vgs_.begin(), vgs_.end());
+  StatusOr<CommandResult> result = RunOk(runner_, argv);
+  if (!result.ok()) return result.status();
+  return ParseLvsReport(result->output);
+}
+
+StatusOr<LvmLogicalVolume> LvmDeviceManager::FindLocked(const std::string& id) {
+  StatusOr<std::vector<LvmLogicalVolume>> lvs = LogicalVolumesLocked();
+  if (!lvs.ok()) return lvs.status();
+  for (const LvmLogicalVolume& lv : *lvs) {
+    if (lv.name == id) return lv;
+  }
+  return Status::NotFound("device " + id + " not found");
+}
+
+StatusOr<Device> LvmDeviceManager::ToDevice(const LvmLogicalVolume& lv) {
+  // lv_attr: the fifth character is 'a' when the volume is active.
+  if (lv.attr.size() >= 5 && lv.attr[4] != 'a') {
+    EPHEMERA_RETURN_IF_ERROR(RunChecked(runner_, {"lvchange", "-ay", lv.vg + "/" + lv.name}));
+  }
+  return Device{lv.name, lv.size, lv.path, DeviceSupportsDax(lv.path)};
+}
+
+StatusOr<Device> LvmDeviceManager::Create(const std::string& id, int64_t size) {
+  EPHEMERA_RETURN_IF_ERROR(ValidateVolumeId("id", id));
+  std::lock_guard<std::mutex> lock(mu_);
+  if (size <= 0 || size % alignment_ != 0) {
+    return Status::InvalidArgument("size " + std::to_string(size) +
+                                   " is not a positive multiple of the extent size " +
+                                   std::to_string(alignment_));
+  }
+  StatusOr<LvmLogicalVolume> existing = FindLocked(id);
+  if (existing.ok()) return Status::AlreadyExists("device " + id + " exists");
+  if (existing.status().code() != Code::kNotFound) return existing.status();
+  StatusOr<std::vector<LvmVolumeGroup>> groups = VolumeGroupsLocked();
+  if (!groups.ok()) return groups.status();
+  // The group with the most free space that holds the volume.
+  const LvmVolumeGroup* best = nullptr;
+  for (const LvmVolumeGroup& g : *groups) {
+    if (g.free >= size && (best == nullptr || g.free > best->free)) best = &g;
+  }
+  if (best == nullptr) {
+    int64_t largest = 0;
+    for (const LvmVolumeGroup& g : *groups)
+      largest = std::max(largest, g.free);
+    return Status::ResourceExhausted("volume of " + std::to_string(size) +
+                                     " bytes does not fit: the largest free space is " +
+                                     std::to_string(largest) + " bytes");
+  }
+  // -Zy -Wy: the start of the volume is zeroed and old signatures wiped, so that no filesystem of
+  // an earlier volume shows through.
+  StatusOr<CommandResult> result = runner_.Run(
+      {"lvcreate", "-y", "-Zy", "-Wy", "-n", id, "-L", std::to_string(size) + "B", best->name});
+  if (!result.ok()) return result.status();
+  if (result->exit_code != 0) {
+    // Nothing may be left behind.
+    StatusOr<LvmLogicalVolume> partial = FindLocked(id);
+    if (partial.ok()) (void)runner_.Run({"lvremove", "-y", best->name + "/" + id});
+    if (result->output.find("insufficient free space") != std::string::npos ||
+        result->output.find("Insufficient free space") != std::string::npos) {
+      return Status::ResourceExhausted("lvcreate: " + result->output);
+    }
+    return Status::Internal("lvcreate exited with " + std::to_string(result->exit_code) + ": " +
+                            result->output);
+  }
+  StatusOr<LvmLogicalVolume> lv = FindLocked(id);
+  if (!lv.ok()) return Status::Internal("lvcreate succeeded but " + id + " is not listed");
+  return ToDevice(*lv);
+}
+
+Status LvmDeviceManager::Delete(const std::string& id, bool erase) {
+  EPHEMERA_RETURN_IF_ERROR(ValidateVolumeId("id", id));
+  std::lock_guard<std::mutex> lock(mu_);
+  StatusOr<LvmLogicalVolume> lv = FindLocked(id);
+  if (!lv.ok()) return lv.status().code() == Code::kNotFound ? Status::Ok() : lv.status();
+  // lv_attr: the sixth character is 'o' when the device is open (mounted or held).
+  bool open = lv->attr.size() >= 6 && lv->attr[5] == 'o';
+  if (!open && lv->attr.size() >= 5 && lv->attr[4] == 'a') {
+    StatusOr<bool> busy = DeviceBusy(lv->path);
+    if (!busy.ok()) return busy.status();
+    open = *busy;
+  }
+  if (open) return Status::FailedPrecondition("device " + id + " (" + lv->path + ") is in use");
+  if (erase) {
+    if (lv->attr.size() >= 5 && lv->attr[4] != 'a') {
+      EPHEMERA_RETURN_IF_ERROR(RunChecked(runner_, {"lvchange", "-ay", lv->vg + "/" + id}));
+    }
+    EPHEMERA_RETURN_IF_ERROR(ZeroDevice(lv->path, lv->size));
+  }
+  StatusOr<CommandResult> result = runner_.Run({"lvremove", "-y", lv->vg + "/" + id});
+  if (!result.ok()) return result.status();
+  if (result->exit_code != 0) {
+    if (result->output.find("in use") != std::string::npos) {
+      return Status::FailedPrecondition("device " + id + " is in use: " + result->output);
+    }
+    return Status::Internal("lvremove exited with " + std::to_string(result->exit_code) + ": " +
+                            result->output);
+  }
+  return Status::Ok();
+}
+
+StatusOr<Device> LvmDeviceManager::Get(const std::string& id) {
+  EPHEMERA_RETURN_IF_ERROR(ValidateVolumeId("id", id));
+  std::lock_guard<std::mutex> lock(mu_);
+  StatusOr<LvmLogicalVolume> lv = FindLocked(id);
+  if (!lv.ok()) return lv.status();
+  return ToDevice(*lv);
+}
+
+StatusOr<std::vector<Device>> LvmDeviceManager::List() {
+  std::lock_guard<std::mutex> lock(mu_);
+  StatusOr<std::vector<LvmLogicalVolume>> lvs = LogicalVolumesLocked();
+  if (!lvs.ok()) return lvs.status();
+  std::vector<Device> devices;
+  for (const LvmLogicalVolume& lv : *lvs) {
+    if (!ValidateVolumeId("id", lv.name).ok()) continue;
+    devices.push_back(Device{lv.name, lv.size, lv.path, false});
+  }
+  std::sort(devices.begin(), devices.end(),
+            [](const Device& a, const Device& b) { return a.id < b.id; });
+  return devices;
+}
+
+StatusOr<Capacity> LvmDeviceManager::GetCapacity() {
+  std::lock_guard<std::mutex> lock(mu_);
+  StatusOr<std::vector<LvmVolumeGroup>> groups = VolumeGroupsLocked();
+  if (!groups.ok()) return groups.status();
+  Capacity capacity;
+  for (const LvmVolumeGroup& g : *groups) {
+    capacity.total += g.size - g.size % alignment_;
+    int64_t free = g.free - g.free % alignment_;
+    capacity.available += free;
+    capacity.max_volume_size = std::max(capacity.max_volume_size, free);
+  }
+  return capacity;
+}
+
+StatusOr<Device> LvmDeviceManager::Expand(const std::string& id, int64_t new_size) {
+  EPHEMERA_RETURN_IF_ERROR(ValidateVolumeId("id", id));
+  std::lock_guard<std::mutex> lock(mu_);
+  if (new_size <= 0 || new_size % alignment_ != 0) {
+    return Status::InvalidArgument("size " + std::to_string(new_size) +
+                                   " is not a positive multiple of the extent size");
+  }
+  StatusOr<LvmLogicalVolume> lv = FindLocked(id);
+  if (!lv.ok()) return lv.status();
+  if (new_size < lv->size) return Status::InvalidArgument("cannot shrink device " + id);
+  if (new_size == lv->size) return ToDevice(*lv);
+  StatusOr<std::vector<LvmVolumeGroup>> groups = VolumeGroupsLocked();
+  if (!groups.ok()) return groups.status();
+  for (const LvmVolumeGroup& g : *groups) {
+    if (g.name == lv->vg && g.free < new_size - lv->size) {
+      return Status::ResourceExhausted(
+          "growing " + id + " by " + std::to_string(new_size - lv->size) +
+          " bytes does not fit: " + std::to_string(g.free) + " bytes free in " + g.name);
+    }
+  }
+  EPHEMERA_RETURN_IF_ERROR(RunChecked(
+      runner_, {"lvextend", "-y", "-L", std::to_string(new_size) + "B", lv->vg + "/" + id}));
+  StatusOr<LvmLogicalVolume> grown = FindLocked(id);
+  if (!grown.ok()) return grown.status();
+  return ToDevice(*grown);
+}
+
+}  // namespace ephemera::csi

@@ -1,0 +1,122 @@
+// ephemera-csi-client: a minimal CSI client for the guest tests (tests/vm), where no other client
+// is at hand. One call per run; prints the result on one line; exit 0 on an OK status, 1 on an
+// error status (its gRPC code name is printed), 2 on a bad command line.
+//   ephemera-csi-client SOCKET create NAME BYTES [KEY=VALUE...]
+//                                                     -> "<volume id> <capacity bytes>"
+//   ephemera-csi-client SOCKET delete ID
+//   ephemera-csi-client SOCKET capacity               -> "<available> <maximum volume size>"
+//   ephemera-csi-client SOCKET stage ID DIR FSTYPE    (mount volume, single node writer)
+//   ephemera-csi-client SOCKET unstage ID DIR
+#include <grpcpp/grpcpp.h>
+
+#include <iostream>
+#include <string>
+
+#include "csi/proto/csi.grpc.pb.h"
+
+namespace {
+
+using namespace ::csi::v1;  // NOLINT(google-build-using-namespace): the generated messages
+
+const char* CodeName(grpc::StatusCode code) {
+  switch (code) {
+    case grpc::StatusCode::INVALID_ARGUMENT:
+      return "INVALID_ARGUMENT";
+    case grpc::StatusCode::NOT_FOUND:
+      return "NOT_FOUND";
+    case grpc::StatusCode::ALREADY_EXISTS:
+      return "ALREADY_EXISTS";
+    case grpc::StatusCode::RESOURCE_EXHAUSTED:
+      return "RESOURCE_EXHAUSTED";
+    case grpc::StatusCode::FAILED_PRECONDITION:
+      return "FAILED_PRECONDITION";
+    case grpc::StatusCode::OUT_OF_RANGE:
+      return "OUT_OF_RANGE";
+    case grpc::StatusCode::UNIMPLEMENTED:
+      return "UNIMPLEMENTED";
+    case grpc::StatusCode::INTERNAL:
+      return "INTERNAL";
+    case grpc::StatusCode::UNAVAILABLE:
+      return "UNAVAILABLE";
+    default:
+      return "OTHER";
+  }
+}
+
+int Report(const grpc::Status& status) {
+  if (status.ok()) return 0;
+  std::cout << CodeName(status.error_code()) << " " << status.error_message() << "\n";
+  return 1;
+}
+
+void SetMountCapability(VolumeCapability* capability, const std::string& fstype) {
+  capability->mutable_mount()->set_fs_type(fstype);
+  capability->mutable_access_mode()->set_mode(VolumeCapability::AccessMode::SINGLE_NODE_WRITER);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 3) {
+    std::cerr << "usage: ephemera-csi-client SOCKET create|delete|capacity|stage|unstage ...\n";
+    return 2;
+  }
+  auto channel =
+      grpc::CreateChannel(std::string("unix://") + argv[1], grpc::InsecureChannelCredentials());
+  auto controller = Controller::NewStub(channel);
+  auto node = Node::NewStub(channel);
+  std::string command = argv[2];
+  grpc::ClientContext context;
+  if (command == "create" && argc >= 5) {
+    CreateVolumeRequest request;
+    for (int i = 5; i < argc; ++i) {
+      std::string parameter = argv[i];
+      size_t eq = parameter.find('=');
+      if (eq == std::string::npos) return 2;
+      (*request.mutable_parameters())[parameter.substr(0, eq)] = parameter.substr(eq + 1);
+    }
+    request.set_name(argv[3]);
+    request.mutable_capacity_range()->set_required_bytes(std::stoll(argv[4]));
+    SetMountCapability(request.add_volume_capabilities(), "ext4");
+    CreateVolumeResponse response;
+    grpc::Status status = controller->CreateVolume(&context, request, &response);
+    if (status.ok()) {
+      std::cout << response.volume().volume_id() << " " << response.volume().capacity_bytes()
+                << "\n";
+    }
+    return Report(status);
+  }
+  if (command == "delete" && argc == 4) {
+    DeleteVolumeRequest request;
+    request.set_volume_id(argv[3]);
+    DeleteVolumeResponse response;
+    return Report(controller->DeleteVolume(&context, request, &response));
+  }
+  if (command == "capacity" && argc == 3) {
+    GetCapacityRequest request;
+    GetCapacityResponse response;
+    grpc::Status status = controller->GetCapacity(&context, request, &response);
+    if (status.ok()) {
+      std::cout << response.available_capacity() << " " << response.maximum_volume_size().value()
+                << "\n";
+    }
+    return Report(status);
+  }
+  if (command == "stage" && argc == 6) {
+    NodeStageVolumeRequest request;
+    request.set_volume_id(argv[3]);
+    request.set_staging_target_path(argv[4]);
+    SetMountCapability(request.mutable_volume_capability(), argv[5]);
+    NodeStageVolumeResponse response;
+    return Report(node->NodeStageVolume(&context, request, &response));
+  }
+  if (command == "unstage" && argc == 5) {
+    NodeUnstageVolumeRequest request;
+    request.set_volume_id(argv[3]);
+    request.set_staging_target_path(argv[4]);
+    NodeUnstageVolumeResponse response;
+    return Report(node->NodeUnstageVolume(&context, request, &response));
+  }
+  std::cerr << "bad command line\n";
+  return 2;
+}
