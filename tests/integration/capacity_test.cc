@@ -1,0 +1,323 @@
+// The storage-capacity controller (the real ephemera-controller-manager binary) against the live
+// cluster, with the real ephemera-pmem-csi (file backend) as the capacity source. The driver runs
+// as node-1: it reports its pool for node-1's segment and 0 for the other nodes' segments, which
+// is exactly what one central instance of a node-local driver answers.
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <functional>
+#include <map>
+#include <set>
+#include <thread>
+
+#include "apiclient/errors.h"
+#include "common/quantity.h"
+#include "tests/integration/cluster_client.h"
+#include "tests/integration/csi/driver_fixture.h"
+
+namespace ephemera::testing {
+namespace {
+
+using apiclient::Field;
+using apiclient::Object;
+using apiclient::ObjectPtr;
+using apiclient::resources::kCSINodes;
+using apiclient::resources::kCSIStorageCapacities;
+using apiclient::resources::kNodes;
+using apiclient::resources::kPersistentVolumes;
+using apiclient::resources::kStorageClasses;
+using std::chrono::milliseconds;
+using std::chrono::seconds;
+
+constexpr char kDriver[] = "pmem-csi.ephemera.io";
+constexpr char kTopologyKey[] = "pmem-csi.ephemera.io/node";
+
+// Runs ephemera-controller-manager for the duration of a test; SIGTERM on destruction.
+class ControllerProcess {
+ public:
+  ControllerProcess(const TestCluster& cluster, std::vector<std::string> extra) {
+    log_ = cluster.dir() + "/logs/ephemera-capacity-" + RandomSuffix() + ".log";
+    const std::string binary =
+        std::string(EPHEMERA_BINARY_DIR) + "/bin/ephemera-controller-manager";
+    std::vector<std::string> args = {binary,
+                                     "--kubeconfig",
+                                     cluster.kubeconfig(),
+                                     "--leader-elect=false",
+                                     "--controllers=storage-capacity",
+                                     "-v",
+                                     "2"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    pid_ = fork();
+    if (pid_ == 0) {
+      FILE* out = std::freopen(log_.c_str(), "w", stderr);
+      (void)out;
+      std::vector<char*> argv;
+      for (auto& a : args)
+        argv.push_back(a.data());
+      argv.push_back(nullptr);
+      execv(binary.c_str(), argv.data());
+      _exit(127);
+    }
+  }
+  ~ControllerProcess() { Stop(); }
+  void Stop() {
+    if (pid_ <= 0) return;
+    kill(pid_, SIGTERM);
+    int status = 0;
+    waitpid(pid_, &status, 0);
+    pid_ = -1;
+  }
+  // True while the process runs.
+  bool Running() {
+    int status = 0;
+    return pid_ > 0 && waitpid(pid_, &status, WNOHANG) == 0;
+  }
+  const std::string& log() const { return log_; }
+
+ private:
+  pid_t pid_ = -1;
+  std::string log_;
+};
+
+bool Eventually(const std::function<bool()>& condition, milliseconds timeout = seconds(30)) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (condition()) return true;
+    std::this_thread::sleep_for(milliseconds(50));
+  }
+  return condition();
+}
+
+// node-1..3: a CSINode listing the driver with its topology key, and the node label kubelet's
+// plugin registration would add.
+void RegisterDriverOnNodes(apiclient::ApiClient& client) {
+  for (int i = 1; i <= 3; ++i) {
+    const std::string node = "node-" + std::to_string(i);
+    auto patched =
+        client.MergePatch(kNodes, "", node, {{"metadata", {{"labels", {{kTopologyKey, node}}}}}});
+    REQUIRE(patched.ok());
+    const Object csinode = {
+        {"apiVersion", "storage.k8s.io/v1"},
+        {"kind", "CSINode"},
+        {"metadata", {{"name", node}}},
+        {"spec",
+         {{"drivers", {{{"name", kDriver}, {"nodeID", node}, {"topologyKeys", {kTopologyKey}}}}}}}};
+    auto created = client.Create(kCSINodes, "", csinode);
+    REQUIRE((created.ok() || apiclient::IsAlreadyExists(created.status())));
+  }
+}
+
+void CreateClass(apiclient::ApiClient& client, const std::string& name, const std::string& mode) {
+  const Object sc = {{"apiVersion", "storage.k8s.io/v1"},
+                     {"kind", "StorageClass"},
+                     {"metadata", {{"name", name}}},
+                     {"provisioner", kDriver},
+                     {"parameters", {{"eraseafter", "false"}}},
+                     {"volumeBindingMode", mode}};
+  REQUIRE(client.Create(kStorageClasses, "", sc).ok());
+}
+
+// Deletes the classes when the test ends, passed or failed.
+struct ClassCleanup {
+  apiclient::ApiClient& client;
+  std::vector<std::string> names;
+  ~ClassCleanup() {
+    for (const auto& n : names)
+      (void)client.Delete(kStorageClasses, "", n, {});
+  }
+};
+
+// Our objects in `ns` for the given classes, keyed "class/node".
+std::map<std::string, ObjectPtr> Capacities(apiclient::ApiClient& client, const std::string& ns,
+                                            const std::set<std::string>& classes) {
+  std::map<std::string, ObjectPtr> out;
+  auto list = client.List(kCSIStorageCapacities, ns, {});
+  if (!list.ok()) return out;
+  for (const auto& o : list->items) {
+    const std::string sc = Field(*o, "storageClassName");
+    if (classes.count(sc) == 0) continue;
+    const std::string key = sc + "/" + Field(*o, "nodeTopology", "matchLabels", kTopologyKey);
+    if (out.count(key) > 0) {
+      out[key + "#dup"] = o;  // a duplicate makes the count wrong on purpose
+    } else {
+      out[key] = o;
+    }
+  }
+  return out;
+}
+
+std::vector<std::string> ControllerFlags(const csi::testing::DriverFixture& driver,
+                                         const std::string& ns) {
+  return {"--csi-address=unix://" + driver.work() + "/csi.sock", "--capacity-namespace=" + ns,
+          "--capacity-poll-interval=1h", "--kube-api-capacity-qps=20",
+          "--kube-api-capacity-burst=20"};
+}
+
+TEST_CASE(
+    "Storage capacity: one object per segment and late-binding class follows nodes and "
+    "classes and is adopted after a restart",
+    "[cluster][capacity]") {
+  const TestCluster cluster = TestCluster::FromEnvironment();
+  auto client = cluster.AdminClient();
+  csi::testing::DriverFixture driver("1Gi", {"--node-id=node-1"});
+  driver.Start();
+  const int64_t pool = driver.AvailableCapacity();
+  REQUIRE(pool > 0);
+  RegisterDriverOnNodes(*client);
+  const std::string suffix = RandomSuffix();
+  const std::string late_a = "cap-a-" + suffix, late_b = "cap-b-" + suffix,
+                    now = "cap-now-" + suffix;
+  ClassCleanup cleanup{*client, {late_a, late_b, now}};
+  CreateClass(*client, late_a, "WaitForFirstConsumer");
+  CreateClass(*client, late_b, "WaitForFirstConsumer");
+  CreateClass(*client, now, "Immediate");
+  const std::string ns = cluster.CreateNamespace("cap");
+  const std::set<std::string> classes = {late_a, late_b, now};
+
+  auto controller = std::make_unique<ControllerProcess>(cluster, ControllerFlags(driver, ns));
+  std::map<std::string, ObjectPtr> objects;
+  REQUIRE(Eventually([&] {
+    objects = Capacities(*client, ns, classes);
+    return objects.size() == 6;
+  }));
+  for (const auto& sc : {late_a, late_b}) {
+    for (int i = 1; i <= 3; ++i) {
+      const std::string node = "node-" + std::to_string(i);
+      INFO(sc << " " << node);
+      REQUIRE(objects.count(sc + "/" + node) == 1);
+      const Object& o = *objects[sc + "/" + node];
+      CHECK(Field(o, "metadata", "name").rfind("csisc-", 0) == 0);
+      CHECK(Field(o, "metadata", "labels", "csi.storage.k8s.io/drivername") == kDriver);
+      CHECK(Field(o, "metadata", "labels", "csi.storage.k8s.io/managed-by") ==
+            "ephemera-controller-manager");
+      CHECK(o["nodeTopology"]["matchLabels"] == Object{{kTopologyKey, node}});
+      const int64_t want = i == 1 ? pool : 0;
+      CHECK(*ParseQuantity(Field(o, "capacity")) == want);
+      CHECK(*ParseQuantity(Field(o, "maximumVolumeSize")) == want);
+    }
+  }
+  CHECK(Capacities(*client, ns, {now}).empty());  // Immediate: not without the flag
+
+  // Deleted by hand: recreated.
+  const std::string victim = Field(*objects[late_a + "/node-2"], "metadata", "name");
+  REQUIRE(client->Delete(kCSIStorageCapacities, ns, victim, {}).ok());
+  REQUIRE(Eventually([&] {
+    objects = Capacities(*client, ns, classes);
+    return objects.size() == 6 && Field(*objects[late_a + "/node-2"], "metadata", "name") != victim;
+  }));
+
+  // Restart: the same objects are adopted, none written. Proof that the new process has synced:
+  // node-3 loses its topology label, and only its objects go.
+  std::map<std::string, std::string> versions;
+  for (const auto& [key, o] : objects)
+    versions[Field(*o, "metadata", "name")] = Field(*o, "metadata", "resourceVersion");
+  controller->Stop();
+  controller = std::make_unique<ControllerProcess>(cluster, ControllerFlags(driver, ns));
+  REQUIRE(client
+              ->MergePatch(kNodes, "", "node-3",
+                           {{"metadata", {{"labels", {{kTopologyKey, nullptr}}}}}})
+              .ok());
+  REQUIRE(Eventually([&] {
+    objects = Capacities(*client, ns, classes);
+    return objects.size() == 4;
+  }));
+  for (const auto& [key, o] : objects) {
+    INFO(key);
+    CHECK(key.find("node-3") == std::string::npos);
+    CHECK(versions[Field(*o, "metadata", "name")] == Field(*o, "metadata", "resourceVersion"));
+  }
+
+  // Class removed: its objects are deleted.
+  REQUIRE(client->Delete(kStorageClasses, "", late_b, {}).ok());
+  REQUIRE(Eventually([&] {
+    objects = Capacities(*client, ns, classes);
+    return objects.size() == 2 && objects.count(late_a + "/node-1") == 1 &&
+           objects.count(late_a + "/node-2") == 1;
+  }));
+  REQUIRE(client
+              ->MergePatch(kNodes, "", "node-3",
+                           {{"metadata", {{"labels", {{kTopologyKey, "node-3"}}}}}})
+              .ok());
+  REQUIRE(Eventually([&] { return Capacities(*client, ns, classes).size() == 3; }));
+  CHECK(controller->Running());
+}
+
+TEST_CASE(
+    "Storage capacity: Immediate classes with the flag and a new volume refreshes its "
+    "segment within 2 s",
+    "[cluster][capacity]") {
+  const TestCluster cluster = TestCluster::FromEnvironment();
+  auto client = cluster.AdminClient();
+  csi::testing::DriverFixture driver("1Gi", {"--node-id=node-1"});
+  driver.Start();
+  const int64_t pool = driver.AvailableCapacity();
+  RegisterDriverOnNodes(*client);
+  const std::string suffix = RandomSuffix();
+  const std::string late = "cap-late-" + suffix, now = "cap-now-" + suffix;
+  ClassCleanup cleanup{*client, {late, now}};
+  CreateClass(*client, late, "WaitForFirstConsumer");
+  CreateClass(*client, now, "Immediate");
+  const std::string ns = cluster.CreateNamespace("cap");
+  auto flags = ControllerFlags(driver, ns);
+  flags.push_back("--capacity-for-immediate-binding");
+  ControllerProcess controller(cluster, flags);
+  REQUIRE(Eventually([&] { return Capacities(*client, ns, {late, now}).size() == 6; }));
+
+  // A volume made through the driver directly, and its PV naming node-1.
+  ::csi::v1::CreateVolumeRequest create;
+  create.set_name("cap-" + suffix);
+  create.mutable_capacity_range()->set_required_bytes(64LL << 20);
+  (*create.mutable_parameters())["eraseafter"] = "false";
+  *create.add_volume_capabilities() = csi::testing::MountCapability();
+  ::csi::v1::CreateVolumeResponse created;
+  grpc::ClientContext ctx;
+  REQUIRE(driver.controller().CreateVolume(&ctx, create, &created).ok());
+  const int64_t after = driver.AvailableCapacity();
+  REQUIRE(after == pool - (64LL << 20));
+  const std::string pv_name = "pv-cap-" + suffix;
+  Object expression = {{"key", kTopologyKey}, {"operator", "In"}, {"values", {"node-1"}}};
+  Object term = {{"matchExpressions", Object::array({expression})}};
+  Object pv = {{"apiVersion", "v1"}, {"kind", "PersistentVolume"}};
+  pv["metadata"]["name"] = pv_name;
+  pv["spec"] = {{"capacity", {{"storage", "64Mi"}}},
+                {"accessModes", {"ReadWriteOnce"}},
+                {"persistentVolumeReclaimPolicy", "Retain"},
+                {"storageClassName", late}};
+  pv["spec"]["csi"] = {{"driver", kDriver}, {"volumeHandle", created.volume().volume_id()}};
+  pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"] = Object::array({term});
+  const auto start = std::chrono::steady_clock::now();
+  REQUIRE(client->Create(kPersistentVolumes, "", pv).ok());
+  REQUIRE(Eventually(
+      [&] {
+        auto objects = Capacities(*client, ns, {late, now});
+        return objects.count(late + "/node-1") == 1 && objects.count(now + "/node-1") == 1 &&
+               *ParseQuantity(Field(*objects[late + "/node-1"], "capacity")) == after &&
+               *ParseQuantity(Field(*objects[now + "/node-1"], "capacity")) == after;
+      },
+      seconds(2)));
+  const auto took =
+      std::chrono::duration_cast<milliseconds>(std::chrono::steady_clock::now() - start);
+  WARN("PV created -> CSIStorageCapacity updated in " << took.count() << " ms");
+  CHECK(took < seconds(2));
+
+  // Volume and PV deleted: back to the whole pool.
+  ::csi::v1::DeleteVolumeRequest del;
+  del.set_volume_id(created.volume().volume_id());
+  ::csi::v1::DeleteVolumeResponse deleted;
+  grpc::ClientContext ctx2;
+  REQUIRE(driver.controller().DeleteVolume(&ctx2, del, &deleted).ok());
+  REQUIRE(client->Delete(kPersistentVolumes, "", pv_name, {}).ok());
+  CHECK(Eventually(
+      [&] {
+        auto objects = Capacities(*client, ns, {late});
+        return objects.count(late + "/node-1") == 1 &&
+               *ParseQuantity(Field(*objects[late + "/node-1"], "capacity")) == pool;
+      },
+      seconds(10)));
+}
+
+}  // namespace
+}  // namespace ephemera::testing
