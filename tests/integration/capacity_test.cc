@@ -6,8 +6,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <filesystem>
+#include <fstream>
 #include <functional>
 #include <map>
 #include <set>
@@ -34,6 +37,8 @@ using std::chrono::seconds;
 
 constexpr char kDriver[] = "pmem-csi.ephemera.io";
 constexpr char kTopologyKey[] = "pmem-csi.ephemera.io/node";
+// The scripted test driver of the scheduler test (registered on the nodes beside the real one).
+constexpr char kScripted[] = "scripted.test.ephemera.io";
 
 // Runs ephemera-controller-manager for the duration of a test; SIGTERM on destruction.
 class ControllerProcess {
@@ -99,12 +104,13 @@ void RegisterDriverOnNodes(apiclient::ApiClient& client) {
     auto patched =
         client.MergePatch(kNodes, "", node, {{"metadata", {{"labels", {{kTopologyKey, node}}}}}});
     REQUIRE(patched.ok());
-    const Object csinode = {
-        {"apiVersion", "storage.k8s.io/v1"},
-        {"kind", "CSINode"},
-        {"metadata", {{"name", node}}},
-        {"spec",
-         {{"drivers", {{{"name", kDriver}, {"nodeID", node}, {"topologyKeys", {kTopologyKey}}}}}}}};
+    Object drivers = Object::array();
+    for (const char* driver : {kDriver, kScripted}) {
+      drivers.push_back({{"name", driver}, {"nodeID", node}, {"topologyKeys", {kTopologyKey}}});
+    }
+    Object csinode = {{"apiVersion", "storage.k8s.io/v1"}, {"kind", "CSINode"}};
+    csinode["metadata"]["name"] = node;
+    csinode["spec"]["drivers"] = std::move(drivers);
     auto created = client.Create(kCSINodes, "", csinode);
     REQUIRE((created.ok() || apiclient::IsAlreadyExists(created.status())));
   }
@@ -317,6 +323,219 @@ TEST_CASE(
                *ParseQuantity(Field(*objects[late + "/node-1"], "capacity")) == pool;
       },
       seconds(10)));
+}
+
+// A CSI driver of our own that does NOT offer GET_CAPACITY: the real driver always offers it, so
+// only a test server can show what the controller does with one that does not.
+class NoCapacityIdentity final : public ::csi::v1::Identity::Service {
+ public:
+  grpc::Status GetPluginInfo(grpc::ServerContext*, const ::csi::v1::GetPluginInfoRequest*,
+                             ::csi::v1::GetPluginInfoResponse* response) override {
+    response->set_name("nocap.test.ephemera.io");
+    response->set_vendor_version("0.0.1");
+    return grpc::Status::OK;
+  }
+  grpc::Status GetPluginCapabilities(grpc::ServerContext*,
+                                     const ::csi::v1::GetPluginCapabilitiesRequest*,
+                                     ::csi::v1::GetPluginCapabilitiesResponse* response) override {
+    response->add_capabilities()->mutable_service()->set_type(
+        ::csi::v1::PluginCapability::Service::CONTROLLER_SERVICE);
+    return grpc::Status::OK;
+  }
+  grpc::Status Probe(grpc::ServerContext*, const ::csi::v1::ProbeRequest*,
+                     ::csi::v1::ProbeResponse*) override {
+    return grpc::Status::OK;
+  }
+};
+
+class NoCapacityController final : public ::csi::v1::Controller::Service {
+ public:
+  grpc::Status ControllerGetCapabilities(
+      grpc::ServerContext*, const ::csi::v1::ControllerGetCapabilitiesRequest*,
+      ::csi::v1::ControllerGetCapabilitiesResponse* response) override {
+    response->add_capabilities()->mutable_rpc()->set_type(
+        ::csi::v1::ControllerServiceCapability::RPC::CREATE_DELETE_VOLUME);
+    return grpc::Status::OK;
+  }
+  grpc::Status GetCapacity(grpc::ServerContext*, const ::csi::v1::GetCapacityRequest*,
+                           ::csi::v1::GetCapacityResponse*) override {
+    ++calls;
+    return grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "no capacity here");
+  }
+  std::atomic<int> calls{0};
+};
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+TEST_CASE(
+    "Storage capacity: a driver without GET_CAPACITY gets one clear error and no objects "
+    "and no crash loop",
+    "[cluster][capacity]") {
+  const TestCluster cluster = TestCluster::FromEnvironment();
+  auto client = cluster.AdminClient();
+  const std::string dir = cluster.dir() + "/nocap-" + RandomSuffix();
+  std::filesystem::create_directories(dir);
+  NoCapacityIdentity identity;
+  NoCapacityController controller_service;
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort("unix://" + dir + "/csi.sock", grpc::InsecureServerCredentials());
+  builder.RegisterService(&identity);
+  builder.RegisterService(&controller_service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  REQUIRE(server != nullptr);
+
+  const std::string suffix = RandomSuffix();
+  ClassCleanup cleanup{*client, {"nocap-" + suffix}};
+  const Object sc = {{"apiVersion", "storage.k8s.io/v1"},
+                     {"kind", "StorageClass"},
+                     {"metadata", {{"name", "nocap-" + suffix}}},
+                     {"provisioner", "nocap.test.ephemera.io"},
+                     {"volumeBindingMode", "WaitForFirstConsumer"}};
+  REQUIRE(client->Create(kStorageClasses, "", sc).ok());
+  const std::string ns = cluster.CreateNamespace("nocap");
+  ControllerProcess controller(
+      cluster, {"--csi-address=unix://" + dir + "/csi.sock", "--capacity-namespace=" + ns,
+                "--capacity-poll-interval=1s"});
+  REQUIRE(Eventually([&] {
+    return ReadFile(controller.log()).find("does not offer the GET_CAPACITY") != std::string::npos;
+  }));
+  // Still running well after a poll interval, never asked for capacity, nothing published.
+  std::this_thread::sleep_for(seconds(3));
+  CHECK(controller.Running());
+  CHECK(controller_service.calls == 0);
+  auto list = client->List(kCSIStorageCapacities, ns, {});
+  REQUIRE(list.ok());
+  CHECK(list->items.empty());
+  const std::string log = ReadFile(controller.log());
+  size_t count = 0;
+  for (size_t at = log.find("does not offer the GET_CAPACITY"); at != std::string::npos;
+       at = log.find("does not offer the GET_CAPACITY", at + 1)) {
+    ++count;
+  }
+  CHECK(count == 1);
+  controller.Stop();
+  server->Shutdown();
+  std::filesystem::remove_all(dir);
+}
+
+// A CSI driver of our own with scripted capacities per node: the real driver reports one pool per
+// process, and the scheduler test needs three nodes with different free space behind one socket.
+class ScriptedIdentity final : public ::csi::v1::Identity::Service {
+ public:
+  grpc::Status GetPluginInfo(grpc::ServerContext*, const ::csi::v1::GetPluginInfoRequest*,
+                             ::csi::v1::GetPluginInfoResponse* response) override {
+    response->set_name(kScripted);
+    response->set_vendor_version("0.0.1");
+    return grpc::Status::OK;
+  }
+  grpc::Status GetPluginCapabilities(grpc::ServerContext*,
+                                     const ::csi::v1::GetPluginCapabilitiesRequest*,
+                                     ::csi::v1::GetPluginCapabilitiesResponse* response) override {
+    response->add_capabilities()->mutable_service()->set_type(
+        ::csi::v1::PluginCapability::Service::CONTROLLER_SERVICE);
+    return grpc::Status::OK;
+  }
+  grpc::Status Probe(grpc::ServerContext*, const ::csi::v1::ProbeRequest*,
+                     ::csi::v1::ProbeResponse*) override {
+    return grpc::Status::OK;
+  }
+};
+
+class ScriptedController final : public ::csi::v1::Controller::Service {
+ public:
+  std::map<std::string, int64_t> per_node;
+  grpc::Status ControllerGetCapabilities(
+      grpc::ServerContext*, const ::csi::v1::ControllerGetCapabilitiesRequest*,
+      ::csi::v1::ControllerGetCapabilitiesResponse* response) override {
+    response->add_capabilities()->mutable_rpc()->set_type(
+        ::csi::v1::ControllerServiceCapability::RPC::GET_CAPACITY);
+    return grpc::Status::OK;
+  }
+  grpc::Status GetCapacity(grpc::ServerContext*, const ::csi::v1::GetCapacityRequest* request,
+                           ::csi::v1::GetCapacityResponse* response) override {
+    const auto& segments = request->accessible_topology().segments();
+    auto it = segments.find(kTopologyKey);
+    const int64_t bytes =
+        it == segments.end() || per_node.count(it->second) == 0 ? 0 : per_node.at(it->second);
+    response->set_available_capacity(bytes);
+    response->mutable_maximum_volume_size()->set_value(bytes);
+    return grpc::Status::OK;
+  }
+};
+
+TEST_CASE(
+    "Storage capacity: kube-scheduler puts a pod whose ephemeral volume fits one node on "
+    "that node",
+    "[cluster][capacity]") {
+  const TestCluster cluster = TestCluster::FromEnvironment();
+  auto client = cluster.AdminClient();
+  RegisterDriverOnNodes(*client);
+  const std::string dir = cluster.dir() + "/scripted-" + RandomSuffix();
+  std::filesystem::create_directories(dir);
+  ScriptedIdentity identity;
+  ScriptedController scripted;
+  scripted.per_node = {{"node-1", 100LL << 20}, {"node-2", 2LL << 30}, {"node-3", 100LL << 20}};
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort("unix://" + dir + "/csi.sock", grpc::InsecureServerCredentials());
+  builder.RegisterService(&identity);
+  builder.RegisterService(&scripted);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  REQUIRE(server != nullptr);
+
+  const Object csidriver = {{"apiVersion", "storage.k8s.io/v1"},
+                            {"kind", "CSIDriver"},
+                            {"metadata", {{"name", kScripted}}},
+                            {"spec", {{"storageCapacity", true}, {"attachRequired", false}}}};
+  auto made = client->Create(apiclient::resources::kCSIDrivers, "", csidriver);
+  REQUIRE((made.ok() || apiclient::IsAlreadyExists(made.status())));
+  const std::string suffix = RandomSuffix();
+  const std::string sc_name = "sched-" + suffix;
+  ClassCleanup cleanup{*client, {sc_name}};
+  REQUIRE(client
+              ->Create(kStorageClasses, "",
+                       {{"apiVersion", "storage.k8s.io/v1"},
+                        {"kind", "StorageClass"},
+                        {"metadata", {{"name", sc_name}}},
+                        {"provisioner", kScripted},
+                        {"volumeBindingMode", "WaitForFirstConsumer"}})
+              .ok());
+  const std::string ns = cluster.CreateNamespace("sched");
+  // Both controllers: ephemeral-volume makes the PVC, storage-capacity the capacities.
+  ControllerProcess controller(
+      cluster, {"--controllers=ephemeral-volume,storage-capacity",
+                "--csi-address=unix://" + dir + "/csi.sock", "--capacity-namespace=" + ns,
+                "--capacity-poll-interval=1h", "--kube-api-capacity-qps=20",
+                "--kube-api-capacity-burst=20"});
+  REQUIRE(Eventually([&] { return Capacities(*client, ns, {sc_name}).size() == 3; }));
+
+  Object volume = {{"name", "data"}};
+  volume["ephemeral"]["volumeClaimTemplate"]["spec"] = {
+      {"accessModes", {"ReadWriteOnce"}},
+      {"storageClassName", sc_name},
+      {"resources", {{"requests", {{"storage", "1Gi"}}}}}};
+  Object pod = {{"apiVersion", "v1"}, {"kind", "Pod"}};
+  pod["metadata"] = {{"name", "big"}, {"namespace", ns}};
+  pod["spec"]["containers"] = Object::array({{{"name", "app"}, {"image", "registry.invalid/app"}}});
+  pod["spec"]["volumes"] = Object::array({volume});
+  REQUIRE(client->Create(apiclient::resources::kPods, ns, pod).ok());
+  std::string selected;
+  CHECK(Eventually(
+      [&] {
+        auto pvc = client->Get(apiclient::resources::kPersistentVolumeClaims, ns, "big-data");
+        if (!pvc.ok()) return false;
+        selected = Field(**pvc, "metadata", "annotations", "volume.kubernetes.io/selected-node");
+        return !selected.empty();
+      },
+      seconds(60)));
+  CHECK(selected == "node-2");
+  (void)client->Delete(apiclient::resources::kPods, ns, "big", {});
+  (void)client->Delete(apiclient::resources::kCSIDrivers, "", kScripted, {});
+  controller.Stop();
+  server->Shutdown();
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace
