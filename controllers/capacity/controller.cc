@@ -466,8 +466,20 @@ Status CapacityController::Sync() {
     for (const auto& [k, v] : class_params[item.storage_class].items()) {
       if (v.is_string()) params[k] = v.get<std::string>();
     }
+    std::vector<std::string> in_segment;
+    for (const auto& node : nodes_->store().List()) {
+      const Object* md = Member(*node, "metadata");
+      const Object* labels = md ? Member(*md, "labels") : nullptr;
+      bool match = true;
+      for (const auto& [k, v] : item.segment) {
+        const Object* value = labels ? Member(*labels, k.c_str()) : nullptr;
+        match = match && value != nullptr && value->is_string() && value->get<std::string>() == v;
+      }
+      if (match) in_segment.push_back(Field(*node, "metadata", "name"));
+    }
+    std::sort(in_segment.begin(), in_segment.end());
     const auto start = std::chrono::steady_clock::now();
-    auto result = source_->GetCapacity(item.segment, params);
+    auto result = source_->GetCapacity(item.segment, params, in_segment);
     latency_.With({}).Observe(
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
     std::lock_guard<std::mutex> lock(mu_);

@@ -12,6 +12,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "common/status.h"
 
@@ -34,13 +35,32 @@ class CapacitySource {
   // ControllerGetCapabilities: OK when the driver offers GET_CAPACITY, FAILED_PRECONDITION with a
   // message saying so when it does not, another code when it cannot be asked.
   virtual Status CheckGetCapacity() = 0;
-  // GetCapacity for a class's parameters within a segment.
-  virtual StatusOr<CapacityResult> GetCapacity(
-      const Segment& segment, const std::map<std::string, std::string>& params) = 0;
+  // GetCapacity for a class's parameters within a segment; `nodes` are the nodes in the
+  // segment (a per-node source asks one of them; a central source ignores them).
+  virtual StatusOr<CapacityResult> GetCapacity(const Segment& segment,
+                                               const std::map<std::string, std::string>& params,
+                                               const std::vector<std::string>& nodes) = 0;
+};
+
+// PEM files of a mutual-TLS client: the CA that signed the server, our certificate and key.
+struct TlsFiles {
+  std::string ca, cert, key;
 };
 
 // "unix:///path" (or a bare absolute path). `timeout` bounds every call.
 StatusOr<std::unique_ptr<CapacitySource>> NewGrpcCapacitySource(
     const std::string& address, std::chrono::milliseconds timeout = std::chrono::seconds(10));
+
+// "HOST:PORT" of a driver's read-only --capacity-listen, with mutual TLS: the server certificate
+// is verified against `tls.ca` (for HOST), and we present `tls.cert`. Files are read once.
+StatusOr<std::unique_ptr<CapacitySource>> NewTlsCapacitySource(
+    const std::string& address, const TlsFiles& tls,
+    std::chrono::milliseconds timeout = std::chrono::seconds(10));
+
+// One source per node (--csi-node-endpoint NODE=HOST:PORT): GetCapacity asks the first node of
+// the segment that has an endpoint; NOT_FOUND when none has. DriverName and CheckGetCapacity ask
+// the endpoints in turn until one answers.
+std::unique_ptr<CapacitySource> NewPerNodeCapacitySource(
+    std::map<std::string, std::shared_ptr<CapacitySource>> by_node);
 
 }  // namespace ephemera::controllers

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <csignal>
 #include <cstdlib>
+#include <map>
 #include <memory>
 #include <thread>
 
@@ -131,7 +132,19 @@ int RunManager(const ManagerOptions& options) {
   std::unique_ptr<EphemeralVolumeController> controller;
   std::unique_ptr<CapacityController> capacity;
   std::shared_ptr<CapacitySource> capacity_source;
-  if (Enabled(options, "storage-capacity")) {
+  if (Enabled(options, "storage-capacity") && !options.csi_node_endpoints.empty()) {
+    std::map<std::string, std::shared_ptr<CapacitySource>> by_node;
+    for (const auto& [node, address] : options.csi_node_endpoints) {
+      auto source = NewTlsCapacitySource(
+          address, {options.capacity_tls_ca, options.capacity_tls_cert, options.capacity_tls_key});
+      if (!source.ok()) {
+        log::Error("bad --csi-node-endpoint", source.status(), {{"node", node}});
+        return 2;
+      }
+      by_node[node] = std::move(*source);
+    }
+    capacity_source = NewPerNodeCapacitySource(std::move(by_node));
+  } else if (Enabled(options, "storage-capacity")) {
     auto source = NewGrpcCapacitySource(options.csi_address);
     if (!source.ok()) {
       log::Error("bad --csi-address", source.status());

@@ -155,6 +155,33 @@ const std::map<std::string, Setter>& Setters() {
          o->csi_address = v;
          return Status::Ok();
        }},
+      {"csi-node-endpoint",
+       [](ManagerOptions* o, const std::string& v) {
+         for (const auto& entry : SplitList(v)) {
+           const auto eq = entry.find('=');
+           if (eq == std::string::npos || eq == 0 || eq + 1 == entry.size()) {
+             return Status::InvalidArgument("--csi-node-endpoint must be NODE=HOST:PORT, not \"" +
+                                            entry.substr(0, 64) + "\"");
+           }
+           o->csi_node_endpoints.emplace_back(entry.substr(0, eq), entry.substr(eq + 1));
+         }
+         return Status::Ok();
+       }},
+      {"capacity-tls-ca",
+       [](ManagerOptions* o, const std::string& v) {
+         o->capacity_tls_ca = v;
+         return Status::Ok();
+       }},
+      {"capacity-tls-cert",
+       [](ManagerOptions* o, const std::string& v) {
+         o->capacity_tls_cert = v;
+         return Status::Ok();
+       }},
+      {"capacity-tls-key",
+       [](ManagerOptions* o, const std::string& v) {
+         o->capacity_tls_key = v;
+         return Status::Ok();
+       }},
       {"driver-name",
        [](ManagerOptions* o, const std::string& v) {
          o->driver_name = v;
@@ -228,6 +255,10 @@ const std::map<std::string, std::string>& FileKeys() {
       {"verbosity", "v"},
       {"csiAddress", "csi-address"},
       {"driverName", "driver-name"},
+      {"csiNodeEndpoints", "csi-node-endpoint"},
+      {"capacityTLSCA", "capacity-tls-ca"},
+      {"capacityTLSCert", "capacity-tls-cert"},
+      {"capacityTLSKey", "capacity-tls-key"},
       {"capacityNamespace", "capacity-namespace"},
       {"capacityPollInterval", "capacity-poll-interval"},
       {"capacityForImmediateBinding", "capacity-for-immediate-binding"},
@@ -403,9 +434,17 @@ Status ValidateManagerOptions(const ManagerOptions& o) {
                                      "\" (known: ephemeral-volume, storage-capacity)");
     }
     if (c == "storage-capacity") {
-      if (o.csi_address.empty()) {
+      if (o.csi_address.empty() == o.csi_node_endpoints.empty()) {
         return Status::InvalidArgument(
-            "--controllers: storage-capacity needs --csi-address=unix:///PATH of the CSI driver");
+            "--controllers: storage-capacity needs either --csi-address=unix:///PATH of the CSI "
+            "driver or --csi-node-endpoint NODE=HOST:PORT (one or more), not both");
+      }
+      if (!o.csi_node_endpoints.empty() &&
+          (o.capacity_tls_ca.empty() || o.capacity_tls_cert.empty() ||
+           o.capacity_tls_key.empty())) {
+        return Status::InvalidArgument(
+            "--csi-node-endpoint needs --capacity-tls-ca, --capacity-tls-cert and "
+            "--capacity-tls-key (mutual TLS)");
       }
       if (o.capacity_namespace.empty()) {
         return Status::InvalidArgument(
@@ -439,6 +478,8 @@ Flags (also settable in the --config YAML file, camelCase; flags win):
 
 storage-capacity (CSIStorageCapacity objects from the CSI driver's GetCapacity):
   --csi-address unix:///PATH              the driver's socket (required for storage-capacity)
+  --csi-node-endpoint NODE=HOST:PORT      instead: each node's driver --capacity-listen (repeatable)
+  --capacity-tls-ca/-cert/-key PATH       PEM files for the per-node endpoints' mutual TLS
   --driver-name NAME                      driver name (default: from GetPluginInfo)
   --capacity-namespace NS                 namespace of the objects (default $POD_NAMESPACE)
   --capacity-poll-interval D              how often every capacity is asked again (default 1m)

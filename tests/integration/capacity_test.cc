@@ -18,6 +18,8 @@
 
 #include "apiclient/errors.h"
 #include "common/quantity.h"
+#include "controllers/capacity/source.h"
+#include "csi/exec_command_runner.h"
 #include "tests/integration/cluster_client.h"
 #include "tests/integration/csi/driver_fixture.h"
 
@@ -32,6 +34,7 @@ using apiclient::resources::kCSIStorageCapacities;
 using apiclient::resources::kNodes;
 using apiclient::resources::kPersistentVolumes;
 using apiclient::resources::kStorageClasses;
+using controllers::Segment;
 using std::chrono::milliseconds;
 using std::chrono::seconds;
 
@@ -536,6 +539,95 @@ TEST_CASE(
   controller.Stop();
   server->Shutdown();
   std::filesystem::remove_all(dir);
+}
+
+// A CA with a server and a client certificate, and a foreign CA with its own client certificate.
+void MakeCertificates(const std::string& dir) {
+  csi::ExecCommandRunner runner;
+  auto run = [&](std::vector<std::string> argv) {
+    auto r = runner.Run(argv);
+    REQUIRE(r.ok());
+    INFO(r->output);
+    REQUIRE(r->exit_code == 0);
+  };
+  for (const std::string ca : {"ca", "otherca"}) {
+    run({"openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+         "/CN=" + ca, "-keyout", dir + "/" + ca + ".key", "-out", dir + "/" + ca + ".crt"});
+  }
+  std::ofstream(dir + "/san.ext") << "subjectAltName=DNS:localhost,IP:127.0.0.1\n";
+  for (const auto& [name, ca] : std::vector<std::pair<std::string, std::string>>{
+           {"server", "ca"}, {"client", "ca"}, {"stranger", "otherca"}}) {
+    run({"openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=" + name, "-keyout",
+         dir + "/" + name + ".key", "-out", dir + "/" + name + ".csr"});
+    run({"openssl", "x509", "-req", "-in", dir + "/" + name + ".csr", "-CA",
+         dir + "/" + ca + ".crt", "-CAkey", dir + "/" + ca + ".key", "-CAcreateserial", "-days",
+         "1", "-extfile", dir + "/san.ext", "-out", dir + "/" + name + ".crt"});
+  }
+}
+
+TEST_CASE("Storage capacity: per-node source over mutual TLS to the driver's capacity listener",
+          "[cluster][capacity]") {
+  const TestCluster cluster = TestCluster::FromEnvironment();
+  auto client = cluster.AdminClient();
+  RegisterDriverOnNodes(*client);
+  const std::string certs = cluster.dir() + "/certs-" + RandomSuffix();
+  std::filesystem::create_directories(certs);
+  MakeCertificates(certs);
+  const int port = 21000 + static_cast<int>(getpid() % 1000);
+  const std::string address = "127.0.0.1:" + std::to_string(port);
+  csi::testing::DriverFixture driver(
+      "512Mi", {"--node-id=node-1", "--capacity-listen=" + address, "--tls-ca=" + certs + "/ca.crt",
+                "--tls-cert=" + certs + "/server.crt", "--tls-key=" + certs + "/server.key"});
+  driver.Start();
+  const Segment node1 = {{kTopologyKey, "node-1"}};
+
+  // In process: the right certificates work; a wrong CA or a foreign client certificate do not.
+  auto make = [&](const std::string& ca, const std::string& who) {
+    auto source = controllers::NewTlsCapacitySource(
+        address,
+        {certs + "/" + ca + ".crt", certs + "/" + who + ".crt", certs + "/" + who + ".key"},
+        seconds(5));
+    REQUIRE(source.ok());
+    return std::shared_ptr<controllers::CapacitySource>(std::move(*source));
+  };
+  auto per_node = controllers::NewPerNodeCapacitySource({{"node-1", make("ca", "client")}});
+  REQUIRE(Eventually([&] { return per_node->DriverName().ok(); }, seconds(10)));
+  CHECK(*per_node->DriverName() == kDriver);
+  CHECK(per_node->CheckGetCapacity().ok());
+  auto good = per_node->GetCapacity(node1, {}, {"node-1"});
+  REQUIRE(good.ok());
+  CHECK(good->available == 512LL << 20);
+  CHECK(per_node->GetCapacity({{kTopologyKey, "node-2"}}, {}, {"node-2"}).status().code() ==
+        Code::kNotFound);
+  CHECK_FALSE(make("otherca", "client")->GetCapacity(node1, {}, {"node-1"}).ok());
+  CHECK_FALSE(make("ca", "stranger")->GetCapacity(node1, {}, {"node-1"}).ok());
+  CHECK(controllers::NewTlsCapacitySource(address, {certs + "/ca.crt", "", ""}).status().code() ==
+        Code::kInvalidArgument);  // no client certificate: refused before any connection
+
+  // The manager with the per-node source: node-1 published; node-2 and node-3 have no endpoint,
+  // so they get no object (never a zero).
+  const std::string suffix = RandomSuffix();
+  const std::string late = "cap-tls-" + suffix;
+  ClassCleanup cleanup{*client, {late}};
+  CreateClass(*client, late, "WaitForFirstConsumer");
+  const std::string ns = cluster.CreateNamespace("captls");
+  ControllerProcess controller(
+      cluster, {"--csi-node-endpoint=node-1=" + address, "--capacity-tls-ca=" + certs + "/ca.crt",
+                "--capacity-tls-cert=" + certs + "/client.crt",
+                "--capacity-tls-key=" + certs + "/client.key", "--capacity-namespace=" + ns,
+                "--capacity-poll-interval=1h", "--kube-api-capacity-qps=20",
+                "--kube-api-capacity-burst=20"});
+  std::map<std::string, ObjectPtr> objects;
+  REQUIRE(Eventually([&] {
+    objects = Capacities(*client, ns, {late});
+    return objects.count(late + "/node-1") == 1;
+  }));
+  CHECK(*ParseQuantity(Field(*objects[late + "/node-1"], "capacity")) == 512LL << 20);
+  std::this_thread::sleep_for(seconds(1));
+  CHECK(Capacities(*client, ns, {late}).size() == 1);
+  CHECK(controller.Running());
+  controller.Stop();
+  std::filesystem::remove_all(certs);
 }
 
 }  // namespace

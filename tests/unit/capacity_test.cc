@@ -255,7 +255,8 @@ class FakeSource final : public CapacitySource {
     return has_capability ? Status::Ok() : Status::FailedPrecondition("no GET_CAPACITY");
   }
   StatusOr<CapacityResult> GetCapacity(const Segment& segment,
-                                       const std::map<std::string, std::string>&) override {
+                                       const std::map<std::string, std::string>&,
+                                       const std::vector<std::string>&) override {
     std::lock_guard<std::mutex> lock(mu);
     ++calls;
     if (fail) return Status::Unavailable("driver down");
