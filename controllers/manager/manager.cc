@@ -1,13 +1,18 @@
 #include "controllers/manager/manager.h"
 
+#include <algorithm>
 #include <csignal>
+#include <cstdlib>
+#include <map>
 #include <memory>
 #include <thread>
 
+#include "apiclient/errors.h"
 #include "apiclient/http_server.h"
 #include "apiclient/leader_election.h"
 #include "apiclient/log.h"
 #include "apiclient/rest_client.h"
+#include "controllers/capacity/controller.h"
 #include "controllers/ephemeral/controller.h"
 
 namespace ephemera::controllers {
@@ -17,6 +22,57 @@ std::atomic<bool> g_stop{false};
 
 void OnSignal(int /*signal*/) {
   g_stop = true;
+}
+
+bool Enabled(const ManagerOptions& options, const std::string& name) {
+  return std::find(options.controllers.begin(), options.controllers.end(), name) !=
+         options.controllers.end();
+}
+
+// The owner of the CSIStorageCapacity objects: $POD_NAME in $POD_NAMESPACE (level 1), its
+// controller (2: the ReplicaSet), that one's controller (3: the Deployment).
+StatusOr<apiclient::Object> ResolveOwner(apiclient::ApiClient& client, int level) {
+  const char* pod = std::getenv("POD_NAME");      // NOLINT(concurrency-mt-unsafe)
+  const char* ns = std::getenv("POD_NAMESPACE");  // NOLINT(concurrency-mt-unsafe)
+  if (pod == nullptr || ns == nullptr || *pod == '\0' || *ns == '\0') {
+    return Status::InvalidArgument(
+        "--capacity-ownerref-level > 0 needs $POD_NAME and $POD_NAMESPACE");
+  }
+  auto object = client.Get(apiclient::resources::kPods, ns, pod);
+  if (!object.ok()) return object.status().WithContext("owner: pod");
+  apiclient::ObjectPtr current = *object;
+  for (int i = 1; i < level; ++i) {
+    const apiclient::Object* refs = nullptr;
+    if ((*current)["metadata"].contains("ownerReferences")) {
+      refs = &(*current)["metadata"]["ownerReferences"];
+    }
+    const apiclient::Object* controller = nullptr;
+    if (refs != nullptr && refs->is_array()) {
+      for (const auto& r : *refs)
+        if (r.is_object() && r.value("controller", false)) controller = &r;
+    }
+    if (controller == nullptr) {
+      return Status::FailedPrecondition("owner: " + apiclient::Field(*current, "metadata", "name") +
+                                        " has no controller");
+    }
+    const std::string kind = apiclient::Field(*controller, "kind");
+    const std::string name = apiclient::Field(*controller, "name");
+    const apiclient::Resource* resource = nullptr;
+    if (kind == "ReplicaSet") resource = &apiclient::resources::kReplicaSets;
+    if (kind == "Deployment") resource = &apiclient::resources::kDeployments;
+    if (resource == nullptr) {
+      return Status::FailedPrecondition("owner: unsupported owner kind \"" + kind.substr(0, 64) +
+                                        "\"");
+    }
+    auto next = client.Get(*resource, ns, name);
+    if (!next.ok()) return next.status().WithContext("owner: " + kind + " " + name);
+    current = *next;
+  }
+  return apiclient::Object{{"apiVersion", apiclient::Field(*current, "apiVersion")},
+                           {"kind", apiclient::Field(*current, "kind")},
+                           {"name", apiclient::Field(*current, "metadata", "name")},
+                           {"uid", apiclient::Field(*current, "metadata", "uid")},
+                           {"controller", true}};
 }
 
 }  // namespace
@@ -84,6 +140,28 @@ int RunManager(const ManagerOptions& options) {
   auto events = std::make_shared<apiclient::EventRecorder>(
       *event_client, apiclient::EventSource{"ephemera.io/ephemeral-volume", le.identity});
   std::unique_ptr<EphemeralVolumeController> controller;
+  std::unique_ptr<CapacityController> capacity;
+  std::shared_ptr<CapacitySource> capacity_source;
+  if (Enabled(options, "storage-capacity") && !options.csi_node_endpoints.empty()) {
+    std::map<std::string, std::shared_ptr<CapacitySource>> by_node;
+    for (const auto& [node, address] : options.csi_node_endpoints) {
+      auto source = NewTlsCapacitySource(
+          address, {options.capacity_tls_ca, options.capacity_tls_cert, options.capacity_tls_key});
+      if (!source.ok()) {
+        log::Error("bad --csi-node-endpoint", source.status(), {{"node", node}});
+        return 2;
+      }
+      by_node[node] = std::move(*source);
+    }
+    capacity_source = NewPerNodeCapacitySource(std::move(by_node));
+  } else if (Enabled(options, "storage-capacity")) {
+    auto source = NewGrpcCapacitySource(options.csi_address);
+    if (!source.ok()) {
+      log::Error("bad --csi-address", source.status());
+      return 2;
+    }
+    capacity_source = std::move(*source);
+  }
   std::atomic<bool> controllers_ready{false};
 
   apiclient::HttpEndpoint endpoint(metrics);
@@ -105,13 +183,37 @@ int RunManager(const ManagerOptions& options) {
   }
 
   auto start_controllers = [&]() -> bool {
-    controller = std::make_unique<EphemeralVolumeController>(
-        *client, events, metrics,
-        EphemeralVolumeOptions{.workers = options.concurrent_ephemeralvolume_syncs,
-                               .release_terminated_pods = options.release_terminated_pods});
-    if (!controller->Start()) {
-      log::Error("informer caches did not sync", Status::DeadlineExceeded("cache sync"));
-      return false;
+    if (Enabled(options, "ephemeral-volume")) {
+      controller = std::make_unique<EphemeralVolumeController>(
+          *client, events, metrics,
+          EphemeralVolumeOptions{.workers = options.concurrent_ephemeralvolume_syncs,
+                                 .release_terminated_pods = options.release_terminated_pods});
+      if (!controller->Start()) {
+        log::Error("informer caches did not sync", Status::DeadlineExceeded("cache sync"));
+        return false;
+      }
+    }
+    if (capacity_source) {
+      CapacityOptions copts{.driver_name = options.driver_name,
+                            .ns = options.capacity_namespace,
+                            .poll_interval = options.capacity_poll_interval,
+                            .immediate_binding = options.capacity_for_immediate_binding,
+                            .write_qps = options.kube_api_capacity_qps,
+                            .write_burst = options.kube_api_capacity_burst};
+      if (options.capacity_ownerref_level > 0) {
+        auto owner = ResolveOwner(**client, options.capacity_ownerref_level);
+        if (!owner.ok()) {
+          log::Error("cannot resolve the owner of the CSIStorageCapacity objects", owner.status());
+          return false;
+        }
+        copts.owner = *owner;
+      }
+      capacity = std::make_unique<CapacityController>(*client, capacity_source, metrics, copts);
+      if (!capacity->Start()) {
+        log::Error("storage-capacity controller did not start",
+                   Status::DeadlineExceeded("driver or cache sync"));
+        return false;
+      }
     }
     controllers_ready = true;
     return true;
@@ -145,6 +247,7 @@ int RunManager(const ManagerOptions& options) {
     const bool stopped_by_signal = g_stop.load() && !start_failed;
     g_stop = true;
     stopper.join();
+    if (capacity) capacity->Stop();
     if (controller) controller->Stop();
     if (start_failed) {
       exit_code = 1;
@@ -159,6 +262,7 @@ int RunManager(const ManagerOptions& options) {
       while (!g_stop)
         std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
+    if (capacity) capacity->Stop();
     if (controller) controller->Stop();
   }
   events->Flush();

@@ -150,6 +150,87 @@ const std::map<std::string, Setter>& Setters() {
          o->logging_format = v;
          return Status::Ok();
        }},
+      {"csi-address",
+       [](ManagerOptions* o, const std::string& v) {
+         o->csi_address = v;
+         return Status::Ok();
+       }},
+      {"csi-node-endpoint",
+       [](ManagerOptions* o, const std::string& v) {
+         for (const auto& entry : SplitList(v)) {
+           const auto eq = entry.find('=');
+           if (eq == std::string::npos || eq == 0 || eq + 1 == entry.size()) {
+             return Status::InvalidArgument("--csi-node-endpoint must be NODE=HOST:PORT, not \"" +
+                                            entry.substr(0, 64) + "\"");
+           }
+           o->csi_node_endpoints.emplace_back(entry.substr(0, eq), entry.substr(eq + 1));
+         }
+         return Status::Ok();
+       }},
+      {"capacity-tls-ca",
+       [](ManagerOptions* o, const std::string& v) {
+         o->capacity_tls_ca = v;
+         return Status::Ok();
+       }},
+      {"capacity-tls-cert",
+       [](ManagerOptions* o, const std::string& v) {
+         o->capacity_tls_cert = v;
+         return Status::Ok();
+       }},
+      {"capacity-tls-key",
+       [](ManagerOptions* o, const std::string& v) {
+         o->capacity_tls_key = v;
+         return Status::Ok();
+       }},
+      {"driver-name",
+       [](ManagerOptions* o, const std::string& v) {
+         o->driver_name = v;
+         return Status::Ok();
+       }},
+      {"capacity-namespace",
+       [](ManagerOptions* o, const std::string& v) {
+         o->capacity_namespace = v;
+         return Status::Ok();
+       }},
+      {"capacity-poll-interval",
+       [](ManagerOptions* o, const std::string& v) {
+         auto d = ParseDuration(v);
+         if (!d.ok()) return d.status().WithContext("--capacity-poll-interval");
+         if (d->count() < 1000) {
+           return Status::InvalidArgument("--capacity-poll-interval must be at least 1s");
+         }
+         o->capacity_poll_interval = *d;
+         return Status::Ok();
+       }},
+      {"capacity-for-immediate-binding",
+       [](ManagerOptions* o, const std::string& v) {
+         auto b = ParseBool("--capacity-for-immediate-binding", v);
+         if (!b.ok()) return b.status();
+         o->capacity_for_immediate_binding = *b;
+         return Status::Ok();
+       }},
+      {"capacity-ownerref-level",
+       [](ManagerOptions* o, const std::string& v) {
+         auto n = ParseInt("--capacity-ownerref-level", v, 0);
+         if (!n.ok()) return n.status();
+         if (*n > 3) return Status::InvalidArgument("--capacity-ownerref-level must be 0..3");
+         o->capacity_ownerref_level = *n;
+         return Status::Ok();
+       }},
+      {"kube-api-capacity-qps",
+       [](ManagerOptions* o, const std::string& v) {
+         auto d = ParseDouble("--kube-api-capacity-qps", v);
+         if (!d.ok()) return d.status();
+         o->kube_api_capacity_qps = *d;
+         return Status::Ok();
+       }},
+      {"kube-api-capacity-burst",
+       [](ManagerOptions* o, const std::string& v) {
+         auto n = ParseInt("--kube-api-capacity-burst", v, 1);
+         if (!n.ok()) return n.status();
+         o->kube_api_capacity_burst = *n;
+         return Status::Ok();
+       }},
       {"v",
        [](ManagerOptions* o, const std::string& v) {
          auto n = ParseInt("-v", v, 0);
@@ -172,6 +253,18 @@ const std::map<std::string, std::string>& FileKeys() {
       {"httpEndpoint", "http-endpoint"},
       {"loggingFormat", "logging-format"},
       {"verbosity", "v"},
+      {"csiAddress", "csi-address"},
+      {"driverName", "driver-name"},
+      {"csiNodeEndpoints", "csi-node-endpoint"},
+      {"capacityTLSCA", "capacity-tls-ca"},
+      {"capacityTLSCert", "capacity-tls-cert"},
+      {"capacityTLSKey", "capacity-tls-key"},
+      {"capacityNamespace", "capacity-namespace"},
+      {"capacityPollInterval", "capacity-poll-interval"},
+      {"capacityForImmediateBinding", "capacity-for-immediate-binding"},
+      {"capacityOwnerrefLevel", "capacity-ownerref-level"},
+      {"kubeAPICapacityQPS", "kube-api-capacity-qps"},
+      {"kubeAPICapacityBurst", "kube-api-capacity-burst"},
   };
   return kKeys;
 }
@@ -299,7 +392,8 @@ Status ParseManagerOptions(const std::vector<std::string>& args, ManagerOptions*
     if (eq != std::string::npos) {
       name = arg.substr(0, eq);
       value = arg.substr(eq + 1);
-    } else if (name == "leader-elect" || name == "release-terminated-pods") {
+    } else if (name == "leader-elect" || name == "release-terminated-pods" ||
+               name == "capacity-for-immediate-binding") {
       value = "true";  // Boolean flags may stand alone.
     } else if (i + 1 < args.size()) {
       value = args[++i];
@@ -324,6 +418,10 @@ Status ParseManagerOptions(const std::vector<std::string>& args, ManagerOptions*
     const char* ns = std::getenv("POD_NAMESPACE");  // NOLINT(concurrency-mt-unsafe)
     options->leader_elect_namespace = ns != nullptr && *ns != '\0' ? ns : "kube-system";
   }
+  if (options->capacity_namespace.empty()) {
+    const char* ns = std::getenv("POD_NAMESPACE");  // NOLINT(concurrency-mt-unsafe)
+    if (ns != nullptr) options->capacity_namespace = ns;
+  }
   return ValidateManagerOptions(*options);
 }
 
@@ -336,15 +434,30 @@ Status ValidateManagerOptions(const ManagerOptions& o) {
                                      "\" (known: ephemeral-volume, storage-capacity)");
     }
     if (c == "storage-capacity") {
-      return Status::Unimplemented(
-          "--controllers: storage-capacity is not implemented yet in this build");
+      if (o.csi_address.empty() == o.csi_node_endpoints.empty()) {
+        return Status::InvalidArgument(
+            "--controllers: storage-capacity needs either --csi-address=unix:///PATH of the CSI "
+            "driver or --csi-node-endpoint NODE=HOST:PORT (one or more), not both");
+      }
+      if (!o.csi_node_endpoints.empty() &&
+          (o.capacity_tls_ca.empty() || o.capacity_tls_cert.empty() ||
+           o.capacity_tls_key.empty())) {
+        return Status::InvalidArgument(
+            "--csi-node-endpoint needs --capacity-tls-ca, --capacity-tls-cert and "
+            "--capacity-tls-key (mutual TLS)");
+      }
+      if (o.capacity_namespace.empty()) {
+        return Status::InvalidArgument(
+            "--controllers: storage-capacity needs --capacity-namespace or $POD_NAMESPACE");
+      }
     }
   }
   return Status::Ok();
 }
 
 std::string ManagerUsage() {
-  return R"(ephemera-controller-manager: pod-owned PVCs for generic ephemeral volumes.
+  return R"(ephemera-controller-manager: pod-owned PVCs for generic ephemeral volumes (ephemeral-volume)
+and CSIStorageCapacity objects (storage-capacity).
 
 Flags (also settable in the --config YAML file, camelCase; flags win):
   --kubeconfig PATH                       kubeconfig; default $KUBECONFIG, in-cluster, ~/.kube/config
@@ -362,6 +475,19 @@ Flags (also settable in the --config YAML file, camelCase; flags win):
   --http-endpoint HOST:PORT               /metrics, /healthz, /readyz (default off)
   --logging-format text|json, -v N        logging
   --config PATH                           YAML config file
+
+storage-capacity (CSIStorageCapacity objects from the CSI driver's GetCapacity):
+  --csi-address unix:///PATH              the driver's socket (required for storage-capacity)
+  --csi-node-endpoint NODE=HOST:PORT      instead: each node's driver --capacity-listen (repeatable)
+  --capacity-tls-ca/-cert/-key PATH       PEM files for the per-node endpoints' mutual TLS
+  --driver-name NAME                      driver name (default: from GetPluginInfo)
+  --capacity-namespace NS                 namespace of the objects (default $POD_NAMESPACE)
+  --capacity-poll-interval D              how often every capacity is asked again (default 1m)
+  --capacity-for-immediate-binding[=B]    also Immediate classes (default false)
+  --capacity-ownerref-level N             0: no owner; 1 Pod, 2 ReplicaSet, 3 Deployment of
+                                          $POD_NAME in $POD_NAMESPACE (default 0)
+  --kube-api-capacity-qps Q               rate limit of capacity writes (default 1)
+  --kube-api-capacity-burst B             (default 5)
 )";
 }
 

@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/status.h"
@@ -28,6 +29,17 @@ struct ManagerOptions {
   std::string http_endpoint;  // "" = no metrics/health endpoint
   std::string logging_format = "text";
   int verbosity = 0;
+  // storage-capacity
+  std::string csi_address;  // unix:///PATH of the CSI driver
+  std::string driver_name;  // default: GetPluginInfo
+  std::vector<std::pair<std::string, std::string>> csi_node_endpoints;  // NODE, HOST:PORT
+  std::string capacity_tls_ca, capacity_tls_cert, capacity_tls_key;
+  std::string capacity_namespace;  // default: $POD_NAMESPACE
+  std::chrono::milliseconds capacity_poll_interval{60000};
+  bool capacity_for_immediate_binding = false;
+  int capacity_ownerref_level = 0;  // 0 = no owner; 1 = Pod, 2 = ReplicaSet, 3 = Deployment
+  double kube_api_capacity_qps = 1;
+  int kube_api_capacity_burst = 5;
   std::string config_file;
   bool help = false;
 };

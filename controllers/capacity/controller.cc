@@ -1,0 +1,595 @@
+#include "controllers/capacity/controller.h"
+
+#include <algorithm>
+
+#include "apiclient/errors.h"
+#include "apiclient/log.h"
+#include "common/quantity.h"
+
+namespace ephemera::controllers {
+namespace {
+
+using apiclient::Field;
+using apiclient::Object;
+using apiclient::ObjectPtr;
+using apiclient::resources::kCSINodes;
+using apiclient::resources::kCSIStorageCapacities;
+using apiclient::resources::kNodes;
+using apiclient::resources::kPersistentVolumes;
+using apiclient::resources::kStorageClasses;
+
+constexpr char kDriverLabel[] = "csi.storage.k8s.io/drivername";
+constexpr char kManagedByLabel[] = "csi.storage.k8s.io/managed-by";
+
+// A string member of an object, or "" (hostile objects may carry anything).
+const Object* Member(const Object& o, const char* key) {
+  if (!o.is_object()) return nullptr;
+  auto it = o.find(key);
+  return it == o.end() ? nullptr : &*it;
+}
+
+// matchLabels of a nodeTopology, or nullopt when the selector is not a plain label match.
+std::optional<Segment> SelectorLabels(const Object* selector) {
+  Segment out;
+  if (selector == nullptr || selector->is_null()) return out;
+  if (!selector->is_object()) return std::nullopt;
+  const Object* exprs = Member(*selector, "matchExpressions");
+  if (exprs != nullptr && !exprs->is_null() && !(exprs->is_array() && exprs->empty())) {
+    return std::nullopt;
+  }
+  const Object* labels = Member(*selector, "matchLabels");
+  if (labels == nullptr || labels->is_null()) return out;
+  if (!labels->is_object()) return std::nullopt;
+  for (const auto& [k, v] : labels->items()) {
+    if (!v.is_string()) return std::nullopt;
+    out[k] = v.get<std::string>();
+  }
+  return out;
+}
+
+bool QuantityEquals(const Object* field, const std::optional<int64_t>& want) {
+  if (field == nullptr || field->is_null()) return !want.has_value();
+  if (!want.has_value() || !field->is_string()) return false;
+  auto have = ParseQuantity(field->get<std::string>());
+  return have.ok() && *have == *want;
+}
+
+// Does the PV's node affinity select nodes of `segment`? True when there is no affinity.
+bool AffinityMatches(const Object& pv, const Segment& segment) {
+  const Object* spec = Member(pv, "spec");
+  const Object* affinity = spec ? Member(*spec, "nodeAffinity") : nullptr;
+  const Object* required = affinity ? Member(*affinity, "required") : nullptr;
+  const Object* terms = required ? Member(*required, "nodeSelectorTerms") : nullptr;
+  if (terms == nullptr || !terms->is_array() || terms->empty()) return true;
+  for (const auto& term : *terms) {
+    const Object* exprs = Member(term, "matchExpressions");
+    if (exprs == nullptr || !exprs->is_array()) continue;
+    bool all = true;
+    for (const auto& e : *exprs) {
+      const std::string key = Field(e, "key");
+      auto it = segment.find(key);
+      if (it == segment.end()) continue;  // a key the segment does not constrain
+      const Object* values = Member(e, "values");
+      bool in = false;
+      if (Field(e, "operator") == "In" && values != nullptr && values->is_array()) {
+        for (const auto& v : *values)
+          in = in || (v.is_string() && v.get<std::string>() == it->second);
+      }
+      all = all && in;
+    }
+    if (all) return true;
+  }
+  return false;
+}
+
+std::string PvDriver(const Object& pv) {
+  return Field(pv, "spec", "csi", "driver");
+}
+
+}  // namespace
+
+std::string DescribeSegment(const Segment& segment) {
+  std::string out;
+  for (const auto& [k, v] : segment)
+    out += (out.empty() ? "" : ",") + k + "=" + v;
+  return out.empty() ? "<all nodes>" : out;
+}
+
+std::vector<Segment> ComputeSegments(const std::vector<ObjectPtr>& csinodes,
+                                     const std::map<std::string, ObjectPtr>& nodes,
+                                     const std::string& driver) {
+  std::set<Segment> segments;
+  for (const auto& csinode : csinodes) {
+    const Object* spec = Member(*csinode, "spec");
+    const Object* drivers = spec ? Member(*spec, "drivers") : nullptr;
+    if (drivers == nullptr || !drivers->is_array()) continue;
+    for (const auto& d : *drivers) {
+      if (Field(d, "name") != driver) continue;
+      std::vector<std::string> keys;
+      const Object* tk = Member(d, "topologyKeys");
+      if (tk != nullptr && tk->is_array()) {
+        for (const auto& k : *tk)
+          if (k.is_string()) keys.push_back(k.get<std::string>());
+      }
+      Segment segment;
+      bool complete = true;
+      if (!keys.empty()) {
+        auto node = nodes.find(Field(*csinode, "metadata", "name"));
+        if (node == nodes.end()) {
+          complete = false;
+        } else {
+          for (const auto& key : keys) {
+            const Object* md = Member(*node->second, "metadata");
+            const Object* labels = md ? Member(*md, "labels") : nullptr;
+            const Object* value = labels ? Member(*labels, key.c_str()) : nullptr;
+            if (value == nullptr || !value->is_string()) {
+              complete = false;
+              break;
+            }
+            segment[key] = value->get<std::string>();
+          }
+        }
+      }
+      if (complete) segments.insert(segment);
+      break;
+    }
+  }
+  return {segments.begin(), segments.end()};
+}
+
+bool ClassWanted(const Object& storage_class, const std::string& driver, bool immediate_binding) {
+  if (Field(storage_class, "provisioner") != driver) return false;
+  if (Field(storage_class, "volumeBindingMode") == "WaitForFirstConsumer") return true;
+  return immediate_binding;
+}
+
+std::optional<CapacityItem> ItemOf(const Object& object) {
+  const Object* sc = Member(object, "storageClassName");
+  if (sc == nullptr || !sc->is_string()) return std::nullopt;
+  auto labels = SelectorLabels(Member(object, "nodeTopology"));
+  if (!labels) return std::nullopt;
+  return CapacityItem{.segment = *labels, .storage_class = sc->get<std::string>()};
+}
+
+Object DesiredCapacityObject(const CapacityItem& item, const CapacityResult& result,
+                             const CapacityOptions& options, const std::string& driver) {
+  Object labels = Object::object();
+  for (const auto& [k, v] : item.segment)
+    labels[k] = v;
+  Object metadata = {{"generateName", "csisc-"},
+                     {"namespace", options.ns},
+                     {"labels", {{kDriverLabel, driver}, {kManagedByLabel, options.managed_by}}}};
+  if (options.owner.is_object() && !options.owner.empty()) {
+    metadata["ownerReferences"] = Object::array({options.owner});
+  }
+  Object out = {{"apiVersion", "storage.k8s.io/v1"},
+                {"kind", "CSIStorageCapacity"},
+                {"metadata", std::move(metadata)},
+                {"storageClassName", item.storage_class},
+                {"nodeTopology", {{"matchLabels", std::move(labels)}}},
+                {"capacity", FormatBinaryQuantity(result.available)}};
+  if (result.maximum_volume_size) {
+    out["maximumVolumeSize"] = FormatBinaryQuantity(*result.maximum_volume_size);
+  }
+  return out;
+}
+
+bool CapacityUpToDate(const Object& existing, const CapacityResult& result) {
+  return QuantityEquals(Member(existing, "capacity"), result.available) &&
+         QuantityEquals(Member(existing, "maximumVolumeSize"), result.maximum_volume_size);
+}
+
+CapacityController::CapacityController(apiclient::ApiClientPtr client,
+                                       std::shared_ptr<CapacitySource> source,
+                                       apiclient::MetricsRegistry& metrics, CapacityOptions options)
+    : client_(std::move(client)),
+      source_(std::move(source)),
+      options_(std::move(options)),
+      write_limit_(options_.write_qps, std::max(1, options_.write_burst)),
+      goal_(metrics.Gauge("csistoragecapacities_desired_goal",
+                          "Number of CSIStorageCapacity objects that should exist.")),
+      current_(metrics.Gauge("csistoragecapacities_desired_current",
+                             "Number of wanted CSIStorageCapacity objects that exist.")),
+      obsolete_(metrics.Gauge("csistoragecapacities_obsolete",
+                              "Number of CSIStorageCapacity objects to be deleted.")),
+      latency_(metrics.Histogram("csistoragecapacity_getcapacity_duration_seconds",
+                                 "Latency of the driver's GetCapacity calls.")),
+      errors_(metrics.Counter("csistoragecapacity_getcapacity_errors_total",
+                              "Failed GetCapacity calls by gRPC code.", {"code"})),
+      published_(metrics.Gauge("csistoragecapacity_published_bytes",
+                               "Available capacity published, by segment and storage class.",
+                               {"segment", "storage_class"})),
+      writes_metric_(metrics.Counter("csistoragecapacity_writes_total",
+                                     "Writes of CSIStorageCapacity objects by operation.",
+                                     {"operation"})) {}
+
+CapacityController::~CapacityController() {
+  Stop();
+}
+
+Status CapacityController::Prepare() {
+  if (options_.driver_name.empty()) {
+    auto name = source_->DriverName();
+    if (!name.ok()) return name.status();
+    driver_ = *name;
+  } else {
+    driver_ = options_.driver_name;
+  }
+  return source_->CheckGetCapacity();
+}
+
+bool CapacityController::Start(std::chrono::seconds sync_timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + sync_timeout;
+  Status s = Prepare();
+  while (!s.ok() && s.code() != Code::kFailedPrecondition && !stopped_ &&
+         std::chrono::steady_clock::now() < deadline) {
+    log::Error("cannot reach the CSI driver; retrying", s);
+    std::this_thread::sleep_for(std::chrono::seconds(2));
+    s = Prepare();
+  }
+  if (s.code() == Code::kFailedPrecondition) {
+    // Not a crash loop: the driver will not grow the capability by restarting us.
+    disabled_ = true;
+    log::Error(
+        "storage-capacity controller disabled: no CSIStorageCapacity objects will be "
+        "published",
+        s, {{"driver", driver_}});
+    return true;
+  }
+  if (!s.ok()) return false;
+
+  csinodes_ = std::make_unique<apiclient::Informer>(
+      client_, apiclient::InformerOptions{.resource = kCSINodes});
+  nodes_ = std::make_unique<apiclient::Informer>(client_,
+                                                 apiclient::InformerOptions{.resource = kNodes});
+  classes_ = std::make_unique<apiclient::Informer>(
+      client_, apiclient::InformerOptions{.resource = kStorageClasses});
+  volumes_ = std::make_unique<apiclient::Informer>(
+      client_, apiclient::InformerOptions{.resource = kPersistentVolumes});
+  capacities_ = std::make_unique<apiclient::Informer>(
+      client_,
+      apiclient::InformerOptions{.resource = kCSIStorageCapacities,
+                                 .ns = options_.ns,
+                                 .label_selector = std::string(kDriverLabel) + "=" + driver_ + "," +
+                                                   kManagedByLabel + "=" + options_.managed_by});
+  auto any = [this](const ObjectPtr&) { Trigger(); };
+  csinodes_->AddHandlers({.on_add = any,
+                          .on_update = [this](const ObjectPtr&, const ObjectPtr&) { Trigger(); },
+                          .on_delete = any});
+  nodes_->AddHandlers({.on_add = any,
+                       .on_update =
+                           [this](const ObjectPtr& old_node, const ObjectPtr& node) {
+                             // Only labels decide segments.
+                             const Object* a = Member(*old_node, "metadata");
+                             const Object* b = Member(*node, "metadata");
+                             const Object* la = a ? Member(*a, "labels") : nullptr;
+                             const Object* lb = b ? Member(*b, "labels") : nullptr;
+                             if ((la == nullptr) != (lb == nullptr) || (la && *la != *lb)) {
+                               Trigger();
+                             }
+                           },
+                       .on_delete = any});
+  auto class_changed = [this](const ObjectPtr& sc) {
+    const std::string name = Field(*sc, "metadata", "name");
+    MarkStale([&](const CapacityItem& item) { return item.storage_class == name; });
+    Trigger();
+  };
+  classes_->AddHandlers(
+      {.on_add = class_changed,
+       .on_update = [class_changed](const ObjectPtr&, const ObjectPtr& sc) { class_changed(sc); },
+       .on_delete = class_changed});
+  auto volume_changed = [this](const ObjectPtr& pv) {
+    if (PvDriver(*pv) != driver_) return;
+    MarkStale([&](const CapacityItem& item) { return AffinityMatches(*pv, item.segment); });
+    Trigger();
+  };
+  volumes_->AddHandlers({.on_add = volume_changed,
+                         .on_update =
+                             [volume_changed](const ObjectPtr& old_pv, const ObjectPtr& pv) {
+                               // A volume being released or deleted changes nothing yet; its
+                               // removal does. Phase changes to Bound do not change capacity.
+                               (void)old_pv;
+                               (void)pv;
+                             },
+                         .on_delete = volume_changed});
+  capacities_->AddHandlers({.on_add =
+                                [this](const ObjectPtr& o) {
+                                  ObjectSeen(o);
+                                  Trigger();
+                                },
+                            .on_update =
+                                [this](const ObjectPtr&, const ObjectPtr& o) {
+                                  ObjectSeen(o);
+                                  Trigger();
+                                },
+                            .on_delete =
+                                [this](const ObjectPtr& o) {
+                                  ObjectGone(o);
+                                  Trigger();
+                                }});
+  for (auto* inf :
+       {csinodes_.get(), nodes_.get(), classes_.get(), volumes_.get(), capacities_.get()}) {
+    inf->Start();
+  }
+  for (auto* inf :
+       {csinodes_.get(), nodes_.get(), classes_.get(), volumes_.get(), capacities_.get()}) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    if (!inf->WaitForSync(std::max(left, std::chrono::milliseconds(1)))) return false;
+  }
+  loop_ = std::thread([this] { Loop(); });
+  Trigger(true);
+  log::Info("storage-capacity controller started",
+            {{"driver", driver_},
+             {"namespace", options_.ns},
+             {"pollInterval", std::to_string(options_.poll_interval.count()) + "ms"},
+             {"immediateBinding", options_.immediate_binding ? "true" : "false"}});
+  return true;
+}
+
+void CapacityController::Stop() {
+  if (stopped_.exchange(true)) return;
+  cv_.notify_all();
+  if (loop_.joinable()) loop_.join();
+  for (auto* inf :
+       {csinodes_.get(), nodes_.get(), classes_.get(), volumes_.get(), capacities_.get()}) {
+    if (inf != nullptr) inf->Stop();
+  }
+}
+
+void CapacityController::Trigger(bool immediately) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const auto now = std::chrono::steady_clock::now();
+  if (immediately) {
+    triggered_ = true;
+    trigger_at_ = now;
+  } else if (!triggered_) {
+    // Debounce: the first change starts the timer, later ones ride along.
+    triggered_ = true;
+    trigger_at_ = now + options_.debounce;
+  }
+  cv_.notify_all();
+}
+
+void CapacityController::MarkStale(const std::function<bool(const CapacityItem&)>& which) {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& [item, result] : known_) {
+    if (which(item)) stale_.insert(item);
+  }
+}
+
+void CapacityController::RefreshAll() {
+  std::lock_guard<std::mutex> lock(mu_);
+  all_stale_ = true;
+}
+
+void CapacityController::ObjectSeen(const ObjectPtr& object) {
+  std::lock_guard<std::mutex> lock(mu_);
+  objects_[Field(*object, "metadata", "name")] = object;
+}
+
+void CapacityController::ObjectGone(const ObjectPtr& object) {
+  std::lock_guard<std::mutex> lock(mu_);
+  objects_.erase(Field(*object, "metadata", "name"));
+}
+
+void CapacityController::Loop() {
+  auto next_poll = std::chrono::steady_clock::now() + options_.poll_interval;
+  int failures = 0;
+  while (!stopped_) {
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      while (!stopped_) {
+        const auto now = std::chrono::steady_clock::now();
+        if (now >= next_poll) {
+          all_stale_ = true;
+          next_poll = now + options_.poll_interval;
+          break;
+        }
+        if (triggered_ && now >= trigger_at_) break;
+        auto until = next_poll;
+        if (triggered_) until = std::min(until, trigger_at_);
+        cv_.wait_until(lock, until);
+      }
+      triggered_ = false;
+    }
+    if (stopped_) break;
+    const Status s = Sync();
+    if (s.ok()) {
+      failures = 0;
+      continue;
+    }
+    log::Error("storage-capacity sync failed; will retry", s);
+    // Retry with backoff (0.5 s .. 30 s), unless something else triggers first.
+    const auto delay = std::chrono::milliseconds(std::min(30000, 500 << std::min(failures, 6)));
+    ++failures;
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!triggered_) {
+      triggered_ = true;
+      trigger_at_ = std::chrono::steady_clock::now() + delay;
+    }
+  }
+}
+
+std::vector<CapacityItem> CapacityController::WantedItems() {
+  std::map<std::string, ObjectPtr> nodes;
+  for (const auto& node : nodes_->store().List())
+    nodes[Field(*node, "metadata", "name")] = node;
+  const auto segments = ComputeSegments(csinodes_->store().List(), nodes, driver_);
+  std::vector<CapacityItem> items;
+  for (const auto& sc : classes_->store().List()) {
+    if (!ClassWanted(*sc, driver_, options_.immediate_binding)) continue;
+    for (const auto& segment : segments) {
+      items.push_back({.segment = segment, .storage_class = Field(*sc, "metadata", "name")});
+    }
+  }
+  std::sort(items.begin(), items.end());
+  return items;
+}
+
+Status CapacityController::Write(const std::function<Status()>& call) {
+  write_limit_.Wait();
+  writes_++;
+  return call();
+}
+
+Status CapacityController::Sync() {
+  if (disabled_ || !capacities_) return Status::Ok();
+  std::lock_guard<std::mutex> sync_lock(sync_mu_);
+  const std::vector<CapacityItem> items = WantedItems();
+
+  // 1. Capacities that are due.
+  std::vector<CapacityItem> due;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& item : items) {
+      if (all_stale_ || stale_.count(item) > 0 || known_.count(item) == 0) due.push_back(item);
+    }
+    all_stale_ = false;
+    stale_.clear();
+    // Forget items that are no longer wanted.
+    for (auto it = known_.begin(); it != known_.end();) {
+      it = std::binary_search(items.begin(), items.end(), it->first) ? std::next(it)
+                                                                     : known_.erase(it);
+    }
+  }
+  Status first_error;
+  std::map<std::string, Object> class_params;
+  for (const auto& sc : classes_->store().List()) {
+    Object params = Object::object();
+    const Object* p = Member(*sc, "parameters");
+    if (p != nullptr && p->is_object()) params = *p;
+    class_params[Field(*sc, "metadata", "name")] = params;
+  }
+  for (const auto& item : due) {
+    std::map<std::string, std::string> params;
+    for (const auto& [k, v] : class_params[item.storage_class].items()) {
+      if (v.is_string()) params[k] = v.get<std::string>();
+    }
+    std::vector<std::string> in_segment;
+    for (const auto& node : nodes_->store().List()) {
+      const Object* md = Member(*node, "metadata");
+      const Object* labels = md ? Member(*md, "labels") : nullptr;
+      bool match = true;
+      for (const auto& [k, v] : item.segment) {
+        const Object* value = labels ? Member(*labels, k.c_str()) : nullptr;
+        match = match && value != nullptr && value->is_string() && value->get<std::string>() == v;
+      }
+      if (match) in_segment.push_back(Field(*node, "metadata", "name"));
+    }
+    std::sort(in_segment.begin(), in_segment.end());
+    const auto start = std::chrono::steady_clock::now();
+    auto result = source_->GetCapacity(item.segment, params, in_segment);
+    latency_.With({}).Observe(
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    std::lock_guard<std::mutex> lock(mu_);
+    if (result.ok()) {
+      known_[item] = *result;
+    } else {
+      errors_.With({std::string(CodeName(result.status().code()))}).Inc();
+      stale_.insert(item);  // retried with the next sync; the old value (if any) stays
+      if (first_error.ok()) {
+        first_error = result.status().WithContext("GetCapacity for class " + item.storage_class +
+                                                  ", segment " + DescribeSegment(item.segment));
+      }
+    }
+  }
+
+  // 2. The objects.
+  std::map<CapacityItem, CapacityResult> known;
+  std::map<std::string, ObjectPtr> objects;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    known = known_;
+    objects = objects_;
+  }
+  std::map<CapacityItem, std::vector<ObjectPtr>> by_item;
+  std::vector<ObjectPtr> obsolete;
+  for (const auto& [name, object] : objects) {
+    auto item = ItemOf(*object);
+    if (item && std::binary_search(items.begin(), items.end(), *item)) {
+      by_item[*item].push_back(object);  // by name order: the first one is kept
+    } else {
+      obsolete.push_back(object);
+    }
+  }
+  for (auto& [item, list] : by_item) {
+    for (size_t i = 1; i < list.size(); ++i)
+      obsolete.push_back(list[i]);  // duplicates
+  }
+  int current = 0;
+  for (const auto& item : items) {
+    auto have = by_item.find(item);
+    auto value = known.find(item);
+    if (have != by_item.end()) ++current;
+    if (value == known.end()) continue;  // never answered: nothing to publish (not even zero)
+    published_.With({DescribeSegment(item.segment), item.storage_class})
+        .Set(static_cast<double>(value->second.available));
+    Status s;
+    if (have == by_item.end()) {
+      s = Write([&] {
+        auto created =
+            client_->Create(kCSIStorageCapacities, options_.ns,
+                            DesiredCapacityObject(item, value->second, options_, driver_));
+        if (!created.ok()) return created.status();
+        writes_metric_.With({"create"}).Inc();
+        ObjectSeen(*created);
+        log::Info("created CSIStorageCapacity", {{"name", Field(**created, "metadata", "name")},
+                                                 {"storageClass", item.storage_class},
+                                                 {"segment", DescribeSegment(item.segment)},
+                                                 {"capacity", Field(**created, "capacity")}});
+        return Status::Ok();
+      });
+    } else if (!CapacityUpToDate(*have->second.front(), value->second)) {
+      Object updated = *have->second.front();  // a copy: the cached object stays untouched
+      updated["capacity"] = FormatBinaryQuantity(value->second.available);
+      if (value->second.maximum_volume_size) {
+        updated["maximumVolumeSize"] = FormatBinaryQuantity(*value->second.maximum_volume_size);
+      } else {
+        updated.erase("maximumVolumeSize");
+      }
+      s = Write([&] {
+        auto result = client_->Update(kCSIStorageCapacities, options_.ns, updated);
+        if (!result.ok()) return result.status();
+        writes_metric_.With({"update"}).Inc();
+        ObjectSeen(*result);
+        log::Info("updated CSIStorageCapacity", {{"name", Field(**result, "metadata", "name")},
+                                                 {"capacity", Field(**result, "capacity")}});
+        return Status::Ok();
+      });
+    }
+    if (!s.ok() && first_error.ok()) first_error = s;
+  }
+  for (const auto& object : obsolete) {
+    const std::string name = Field(*object, "metadata", "name");
+    const Status s = Write([&] {
+      Status d = client_->Delete(kCSIStorageCapacities, options_.ns, name,
+                                 {.precondition_uid = Field(*object, "metadata", "uid")});
+      if (d.ok() || apiclient::IsNotFound(d)) {
+        writes_metric_.With({"delete"}).Inc();
+        ObjectGone(object);
+        log::Info("deleted obsolete CSIStorageCapacity", {{"name", name}});
+        return Status::Ok();
+      }
+      return d;
+    });
+    if (!s.ok() && first_error.ok()) first_error = s;
+  }
+  // Published gauges of items that are gone.
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::set<std::pair<std::string, std::string>> now;
+    for (const auto& [item, result] : known)
+      now.emplace(DescribeSegment(item.segment), item.storage_class);
+    for (const auto& old : published_labels_) {
+      if (now.count(old) == 0) published_.Remove({old.first, old.second});
+    }
+    published_labels_ = std::move(now);
+  }
+  goal_.With({}).Set(static_cast<double>(items.size()));
+  current_.With({}).Set(current);
+  obsolete_.With({}).Set(static_cast<double>(obsolete.size()));
+  return first_error;
+}
+
+}  // namespace ephemera::controllers

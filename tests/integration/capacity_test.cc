@@ -1,0 +1,634 @@
+// The storage-capacity controller (the real ephemera-controller-manager binary) against the live
+// cluster, with the real ephemera-pmem-csi (file backend) as the capacity source. The driver runs
+// as node-1: it reports its pool for node-1's segment and 0 for the other nodes' segments, which
+// is exactly what one central instance of a node-local driver answers.
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <set>
+#include <thread>
+
+#include "apiclient/errors.h"
+#include "common/quantity.h"
+#include "controllers/capacity/source.h"
+#include "csi/exec_command_runner.h"
+#include "tests/integration/cluster_client.h"
+#include "tests/integration/csi/driver_fixture.h"
+
+namespace ephemera::testing {
+namespace {
+
+using apiclient::Field;
+using apiclient::Object;
+using apiclient::ObjectPtr;
+using apiclient::resources::kCSINodes;
+using apiclient::resources::kCSIStorageCapacities;
+using apiclient::resources::kNodes;
+using apiclient::resources::kPersistentVolumes;
+using apiclient::resources::kStorageClasses;
+using controllers::Segment;
+using std::chrono::milliseconds;
+using std::chrono::seconds;
+
+constexpr char kDriver[] = "pmem-csi.ephemera.io";
+constexpr char kTopologyKey[] = "pmem-csi.ephemera.io/node";
+// The scripted test driver of the scheduler test (registered on the nodes beside the real one).
+constexpr char kScripted[] = "scripted.test.ephemera.io";
+
+// Runs ephemera-controller-manager for the duration of a test; SIGTERM on destruction.
+class ControllerProcess {
+ public:
+  ControllerProcess(const TestCluster& cluster, std::vector<std::string> extra) {
+    log_ = cluster.dir() + "/logs/ephemera-capacity-" + RandomSuffix() + ".log";
+    const std::string binary =
+        std::string(EPHEMERA_BINARY_DIR) + "/bin/ephemera-controller-manager";
+    std::vector<std::string> args = {binary,
+                                     "--kubeconfig",
+                                     cluster.kubeconfig(),
+                                     "--leader-elect=false",
+                                     "--controllers=storage-capacity",
+                                     "-v",
+                                     "2"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    pid_ = fork();
+    if (pid_ == 0) {
+      FILE* out = std::freopen(log_.c_str(), "w", stderr);
+      (void)out;
+      std::vector<char*> argv;
+      for (auto& a : args)
+        argv.push_back(a.data());
+      argv.push_back(nullptr);
+      execv(binary.c_str(), argv.data());
+      _exit(127);
+    }
+  }
+  ~ControllerProcess() { Stop(); }
+  void Stop() {
+    if (pid_ <= 0) return;
+    kill(pid_, SIGTERM);
+    int status = 0;
+    waitpid(pid_, &status, 0);
+    pid_ = -1;
+  }
+  // True while the process runs.
+  bool Running() {
+    int status = 0;
+    return pid_ > 0 && waitpid(pid_, &status, WNOHANG) == 0;
+  }
+  const std::string& log() const { return log_; }
+
+ private:
+  pid_t pid_ = -1;
+  std::string log_;
+};
+
+bool Eventually(const std::function<bool()>& condition, milliseconds timeout = seconds(30)) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (condition()) return true;
+    std::this_thread::sleep_for(milliseconds(50));
+  }
+  return condition();
+}
+
+// node-1..3: a CSINode listing the driver with its topology key, and the node label kubelet's
+// plugin registration would add.
+void RegisterDriverOnNodes(apiclient::ApiClient& client) {
+  for (int i = 1; i <= 3; ++i) {
+    const std::string node = "node-" + std::to_string(i);
+    auto patched =
+        client.MergePatch(kNodes, "", node, {{"metadata", {{"labels", {{kTopologyKey, node}}}}}});
+    REQUIRE(patched.ok());
+    Object drivers = Object::array();
+    for (const char* driver : {kDriver, kScripted}) {
+      drivers.push_back({{"name", driver}, {"nodeID", node}, {"topologyKeys", {kTopologyKey}}});
+    }
+    Object csinode = {{"apiVersion", "storage.k8s.io/v1"}, {"kind", "CSINode"}};
+    csinode["metadata"]["name"] = node;
+    csinode["spec"]["drivers"] = std::move(drivers);
+    auto created = client.Create(kCSINodes, "", csinode);
+    REQUIRE((created.ok() || apiclient::IsAlreadyExists(created.status())));
+  }
+}
+
+void CreateClass(apiclient::ApiClient& client, const std::string& name, const std::string& mode) {
+  const Object sc = {{"apiVersion", "storage.k8s.io/v1"},
+                     {"kind", "StorageClass"},
+                     {"metadata", {{"name", name}}},
+                     {"provisioner", kDriver},
+                     {"parameters", {{"eraseafter", "false"}}},
+                     {"volumeBindingMode", mode}};
+  REQUIRE(client.Create(kStorageClasses, "", sc).ok());
+}
+
+// Deletes the classes when the test ends, passed or failed.
+struct ClassCleanup {
+  apiclient::ApiClient& client;
+  std::vector<std::string> names;
+  ~ClassCleanup() {
+    for (const auto& n : names)
+      (void)client.Delete(kStorageClasses, "", n, {});
+  }
+};
+
+// Our objects in `ns` for the given classes, keyed "class/node".
+std::map<std::string, ObjectPtr> Capacities(apiclient::ApiClient& client, const std::string& ns,
+                                            const std::set<std::string>& classes) {
+  std::map<std::string, ObjectPtr> out;
+  auto list = client.List(kCSIStorageCapacities, ns, {});
+  if (!list.ok()) return out;
+  for (const auto& o : list->items) {
+    const std::string sc = Field(*o, "storageClassName");
+    if (classes.count(sc) == 0) continue;
+    const std::string key = sc + "/" + Field(*o, "nodeTopology", "matchLabels", kTopologyKey);
+    if (out.count(key) > 0) {
+      out[key + "#dup"] = o;  // a duplicate makes the count wrong on purpose
+    } else {
+      out[key] = o;
+    }
+  }
+  return out;
+}
+
+std::vector<std::string> ControllerFlags(const csi::testing::DriverFixture& driver,
+                                         const std::string& ns) {
+  return {"--csi-address=unix://" + driver.work() + "/csi.sock", "--capacity-namespace=" + ns,
+          "--capacity-poll-interval=1h", "--kube-api-capacity-qps=20",
+          "--kube-api-capacity-burst=20"};
+}
+
+TEST_CASE(
+    "Storage capacity: one object per segment and late-binding class follows nodes and "
+    "classes and is adopted after a restart",
+    "[cluster][capacity]") {
+  const TestCluster cluster = TestCluster::FromEnvironment();
+  auto client = cluster.AdminClient();
+  csi::testing::DriverFixture driver("1Gi", {"--node-id=node-1"});
+  driver.Start();
+  const int64_t pool = driver.AvailableCapacity();
+  REQUIRE(pool > 0);
+  RegisterDriverOnNodes(*client);
+  const std::string suffix = RandomSuffix();
+  const std::string late_a = "cap-a-" + suffix, late_b = "cap-b-" + suffix,
+                    now = "cap-now-" + suffix;
+  ClassCleanup cleanup{*client, {late_a, late_b, now}};
+  CreateClass(*client, late_a, "WaitForFirstConsumer");
+  CreateClass(*client, late_b, "WaitForFirstConsumer");
+  CreateClass(*client, now, "Immediate");
+  const std::string ns = cluster.CreateNamespace("cap");
+  const std::set<std::string> classes = {late_a, late_b, now};
+
+  auto controller = std::make_unique<ControllerProcess>(cluster, ControllerFlags(driver, ns));
+  std::map<std::string, ObjectPtr> objects;
+  REQUIRE(Eventually([&] {
+    objects = Capacities(*client, ns, classes);
+    return objects.size() == 6;
+  }));
+  for (const auto& sc : {late_a, late_b}) {
+    for (int i = 1; i <= 3; ++i) {
+      const std::string node = "node-" + std::to_string(i);
+      INFO(sc << " " << node);
+      REQUIRE(objects.count(sc + "/" + node) == 1);
+      const Object& o = *objects[sc + "/" + node];
+      CHECK(Field(o, "metadata", "name").rfind("csisc-", 0) == 0);
+      CHECK(Field(o, "metadata", "labels", "csi.storage.k8s.io/drivername") == kDriver);
+      CHECK(Field(o, "metadata", "labels", "csi.storage.k8s.io/managed-by") ==
+            "ephemera-controller-manager");
+      CHECK(o["nodeTopology"]["matchLabels"] == Object{{kTopologyKey, node}});
+      const int64_t want = i == 1 ? pool : 0;
+      CHECK(*ParseQuantity(Field(o, "capacity")) == want);
+      CHECK(*ParseQuantity(Field(o, "maximumVolumeSize")) == want);
+    }
+  }
+  CHECK(Capacities(*client, ns, {now}).empty());  // Immediate: not without the flag
+
+  // Deleted by hand: recreated.
+  const std::string victim = Field(*objects[late_a + "/node-2"], "metadata", "name");
+  REQUIRE(client->Delete(kCSIStorageCapacities, ns, victim, {}).ok());
+  REQUIRE(Eventually([&] {
+    objects = Capacities(*client, ns, classes);
+    return objects.size() == 6 && Field(*objects[late_a + "/node-2"], "metadata", "name") != victim;
+  }));
+
+  // Restart: the same objects are adopted, none written. Proof that the new process has synced:
+  // node-3 loses its topology label, and only its objects go.
+  std::map<std::string, std::string> versions;
+  for (const auto& [key, o] : objects)
+    versions[Field(*o, "metadata", "name")] = Field(*o, "metadata", "resourceVersion");
+  controller->Stop();
+  controller = std::make_unique<ControllerProcess>(cluster, ControllerFlags(driver, ns));
+  REQUIRE(client
+              ->MergePatch(kNodes, "", "node-3",
+                           {{"metadata", {{"labels", {{kTopologyKey, nullptr}}}}}})
+              .ok());
+  REQUIRE(Eventually([&] {
+    objects = Capacities(*client, ns, classes);
+    return objects.size() == 4;
+  }));
+  for (const auto& [key, o] : objects) {
+    INFO(key);
+    CHECK(key.find("node-3") == std::string::npos);
+    CHECK(versions[Field(*o, "metadata", "name")] == Field(*o, "metadata", "resourceVersion"));
+  }
+
+  // Class removed: its objects are deleted.
+  REQUIRE(client->Delete(kStorageClasses, "", late_b, {}).ok());
+  REQUIRE(Eventually([&] {
+    objects = Capacities(*client, ns, classes);
+    return objects.size() == 2 && objects.count(late_a + "/node-1") == 1 &&
+           objects.count(late_a + "/node-2") == 1;
+  }));
+  REQUIRE(client
+              ->MergePatch(kNodes, "", "node-3",
+                           {{"metadata", {{"labels", {{kTopologyKey, "node-3"}}}}}})
+              .ok());
+  REQUIRE(Eventually([&] { return Capacities(*client, ns, classes).size() == 3; }));
+  CHECK(controller->Running());
+}
+
+TEST_CASE(
+    "Storage capacity: Immediate classes with the flag and a new volume refreshes its "
+    "segment within 2 s",
+    "[cluster][capacity]") {
+  const TestCluster cluster = TestCluster::FromEnvironment();
+  auto client = cluster.AdminClient();
+  csi::testing::DriverFixture driver("1Gi", {"--node-id=node-1"});
+  driver.Start();
+  const int64_t pool = driver.AvailableCapacity();
+  RegisterDriverOnNodes(*client);
+  const std::string suffix = RandomSuffix();
+  const std::string late = "cap-late-" + suffix, now = "cap-now-" + suffix;
+  ClassCleanup cleanup{*client, {late, now}};
+  CreateClass(*client, late, "WaitForFirstConsumer");
+  CreateClass(*client, now, "Immediate");
+  const std::string ns = cluster.CreateNamespace("cap");
+  auto flags = ControllerFlags(driver, ns);
+  flags.push_back("--capacity-for-immediate-binding");
+  ControllerProcess controller(cluster, flags);
+  REQUIRE(Eventually([&] { return Capacities(*client, ns, {late, now}).size() == 6; }));
+
+  // A volume made through the driver directly, and its PV naming node-1.
+  ::csi::v1::CreateVolumeRequest create;
+  create.set_name("cap-" + suffix);
+  create.mutable_capacity_range()->set_required_bytes(64LL << 20);
+  (*create.mutable_parameters())["eraseafter"] = "false";
+  *create.add_volume_capabilities() = csi::testing::MountCapability();
+  ::csi::v1::CreateVolumeResponse created;
+  grpc::ClientContext ctx;
+  REQUIRE(driver.controller().CreateVolume(&ctx, create, &created).ok());
+  const int64_t after = driver.AvailableCapacity();
+  REQUIRE(after == pool - (64LL << 20));
+  const std::string pv_name = "pv-cap-" + suffix;
+  Object expression = {{"key", kTopologyKey}, {"operator", "In"}, {"values", {"node-1"}}};
+  Object term = {{"matchExpressions", Object::array({expression})}};
+  Object pv = {{"apiVersion", "v1"}, {"kind", "PersistentVolume"}};
+  pv["metadata"]["name"] = pv_name;
+  pv["spec"] = {{"capacity", {{"storage", "64Mi"}}},
+                {"accessModes", {"ReadWriteOnce"}},
+                {"persistentVolumeReclaimPolicy", "Retain"},
+                {"storageClassName", late}};
+  pv["spec"]["csi"] = {{"driver", kDriver}, {"volumeHandle", created.volume().volume_id()}};
+  pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"] = Object::array({term});
+  const auto start = std::chrono::steady_clock::now();
+  REQUIRE(client->Create(kPersistentVolumes, "", pv).ok());
+  REQUIRE(Eventually(
+      [&] {
+        auto objects = Capacities(*client, ns, {late, now});
+        return objects.count(late + "/node-1") == 1 && objects.count(now + "/node-1") == 1 &&
+               *ParseQuantity(Field(*objects[late + "/node-1"], "capacity")) == after &&
+               *ParseQuantity(Field(*objects[now + "/node-1"], "capacity")) == after;
+      },
+      seconds(2)));
+  const auto took =
+      std::chrono::duration_cast<milliseconds>(std::chrono::steady_clock::now() - start);
+  WARN("PV created -> CSIStorageCapacity updated in " << took.count() << " ms");
+  CHECK(took < seconds(2));
+
+  // Volume and PV deleted: back to the whole pool.
+  ::csi::v1::DeleteVolumeRequest del;
+  del.set_volume_id(created.volume().volume_id());
+  ::csi::v1::DeleteVolumeResponse deleted;
+  grpc::ClientContext ctx2;
+  REQUIRE(driver.controller().DeleteVolume(&ctx2, del, &deleted).ok());
+  REQUIRE(client->Delete(kPersistentVolumes, "", pv_name, {}).ok());
+  CHECK(Eventually(
+      [&] {
+        auto objects = Capacities(*client, ns, {late});
+        return objects.count(late + "/node-1") == 1 &&
+               *ParseQuantity(Field(*objects[late + "/node-1"], "capacity")) == pool;
+      },
+      seconds(10)));
+}
+
+// A CSI driver of our own that does NOT offer GET_CAPACITY: the real driver always offers it, so
+// only a test server can show what the controller does with one that does not.
+class NoCapacityIdentity final : public ::csi::v1::Identity::Service {
+ public:
+  grpc::Status GetPluginInfo(grpc::ServerContext*, const ::csi::v1::GetPluginInfoRequest*,
+                             ::csi::v1::GetPluginInfoResponse* response) override {
+    response->set_name("nocap.test.ephemera.io");
+    response->set_vendor_version("0.0.1");
+    return grpc::Status::OK;
+  }
+  grpc::Status GetPluginCapabilities(grpc::ServerContext*,
+                                     const ::csi::v1::GetPluginCapabilitiesRequest*,
+                                     ::csi::v1::GetPluginCapabilitiesResponse* response) override {
+    response->add_capabilities()->mutable_service()->set_type(
+        ::csi::v1::PluginCapability::Service::CONTROLLER_SERVICE);
+    return grpc::Status::OK;
+  }
+  grpc::Status Probe(grpc::ServerContext*, const ::csi::v1::ProbeRequest*,
+                     ::csi::v1::ProbeResponse*) override {
+    return grpc::Status::OK;
+  }
+};
+
+class NoCapacityController final : public ::csi::v1::Controller::Service {
+ public:
+  grpc::Status ControllerGetCapabilities(
+      grpc::ServerContext*, const ::csi::v1::ControllerGetCapabilitiesRequest*,
+      ::csi::v1::ControllerGetCapabilitiesResponse* response) override {
+    response->add_capabilities()->mutable_rpc()->set_type(
+        ::csi::v1::ControllerServiceCapability::RPC::CREATE_DELETE_VOLUME);
+    return grpc::Status::OK;
+  }
+  grpc::Status GetCapacity(grpc::ServerContext*, const ::csi::v1::GetCapacityRequest*,
+                           ::csi::v1::GetCapacityResponse*) override {
+    ++calls;
+    return grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "no capacity here");
+  }
+  std::atomic<int> calls{0};
+};
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+TEST_CASE(
+    "Storage capacity: a driver without GET_CAPACITY gets one clear error and no objects "
+    "and no crash loop",
+    "[cluster][capacity]") {
+  const TestCluster cluster = TestCluster::FromEnvironment();
+  auto client = cluster.AdminClient();
+  const std::string dir = cluster.dir() + "/nocap-" + RandomSuffix();
+  std::filesystem::create_directories(dir);
+  NoCapacityIdentity identity;
+  NoCapacityController controller_service;
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort("unix://" + dir + "/csi.sock", grpc::InsecureServerCredentials());
+  builder.RegisterService(&identity);
+  builder.RegisterService(&controller_service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  REQUIRE(server != nullptr);
+
+  const std::string suffix = RandomSuffix();
+  ClassCleanup cleanup{*client, {"nocap-" + suffix}};
+  const Object sc = {{"apiVersion", "storage.k8s.io/v1"},
+                     {"kind", "StorageClass"},
+                     {"metadata", {{"name", "nocap-" + suffix}}},
+                     {"provisioner", "nocap.test.ephemera.io"},
+                     {"volumeBindingMode", "WaitForFirstConsumer"}};
+  REQUIRE(client->Create(kStorageClasses, "", sc).ok());
+  const std::string ns = cluster.CreateNamespace("nocap");
+  ControllerProcess controller(
+      cluster, {"--csi-address=unix://" + dir + "/csi.sock", "--capacity-namespace=" + ns,
+                "--capacity-poll-interval=1s"});
+  REQUIRE(Eventually([&] {
+    return ReadFile(controller.log()).find("does not offer the GET_CAPACITY") != std::string::npos;
+  }));
+  // Still running well after a poll interval, never asked for capacity, nothing published.
+  std::this_thread::sleep_for(seconds(3));
+  CHECK(controller.Running());
+  CHECK(controller_service.calls == 0);
+  auto list = client->List(kCSIStorageCapacities, ns, {});
+  REQUIRE(list.ok());
+  CHECK(list->items.empty());
+  const std::string log = ReadFile(controller.log());
+  size_t count = 0;
+  for (size_t at = log.find("does not offer the GET_CAPACITY"); at != std::string::npos;
+       at = log.find("does not offer the GET_CAPACITY", at + 1)) {
+    ++count;
+  }
+  CHECK(count == 1);
+  controller.Stop();
+  server->Shutdown();
+  std::filesystem::remove_all(dir);
+}
+
+// A CSI driver of our own with scripted capacities per node: the real driver reports one pool per
+// process, and the scheduler test needs three nodes with different free space behind one socket.
+class ScriptedIdentity final : public ::csi::v1::Identity::Service {
+ public:
+  grpc::Status GetPluginInfo(grpc::ServerContext*, const ::csi::v1::GetPluginInfoRequest*,
+                             ::csi::v1::GetPluginInfoResponse* response) override {
+    response->set_name(kScripted);
+    response->set_vendor_version("0.0.1");
+    return grpc::Status::OK;
+  }
+  grpc::Status GetPluginCapabilities(grpc::ServerContext*,
+                                     const ::csi::v1::GetPluginCapabilitiesRequest*,
+                                     ::csi::v1::GetPluginCapabilitiesResponse* response) override {
+    response->add_capabilities()->mutable_service()->set_type(
+        ::csi::v1::PluginCapability::Service::CONTROLLER_SERVICE);
+    return grpc::Status::OK;
+  }
+  grpc::Status Probe(grpc::ServerContext*, const ::csi::v1::ProbeRequest*,
+                     ::csi::v1::ProbeResponse*) override {
+    return grpc::Status::OK;
+  }
+};
+
+class ScriptedController final : public ::csi::v1::Controller::Service {
+ public:
+  std::map<std::string, int64_t> per_node;
+  grpc::Status ControllerGetCapabilities(
+      grpc::ServerContext*, const ::csi::v1::ControllerGetCapabilitiesRequest*,
+      ::csi::v1::ControllerGetCapabilitiesResponse* response) override {
+    response->add_capabilities()->mutable_rpc()->set_type(
+        ::csi::v1::ControllerServiceCapability::RPC::GET_CAPACITY);
+    return grpc::Status::OK;
+  }
+  grpc::Status GetCapacity(grpc::ServerContext*, const ::csi::v1::GetCapacityRequest* request,
+                           ::csi::v1::GetCapacityResponse* response) override {
+    const auto& segments = request->accessible_topology().segments();
+    auto it = segments.find(kTopologyKey);
+    const int64_t bytes =
+        it == segments.end() || per_node.count(it->second) == 0 ? 0 : per_node.at(it->second);
+    response->set_available_capacity(bytes);
+    response->mutable_maximum_volume_size()->set_value(bytes);
+    return grpc::Status::OK;
+  }
+};
+
+TEST_CASE(
+    "Storage capacity: kube-scheduler puts a pod whose ephemeral volume fits one node on "
+    "that node",
+    "[cluster][capacity]") {
+  const TestCluster cluster = TestCluster::FromEnvironment();
+  auto client = cluster.AdminClient();
+  RegisterDriverOnNodes(*client);
+  const std::string dir = cluster.dir() + "/scripted-" + RandomSuffix();
+  std::filesystem::create_directories(dir);
+  ScriptedIdentity identity;
+  ScriptedController scripted;
+  scripted.per_node = {{"node-1", 100LL << 20}, {"node-2", 2LL << 30}, {"node-3", 100LL << 20}};
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort("unix://" + dir + "/csi.sock", grpc::InsecureServerCredentials());
+  builder.RegisterService(&identity);
+  builder.RegisterService(&scripted);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  REQUIRE(server != nullptr);
+
+  const Object csidriver = {{"apiVersion", "storage.k8s.io/v1"},
+                            {"kind", "CSIDriver"},
+                            {"metadata", {{"name", kScripted}}},
+                            {"spec", {{"storageCapacity", true}, {"attachRequired", false}}}};
+  auto made = client->Create(apiclient::resources::kCSIDrivers, "", csidriver);
+  REQUIRE((made.ok() || apiclient::IsAlreadyExists(made.status())));
+  const std::string suffix = RandomSuffix();
+  const std::string sc_name = "sched-" + suffix;
+  ClassCleanup cleanup{*client, {sc_name}};
+  REQUIRE(client
+              ->Create(kStorageClasses, "",
+                       {{"apiVersion", "storage.k8s.io/v1"},
+                        {"kind", "StorageClass"},
+                        {"metadata", {{"name", sc_name}}},
+                        {"provisioner", kScripted},
+                        {"volumeBindingMode", "WaitForFirstConsumer"}})
+              .ok());
+  const std::string ns = cluster.CreateNamespace("sched");
+  // Both controllers: ephemeral-volume makes the PVC, storage-capacity the capacities.
+  ControllerProcess controller(
+      cluster, {"--controllers=ephemeral-volume,storage-capacity",
+                "--csi-address=unix://" + dir + "/csi.sock", "--capacity-namespace=" + ns,
+                "--capacity-poll-interval=1h", "--kube-api-capacity-qps=20",
+                "--kube-api-capacity-burst=20"});
+  REQUIRE(Eventually([&] { return Capacities(*client, ns, {sc_name}).size() == 3; }));
+
+  Object volume = {{"name", "data"}};
+  volume["ephemeral"]["volumeClaimTemplate"]["spec"] = {
+      {"accessModes", {"ReadWriteOnce"}},
+      {"storageClassName", sc_name},
+      {"resources", {{"requests", {{"storage", "1Gi"}}}}}};
+  Object pod = {{"apiVersion", "v1"}, {"kind", "Pod"}};
+  pod["metadata"] = {{"name", "big"}, {"namespace", ns}};
+  pod["spec"]["containers"] = Object::array({{{"name", "app"}, {"image", "registry.invalid/app"}}});
+  pod["spec"]["volumes"] = Object::array({volume});
+  REQUIRE(client->Create(apiclient::resources::kPods, ns, pod).ok());
+  std::string selected;
+  CHECK(Eventually(
+      [&] {
+        auto pvc = client->Get(apiclient::resources::kPersistentVolumeClaims, ns, "big-data");
+        if (!pvc.ok()) return false;
+        selected = Field(**pvc, "metadata", "annotations", "volume.kubernetes.io/selected-node");
+        return !selected.empty();
+      },
+      seconds(60)));
+  CHECK(selected == "node-2");
+  (void)client->Delete(apiclient::resources::kPods, ns, "big", {});
+  (void)client->Delete(apiclient::resources::kCSIDrivers, "", kScripted, {});
+  controller.Stop();
+  server->Shutdown();
+  std::filesystem::remove_all(dir);
+}
+
+// A CA with a server and a client certificate, and a foreign CA with its own client certificate.
+void MakeCertificates(const std::string& dir) {
+  csi::ExecCommandRunner runner;
+  auto run = [&](std::vector<std::string> argv) {
+    auto r = runner.Run(argv);
+    REQUIRE(r.ok());
+    INFO(r->output);
+    REQUIRE(r->exit_code == 0);
+  };
+  for (const std::string ca : {"ca", "otherca"}) {
+    run({"openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+         "/CN=" + ca, "-keyout", dir + "/" + ca + ".key", "-out", dir + "/" + ca + ".crt"});
+  }
+  std::ofstream(dir + "/san.ext") << "subjectAltName=DNS:localhost,IP:127.0.0.1\n";
+  for (const auto& [name, ca] : std::vector<std::pair<std::string, std::string>>{
+           {"server", "ca"}, {"client", "ca"}, {"stranger", "otherca"}}) {
+    run({"openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=" + name, "-keyout",
+         dir + "/" + name + ".key", "-out", dir + "/" + name + ".csr"});
+    run({"openssl", "x509", "-req", "-in", dir + "/" + name + ".csr", "-CA",
+         dir + "/" + ca + ".crt", "-CAkey", dir + "/" + ca + ".key", "-CAcreateserial", "-days",
+         "1", "-extfile", dir + "/san.ext", "-out", dir + "/" + name + ".crt"});
+  }
+}
+
+TEST_CASE("Storage capacity: per-node source over mutual TLS to the driver's capacity listener",
+          "[cluster][capacity]") {
+  const TestCluster cluster = TestCluster::FromEnvironment();
+  auto client = cluster.AdminClient();
+  RegisterDriverOnNodes(*client);
+  const std::string certs = cluster.dir() + "/certs-" + RandomSuffix();
+  std::filesystem::create_directories(certs);
+  MakeCertificates(certs);
+  const int port = 21000 + static_cast<int>(getpid() % 1000);
+  const std::string address = "127.0.0.1:" + std::to_string(port);
+  csi::testing::DriverFixture driver(
+      "512Mi", {"--node-id=node-1", "--capacity-listen=" + address, "--tls-ca=" + certs + "/ca.crt",
+                "--tls-cert=" + certs + "/server.crt", "--tls-key=" + certs + "/server.key"});
+  driver.Start();
+  const Segment node1 = {{kTopologyKey, "node-1"}};
+
+  // In process: the right certificates work; a wrong CA or a foreign client certificate do not.
+  auto make = [&](const std::string& ca, const std::string& who) {
+    auto source = controllers::NewTlsCapacitySource(
+        address,
+        {certs + "/" + ca + ".crt", certs + "/" + who + ".crt", certs + "/" + who + ".key"},
+        seconds(5));
+    REQUIRE(source.ok());
+    return std::shared_ptr<controllers::CapacitySource>(std::move(*source));
+  };
+  auto per_node = controllers::NewPerNodeCapacitySource({{"node-1", make("ca", "client")}});
+  REQUIRE(Eventually([&] { return per_node->DriverName().ok(); }, seconds(10)));
+  CHECK(*per_node->DriverName() == kDriver);
+  CHECK(per_node->CheckGetCapacity().ok());
+  auto good = per_node->GetCapacity(node1, {}, {"node-1"});
+  REQUIRE(good.ok());
+  CHECK(good->available == 512LL << 20);
+  CHECK(per_node->GetCapacity({{kTopologyKey, "node-2"}}, {}, {"node-2"}).status().code() ==
+        Code::kNotFound);
+  CHECK_FALSE(make("otherca", "client")->GetCapacity(node1, {}, {"node-1"}).ok());
+  CHECK_FALSE(make("ca", "stranger")->GetCapacity(node1, {}, {"node-1"}).ok());
+  CHECK(controllers::NewTlsCapacitySource(address, {certs + "/ca.crt", "", ""}).status().code() ==
+        Code::kInvalidArgument);  // no client certificate: refused before any connection
+
+  // The manager with the per-node source: node-1 published; node-2 and node-3 have no endpoint,
+  // so they get no object (never a zero).
+  const std::string suffix = RandomSuffix();
+  const std::string late = "cap-tls-" + suffix;
+  ClassCleanup cleanup{*client, {late}};
+  CreateClass(*client, late, "WaitForFirstConsumer");
+  const std::string ns = cluster.CreateNamespace("captls");
+  ControllerProcess controller(
+      cluster, {"--csi-node-endpoint=node-1=" + address, "--capacity-tls-ca=" + certs + "/ca.crt",
+                "--capacity-tls-cert=" + certs + "/client.crt",
+                "--capacity-tls-key=" + certs + "/client.key", "--capacity-namespace=" + ns,
+                "--capacity-poll-interval=1h", "--kube-api-capacity-qps=20",
+                "--kube-api-capacity-burst=20"});
+  std::map<std::string, ObjectPtr> objects;
+  REQUIRE(Eventually([&] {
+    objects = Capacities(*client, ns, {late});
+    return objects.count(late + "/node-1") == 1;
+  }));
+  CHECK(*ParseQuantity(Field(*objects[late + "/node-1"], "capacity")) == 512LL << 20);
+  std::this_thread::sleep_for(seconds(1));
+  CHECK(Capacities(*client, ns, {late}).size() == 1);
+  CHECK(controller.Running());
+  controller.Stop();
+  std::filesystem::remove_all(certs);
+}
+
+}  // namespace
+}  // namespace ephemera::testing
