@@ -56,6 +56,17 @@ std::vector<std::string> MountOptions(const VolumeCapability& capability, const 
   return options;
 }
 
+// The volume_id and volume_path of NodeGetVolumeStats and NodeExpandVolume. A relative path
+// cannot be where a volume is published: the volume is NOT_FOUND there (not INVALID_ARGUMENT).
+Status ValidateVolumeAndPath(const std::string& volume_id, const std::string& volume_path) {
+  EPHEMERA_RETURN_IF_ERROR(ValidateVolumeId("volume_id", volume_id));
+  if (!volume_path.empty() && volume_path[0] != '/') {
+    return Status::NotFound("volume_path: " + volume_path.substr(0, 256) +
+                            " is not an absolute path; no volume is published there");
+  }
+  return ValidatePath("volume_path", volume_path);
+}
+
 }  // namespace
 
 StatusOr<VolumeRecord> NodeService::FindVolume(const std::string& request_id) {
@@ -320,13 +331,7 @@ grpc::Status NodeService::NodeGetVolumeStats(grpc::ServerContext*,
 
 Status NodeService::DoStats(const NodeGetVolumeStatsRequest& request,
                             NodeGetVolumeStatsResponse* response) {
-  EPHEMERA_RETURN_IF_ERROR(ValidateVolumeId("volume_id", request.volume_id()));
-  // A relative path cannot be where a volume is published: the volume is not found there.
-  if (!request.volume_path().empty() && request.volume_path()[0] != '/') {
-    return Status::NotFound("volume_path: " + request.volume_path().substr(0, 256) +
-                            " is not an absolute path; no volume is published there");
-  }
-  EPHEMERA_RETURN_IF_ERROR(ValidatePath("volume_path", request.volume_path()));
+  EPHEMERA_RETURN_IF_ERROR(ValidateVolumeAndPath(request.volume_id(), request.volume_path()));
   if (!request.staging_target_path().empty()) {
     EPHEMERA_RETURN_IF_ERROR(ValidatePath("staging_target_path", request.staging_target_path()));
   }
@@ -396,13 +401,7 @@ grpc::Status NodeService::NodeExpandVolume(grpc::ServerContext*,
 
 Status NodeService::DoExpand(const NodeExpandVolumeRequest& request,
                              NodeExpandVolumeResponse* response) {
-  EPHEMERA_RETURN_IF_ERROR(ValidateVolumeId("volume_id", request.volume_id()));
-  // A relative path cannot be where a volume is published: the volume is not found there.
-  if (!request.volume_path().empty() && request.volume_path()[0] != '/') {
-    return Status::NotFound("volume_path: " + request.volume_path().substr(0, 256) +
-                            " is not an absolute path; no volume is published there");
-  }
-  EPHEMERA_RETURN_IF_ERROR(ValidatePath("volume_path", request.volume_path()));
+  EPHEMERA_RETURN_IF_ERROR(ValidateVolumeAndPath(request.volume_id(), request.volume_path()));
   if (request.has_volume_capability()) {
     EPHEMERA_RETURN_IF_ERROR(ValidateCapability("volume_capability", request.volume_capability()));
   }

@@ -22,6 +22,7 @@
 #include "csi/exec_command_runner.h"
 #include "tests/integration/cluster_client.h"
 #include "tests/integration/csi/driver_fixture.h"
+#include "tests/integration/process.h"
 
 namespace ephemera::testing {
 namespace {
@@ -43,61 +44,22 @@ constexpr char kTopologyKey[] = "pmem-csi.ephemera.io/node";
 // The scripted test driver of the scheduler test (registered on the nodes beside the real one).
 constexpr char kScripted[] = "scripted.test.ephemera.io";
 
-// Runs ephemera-controller-manager for the duration of a test; SIGTERM on destruction.
-class ControllerProcess {
+// ephemera-controller-manager running only the storage-capacity controller, with `extra` flags.
+class ControllerProcess : public TestProcess {
  public:
-  ControllerProcess(const TestCluster& cluster, std::vector<std::string> extra) {
-    log_ = cluster.dir() + "/logs/ephemera-capacity-" + RandomSuffix() + ".log";
-    const std::string binary =
-        std::string(EPHEMERA_BINARY_DIR) + "/bin/ephemera-controller-manager";
-    std::vector<std::string> args = {binary,
-                                     "--kubeconfig",
-                                     cluster.kubeconfig(),
-                                     "--leader-elect=false",
-                                     "--controllers=storage-capacity",
-                                     "-v",
-                                     "2"};
-    args.insert(args.end(), extra.begin(), extra.end());
-    pid_ = fork();
-    if (pid_ == 0) {
-      FILE* out = std::freopen(log_.c_str(), "w", stderr);
-      (void)out;
-      std::vector<char*> argv;
-      for (auto& a : args)
-        argv.push_back(a.data());
-      argv.push_back(nullptr);
-      execv(binary.c_str(), argv.data());
-      _exit(127);
-    }
-  }
-  ~ControllerProcess() { Stop(); }
-  void Stop() {
-    if (pid_ <= 0) return;
-    kill(pid_, SIGTERM);
-    int status = 0;
-    waitpid(pid_, &status, 0);
-    pid_ = -1;
-  }
-  // True while the process runs.
-  bool Running() {
-    int status = 0;
-    return pid_ > 0 && waitpid(pid_, &status, WNOHANG) == 0;
-  }
-  const std::string& log() const { return log_; }
+  ControllerProcess(const TestCluster& cluster, const std::vector<std::string>& extra)
+      : TestProcess(cluster, ManagerBinary(),
+                    ManagerFlags(cluster, Prepend("--controllers=storage-capacity", extra)),
+                    "ephemera-capacity") {}
 
  private:
-  pid_t pid_ = -1;
-  std::string log_;
-};
-
-bool Eventually(const std::function<bool()>& condition, milliseconds timeout = seconds(30)) {
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (condition()) return true;
-    std::this_thread::sleep_for(milliseconds(50));
+  static std::vector<std::string> Prepend(const std::string& first,
+                                          const std::vector<std::string>& rest) {
+    std::vector<std::string> out = {first};
+    out.insert(out.end(), rest.begin(), rest.end());
+    return out;
   }
-  return condition();
-}
+};
 
 // node-1..3: a CSINode listing the driver with its topology key, and the node label kubelet's
 // plugin registration would add.

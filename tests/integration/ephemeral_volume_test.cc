@@ -14,6 +14,7 @@
 
 #include "apiclient/errors.h"
 #include "tests/integration/cluster_client.h"
+#include "tests/integration/process.h"
 
 namespace ephemera::testing {
 namespace {
@@ -27,57 +28,15 @@ using apiclient::resources::kPods;
 using std::chrono::milliseconds;
 using std::chrono::seconds;
 
-std::vector<std::string> Concat(std::vector<std::string> a, const std::vector<std::string>& b) {
-  a.insert(a.end(), b.begin(), b.end());
-  return a;
-}
-
-// Runs ephemera-controller-manager for the duration of a test; SIGTERM on destruction.
-class ControllerProcess {
+// ephemera-controller-manager with `extra` flags, or any program (kube-controller-manager).
+class ControllerProcess : public TestProcess {
  public:
   ControllerProcess(const TestCluster& cluster, const std::vector<std::string>& extra)
-      : ControllerProcess(
-            cluster, std::string(EPHEMERA_BINARY_DIR) + "/bin/ephemera-controller-manager",
-            Concat({"--kubeconfig", cluster.kubeconfig(), "--leader-elect=false", "-v", "2"},
-                   extra)) {}
-  // Any program, e.g. kube-controller-manager.
+      : TestProcess(cluster, ManagerBinary(), ManagerFlags(cluster, extra), "controller") {}
   ControllerProcess(const TestCluster& cluster, const std::string& binary,
-                    const std::vector<std::string>& flags) {
-    log_ = cluster.dir() + "/logs/controller-" + RandomSuffix() + ".log";
-    std::vector<std::string> args = {binary};
-    args.insert(args.end(), flags.begin(), flags.end());
-    pid_ = fork();
-    if (pid_ == 0) {
-      FILE* out = std::freopen(log_.c_str(), "w", stderr);
-      (void)out;
-      std::vector<char*> argv;
-      for (auto& a : args)
-        argv.push_back(a.data());
-      argv.push_back(nullptr);
-      execv(binary.c_str(), argv.data());
-      _exit(127);
-    }
-  }
-  ~ControllerProcess() {
-    kill(pid_, SIGTERM);
-    int status = 0;
-    waitpid(pid_, &status, 0);
-  }
-  pid_t pid() const { return pid_; }
-
- private:
-  pid_t pid_ = -1;
-  std::string log_;
+                    const std::vector<std::string>& flags)
+      : TestProcess(cluster, binary, flags, "controller") {}
 };
-
-bool Eventually(const std::function<bool()>& condition, seconds timeout = seconds(30)) {
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (condition()) return true;
-    std::this_thread::sleep_for(milliseconds(100));
-  }
-  return condition();
-}
 
 Object EphemeralVolume(const std::string& name, const std::string& size) {
   return {
