@@ -1,0 +1,29 @@
+# syntax=docker/dockerfile:1
+# One image with both programs: ephemera-controller-manager and ephemera-pmem-csi.
+#   docker build -t ephemera:dev .
+# The build stage uses the same Debian packages as scripts/setup; the runtime stage carries only
+# the shared libraries and the tools the driver runs (mkfs, mount, lvm, ndctl).
+
+FROM debian:bookworm AS build
+RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+      build-essential cmake ninja-build pkg-config \
+      libcpprest-dev nlohmann-json3-dev libyaml-cpp-dev libssl-dev libboost-dev libboost-system-dev \
+      libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc \
+      libndctl-dev uuid-dev \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY . .
+RUN cmake -S . -B /build -G Ninja -DCMAKE_BUILD_TYPE=Release -DEPHEMERA_BUILD_TESTS=OFF \
+    && cmake --build /build --target ephemera-controller-manager ephemera-pmem-csi \
+    && strip /build/bin/ephemera-controller-manager /build/bin/ephemera-pmem-csi
+
+FROM debian:bookworm-slim
+RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+      libcpprest2.10 libyaml-cpp0.7 libssl3 libgrpc++1.51 libprotobuf32 libndctl6 \
+      ca-certificates e2fsprogs xfsprogs util-linux mount lvm2 ndctl \
+    && rm -rf /var/lib/apt/lists/*
+COPY --from=build /build/bin/ephemera-controller-manager /build/bin/ephemera-pmem-csi /usr/local/bin/
+# The controller-manager runs as this user (the Deployment says so too); the driver's DaemonSet
+# runs it as root because it formats and mounts.
+USER 65532:65532
+ENTRYPOINT ["/usr/local/bin/ephemera-controller-manager"]
