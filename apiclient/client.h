@@ -73,6 +73,7 @@ struct DeleteOptions {
   std::string precondition_uid;               // only delete this incarnation of the object
   std::string precondition_resource_version;  // only delete this version
   std::string propagation_policy;             // "", "Background", "Foreground", "Orphan"
+  int64_t grace_period_seconds = -1;          // -1: the object's default; 0: at once
 };
 
 class ApiClient {

@@ -410,6 +410,7 @@ Status RestClient::Delete(const Resource& resource, const std::string& ns, const
     body["preconditions"]["resourceVersion"] = options.precondition_resource_version;
   }
   if (!options.propagation_policy.empty()) body["propagationPolicy"] = options.propagation_policy;
+  if (options.grace_period_seconds >= 0) body["gracePeriodSeconds"] = options.grace_period_seconds;
   const std::string text = body.dump();
   const std::string path = resource.ObjectPath(ns, name);
   auto raw = Do("DELETE", "DELETE", path, &text, "application/json");

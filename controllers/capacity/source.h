@@ -45,6 +45,9 @@ class CapacitySource {
 // PEM files of a mutual-TLS client: the CA that signed the server, our certificate and key.
 struct TlsFiles {
   std::string ca, cert, key;
+  // The name the server certificate must carry; empty: the endpoint's HOST. One certificate
+  // for every node's driver names a fixed DNS name, since pod IPs are not known in advance.
+  std::string server_name;
 };
 
 // "unix:///path" (or a bare absolute path). `timeout` bounds every call.
@@ -52,7 +55,7 @@ StatusOr<std::unique_ptr<CapacitySource>> NewGrpcCapacitySource(
     const std::string& address, std::chrono::milliseconds timeout = std::chrono::seconds(10));
 
 // "HOST:PORT" of a driver's read-only --capacity-listen, with mutual TLS: the server certificate
-// is verified against `tls.ca` (for HOST), and we present `tls.cert`. Files are read once.
+// is verified against `tls.ca` (for HOST or tls.server_name), and we present `tls.cert`. Files are read once.
 StatusOr<std::unique_ptr<CapacitySource>> NewTlsCapacitySource(
     const std::string& address, const TlsFiles& tls,
     std::chrono::milliseconds timeout = std::chrono::seconds(10));

@@ -146,7 +146,8 @@ int RunManager(const ManagerOptions& options) {
     std::map<std::string, std::shared_ptr<CapacitySource>> by_node;
     for (const auto& [node, address] : options.csi_node_endpoints) {
       auto source = NewTlsCapacitySource(
-          address, {options.capacity_tls_ca, options.capacity_tls_cert, options.capacity_tls_key});
+          address, {options.capacity_tls_ca, options.capacity_tls_cert, options.capacity_tls_key,
+                    options.capacity_tls_server_name});
       if (!source.ok()) {
         log::Error("bad --csi-node-endpoint", source.status(), {{"node", node}});
         return 2;

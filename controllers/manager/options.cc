@@ -182,6 +182,11 @@ const std::map<std::string, Setter>& Setters() {
          o->capacity_tls_key = v;
          return Status::Ok();
        }},
+      {"capacity-tls-server-name",
+       [](ManagerOptions* o, const std::string& v) {
+         o->capacity_tls_server_name = v;
+         return Status::Ok();
+       }},
       {"driver-name",
        [](ManagerOptions* o, const std::string& v) {
          o->driver_name = v;
@@ -259,6 +264,7 @@ const std::map<std::string, std::string>& FileKeys() {
       {"capacityTLSCA", "capacity-tls-ca"},
       {"capacityTLSCert", "capacity-tls-cert"},
       {"capacityTLSKey", "capacity-tls-key"},
+      {"capacityTLSServerName", "capacity-tls-server-name"},
       {"capacityNamespace", "capacity-namespace"},
       {"capacityPollInterval", "capacity-poll-interval"},
       {"capacityForImmediateBinding", "capacity-for-immediate-binding"},
@@ -480,6 +486,7 @@ storage-capacity (CSIStorageCapacity objects from the CSI driver's GetCapacity):
   --csi-address unix:///PATH              the driver's socket (required for storage-capacity)
   --csi-node-endpoint NODE=HOST:PORT      instead: each node's driver --capacity-listen (repeatable)
   --capacity-tls-ca/-cert/-key PATH       PEM files for the per-node endpoints' mutual TLS
+  --capacity-tls-server-name NAME         name in the drivers' certificate (default: each host)
   --driver-name NAME                      driver name (default: from GetPluginInfo)
   --capacity-namespace NS                 namespace of the objects (default $POD_NAMESPACE)
   --capacity-poll-interval D              how often every capacity is asked again (default 1m)

@@ -34,6 +34,7 @@ struct ManagerOptions {
   std::string driver_name;  // default: GetPluginInfo
   std::vector<std::pair<std::string, std::string>> csi_node_endpoints;  // NODE, HOST:PORT
   std::string capacity_tls_ca, capacity_tls_cert, capacity_tls_key;
+  std::string capacity_tls_server_name;  // empty: each endpoint's host
   std::string capacity_namespace;  // default: $POD_NAMESPACE
   std::chrono::milliseconds capacity_poll_interval{60000};
   bool capacity_for_immediate_binding = false;

@@ -390,6 +390,7 @@ void Standin::Sync() {
       fs::remove_all(flags_.root + "/pods/" + uid, ignored);
       ephemera::apiclient::DeleteOptions options;
       options.precondition_uid = uid;
+      options.grace_period_seconds = 0;
       Status s = client_->Delete(resources::kPods, Field(*pod, "metadata", "namespace"),
                                  Field(*pod, "metadata", "name"), options);
       (void)s;  // gone already, or the next sync tries again
