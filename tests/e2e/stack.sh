@@ -158,12 +158,12 @@ stack_down() {
   [ -n "$STACK_DIR" ] || return 0
   # What the drivers mounted and attached below the directory, deepest first.
   local target file
-  findmnt -rn -o TARGET | grep "^$STACK_DIR/" | sort -r | while read -r target; do
+  { findmnt -rn -o TARGET | grep "^$STACK_DIR/" || true; } | sort -r | while read -r target; do
     umount -l "$target" 2>/dev/null || true
   done
   for file in "$STACK_DIR"/node-*/pool/*; do
     [ -e "$file" ] || continue
-    losetup -j "$file" -O NAME -n 2>/dev/null | while read -r dev; do losetup -d "$dev" || true; done
+    { losetup -j "$file" -O NAME -n 2>/dev/null || true; } | while read -r dev; do losetup -d "$dev" || true; done
   done
   "$ROOT/scripts/cluster" down --dir "$STACK_DIR/cluster" >/dev/null 2>&1 || true
 }
