@@ -108,7 +108,8 @@ Object CapacityObject(const std::string& name, const std::string& driver, const 
           {"maximumVolumeSize", max}};
 }
 
-TEST_CASE("kubectl ephemera capacity shows the CSIStorageCapacity of the driver by node", "[plugin]") {
+TEST_CASE("kubectl ephemera capacity shows the CSIStorageCapacity of the driver by node",
+          "[plugin]") {
   const auto cluster = TestCluster::FromEnvironment();
   auto client = cluster.AdminClient();
   const std::string ns = cluster.CreateNamespace("plugin-capacity");
