@@ -461,6 +461,22 @@ Status ValidateManagerOptions(const ManagerOptions& o) {
   return Status::Ok();
 }
 
+std::vector<std::string> ManagerFlagNames() {
+  std::vector<std::string> names = {"config", "help"};
+  for (const auto& [name, setter] : Setters())
+    names.push_back(name);
+  return names;
+}
+
+std::vector<std::string> ManagerConfigKeys() {
+  std::vector<std::string> keys;
+  for (const auto& [key, flag] : FileKeys())
+    keys.push_back(key);
+  for (const auto& [key, flag] : LeaderElectionKeys())
+    keys.push_back("leaderElection." + key);
+  return keys;
+}
+
 std::string ManagerUsage() {
   return R"(ephemera-controller-manager: pod-owned PVCs for generic ephemeral volumes (ephemeral-volume)
 and CSIStorageCapacity objects (storage-capacity).

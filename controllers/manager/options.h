@@ -56,4 +56,10 @@ StatusOr<std::chrono::milliseconds> ParseDuration(const std::string& text);
 
 std::string ManagerUsage();
 
+// Every flag name the parser accepts, without dashes ("kubeconfig", "v", "config", "help"), and
+// every key of the --config file ("kubeAPIQPS", "leaderElection.leaseName"). For the test that
+// keeps docs/configuration.md complete.
+std::vector<std::string> ManagerFlagNames();
+std::vector<std::string> ManagerConfigKeys();
+
 }  // namespace ephemera::controllers

@@ -1,0 +1,323 @@
+#include "plugin/cli.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <map>
+#include <optional>
+#include <sstream>
+
+#include "apiclient/config.h"
+#include "apiclient/rest_client.h"
+#include "plugin/views.h"
+
+namespace ephemera::plugin {
+namespace {
+
+namespace res = apiclient::resources;
+
+constexpr const char* kUsage =
+    R"(kubectl ephemera: what ephemera's PMEM storage looks like in a cluster.
+
+Usage:
+  kubectl ephemera capacity [flags]   storage capacity published per node and StorageClass
+                                      (CSIStorageCapacity objects of the driver)
+  kubectl ephemera volumes [flags]    generic ephemeral and CSI inline volumes of the driver, by pod
+
+Flags:
+  -n, --namespace NS        namespace (volumes: default the context's; capacity: default all)
+  -A, --all-namespaces      every namespace
+  -o, --output FORMAT       "json" for machine-readable output (default: a table)
+      --driver NAME         CSI driver name (default pmem-csi.ephemera.io)
+      --kubeconfig PATH     kubeconfig file (default $KUBECONFIG, then ~/.kube/config)
+      --context NAME        kubeconfig context (default the current one)
+  -h, --help                this text
+
+Examples:
+  kubectl ephemera capacity
+  kubectl ephemera volumes -A
+  kubectl ephemera volumes -n demo -o json
+)";
+
+// Flags that take a value: long name -> the Options field.
+std::string* ValueFlag(Options* o, const std::string& name) {
+  static const std::map<std::string, std::string Options::*> kFlags = {
+      {"namespace", &Options::ns},    {"n", &Options::ns},
+      {"output", &Options::output},   {"o", &Options::output},
+      {"driver", &Options::driver},   {"kubeconfig", &Options::kubeconfig},
+      {"context", &Options::context},
+  };
+  auto it = kFlags.find(name);
+  return it == kFlags.end() ? nullptr : &(o->*(it->second));
+}
+
+StatusOr<std::vector<apiclient::ObjectPtr>> ListAll(apiclient::ApiClient& client,
+                                                    const apiclient::Resource& resource,
+                                                    const std::string& ns,
+                                                    const std::string& label_selector = "") {
+  std::vector<apiclient::ObjectPtr> items;
+  apiclient::ListOptions options{.label_selector = label_selector, .limit = 500};
+  for (;;) {
+    auto page = client.List(resource, ns, options);
+    if (!page.ok()) return page.status();
+    items.insert(items.end(), page->items.begin(), page->items.end());
+    if (page->continue_token.empty()) break;
+    options.continue_token = page->continue_token;
+  }
+  return items;
+}
+
+// One line for stderr that says what failed and, for the usual causes, what to check.
+std::string Explain(const Status& s, const Connection& c, const std::string& what) {
+  std::string out = "error: " + what + ": " + s.message();
+  switch (s.code()) {
+    case Code::kUnavailable:
+    case Code::kDeadlineExceeded:
+      out = "error: cannot reach the Kubernetes API server at " + c.server + " (" + what +
+            "): " + s.message();
+      break;
+    case Code::kPermissionDenied:
+      out += " (your user may not " + what + ": ask for read access)";
+      break;
+    case Code::kUnauthenticated:
+      out += " (the kubeconfig's credentials were refused)";
+      break;
+    default:
+      break;
+  }
+  return out;
+}
+
+int Capacity(const Options& o, const Connection& c, std::ostream& out, std::ostream& err,
+             std::chrono::system_clock::time_point now) {
+  const std::string ns = o.all_namespaces ? "" : o.ns;
+  const std::string driver = o.driver.empty() ? kDefaultDriver : o.driver;
+  auto capacities =
+      ListAll(*c.client, res::kCSIStorageCapacities, ns, std::string(kDriverLabel) + "=" + driver);
+  if (!capacities.ok()) {
+    err << Explain(capacities.status(), c, "list csistoragecapacities") << "\n";
+    return 1;
+  }
+  // Without the right to list Nodes the table still shows every segment.
+  auto nodes = ListAll(*c.client, res::kNodes, "");
+  if (!nodes.ok() && nodes.status().code() != Code::kPermissionDenied) {
+    err << Explain(nodes.status(), c, "list nodes") << "\n";
+    return 1;
+  }
+  const auto rows =
+      BuildCapacityRows(*capacities, nodes.ok() ? *nodes : std::vector<apiclient::ObjectPtr>{});
+  if (o.output == "json") {
+    out << CapacityJson(rows).dump(2) << "\n";
+    return 0;
+  }
+  if (rows.empty()) {
+    err << "No storage capacity of driver " << driver << " found"
+        << (ns.empty() ? "" : " in namespace " + ns) << ".\n";
+    return 0;
+  }
+  out << CapacityTable(rows, now);
+  return 0;
+}
+
+int Volumes(const Options& o, const Connection& c, std::ostream& out, std::ostream& err) {
+  const std::string ns = o.all_namespaces ? "" : (o.ns.empty() ? c.default_namespace : o.ns);
+  const std::string driver = o.driver.empty() ? kDefaultDriver : o.driver;
+  auto pods = ListAll(*c.client, res::kPods, ns);
+  if (!pods.ok()) {
+    err << Explain(pods.status(), c, "list pods") << "\n";
+    return 1;
+  }
+  auto pvcs = ListAll(*c.client, res::kPersistentVolumeClaims, ns);
+  if (!pvcs.ok()) {
+    err << Explain(pvcs.status(), c, "list persistentvolumeclaims") << "\n";
+    return 1;
+  }
+  // Without the right to list StorageClasses every generic ephemeral volume is shown.
+  std::optional<std::vector<apiclient::ObjectPtr>> classes;
+  auto listed = ListAll(*c.client, res::kStorageClasses, "");
+  if (listed.ok()) {
+    classes = std::move(*listed);
+  } else if (listed.status().code() != Code::kPermissionDenied) {
+    err << Explain(listed.status(), c, "list storageclasses") << "\n";
+    return 1;
+  }
+  const auto rows = BuildVolumeRows(*pods, *pvcs, classes, driver);
+  if (o.output == "json") {
+    out << VolumeJson(rows).dump(2) << "\n";
+    return 0;
+  }
+  if (rows.empty()) {
+    err << "No volumes of driver " << driver << " found"
+        << (ns.empty() ? "" : " in namespace " + ns) << ".\n";
+    return 0;
+  }
+  out << VolumeTable(rows, ns.empty());
+  return 0;
+}
+
+std::optional<std::string> ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return std::nullopt;
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  return buffer.str();
+}
+
+}  // namespace
+
+std::string Usage() {
+  return kUsage;
+}
+
+StatusOr<Options> ParseArgs(const std::vector<std::string>& args) {
+  Options o;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& arg = args[i];
+    if (arg == "-h" || arg == "--help" || arg == "help") {
+      o.help = true;
+      continue;
+    }
+    if (arg == "-A" || arg == "--all-namespaces" || arg == "--all-namespaces=true") {
+      o.all_namespaces = true;
+      continue;
+    }
+    if (arg == "--all-namespaces=false") {
+      o.all_namespaces = false;
+      continue;
+    }
+    if (arg.size() > 1 && arg[0] == '-') {
+      std::string name;
+      std::optional<std::string> value;
+      if (arg.rfind("--", 0) == 0) {
+        name = arg.substr(2);
+        if (const auto eq = name.find('='); eq != std::string::npos) {
+          value = name.substr(eq + 1);
+          name = name.substr(0, eq);
+        }
+        if (name.size() < 2) {
+          return Status::InvalidArgument("unknown flag \"" + arg.substr(0, 64) + "\"");
+        }
+      } else {
+        name = arg.substr(1, 1);  // -n ns, -nns, -n=ns
+        if (arg.size() > 2) value = arg.substr(arg[2] == '=' ? 3 : 2);
+      }
+      std::string* field = ValueFlag(&o, name);
+      if (field == nullptr) {
+        return Status::InvalidArgument("unknown flag \"" + arg.substr(0, 64) + "\"");
+      }
+      if (!value) {
+        if (i + 1 >= args.size()) {
+          return Status::InvalidArgument("flag \"" + arg + "\" needs a value");
+        }
+        value = args[++i];
+      }
+      if (value->empty()) return Status::InvalidArgument("flag \"" + arg + "\" needs a value");
+      *field = *value;
+      continue;
+    }
+    if (!o.command.empty()) {
+      return Status::InvalidArgument("unexpected argument \"" + arg.substr(0, 64) + "\" after " +
+                                     o.command);
+    }
+    if (arg != "capacity" && arg != "volumes") {
+      return Status::InvalidArgument("unknown command \"" + arg.substr(0, 64) +
+                                     "\" (commands: capacity, volumes)");
+    }
+    o.command = arg;
+  }
+  if (!o.output.empty() && o.output != "json" && o.output != "table") {
+    return Status::InvalidArgument("--output must be json or table, not \"" +
+                                   o.output.substr(0, 32) + "\"");
+  }
+  if (o.output == "table") o.output.clear();
+  if (o.all_namespaces && !o.ns.empty()) {
+    return Status::InvalidArgument("--namespace and --all-namespaces exclude each other");
+  }
+  return o;
+}
+
+std::string KubeconfigNamespace(const std::string& text, const std::string& context) {
+  try {
+    const YAML::Node root = YAML::Load(text);
+    if (!root.IsMap()) return "";
+    std::string name = context;
+    if (name.empty() && root["current-context"] && root["current-context"].IsScalar()) {
+      name = root["current-context"].as<std::string>();
+    }
+    const YAML::Node contexts = root["contexts"];
+    if (name.empty() || !contexts || !contexts.IsSequence()) return "";
+    for (const auto& entry : contexts) {
+      if (!entry.IsMap() || !entry["name"] || !entry["name"].IsScalar() ||
+          entry["name"].as<std::string>() != name) {
+        continue;
+      }
+      const YAML::Node ctx = entry["context"];
+      if (ctx && ctx.IsMap() && ctx["namespace"] && ctx["namespace"].IsScalar()) {
+        return ctx["namespace"].as<std::string>();
+      }
+      return "";
+    }
+  } catch (const YAML::Exception&) {
+  }
+  return "";
+}
+
+StatusOr<Connection> ConnectToCluster(const Options& options) {
+  auto config = apiclient::LoadConfig(options.kubeconfig, options.context);
+  if (!config.ok()) return config.status().WithContext("kubeconfig");
+  config->user_agent = "kubectl-ephemera/0.1";
+  config->request_timeout = std::chrono::seconds(15);
+  config->qps = 0;  // a handful of requests
+  config->io_threads = 1;
+
+  // The namespace of the context, from the same file LoadConfig read.
+  const char* env = std::getenv("KUBECONFIG");  // NOLINT(concurrency-mt-unsafe)
+  const char* home = std::getenv("HOME");       // NOLINT(concurrency-mt-unsafe)
+  const bool in_cluster = std::getenv("KUBERNETES_SERVICE_HOST") != nullptr;  // NOLINT
+  std::string path = options.kubeconfig;
+  if (path.empty() && env != nullptr && *env != '\0') {
+    path = std::string(env).substr(0, std::string(env).find(':'));
+  } else if (path.empty() && !in_cluster && home != nullptr) {
+    path = std::string(home) + "/.kube/config";
+  }
+  Connection c;
+  c.server = config->server;
+  if (!path.empty()) {
+    if (auto text = ReadFile(path))
+      c.default_namespace = KubeconfigNamespace(*text, options.context);
+  } else if (auto ns = ReadFile("/var/run/secrets/kubernetes.io/serviceaccount/namespace")) {
+    c.default_namespace = *ns;
+  }
+  if (c.default_namespace.empty()) c.default_namespace = "default";
+  auto client = apiclient::RestClient::New(*config);
+  if (!client.ok()) return client.status().WithContext("kubeconfig");
+  c.client = std::move(*client);
+  return c;
+}
+
+int Run(const std::vector<std::string>& args, const Connector& connect, std::ostream& out,
+        std::ostream& err, std::chrono::system_clock::time_point now) {
+  auto options = ParseArgs(args);
+  if (!options.ok()) {
+    err << "error: " << options.status().message() << "\nSee 'kubectl ephemera --help'.\n";
+    return 2;
+  }
+  if (options->help) {
+    out << kUsage;
+    return 0;
+  }
+  if (options->command.empty()) {
+    err << "error: no command given\n\n" << kUsage;
+    return 2;
+  }
+  auto connection = connect(*options);
+  if (!connection.ok()) {
+    err << "error: " << connection.status().message() << "\n";
+    return 1;
+  }
+  if (options->command == "capacity") return Capacity(*options, *connection, out, err, now);
+  return Volumes(*options, *connection, out, err);
+}
+
+}  // namespace ephemera::plugin
