@@ -1,5 +1,5 @@
-// ephemera-kubelet-standin: what kubelet does for CSI volumes on one node, for end-to-end tests on a
-// control plane without kubelets (tests/e2e/run, scripts/demo).
+// ephemera-kubelet-standin: what kubelet does for CSI volumes on one node, for end-to-end tests on
+// a control plane without kubelets (tests/e2e/run, scripts/demo).
 //
 //  - at start: NodeGetInfo, then the CSINode object for the node (driver name, node ID, topology
 //    keys) and the topology labels on the Node, as kubelet's CSI plugin registration does;
@@ -13,6 +13,7 @@
 //
 // It reconciles level-based: every pod event, and every second, it compares what is mounted with
 // what the node's pods need. It is a test tool: it runs as the cluster admin, not as a node.
+#include <grpcpp/grpcpp.h>
 #include <openssl/sha.h>
 #include <sys/stat.h>
 
@@ -30,8 +31,6 @@
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <grpcpp/grpcpp.h>
 
 #include "apiclient/config.h"
 #include "apiclient/informer.h"
@@ -122,9 +121,9 @@ class Standin {
   std::mutex mu_;
   std::condition_variable cv_;
   bool dirty_ = true;
-  std::map<std::string, Mount> mounts_;            // key: pod uid + "/" + volume
-  std::map<std::string, int> staged_;              // staging path -> publications
-  std::set<std::string> reported_;                 // pod uids reported Running
+  std::map<std::string, Mount> mounts_;  // key: pod uid + "/" + volume
+  std::map<std::string, int> staged_;    // staging path -> publications
+  std::set<std::string> reported_;       // pod uids reported Running
 };
 
 std::string Standin::VolumeCapabilityFs(const std::string& fs_type,
@@ -165,15 +164,14 @@ Status Standin::Register() {
       {"kind", "CSINode"},
       {"metadata",
        {{"name", flags_.node},
-        {"ownerReferences",
-         Object::array({{{"apiVersion", "v1"},
-                         {"kind", "Node"},
-                         {"name", flags_.node},
-                         {"uid", Field(node, "metadata", "uid")}}})}}},
+        {"ownerReferences", Object::array({{{"apiVersion", "v1"},
+                                            {"kind", "Node"},
+                                            {"name", flags_.node},
+                                            {"uid", Field(node, "metadata", "uid")}}})}}},
       {"spec",
-       {{"drivers", Object::array({{{"name", driver_},
-                                    {"nodeID", node_info.node_id()},
-                                    {"topologyKeys", keys}}})}}}};
+       {{"drivers",
+         Object::array(
+             {{{"name", driver_}, {"nodeID", node_info.node_id()}, {"topologyKeys", keys}}})}}}};
   auto existing = client_->Get(resources::kCSINodes, "", flags_.node);
   if (existing.ok()) {
     csinode["metadata"]["resourceVersion"] = Field(**existing, "metadata", "resourceVersion");
@@ -273,7 +271,8 @@ bool Standin::MountPod(const Object& pod) {
           if (k.rfind("csi.storage.k8s.io/", 0) != 0) (*stage.mutable_volume_context())[k] = v;
         }
         csi::v1::NodeStageVolumeResponse staged;
-        grpc::Status s = Rpc([&](grpc::ClientContext* c) { return node_->NodeStageVolume(c, stage, &staged); });
+        grpc::Status s =
+            Rpc([&](grpc::ClientContext* c) { return node_->NodeStageVolume(c, stage, &staged); });
         if (!s.ok()) {
           Log(flags_.node, "NodeStageVolume " + m.volume_id + ": " + s.error_message());
           all = false;
@@ -287,12 +286,14 @@ bool Standin::MountPod(const Object& pod) {
     publish.set_staging_target_path(m.staging);
     publish.set_target_path(m.target);
     *publish.mutable_volume_capability() = cap;
-    for (const auto& [k, v] : context) (*publish.mutable_volume_context())[k] = v;
+    for (const auto& [k, v] : context)
+      (*publish.mutable_volume_context())[k] = v;
     csi::v1::NodePublishVolumeResponse published;
-    grpc::Status s = Rpc([&](grpc::ClientContext* c) { return node_->NodePublishVolume(c, publish, &published); });
+    grpc::Status s = Rpc(
+        [&](grpc::ClientContext* c) { return node_->NodePublishVolume(c, publish, &published); });
     if (!s.ok()) {
-      Log(flags_.node, "NodePublishVolume " + m.volume_id + " for " + m.pod_key + ": " +
-                           s.error_message());
+      Log(flags_.node,
+          "NodePublishVolume " + m.volume_id + " for " + m.pod_key + ": " + s.error_message());
       if (!m.staging.empty() && staged_[m.staging] == 0) staged_.erase(m.staging);
       all = false;
       continue;
@@ -320,7 +321,9 @@ void Standin::Unmount(const Mount& m) {
   unpublish.set_volume_id(m.volume_id);
   unpublish.set_target_path(m.target);
   csi::v1::NodeUnpublishVolumeResponse unpublished;
-  grpc::Status s = Rpc([&](grpc::ClientContext* c) { return node_->NodeUnpublishVolume(c, unpublish, &unpublished); });
+  grpc::Status s = Rpc([&](grpc::ClientContext* c) {
+    return node_->NodeUnpublishVolume(c, unpublish, &unpublished);
+  });
   if (!s.ok()) {
     Log(flags_.node, "NodeUnpublishVolume " + m.volume_id + ": " + s.error_message());
     return;
@@ -331,7 +334,8 @@ void Standin::Unmount(const Mount& m) {
     unstage.set_volume_id(m.volume_id);
     unstage.set_staging_target_path(m.staging);
     csi::v1::NodeUnstageVolumeResponse unstaged;
-    s = Rpc([&](grpc::ClientContext* c) { return node_->NodeUnstageVolume(c, unstage, &unstaged); });
+    s = Rpc(
+        [&](grpc::ClientContext* c) { return node_->NodeUnstageVolume(c, unstage, &unstaged); });
     if (!s.ok()) {
       Log(flags_.node, "NodeUnstageVolume " + m.volume_id + ": " + s.error_message());
       ++staged_[m.staging];
@@ -363,7 +367,8 @@ void Standin::ReportRunning(const Object& pod) {
     status["status"]["conditions"].push_back(
         {{"type", type}, {"status", "True"}, {"lastTransitionTime", now}});
   }
-  auto updated = client_->UpdateStatus(resources::kPods, Field(pod, "metadata", "namespace"), status);
+  auto updated =
+      client_->UpdateStatus(resources::kPods, Field(pod, "metadata", "namespace"), status);
   if (updated.ok()) {
     reported_.insert(Field(pod, "metadata", "uid"));
     Log(flags_.node, "pod " + Field(pod, "metadata", "namespace") + "/" +
@@ -375,16 +380,19 @@ void Standin::Sync() {
   std::set<std::string> live;  // uids of pods that should keep their volumes
   for (const ObjectPtr& pod : pods_->store().List()) {
     const std::string uid = Field(*pod, "metadata", "uid");
-    const bool deleting = pod->contains("metadata") && (*pod)["metadata"].contains("deletionTimestamp");
+    const bool deleting =
+        pod->contains("metadata") && (*pod)["metadata"].contains("deletionTimestamp");
     if (deleting) {
       // Containers stopped: unmount, then remove the pod for good.
       std::vector<Mount> of_pod;
       for (const auto& [key, m] : mounts_) {
         if (m.pod_uid == uid) of_pod.push_back(m);
       }
-      for (const Mount& m : of_pod) Unmount(m);
+      for (const Mount& m : of_pod)
+        Unmount(m);
       bool left = false;
-      for (const auto& [key, m] : mounts_) left = left || m.pod_uid == uid;
+      for (const auto& [key, m] : mounts_)
+        left = left || m.pod_uid == uid;
       if (left) continue;
       std::error_code ignored;
       fs::remove_all(flags_.root + "/pods/" + uid, ignored);
@@ -405,7 +413,8 @@ void Standin::Sync() {
   for (const auto& [key, m] : mounts_) {
     if (live.count(m.pod_uid) == 0) orphans.push_back(m);
   }
-  for (const Mount& m : orphans) Unmount(m);
+  for (const Mount& m : orphans)
+    Unmount(m);
 }
 
 void Standin::Run() {
