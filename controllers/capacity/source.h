@@ -40,6 +40,10 @@ class CapacitySource {
   virtual StatusOr<CapacityResult> GetCapacity(const Segment& segment,
                                                const std::map<std::string, std::string>& params,
                                                const std::vector<std::string>& nodes) = 0;
+  // The node whose own endpoint GetCapacity(…, nodes) asks, or "" when the answer does not come
+  // from one node (a central source, or no node of `nodes` has an endpoint). The controller
+  // reports an endpoint that cannot be reached on this node.
+  virtual std::string NodeFor(const std::vector<std::string>& /*nodes*/) const { return ""; }
 };
 
 // PEM files of a mutual-TLS client: the CA that signed the server, our certificate and key.

@@ -200,6 +200,8 @@ int RunManager(const ManagerOptions& options) {
                             .immediate_binding = options.capacity_for_immediate_binding,
                             .write_qps = options.kube_api_capacity_qps,
                             .write_burst = options.kube_api_capacity_burst};
+      copts.events = std::make_shared<apiclient::EventRecorder>(
+          *event_client, apiclient::EventSource{"ephemera.io/storage-capacity", le.identity});
       if (options.capacity_ownerref_level > 0) {
         auto owner = ResolveOwner(**client, options.capacity_ownerref_level);
         if (!owner.ok()) {

@@ -134,7 +134,6 @@ TEST_CASE(
   const TestCluster cluster = TestCluster::FromEnvironment();
   auto client = cluster.AdminClient();
   csi::testing::DriverFixture driver("1Gi", {"--node-id=node-1"});
-  driver.Start();
   const int64_t pool = driver.AvailableCapacity();
   REQUIRE(pool > 0);
   RegisterDriverOnNodes(*client);
@@ -223,7 +222,6 @@ TEST_CASE(
   const TestCluster cluster = TestCluster::FromEnvironment();
   auto client = cluster.AdminClient();
   csi::testing::DriverFixture driver("1Gi", {"--node-id=node-1"});
-  driver.Start();
   const int64_t pool = driver.AvailableCapacity();
   RegisterDriverOnNodes(*client);
   const std::string suffix = RandomSuffix();
@@ -540,7 +538,6 @@ TEST_CASE("Storage capacity: per-node source over mutual TLS to the driver's cap
   csi::testing::DriverFixture driver(
       "512Mi", {"--node-id=node-1", "--capacity-listen=" + address, "--tls-ca=" + certs + "/ca.crt",
                 "--tls-cert=" + certs + "/server.crt", "--tls-key=" + certs + "/server.key"});
-  driver.Start();
   const Segment node1 = {{kTopologyKey, "node-1"}};
 
   // In process: the right certificates work; a wrong CA or a foreign client certificate do not.
@@ -588,6 +585,119 @@ TEST_CASE("Storage capacity: per-node source over mutual TLS to the driver's cap
   std::this_thread::sleep_for(seconds(1));
   CHECK(Capacities(*client, ns, {late}).size() == 1);
   CHECK(controller.Running());
+  controller.Stop();
+  std::filesystem::remove_all(certs);
+}
+
+// stdout of a shell command (curl for the manager's /metrics).
+std::string Shell(const std::string& command) {
+  std::string out;
+  FILE* pipe = popen(command.c_str(), "r");
+  if (pipe == nullptr) return out;
+  char buffer[4096];
+  size_t n = 0;
+  while ((n = fread(buffer, 1, sizeof(buffer), pipe)) > 0)
+    out.append(buffer, n);
+  pclose(pipe);
+  return out;
+}
+
+// Events of the storage-capacity controller about `node` with `reason`.
+int NodeEvents(apiclient::ApiClient& client, const std::string& node, const std::string& reason) {
+  auto list = client.List(apiclient::resources::kEvents, "default", {});
+  if (!list.ok()) return 0;
+  int n = 0;
+  for (const auto& e : list->items) {
+    if (Field(*e, "reportingController") == "ephemera.io/storage-capacity" &&
+        Field(*e, "regarding", "kind") == "Node" && Field(*e, "regarding", "name") == node &&
+        Field(*e, "reason") == reason) {
+      ++n;
+    }
+  }
+  return n;
+}
+
+TEST_CASE("Storage capacity: a node whose endpoint stops keeps its value and is reported",
+          "[cluster][capacity]") {
+  const TestCluster cluster = TestCluster::FromEnvironment();
+  auto client = cluster.AdminClient();
+  RegisterDriverOnNodes(*client);
+  const std::string certs = cluster.dir() + "/certs-" + RandomSuffix();
+  std::filesystem::create_directories(certs);
+  MakeCertificates(certs);
+  const int base = 22000 + static_cast<int>(getpid() % 1000) * 3;
+  const std::string address1 = "127.0.0.1:" + std::to_string(base);
+  const std::string address2 = "127.0.0.1:" + std::to_string(base + 1);
+  const std::string metrics_address = "127.0.0.1:" + std::to_string(base + 2);
+  auto tls = [&](const std::string& address, const std::string& node) {
+    return std::vector<std::string>{
+        "--node-id=" + node, "--capacity-listen=" + address, "--tls-ca=" + certs + "/ca.crt",
+        "--tls-cert=" + certs + "/server.crt", "--tls-key=" + certs + "/server.key"};
+  };
+  csi::testing::DriverFixture driver1("512Mi", tls(address1, "node-1"));
+  csi::testing::DriverFixture driver2("256Mi", tls(address2, "node-2"));
+
+  const std::string late = "cap-down-" + RandomSuffix();
+  ClassCleanup cleanup{*client, {late}};
+  CreateClass(*client, late, "WaitForFirstConsumer");
+  const std::string ns = cluster.CreateNamespace("capdown");
+  const int unreachable_before = NodeEvents(*client, "node-2", "CapacityEndpointUnreachable");
+  const int reachable_before = NodeEvents(*client, "node-2", "CapacityEndpointReachable");
+  ControllerProcess controller(
+      cluster,
+      {"--csi-node-endpoint=node-1=" + address1 + ",node-2=" + address2,
+       "--capacity-tls-ca=" + certs + "/ca.crt", "--capacity-tls-cert=" + certs + "/client.crt",
+       "--capacity-tls-key=" + certs + "/client.key", "--capacity-namespace=" + ns,
+       "--capacity-poll-interval=1s", "--kube-api-capacity-qps=20", "--kube-api-capacity-burst=20",
+       "--http-endpoint=" + metrics_address});
+  std::map<std::string, ObjectPtr> objects;
+  REQUIRE(Eventually([&] {
+    objects = Capacities(*client, ns, {late});
+    return objects.size() == 2 && objects.count(late + "/node-2") == 1;
+  }));
+  CHECK(*ParseQuantity(Field(*objects[late + "/node-1"], "capacity")) == 512LL << 20);
+  CHECK(*ParseQuantity(Field(*objects[late + "/node-2"], "capacity")) == 256LL << 20);
+  const std::string version2 = Field(*objects[late + "/node-2"], "metadata", "resourceVersion");
+  auto metrics = [&] { return Shell("curl -s http://" + metrics_address + "/metrics"); };
+  CHECK(metrics().find("csistoragecapacity_unreachable_nodes 0") != std::string::npos);
+
+  // node-2's endpoint goes away: a Warning Event on the Node, the gauge and the per-node counter.
+  driver2.Kill(SIGTERM);
+  CHECK(Eventually(
+      [&] {
+        return NodeEvents(*client, "node-2", "CapacityEndpointUnreachable") > unreachable_before;
+      },
+      seconds(60)));
+  std::string text;
+  CHECK(Eventually(
+      [&] {
+        text = metrics();
+        return text.find("csistoragecapacity_unreachable_nodes 1") != std::string::npos &&
+               text.find("csistoragecapacity_node_getcapacity_errors_total{node=\"node-2\"}") !=
+                   std::string::npos;
+      },
+      seconds(30)));
+  INFO(text);
+  CHECK(text.find("csistoragecapacity_node_getcapacity_errors_total{node=\"node-1\"}") ==
+        std::string::npos);
+  // Several polls later node-2's object is still there, untouched: its last value, not zero.
+  std::this_thread::sleep_for(seconds(4));
+  objects = Capacities(*client, ns, {late});
+  REQUIRE(objects.count(late + "/node-2") == 1);
+  CHECK(*ParseQuantity(Field(*objects[late + "/node-2"], "capacity")) == 256LL << 20);
+  CHECK(Field(*objects[late + "/node-2"], "metadata", "resourceVersion") == version2);
+  CHECK(*ParseQuantity(Field(*objects[late + "/node-1"], "capacity")) == 512LL << 20);
+  CHECK(NodeEvents(*client, "node-1", "CapacityEndpointUnreachable") == 0);
+  CHECK(controller.Running());
+
+  // Back again: a Normal Event and the gauge at zero.
+  driver2.Start();
+  CHECK(Eventually(
+      [&] { return NodeEvents(*client, "node-2", "CapacityEndpointReachable") > reachable_before; },
+      seconds(60)));
+  CHECK(Eventually(
+      [&] { return metrics().find("csistoragecapacity_unreachable_nodes 0") != std::string::npos; },
+      seconds(30)));
   controller.Stop();
   std::filesystem::remove_all(certs);
 }

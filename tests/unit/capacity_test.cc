@@ -1,10 +1,12 @@
 // The storage-capacity controller's pure functions, and its reconciler against an in-memory API
 // client and a fake CapacitySource.
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <condition_variable>
 #include <functional>
 #include <map>
 #include <mutex>
+#include <set>
 #include <thread>
 
 #include "common/quantity.h"
@@ -261,6 +263,9 @@ class FakeSource final : public CapacitySource {
     ++calls;
     if (fail) return Status::Unavailable("driver down");
     auto it = segment.find(kKey);
+    if (it != segment.end() && down.count(it->second) > 0) {
+      return Status::Unavailable("connection refused");
+    }
     return CapacityResult{.available = it == segment.end() ? 0 : capacity[it->second]};
   }
   std::mutex mu;
@@ -268,6 +273,12 @@ class FakeSource final : public CapacitySource {
   bool has_capability = true;
   bool fail = false;
   int calls = 0;
+  // As a per-node source: a segment's first node is asked; nodes in `down` do not answer.
+  bool per_node = false;
+  std::set<std::string> down;
+  std::string NodeFor(const std::vector<std::string>& nodes) const override {
+    return per_node && !nodes.empty() ? nodes.front() : "";
+  }
 };
 
 void Populate(MemoryClient& client) {
@@ -332,6 +343,73 @@ TEST_CASE("Capacity controller creates updates only on change and keeps the last
       metrics.Render().find("csistoragecapacity_getcapacity_errors_total{code=\"UNAVAILABLE\"}") !=
       std::string::npos);
   CHECK(metrics.Render().find("csistoragecapacities_desired_goal 2") != std::string::npos);
+  controller.Stop();
+}
+
+TEST_CASE("Capacity controller reports an unreachable node endpoint by Event and metric",
+          "[unit][capacity]") {
+  auto client = std::make_shared<MemoryClient>();
+  Populate(*client);
+  auto source = std::make_shared<FakeSource>();
+  source->capacity = {{"n1", 1LL << 30}, {"n2", 2LL << 30}};
+  source->per_node = true;
+  apiclient::MetricsRegistry metrics;
+  auto events = std::make_shared<apiclient::EventRecorder>(
+      client, apiclient::EventSource{"ephemera.io/storage-capacity", "test"});
+  CapacityController controller(
+      client, source, metrics,
+      {.ns = "ns", .poll_interval = std::chrono::hours(1), .write_qps = 0, .events = events});
+  REQUIRE(controller.Start(std::chrono::seconds(10)));
+  REQUIRE(Eventually([&] { return client->All("csistoragecapacities").size() == 2; }));
+  REQUIRE(controller.Sync().ok());
+  const uint64_t writes = controller.Writes();
+
+  {
+    std::lock_guard<std::mutex> lock(source->mu);
+    source->down = {"n2"};
+    source->capacity["n1"] = 512LL << 20;
+  }
+  controller.RefreshAll();
+  CHECK_FALSE(controller.Sync().ok());
+  CHECK(controller.UnreachableNodes() == std::set<std::string>{"n2"});
+  const std::string rendered = metrics.Render();
+  CHECK(rendered.find("csistoragecapacity_unreachable_nodes 1") != std::string::npos);
+  CHECK(rendered.find("csistoragecapacity_node_getcapacity_errors_total{node=\"n2\"} 1") !=
+        std::string::npos);
+  // n1 was updated, n2 kept its 2Gi: one write only.
+  CHECK(controller.Writes() == writes + 1);
+  for (const auto& o : client->All("csistoragecapacities")) {
+    const std::string node = Field(*o, "nodeTopology", "matchLabels", kKey);
+    CHECK(Field(*o, "capacity") == (node == "n1" ? "512Mi" : "2Gi"));
+  }
+  // A second failure is no new Event.
+  controller.RefreshAll();
+  CHECK_FALSE(controller.Sync().ok());
+  events->Flush();
+  auto reasons = [&] {
+    std::vector<std::string> out;
+    for (const auto& e : client->All("events")) {
+      CHECK(Field(*e, "regarding", "kind") == "Node");
+      CHECK(Field(*e, "regarding", "name") == "n2");
+      out.push_back(Field(*e, "reason"));
+    }
+    return out;
+  };
+  CHECK(reasons() == std::vector<std::string>{"CapacityEndpointUnreachable"});
+
+  {
+    std::lock_guard<std::mutex> lock(source->mu);
+    source->down.clear();
+  }
+  controller.RefreshAll();
+  REQUIRE(controller.Sync().ok());
+  events->Flush();
+  CHECK(controller.UnreachableNodes().empty());
+  CHECK(metrics.Render().find("csistoragecapacity_unreachable_nodes 0") != std::string::npos);
+  auto after = reasons();
+  std::sort(after.begin(), after.end());
+  CHECK(after ==
+        std::vector<std::string>{"CapacityEndpointReachable", "CapacityEndpointUnreachable"});
   controller.Stop();
 }
 
