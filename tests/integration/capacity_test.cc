@@ -702,5 +702,123 @@ TEST_CASE("Storage capacity: a node whose endpoint stops keeps its value and is 
   std::filesystem::remove_all(certs);
 }
 
+// Sets environment variables for the processes a test starts, and removes them at the end.
+struct ScopedEnv {
+  std::vector<std::string> names;
+  ScopedEnv(std::initializer_list<std::pair<std::string, std::string>> vars) {
+    for (const auto& [k, v] : vars) {
+      setenv(k.c_str(), v.c_str(), 1);  // NOLINT(concurrency-mt-unsafe): before any fork
+      names.push_back(k);
+    }
+  }
+  ~ScopedEnv() {
+    for (const auto& k : names)
+      unsetenv(k.c_str());  // NOLINT(concurrency-mt-unsafe)
+  }
+};
+
+TEST_CASE("Storage capacity: the owner is the controller's Deployment via its pod and ReplicaSet",
+          "[cluster][capacity]") {
+  const TestCluster cluster = TestCluster::FromEnvironment();
+  auto client = cluster.AdminClient();
+  csi::testing::DriverFixture driver("1Gi", {"--node-id=node-1"});
+  RegisterDriverOnNodes(*client);
+  const std::string late = "cap-own-" + RandomSuffix();
+  ClassCleanup cleanup{*client, {late}};
+  CreateClass(*client, late, "WaitForFirstConsumer");
+  const std::string ns = cluster.CreateNamespace("capown");
+
+  // A Deployment of the manager: kube-controller-manager makes its ReplicaSet and that one's pod
+  // (no kubelet runs it). The manager is told that pod's name, as the downward API would.
+  const Object labels = {{"app", "capacity-owner"}};
+  const Object template_spec = {
+      {"metadata", {{"labels", labels}}},
+      {"spec",
+       {{"containers", Object::array({{{"name", "manager"}, {"image", "registry.invalid/m"}}})}}}};
+  Object deployment = {{"apiVersion", "apps/v1"}, {"kind", "Deployment"}};
+  deployment["metadata"] = {{"name", "manager"}, {"namespace", ns}};
+  deployment["spec"] = {
+      {"replicas", 1}, {"selector", {{"matchLabels", labels}}}, {"template", template_spec}};
+  auto made_deployment = client->Create(apiclient::resources::kDeployments, ns, deployment);
+  REQUIRE(made_deployment.ok());
+  const std::string deployment_uid = Field(**made_deployment, "metadata", "uid");
+  auto controller_of = [](const Object& o) -> Object {
+    const Object* refs = nullptr;
+    if (o.contains("metadata") && o["metadata"].contains("ownerReferences")) {
+      refs = &o["metadata"]["ownerReferences"];
+    }
+    if (refs != nullptr && refs->is_array()) {
+      for (const auto& r : *refs)
+        if (r.is_object() && r.value("controller", false)) return r;
+    }
+    return Object::object();
+  };
+  std::string pod_name;
+  REQUIRE(Eventually(
+      [&] {
+        auto pods =
+            client->List(apiclient::resources::kPods, ns, {.label_selector = "app=capacity-owner"});
+        if (!pods.ok()) return false;
+        for (const auto& p : pods->items) {
+          const Object ref = controller_of(*p);
+          if (Field(ref, "kind") != "ReplicaSet" ||
+              !Field(*p, "metadata", "deletionTimestamp").empty()) {
+            continue;
+          }
+          auto rs = client->Get(apiclient::resources::kReplicaSets, ns, Field(ref, "name"));
+          if (rs.ok() && Field(controller_of(**rs), "uid") == deployment_uid) {
+            pod_name = Field(*p, "metadata", "name");
+            return true;
+          }
+        }
+        return false;
+      },
+      seconds(60)));
+  Object pod = {{"apiVersion", "v1"}, {"kind", "Pod"}};
+  pod["spec"] = template_spec["spec"];
+
+  std::map<std::string, ObjectPtr> objects;
+  {
+    ScopedEnv env{{"POD_NAME", pod_name}, {"POD_NAMESPACE", ns}};
+    std::vector<std::string> flags = ControllerFlags(driver, ns);
+    flags.push_back("--capacity-ownerref-level=3");
+    ControllerProcess controller(cluster, flags);
+    REQUIRE(Eventually([&] {
+      objects = Capacities(*client, ns, {late});
+      return objects.size() == 3;
+    }));
+    for (const auto& [key, o] : objects) {
+      INFO(key);
+      const Object& refs = (*o)["metadata"]["ownerReferences"];
+      REQUIRE(refs.is_array());
+      REQUIRE(refs.size() == 1);
+      CHECK(Field(refs[0], "apiVersion") == "apps/v1");
+      CHECK(Field(refs[0], "kind") == "Deployment");
+      CHECK(Field(refs[0], "name") == "manager");
+      CHECK(Field(refs[0], "uid") == deployment_uid);
+      CHECK(refs[0].value("controller", false));
+    }
+    controller.Stop();
+  }
+  // kube-controller-manager's garbage collector follows the reference: the Deployment deleted
+  // (background propagation, the API default), the objects go too.
+  REQUIRE(client->Delete(apiclient::resources::kDeployments, ns, "manager", {}).ok());
+  CHECK(Eventually([&] { return Capacities(*client, ns, {late}).empty(); }, seconds(60)));
+
+  // A pod without a controller cannot give level 2: the manager says so and does not publish.
+  Object lonely = pod;
+  lonely["metadata"] = {{"name", "lonely"}, {"namespace", ns}};
+  REQUIRE(client->Create(apiclient::resources::kPods, ns, lonely).ok());
+  {
+    ScopedEnv env{{"POD_NAME", "lonely"}, {"POD_NAMESPACE", ns}};
+    std::vector<std::string> flags = ControllerFlags(driver, ns);
+    flags.push_back("--capacity-ownerref-level=2");
+    ControllerProcess controller(cluster, flags);
+    CHECK(Eventually([&] { return !controller.Running(); }, seconds(30)));
+    CHECK(ReadFile(controller.log()).find("has no controller") != std::string::npos);
+    CHECK(Capacities(*client, ns, {late}).empty());
+  }
+}
+
 }  // namespace
 }  // namespace ephemera::testing
