@@ -95,6 +95,17 @@ std::string DescribeSegment(const Segment& segment) {
   return out.empty() ? "<all nodes>" : out;
 }
 
+bool VolumeUpdateMatters(const Object& old_pv, const Object& pv) {
+  const Object* a = Member(old_pv, "spec");
+  const Object* b = Member(pv, "spec");
+  auto same = [&](const char* key) {
+    const Object* x = a ? Member(*a, key) : nullptr;
+    const Object* y = b ? Member(*b, key) : nullptr;
+    return (x == nullptr) == (y == nullptr) && (x == nullptr || *x == *y);
+  };
+  return !same("capacity") || !same("nodeAffinity") || PvDriver(old_pv) != PvDriver(pv);
+}
+
 std::vector<Segment> ComputeSegments(const std::vector<ObjectPtr>& csinodes,
                                      const std::map<std::string, ObjectPtr>& nodes,
                                      const std::string& driver) {
@@ -292,10 +303,12 @@ bool CapacityController::Start(std::chrono::seconds sync_timeout) {
   volumes_->AddHandlers({.on_add = volume_changed,
                          .on_update =
                              [volume_changed](const ObjectPtr& old_pv, const ObjectPtr& pv) {
-                               // A volume being released or deleted changes nothing yet; its
-                               // removal does. Phase changes to Bound do not change capacity.
-                               (void)old_pv;
-                               (void)pv;
+                               // An expansion changes the free space; phase, claim and
+                               // annotation changes do not (a release frees nothing until the
+                               // PV is deleted).
+                               if (!VolumeUpdateMatters(*old_pv, *pv)) return;
+                               volume_changed(old_pv);
+                               volume_changed(pv);
                              },
                          .on_delete = volume_changed});
   capacities_->AddHandlers({.on_add =

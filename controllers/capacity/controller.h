@@ -73,6 +73,10 @@ std::vector<Segment> ComputeSegments(const std::vector<apiclient::ObjectPtr>& cs
                                      const std::map<std::string, apiclient::ObjectPtr>& nodes,
                                      const std::string& driver);
 
+// True when a PV update can change free space: its size (an expansion), its node affinity or its
+// driver changed. Phase, claim, annotation and status changes do not.
+bool VolumeUpdateMatters(const apiclient::Object& old_pv, const apiclient::Object& pv);
+
 // True when the class belongs to the driver and is to be published.
 bool ClassWanted(const apiclient::Object& storage_class, const std::string& driver,
                  bool immediate_binding);

@@ -272,6 +272,33 @@ TEST_CASE(
   WARN("PV created -> CSIStorageCapacity updated in " << took.count() << " ms");
   CHECK(took < seconds(2));
 
+  // The volume expanded, then its PV's size updated (as external-resizer does): node-1's
+  // objects follow within 2 s, still without a poll.
+  ::csi::v1::ControllerExpandVolumeRequest expand;
+  expand.set_volume_id(created.volume().volume_id());
+  expand.mutable_capacity_range()->set_required_bytes(128LL << 20);
+  ::csi::v1::ControllerExpandVolumeResponse expanded;
+  grpc::ClientContext ctx3;
+  REQUIRE(driver.controller().ControllerExpandVolume(&ctx3, expand, &expanded).ok());
+  const int64_t after_expansion = driver.AvailableCapacity();
+  REQUIRE(after_expansion < after);
+  const auto expand_start = std::chrono::steady_clock::now();
+  REQUIRE(client
+              ->MergePatch(kPersistentVolumes, "", pv_name,
+                           {{"spec", {{"capacity", {{"storage", "128Mi"}}}}}})
+              .ok());
+  REQUIRE(Eventually(
+      [&] {
+        auto objects = Capacities(*client, ns, {late});
+        return objects.count(late + "/node-1") == 1 &&
+               *ParseQuantity(Field(*objects[late + "/node-1"], "capacity")) == after_expansion;
+      },
+      seconds(2)));
+  WARN("PV expanded -> CSIStorageCapacity updated in "
+       << std::chrono::duration_cast<milliseconds>(std::chrono::steady_clock::now() - expand_start)
+              .count()
+       << " ms");
+
   // Volume and PV deleted: back to the whole pool.
   ::csi::v1::DeleteVolumeRequest del;
   del.set_volume_id(created.volume().volume_id());

@@ -82,6 +82,34 @@ TEST_CASE("Capacity classes are the driver's late-binding ones unless immediate 
   CHECK_FALSE(ClassWanted(other, kDriver, true));
 }
 
+TEST_CASE("Capacity PV updates matter only for size affinity or driver", "[unit][capacity]") {
+  Object pv = {{"spec",
+                {{"capacity", {{"storage", "64Mi"}}},
+                 {"csi", {{"driver", kDriver}, {"volumeHandle", "v"}}}}},
+               {"status", {{"phase", "Available"}}}};
+  pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"] =
+      Object::array({{{"matchExpressions",
+                       Object::array({{{"key", kKey}, {"operator", "In"}, {"values", {"n1"}}}})}}});
+  Object bound = pv;
+  bound["status"]["phase"] = "Bound";
+  bound["spec"]["claimRef"] = {{"name", "c"}, {"namespace", "ns"}};
+  bound["metadata"]["annotations"] = {{"pv.kubernetes.io/bound-by-controller", "yes"}};
+  CHECK_FALSE(VolumeUpdateMatters(pv, bound));
+  Object expanded = bound;
+  expanded["spec"]["capacity"]["storage"] = "128Mi";
+  CHECK(VolumeUpdateMatters(bound, expanded));
+  Object moved = pv;
+  moved["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0]
+       ["values"] = Object::array({"n2"});
+  CHECK(VolumeUpdateMatters(pv, moved));
+  Object other = pv;
+  other["spec"]["csi"]["driver"] = "other.example.com";
+  CHECK(VolumeUpdateMatters(pv, other));
+  // Hostile shapes do not crash.
+  CHECK(VolumeUpdateMatters(pv, Object("not an object")));
+  CHECK_FALSE(VolumeUpdateMatters(Object::array(), Object(42)));
+}
+
 TEST_CASE("Capacity objects are built and matched on class and topology", "[unit][capacity]") {
   CapacityOptions options{.ns = "ns"};
   const CapacityItem item{.segment = {{kKey, "n1"}}, .storage_class = "late"};
