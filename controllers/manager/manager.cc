@@ -13,6 +13,7 @@
 #include "apiclient/log.h"
 #include "apiclient/rest_client.h"
 #include "controllers/capacity/controller.h"
+#include "controllers/capacity/discovery.h"
 #include "controllers/ephemeral/controller.h"
 
 namespace ephemera::controllers {
@@ -142,6 +143,7 @@ int RunManager(const ManagerOptions& options) {
   std::unique_ptr<EphemeralVolumeController> controller;
   std::unique_ptr<CapacityController> capacity;
   std::shared_ptr<CapacitySource> capacity_source;
+  std::shared_ptr<PodEndpointSource> discovered;  // capacity_source, when found from pods
   if (Enabled(options, "storage-capacity") && !options.csi_node_endpoints.empty()) {
     std::map<std::string, std::shared_ptr<CapacitySource>> by_node;
     for (const auto& [node, address] : options.csi_node_endpoints) {
@@ -154,6 +156,20 @@ int RunManager(const ManagerOptions& options) {
       by_node[node] = std::move(*source);
     }
     capacity_source = NewPerNodeCapacitySource(std::move(by_node));
+  } else if (Enabled(options, "storage-capacity") && !options.csi_node_endpoints_selector.empty()) {
+    const TlsFiles tls{options.capacity_tls_ca, options.capacity_tls_cert,
+                       options.capacity_tls_key};
+    discovered = std::make_shared<PodEndpointSource>(
+        *client,
+        options.csi_node_endpoints_namespace.empty() ? options.capacity_namespace
+                                                     : options.csi_node_endpoints_namespace,
+        options.csi_node_endpoints_selector, options.csi_node_endpoints_port,
+        [tls](const std::string& address) -> StatusOr<std::shared_ptr<CapacitySource>> {
+          auto source = NewTlsCapacitySource(address, tls);
+          if (!source.ok()) return source.status();
+          return std::shared_ptr<CapacitySource>(std::move(*source));
+        });
+    capacity_source = discovered;
   } else if (Enabled(options, "storage-capacity")) {
     auto source = NewGrpcCapacitySource(options.csi_address);
     if (!source.ok()) {
@@ -210,6 +226,11 @@ int RunManager(const ManagerOptions& options) {
         }
         copts.owner = *owner;
       }
+      if (discovered && !discovered->Start(std::chrono::seconds(120))) {
+        log::Error("the driver's pods could not be listed",
+                   Status::DeadlineExceeded("pod informer sync"));
+        return false;
+      }
       capacity = std::make_unique<CapacityController>(*client, capacity_source, metrics, copts);
       if (!capacity->Start()) {
         log::Error("storage-capacity controller did not start",
@@ -250,6 +271,7 @@ int RunManager(const ManagerOptions& options) {
     g_stop = true;
     stopper.join();
     if (capacity) capacity->Stop();
+    if (discovered) discovered->Stop();
     if (controller) controller->Stop();
     if (start_failed) {
       exit_code = 1;
@@ -265,6 +287,7 @@ int RunManager(const ManagerOptions& options) {
         std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
     if (capacity) capacity->Stop();
+    if (discovered) discovered->Stop();
     if (controller) controller->Stop();
   }
   events->Flush();

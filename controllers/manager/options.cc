@@ -167,6 +167,24 @@ const std::map<std::string, Setter>& Setters() {
          }
          return Status::Ok();
        }},
+      {"csi-node-endpoints-selector",
+       [](ManagerOptions* o, const std::string& v) {
+         o->csi_node_endpoints_selector = v;
+         return Status::Ok();
+       }},
+      {"csi-node-endpoints-namespace",
+       [](ManagerOptions* o, const std::string& v) {
+         o->csi_node_endpoints_namespace = v;
+         return Status::Ok();
+       }},
+      {"csi-node-endpoints-port",
+       [](ManagerOptions* o, const std::string& v) {
+         auto n = ParseInt("--csi-node-endpoints-port", v, 1);
+         if (!n.ok()) return n.status();
+         if (*n > 65535) return Status::InvalidArgument("--csi-node-endpoints-port: above 65535");
+         o->csi_node_endpoints_port = *n;
+         return Status::Ok();
+       }},
       {"capacity-tls-ca",
        [](ManagerOptions* o, const std::string& v) {
          o->capacity_tls_ca = v;
@@ -256,6 +274,9 @@ const std::map<std::string, std::string>& FileKeys() {
       {"csiAddress", "csi-address"},
       {"driverName", "driver-name"},
       {"csiNodeEndpoints", "csi-node-endpoint"},
+      {"csiNodeEndpointsSelector", "csi-node-endpoints-selector"},
+      {"csiNodeEndpointsNamespace", "csi-node-endpoints-namespace"},
+      {"csiNodeEndpointsPort", "csi-node-endpoints-port"},
       {"capacityTLSCA", "capacity-tls-ca"},
       {"capacityTLSCert", "capacity-tls-cert"},
       {"capacityTLSKey", "capacity-tls-key"},
@@ -434,16 +455,24 @@ Status ValidateManagerOptions(const ManagerOptions& o) {
                                      "\" (known: ephemeral-volume, storage-capacity)");
     }
     if (c == "storage-capacity") {
-      if (o.csi_address.empty() == o.csi_node_endpoints.empty()) {
+      const int sources = (o.csi_address.empty() ? 0 : 1) + (o.csi_node_endpoints.empty() ? 0 : 1) +
+                          (o.csi_node_endpoints_selector.empty() ? 0 : 1);
+      if (sources != 1) {
         return Status::InvalidArgument(
-            "--controllers: storage-capacity needs either --csi-address=unix:///PATH of the CSI "
-            "driver or --csi-node-endpoint NODE=HOST:PORT (one or more), not both");
+            "--controllers: storage-capacity needs exactly one of --csi-address=unix:///PATH of "
+            "the CSI driver, --csi-node-endpoint NODE=HOST:PORT (one or more) or "
+            "--csi-node-endpoints-selector");
       }
-      if (!o.csi_node_endpoints.empty() &&
+      if (!o.csi_node_endpoints_selector.empty() && o.driver_name.empty()) {
+        return Status::InvalidArgument(
+            "--csi-node-endpoints-selector needs --driver-name (no endpoint may be known at "
+            "start)");
+      }
+      if ((!o.csi_node_endpoints.empty() || !o.csi_node_endpoints_selector.empty()) &&
           (o.capacity_tls_ca.empty() || o.capacity_tls_cert.empty() ||
            o.capacity_tls_key.empty())) {
         return Status::InvalidArgument(
-            "--csi-node-endpoint needs --capacity-tls-ca, --capacity-tls-cert and "
+            "per-node endpoints need --capacity-tls-ca, --capacity-tls-cert and "
             "--capacity-tls-key (mutual TLS)");
       }
       if (o.capacity_namespace.empty()) {
@@ -479,6 +508,10 @@ Flags (also settable in the --config YAML file, camelCase; flags win):
 storage-capacity (CSIStorageCapacity objects from the CSI driver's GetCapacity):
   --csi-address unix:///PATH              the driver's socket (required for storage-capacity)
   --csi-node-endpoint NODE=HOST:PORT      instead: each node's driver --capacity-listen (repeatable)
+  --csi-node-endpoints-selector SEL       instead: the driver's pods (label selector): node =
+                                          spec.nodeName, address = status.podIP
+  --csi-node-endpoints-namespace NS       their namespace (default: the capacity namespace)
+  --csi-node-endpoints-port P             the port of their --capacity-listen (default 10000)
   --capacity-tls-ca/-cert/-key PATH       PEM files for the per-node endpoints' mutual TLS
   --driver-name NAME                      driver name (default: from GetPluginInfo)
   --capacity-namespace NS                 namespace of the objects (default $POD_NAMESPACE)

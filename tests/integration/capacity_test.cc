@@ -13,6 +13,7 @@
 #include <fstream>
 #include <functional>
 #include <map>
+#include <optional>
 #include <set>
 #include <thread>
 
@@ -541,7 +542,8 @@ void MakeCertificates(const std::string& dir) {
     run({"openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
          "/CN=" + ca, "-keyout", dir + "/" + ca + ".key", "-out", dir + "/" + ca + ".crt"});
   }
-  std::ofstream(dir + "/san.ext") << "subjectAltName=DNS:localhost,IP:127.0.0.1\n";
+  std::ofstream(dir + "/san.ext")
+      << "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:127.0.1.1,IP:127.0.1.2\n";
   for (const auto& [name, ca] : std::vector<std::pair<std::string, std::string>>{
            {"server", "ca"}, {"client", "ca"}, {"stranger", "otherca"}}) {
     run({"openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=" + name, "-keyout",
@@ -845,6 +847,97 @@ TEST_CASE("Storage capacity: the owner is the controller's Deployment via its po
     CHECK(ReadFile(controller.log()).find("has no controller") != std::string::npos);
     CHECK(Capacities(*client, ns, {late}).empty());
   }
+}
+
+// Sets a pod's IP (and phase Running) through the status subresource, as kubelet would.
+void SetPodIP(apiclient::ApiClient& client, const std::string& ns, const std::string& name,
+              const std::string& ip) {
+  REQUIRE(Eventually([&] {
+    auto pod = client.Get(apiclient::resources::kPods, ns, name);
+    if (!pod.ok()) return false;
+    Object copy = **pod;
+    copy["status"]["phase"] = "Running";
+    copy["status"]["podIP"] = ip;
+    copy["status"]["podIPs"] = Object::array({{{"ip", ip}}});
+    return client.UpdateStatus(apiclient::resources::kPods, ns, copy).ok();
+  }));
+}
+
+// A pod of the driver as the API knows it without a kubelet: on `node`, with `ip` (set through
+// the status subresource) when not empty.
+void DriverPod(apiclient::ApiClient& client, const std::string& ns, const std::string& name,
+               const std::string& app, const std::string& node, const std::string& ip) {
+  Object pod = {{"apiVersion", "v1"}, {"kind", "Pod"}};
+  pod["metadata"] = {{"name", name}, {"namespace", ns}, {"labels", {{"app", app}}}};
+  pod["spec"] = {
+      {"nodeName", node},
+      {"tolerations", Object::array({{{"operator", "Exists"}}})},
+      {"containers", Object::array({{{"name", "driver"}, {"image", "registry.invalid/d"}}})}};
+  auto created = client.Create(apiclient::resources::kPods, ns, pod);
+  REQUIRE(created.ok());
+  if (ip.empty()) return;
+  SetPodIP(client, ns, name, ip);
+}
+
+TEST_CASE("Storage capacity: per-node endpoints follow the driver's pods", "[cluster][capacity]") {
+  const TestCluster cluster = TestCluster::FromEnvironment();
+  auto client = cluster.AdminClient();
+  RegisterDriverOnNodes(*client);
+  const std::string certs = cluster.dir() + "/certs-" + RandomSuffix();
+  std::filesystem::create_directories(certs);
+  MakeCertificates(certs);
+  const std::string port = std::to_string(25000 + static_cast<int>(getpid() % 1000));
+  auto tls = [&](const std::string& address, const std::string& node) {
+    return std::vector<std::string>{
+        "--node-id=" + node, "--capacity-listen=" + address, "--tls-ca=" + certs + "/ca.crt",
+        "--tls-cert=" + certs + "/server.crt", "--tls-key=" + certs + "/server.key"};
+  };
+  // Two node drivers on two loopback addresses with the same port, as pods on two nodes would be.
+  csi::testing::DriverFixture driver1("512Mi", tls("127.0.1.1:" + port, "node-1"));
+  csi::testing::DriverFixture driver2("256Mi", tls("127.0.1.2:" + port, "node-2"));
+
+  const std::string suffix = RandomSuffix();
+  const std::string late = "cap-pods-" + suffix;
+  const std::string app = "ephemera-node-" + suffix;
+  ClassCleanup cleanup{*client, {late}};
+  CreateClass(*client, late, "WaitForFirstConsumer");
+  const std::string ns = cluster.CreateNamespace("cappods");
+  ControllerProcess controller(
+      cluster, {"--csi-node-endpoints-selector=app=" + app, "--csi-node-endpoints-port=" + port,
+                "--driver-name=" + std::string(kDriver), "--capacity-tls-ca=" + certs + "/ca.crt",
+                "--capacity-tls-cert=" + certs + "/client.crt",
+                "--capacity-tls-key=" + certs + "/client.key", "--capacity-namespace=" + ns,
+                "--capacity-poll-interval=1s", "--kube-api-capacity-qps=20",
+                "--kube-api-capacity-burst=20"});
+  auto value = [&](const std::string& node) -> std::optional<int64_t> {
+    auto objects = Capacities(*client, ns, {late});
+    auto it = objects.find(late + "/" + node);
+    if (it == objects.end()) return std::nullopt;
+    auto q = ParseQuantity(Field(*it->second, "capacity"));
+    return q.ok() ? std::optional<int64_t>(*q) : std::nullopt;
+  };
+
+  // A driver pod on node-1 with its IP: node-1 is published.
+  DriverPod(*client, ns, "driver-a", app, "node-1", "127.0.1.1");
+  CHECK(Eventually([&] { return value("node-1") == (512LL << 20); }));
+  // A pod on node-2 without an IP yet (not started): no endpoint, no object; then its IP.
+  DriverPod(*client, ns, "driver-b", app, "node-2", "");
+  std::this_thread::sleep_for(seconds(3));
+  CHECK_FALSE(value("node-2").has_value());
+  SetPodIP(*client, ns, "driver-b", "127.0.1.2");
+  CHECK(Eventually([&] { return value("node-2") == (256LL << 20); }));
+  // A pod that does not match the selector changes nothing.
+  DriverPod(*client, ns, "other", app + "-not", "node-3", "127.0.1.1");
+  // node-2's driver pod replaced by one at another address: node-2 is asked there now (that
+  // driver is node-1's, which reports 0 for node-2's segment).
+  REQUIRE(client->Delete(apiclient::resources::kPods, ns, "driver-b", {}).ok());
+  DriverPod(*client, ns, "driver-c", app, "node-2", "127.0.1.1");
+  CHECK(Eventually([&] { return value("node-2") == 0; }));
+  CHECK_FALSE(value("node-3").has_value());
+  CHECK(value("node-1") == (512LL << 20));
+  CHECK(controller.Running());
+  controller.Stop();
+  std::filesystem::remove_all(certs);
 }
 
 }  // namespace

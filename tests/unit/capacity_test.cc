@@ -11,6 +11,7 @@
 
 #include "common/quantity.h"
 #include "controllers/capacity/controller.h"
+#include "controllers/capacity/discovery.h"
 #include "controllers/manager/options.h"
 
 namespace ephemera::controllers {
@@ -108,6 +109,55 @@ TEST_CASE("Capacity PV updates matter only for size affinity or driver", "[unit]
   // Hostile shapes do not crash.
   CHECK(VolumeUpdateMatters(pv, Object("not an object")));
   CHECK_FALSE(VolumeUpdateMatters(Object::array(), Object(42)));
+}
+
+TEST_CASE("Capacity endpoints come from the driver's pods with a node and an IP",
+          "[unit][capacity]") {
+  auto pod = [](const std::string& name, const std::string& node, const std::string& ip,
+                const std::string& phase = "Running") {
+    Object o = {{"metadata", {{"name", name}}},
+                {"spec", {{"nodeName", node}}},
+                {"status", {{"podIP", ip}, {"phase", phase}}}};
+    return std::make_shared<const Object>(std::move(o));
+  };
+  auto deleting = [&](const std::string& name, const std::string& node, const std::string& ip) {
+    Object o = *pod(name, node, ip);
+    o["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z";
+    return std::make_shared<const Object>(std::move(o));
+  };
+  const std::vector<ObjectPtr> pods = {
+      pod("a", "n1", "10.0.0.1"),
+      pod("b", "n2", "fd00::2"),
+      pod("c", "n3", ""),                       // no IP yet
+      pod("d", "", "10.0.0.4"),                 // not scheduled
+      pod("e", "n5", "10.0.0.5; rm -rf /"),     // hostile
+      pod("f", "n6", "10.0.0.6", "Failed"),     // finished
+      deleting("g", "n7", "10.0.0.7"),          // going away
+      pod("h2", "n8", "10.0.0.82", "Pending"),  // a Running pod on n8 wins
+      pod("h1", "n8", "10.0.0.81"),
+      pod("i2", "n9", "10.0.0.92"),  // same phase: first by name
+      pod("i1", "n9", "10.0.0.91"),
+      std::make_shared<const Object>(Object::array()),
+  };
+  const std::map<std::string, std::string> want = {{"n1", "10.0.0.1:10000"},
+                                                   {"n2", "[fd00::2]:10000"},
+                                                   {"n8", "10.0.0.81:10000"},
+                                                   {"n9", "10.0.0.91:10000"}};
+  CHECK(EndpointsFromPods(pods, 10000) == want);
+
+  const std::vector<std::string> flags = {
+      "--controllers=storage-capacity",  "--csi-node-endpoints-selector=app=driver",
+      "--csi-node-endpoints-port=10001", "--capacity-tls-ca=a",
+      "--capacity-tls-cert=b",           "--capacity-tls-key=c",
+      "--capacity-namespace=ns"};
+  ManagerOptions o;
+  CHECK(ParseManagerOptions(flags, &o).code() == Code::kInvalidArgument);  // no --driver-name
+  auto with_name = flags;
+  with_name.push_back("--driver-name=d");
+  ManagerOptions ok;
+  REQUIRE(ParseManagerOptions(with_name, &ok).ok());
+  CHECK(ok.csi_node_endpoints_selector == "app=driver");
+  CHECK(ok.csi_node_endpoints_port == 10001);
 }
 
 TEST_CASE("Capacity objects are built and matched on class and topology", "[unit][capacity]") {
