@@ -167,7 +167,9 @@ StatusOr<std::unique_ptr<CapacitySource>> NewTlsCapacitySource(const std::string
   options.pem_cert_chain = ReadPem(tls.cert, &error);
   options.pem_private_key = ReadPem(tls.key, &error);
   if (!error.ok()) return error;
-  auto channel = grpc::CreateChannel(address, grpc::SslCredentials(options));
+  grpc::ChannelArguments args;
+  if (!tls.server_name.empty()) args.SetSslTargetNameOverride(tls.server_name);
+  auto channel = grpc::CreateCustomChannel(address, grpc::SslCredentials(options), args);
   return std::unique_ptr<CapacitySource>(
       new GrpcCapacitySource(std::move(channel), timeout, /*capacity_listener=*/true));
 }

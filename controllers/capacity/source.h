@@ -49,6 +49,9 @@ class CapacitySource {
 // PEM files of a mutual-TLS client: the CA that signed the server, our certificate and key.
 struct TlsFiles {
   std::string ca, cert, key;
+  // When set, the server certificate is verified for this DNS name instead of HOST (the
+  // certificates of --bootstrap-tls name no address: pod IPs are not known in advance).
+  std::string server_name;
 };
 
 // "unix:///path" (or a bare absolute path). `timeout` bounds every call.

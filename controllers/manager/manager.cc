@@ -12,6 +12,7 @@
 #include "apiclient/leader_election.h"
 #include "apiclient/log.h"
 #include "apiclient/rest_client.h"
+#include "controllers/capacity/bootstrap_tls.h"
 #include "controllers/capacity/controller.h"
 #include "controllers/capacity/discovery.h"
 #include "controllers/ephemeral/controller.h"
@@ -144,11 +145,31 @@ int RunManager(const ManagerOptions& options) {
   std::unique_ptr<CapacityController> capacity;
   std::shared_ptr<CapacitySource> capacity_source;
   std::shared_ptr<PodEndpointSource> discovered;  // capacity_source, when found from pods
+  TlsFiles tls{options.capacity_tls_ca, options.capacity_tls_cert, options.capacity_tls_key};
+  if (Enabled(options, "storage-capacity") && options.bootstrap_tls) {
+    std::string dir = options.bootstrap_tls_dir;
+    if (dir.empty()) {
+      std::string pattern = "/tmp/ephemera-capacity-tls-XXXXXX";
+      if (mkdtemp(pattern.data()) == nullptr) {
+        log::Error("bootstrap-tls: cannot make a directory", Status::Internal("mkdtemp"));
+        return 1;
+      }
+      dir = pattern;
+    }
+    auto files =
+        BootstrapTls(**client, options.capacity_namespace, options.bootstrap_tls_secret_prefix,
+                     options.bootstrap_tls_server_name, dir);
+    if (!files.ok()) {
+      log::Error("bootstrap-tls failed", files.status());
+      return 1;
+    }
+    tls = *files;
+    tls.server_name = options.bootstrap_tls_server_name;
+  }
   if (Enabled(options, "storage-capacity") && !options.csi_node_endpoints.empty()) {
     std::map<std::string, std::shared_ptr<CapacitySource>> by_node;
     for (const auto& [node, address] : options.csi_node_endpoints) {
-      auto source = NewTlsCapacitySource(
-          address, {options.capacity_tls_ca, options.capacity_tls_cert, options.capacity_tls_key});
+      auto source = NewTlsCapacitySource(address, tls);
       if (!source.ok()) {
         log::Error("bad --csi-node-endpoint", source.status(), {{"node", node}});
         return 2;
@@ -157,8 +178,6 @@ int RunManager(const ManagerOptions& options) {
     }
     capacity_source = NewPerNodeCapacitySource(std::move(by_node));
   } else if (Enabled(options, "storage-capacity") && !options.csi_node_endpoints_selector.empty()) {
-    const TlsFiles tls{options.capacity_tls_ca, options.capacity_tls_cert,
-                       options.capacity_tls_key};
     discovered = std::make_shared<PodEndpointSource>(
         *client,
         options.csi_node_endpoints_namespace.empty() ? options.capacity_namespace

@@ -185,6 +185,32 @@ const std::map<std::string, Setter>& Setters() {
          o->csi_node_endpoints_port = *n;
          return Status::Ok();
        }},
+      {"bootstrap-tls",
+       [](ManagerOptions* o, const std::string& v) {
+         auto b = ParseBool("--bootstrap-tls", v);
+         if (!b.ok()) return b.status();
+         o->bootstrap_tls = *b;
+         return Status::Ok();
+       }},
+      {"bootstrap-tls-secret-prefix",
+       [](ManagerOptions* o, const std::string& v) {
+         if (v.empty() || v.size() > 200) {
+           return Status::InvalidArgument("--bootstrap-tls-secret-prefix: 1 to 200 characters");
+         }
+         o->bootstrap_tls_secret_prefix = v;
+         return Status::Ok();
+       }},
+      {"bootstrap-tls-server-name",
+       [](ManagerOptions* o, const std::string& v) {
+         if (v.empty()) return Status::InvalidArgument("--bootstrap-tls-server-name is empty");
+         o->bootstrap_tls_server_name = v;
+         return Status::Ok();
+       }},
+      {"bootstrap-tls-dir",
+       [](ManagerOptions* o, const std::string& v) {
+         o->bootstrap_tls_dir = v;
+         return Status::Ok();
+       }},
       {"capacity-tls-ca",
        [](ManagerOptions* o, const std::string& v) {
          o->capacity_tls_ca = v;
@@ -277,6 +303,10 @@ const std::map<std::string, std::string>& FileKeys() {
       {"csiNodeEndpointsSelector", "csi-node-endpoints-selector"},
       {"csiNodeEndpointsNamespace", "csi-node-endpoints-namespace"},
       {"csiNodeEndpointsPort", "csi-node-endpoints-port"},
+      {"bootstrapTLS", "bootstrap-tls"},
+      {"bootstrapTLSSecretPrefix", "bootstrap-tls-secret-prefix"},
+      {"bootstrapTLSServerName", "bootstrap-tls-server-name"},
+      {"bootstrapTLSDir", "bootstrap-tls-dir"},
       {"capacityTLSCA", "capacity-tls-ca"},
       {"capacityTLSCert", "capacity-tls-cert"},
       {"capacityTLSKey", "capacity-tls-key"},
@@ -414,7 +444,7 @@ Status ParseManagerOptions(const std::vector<std::string>& args, ManagerOptions*
       name = arg.substr(0, eq);
       value = arg.substr(eq + 1);
     } else if (name == "leader-elect" || name == "release-terminated-pods" ||
-               name == "capacity-for-immediate-binding") {
+               name == "capacity-for-immediate-binding" || name == "bootstrap-tls") {
       value = "true";  // Boolean flags may stand alone.
     } else if (i + 1 < args.size()) {
       value = args[++i];
@@ -468,7 +498,14 @@ Status ValidateManagerOptions(const ManagerOptions& o) {
             "--csi-node-endpoints-selector needs --driver-name (no endpoint may be known at "
             "start)");
       }
-      if ((!o.csi_node_endpoints.empty() || !o.csi_node_endpoints_selector.empty()) &&
+      const bool tls_files =
+          !o.capacity_tls_ca.empty() || !o.capacity_tls_cert.empty() || !o.capacity_tls_key.empty();
+      if (o.bootstrap_tls && (tls_files || !o.csi_address.empty())) {
+        return Status::InvalidArgument(
+            "--bootstrap-tls is for per-node endpoints and replaces --capacity-tls-ca/-cert/-key");
+      }
+      if (!o.bootstrap_tls &&
+          (!o.csi_node_endpoints.empty() || !o.csi_node_endpoints_selector.empty()) &&
           (o.capacity_tls_ca.empty() || o.capacity_tls_cert.empty() ||
            o.capacity_tls_key.empty())) {
         return Status::InvalidArgument(
@@ -513,6 +550,12 @@ storage-capacity (CSIStorageCapacity objects from the CSI driver's GetCapacity):
   --csi-node-endpoints-namespace NS       their namespace (default: the capacity namespace)
   --csi-node-endpoints-port P             the port of their --capacity-listen (default 10000)
   --capacity-tls-ca/-cert/-key PATH       PEM files for the per-node endpoints' mutual TLS
+  --bootstrap-tls[=B]                     instead: make CA, server and client certificates into
+                                          Secrets PREFIX-ca/-server/-client when missing
+  --bootstrap-tls-secret-prefix PREFIX    (default ephemera-capacity-tls)
+  --bootstrap-tls-server-name NAME        the server certificate's DNS name, verified whatever
+                                          address is dialled (default ephemera-capacity)
+  --bootstrap-tls-dir DIR                 where the client files are written (default: /tmp/...)
   --driver-name NAME                      driver name (default: from GetPluginInfo)
   --capacity-namespace NS                 namespace of the objects (default $POD_NAMESPACE)
   --capacity-poll-interval D              how often every capacity is asked again (default 1m)

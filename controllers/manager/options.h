@@ -39,6 +39,11 @@ struct ManagerOptions {
   std::string csi_node_endpoints_namespace;
   int csi_node_endpoints_port = 10000;
   std::string capacity_tls_ca, capacity_tls_cert, capacity_tls_key;
+  // --bootstrap-tls: certificates made by the manager and kept in Secrets instead of the files.
+  bool bootstrap_tls = false;
+  std::string bootstrap_tls_secret_prefix = "ephemera-capacity-tls";
+  std::string bootstrap_tls_server_name = "ephemera-capacity";
+  std::string bootstrap_tls_dir;   // "" = a new directory below /tmp
   std::string capacity_namespace;  // default: $POD_NAMESPACE
   std::chrono::milliseconds capacity_poll_interval{60000};
   bool capacity_for_immediate_binding = false;

@@ -17,6 +17,7 @@
 #include <set>
 #include <thread>
 
+#include "apiclient/config.h"
 #include "apiclient/errors.h"
 #include "common/quantity.h"
 #include "controllers/capacity/source.h"
@@ -938,6 +939,111 @@ TEST_CASE("Storage capacity: per-node endpoints follow the driver's pods", "[clu
   CHECK(controller.Running());
   controller.Stop();
   std::filesystem::remove_all(certs);
+}
+
+TEST_CASE("Storage capacity: bootstrap-tls makes the certificates into Secrets and reuses them",
+          "[cluster][capacity]") {
+  const TestCluster cluster = TestCluster::FromEnvironment();
+  auto client = cluster.AdminClient();
+  RegisterDriverOnNodes(*client);
+  const std::string dir = cluster.dir() + "/boot-" + RandomSuffix();
+  std::filesystem::create_directories(dir);
+  const std::string address = "127.0.0.1:" + std::to_string(26000 + getpid() % 1000);
+  const std::string late = "cap-boot-" + RandomSuffix();
+  ClassCleanup cleanup{*client, {late}};
+  CreateClass(*client, late, "WaitForFirstConsumer");
+  const std::string ns = cluster.CreateNamespace("capboot");
+  auto flags = [&](const std::string& files) {
+    return std::vector<std::string>{
+        "--csi-node-endpoint=node-1=" + address, "--bootstrap-tls",
+        "--bootstrap-tls-dir=" + files,          "--capacity-namespace=" + ns,
+        "--capacity-poll-interval=1s",           "--kube-api-capacity-qps=20",
+        "--kube-api-capacity-burst=20"};
+  };
+  const std::vector<std::string> names = {
+      "ephemera-capacity-tls-ca", "ephemera-capacity-tls-server", "ephemera-capacity-tls-client"};
+  auto secrets = [&] {
+    std::map<std::string, ObjectPtr> out;
+    for (const auto& n : names) {
+      auto s = client->Get(apiclient::resources::kSecrets, ns, n);
+      if (s.ok()) out[n] = *s;
+    }
+    return out;
+  };
+  auto decoded = [](const ObjectPtr& secret, const char* key) {
+    auto d = apiclient::Base64Decode(Field(*secret, "data", key));
+    return d.ok() ? *d : std::string();
+  };
+  std::filesystem::create_directories(dir + "/run1");
+  auto controller = std::make_unique<ControllerProcess>(cluster, flags(dir + "/run1"));
+  std::map<std::string, ObjectPtr> first;
+  REQUIRE(Eventually([&] {
+    first = secrets();
+    return first.size() == 3;
+  }));
+  CHECK(decoded(first[names[0]], "ca.key").find("PRIVATE KEY") != std::string::npos);
+  CHECK(decoded(first[names[2]], "ca.crt") == decoded(first[names[0]], "ca.crt"));
+
+  // The node driver with the server Secret's files, as a pod mounting the Secret would have them.
+  const auto& server = first[names[1]];
+  std::ofstream(dir + "/server.crt") << decoded(server, "tls.crt");
+  std::ofstream(dir + "/server.key") << decoded(server, "tls.key");
+  std::ofstream(dir + "/ca.crt") << decoded(server, "ca.crt");
+  csi::testing::DriverFixture driver(
+      "512Mi", {"--node-id=node-1", "--capacity-listen=" + address, "--tls-ca=" + dir + "/ca.crt",
+                "--tls-cert=" + dir + "/server.crt", "--tls-key=" + dir + "/server.key"});
+  CHECK(Eventually(
+      [&] {
+        auto objects = Capacities(*client, ns, {late});
+        return objects.count(late + "/node-1") == 1 &&
+               *ParseQuantity(Field(*objects[late + "/node-1"], "capacity")) == 512LL << 20;
+      },
+      seconds(60)));
+  CHECK(controller->Running());
+
+  // The server certificate names no address: a client that verifies the address it dials (no
+  // server name override) is refused; with the name it works.
+  controllers::TlsFiles files{dir + "/run1/ca.crt", dir + "/run1/tls.crt", dir + "/run1/tls.key"};
+  auto by_address = controllers::NewTlsCapacitySource(address, files, seconds(5));
+  REQUIRE(by_address.ok());
+  CHECK_FALSE((*by_address)->GetCapacity({{kTopologyKey, "node-1"}}, {}, {"node-1"}).ok());
+  files.server_name = "ephemera-capacity";
+  auto by_name = controllers::NewTlsCapacitySource(address, files, seconds(5));
+  REQUIRE(by_name.ok());
+  auto answer = (*by_name)->GetCapacity({{kTopologyKey, "node-1"}}, {}, {"node-1"});
+  REQUIRE(answer.ok());
+  CHECK(answer->available == 512LL << 20);
+
+  // A restart reuses the Secrets unchanged and still reaches the driver: an object deleted by
+  // hand is made again from a fresh GetCapacity.
+  controller.reset();
+  std::filesystem::create_directories(dir + "/run2");
+  controller = std::make_unique<ControllerProcess>(cluster, flags(dir + "/run2"));
+  std::this_thread::sleep_for(seconds(2));
+  auto objects = Capacities(*client, ns, {late});
+  REQUIRE(objects.count(late + "/node-1") == 1);
+  REQUIRE(client
+              ->Delete(kCSIStorageCapacities, ns,
+                       Field(*objects[late + "/node-1"], "metadata", "name"), {})
+              .ok());
+  CHECK(Eventually(
+      [&] {
+        auto now = Capacities(*client, ns, {late});
+        return now.count(late + "/node-1") == 1 &&
+               *ParseQuantity(Field(*now[late + "/node-1"], "capacity")) == 512LL << 20;
+      },
+      seconds(60)));
+  const auto second = secrets();
+  REQUIRE(second.size() == 3);
+  for (const auto& n : names) {
+    INFO(n);
+    CHECK(Field(*second.at(n), "metadata", "uid") == Field(*first.at(n), "metadata", "uid"));
+    CHECK(Field(*second.at(n), "metadata", "resourceVersion") ==
+          Field(*first.at(n), "metadata", "resourceVersion"));
+  }
+  CHECK(ReadFile(dir + "/run2/tls.crt") == ReadFile(dir + "/run1/tls.crt"));
+  controller.reset();
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace

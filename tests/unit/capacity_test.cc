@@ -1,5 +1,9 @@
 // The storage-capacity controller's pure functions, and its reconciler against an in-memory API
 // client and a fake CapacitySource.
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
+
 #include <algorithm>
 #include <catch2/catch.hpp>
 #include <condition_variable>
@@ -10,6 +14,7 @@
 #include <thread>
 
 #include "common/quantity.h"
+#include "controllers/capacity/bootstrap_tls.h"
 #include "controllers/capacity/controller.h"
 #include "controllers/capacity/discovery.h"
 #include "controllers/manager/options.h"
@@ -158,6 +163,57 @@ TEST_CASE("Capacity endpoints come from the driver's pods with a node and an IP"
   REQUIRE(ParseManagerOptions(with_name, &ok).ok());
   CHECK(ok.csi_node_endpoints_selector == "app=driver");
   CHECK(ok.csi_node_endpoints_port == 10001);
+}
+
+TEST_CASE("Capacity bootstrap-tls certificates chain to their CA and name the server",
+          "[unit][capacity]") {
+  auto ca = MakeCa("test-ca", 1);
+  REQUIRE(ca.ok());
+  auto server = MakeLeaf(*ca, "ephemera-capacity", true, 1);
+  auto client = MakeLeaf(*ca, "manager", false, 1);
+  auto other_ca = MakeCa("other-ca", 1);
+  REQUIRE(server.ok());
+  REQUIRE(client.ok());
+  REQUIRE(other_ca.ok());
+  auto cert = [](const std::string& pem) {
+    BIO* bio = BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size()));
+    X509* x = PEM_read_bio_X509(bio, nullptr, nullptr, nullptr);
+    BIO_free(bio);
+    return std::unique_ptr<X509, void (*)(X509*)>(x, X509_free);
+  };
+  auto ca_cert = cert(ca->cert_pem);
+  auto other_cert = cert(other_ca->cert_pem);
+  auto server_cert = cert(server->cert_pem);
+  auto client_cert = cert(client->cert_pem);
+  REQUIRE(ca_cert);
+  REQUIRE(server_cert);
+  REQUIRE(client_cert);
+  EVP_PKEY* ca_key = X509_get0_pubkey(ca_cert.get());
+  CHECK(X509_verify(ca_cert.get(), ca_key) == 1);  // self-signed
+  CHECK(X509_verify(server_cert.get(), ca_key) == 1);
+  CHECK(X509_verify(client_cert.get(), ca_key) == 1);
+  CHECK(X509_verify(server_cert.get(), X509_get0_pubkey(other_cert.get())) != 1);
+  CHECK(X509_check_ca(ca_cert.get()) == 1);
+  CHECK(X509_check_ca(server_cert.get()) == 0);
+  CHECK(X509_check_host(server_cert.get(), "ephemera-capacity", 0, 0, nullptr) == 1);
+  CHECK(X509_check_host(server_cert.get(), "elsewhere", 0, 0, nullptr) != 1);
+  CHECK(X509_check_purpose(server_cert.get(), X509_PURPOSE_SSL_SERVER, 0) == 1);
+  CHECK(X509_check_purpose(client_cert.get(), X509_PURPOSE_SSL_CLIENT, 0) == 1);
+  CHECK(X509_check_purpose(client_cert.get(), X509_PURPOSE_SSL_SERVER, 0) != 1);
+  CHECK(server->key_pem.find("PRIVATE KEY") != std::string::npos);
+  CHECK_FALSE(MakeLeaf({"garbage", "garbage"}, "x", true, 1).ok());
+
+  ManagerOptions bad;
+  CHECK(ParseManagerOptions({"--controllers=storage-capacity", "--csi-node-endpoint=n=h:1",
+                             "--bootstrap-tls", "--capacity-tls-ca=a", "--capacity-namespace=ns"},
+                            &bad)
+            .code() == Code::kInvalidArgument);
+  ManagerOptions ok;
+  REQUIRE(ParseManagerOptions({"--controllers=storage-capacity", "--csi-node-endpoint=n=h:1",
+                               "--bootstrap-tls", "--capacity-namespace=ns"},
+                              &ok)
+              .ok());
+  CHECK(ok.bootstrap_tls);
 }
 
 TEST_CASE("Capacity objects are built and matched on class and topology", "[unit][capacity]") {
