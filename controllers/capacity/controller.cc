@@ -95,6 +95,17 @@ std::string DescribeSegment(const Segment& segment) {
   return out.empty() ? "<all nodes>" : out;
 }
 
+bool VolumeUpdateMatters(const Object& old_pv, const Object& pv) {
+  const Object* a = Member(old_pv, "spec");
+  const Object* b = Member(pv, "spec");
+  auto same = [&](const char* key) {
+    const Object* x = a ? Member(*a, key) : nullptr;
+    const Object* y = b ? Member(*b, key) : nullptr;
+    return (x == nullptr) == (y == nullptr) && (x == nullptr || *x == *y);
+  };
+  return !same("capacity") || !same("nodeAffinity") || PvDriver(old_pv) != PvDriver(pv);
+}
+
 std::vector<Segment> ComputeSegments(const std::vector<ObjectPtr>& csinodes,
                                      const std::map<std::string, ObjectPtr>& nodes,
                                      const std::string& driver) {
@@ -201,7 +212,13 @@ CapacityController::CapacityController(apiclient::ApiClientPtr client,
                                {"segment", "storage_class"})),
       writes_metric_(metrics.Counter("csistoragecapacity_writes_total",
                                      "Writes of CSIStorageCapacity objects by operation.",
-                                     {"operation"})) {}
+                                     {"operation"})),
+      unreachable_metric_(
+          metrics.Gauge("csistoragecapacity_unreachable_nodes",
+                        "Nodes whose own capacity endpoint did not answer the last GetCapacity.")),
+      node_errors_(metrics.Counter("csistoragecapacity_node_getcapacity_errors_total",
+                                   "Failed GetCapacity calls to a node's own endpoint, by node.",
+                                   {"node"})) {}
 
 CapacityController::~CapacityController() {
   Stop();
@@ -286,10 +303,12 @@ bool CapacityController::Start(std::chrono::seconds sync_timeout) {
   volumes_->AddHandlers({.on_add = volume_changed,
                          .on_update =
                              [volume_changed](const ObjectPtr& old_pv, const ObjectPtr& pv) {
-                               // A volume being released or deleted changes nothing yet; its
-                               // removal does. Phase changes to Bound do not change capacity.
-                               (void)old_pv;
-                               (void)pv;
+                               // An expansion changes the free space; phase, claim and
+                               // annotation changes do not (a release frees nothing until the
+                               // PV is deleted).
+                               if (!VolumeUpdateMatters(*old_pv, *pv)) return;
+                               volume_changed(old_pv);
+                               volume_changed(pv);
                              },
                          .on_delete = volume_changed});
   capacities_->AddHandlers({.on_add =
@@ -427,6 +446,50 @@ std::vector<CapacityItem> CapacityController::WantedItems() {
   return items;
 }
 
+std::set<std::string> CapacityController::UnreachableNodes() {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::set<std::string> out;
+  for (const auto& [node, error] : unreachable_)
+    out.insert(node);
+  return out;
+}
+
+void CapacityController::NodeAnswered(const std::string& node, const Status& status) {
+  // Only a transport failure means "cannot be reached"; a driver that answers with an error is
+  // reachable (its error is counted, and logged by the sync).
+  const bool unreachable =
+      status.code() == Code::kUnavailable || status.code() == Code::kDeadlineExceeded;
+  if (!status.ok()) node_errors_.With({node}).Inc();
+  bool changed = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    changed = unreachable ? unreachable_.emplace(node, status.message()).second
+                          : unreachable_.erase(node) > 0;
+    unreachable_metric_.With({}).Set(static_cast<double>(unreachable_.size()));
+  }
+  if (!changed) return;
+  if (unreachable) {
+    log::Error("a node's capacity endpoint cannot be reached; its last published capacity stays",
+               status, {{"node", node}});
+  } else {
+    log::Info("a node's capacity endpoint answers again", {{"node", node}});
+  }
+  if (!options_.events) return;
+  // The uid is the node's name, as kubelet's node Events have it: `kubectl describe node` looks
+  // for exactly that.
+  const Object regarding = {
+      {"apiVersion", "v1"}, {"kind", "Node"}, {"metadata", {{"name", node}, {"uid", node}}}};
+  if (unreachable) {
+    options_.events->Record(regarding, "Warning", "CapacityEndpointUnreachable", "GetCapacity",
+                            "the driver's capacity endpoint on this node cannot be reached (" +
+                                status.message().substr(0, 300) +
+                                "); the last published CSIStorageCapacity values are kept");
+  } else {
+    options_.events->Record(regarding, "Normal", "CapacityEndpointReachable", "GetCapacity",
+                            "the driver's capacity endpoint on this node answers again");
+  }
+}
+
 Status CapacityController::Write(const std::function<Status()>& call) {
   write_limit_.Wait();
   writes_++;
@@ -478,10 +541,12 @@ Status CapacityController::Sync() {
       if (match) in_segment.push_back(Field(*node, "metadata", "name"));
     }
     std::sort(in_segment.begin(), in_segment.end());
+    const std::string node = source_->NodeFor(in_segment);
     const auto start = std::chrono::steady_clock::now();
     auto result = source_->GetCapacity(item.segment, params, in_segment);
     latency_.With({}).Observe(
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    if (!node.empty()) NodeAnswered(node, result.status());
     std::lock_guard<std::mutex> lock(mu_);
     if (result.ok()) {
       known_[item] = *result;
@@ -585,6 +650,14 @@ Status CapacityController::Sync() {
       if (now.count(old) == 0) published_.Remove({old.first, old.second});
     }
     published_labels_ = std::move(now);
+  }
+  // Nodes that are gone are no longer reported as unreachable.
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto it = unreachable_.begin(); it != unreachable_.end();) {
+      it = nodes_->store().Get(it->first) ? std::next(it) : unreachable_.erase(it);
+    }
+    unreachable_metric_.With({}).Set(static_cast<double>(unreachable_.size()));
   }
   goal_.With({}).Set(static_cast<double>(items.size()));
   current_.With({}).Set(current);

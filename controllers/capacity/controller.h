@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "apiclient/client.h"
+#include "apiclient/events.h"
 #include "apiclient/informer.h"
 #include "apiclient/metrics.h"
 #include "apiclient/rate_limiter.h"
@@ -49,6 +50,8 @@ struct CapacityOptions {
   double write_qps = 1;     // --kube-api-capacity-qps
   int write_burst = 5;      // --kube-api-capacity-burst
   apiclient::Object owner;  // owner reference, or null
+  // Where "node endpoint unreachable" / "reachable again" Events go; null = no Events.
+  std::shared_ptr<apiclient::EventRecorder> events;
 };
 
 // One (segment, class) pair. Ordered so it can key maps.
@@ -69,6 +72,10 @@ std::string DescribeSegment(const Segment& segment);
 std::vector<Segment> ComputeSegments(const std::vector<apiclient::ObjectPtr>& csinodes,
                                      const std::map<std::string, apiclient::ObjectPtr>& nodes,
                                      const std::string& driver);
+
+// True when a PV update can change free space: its size (an expansion), its node affinity or its
+// driver changed. Phase, claim, annotation and status changes do not.
+bool VolumeUpdateMatters(const apiclient::Object& old_pv, const apiclient::Object& pv);
 
 // True when the class belongs to the driver and is to be published.
 bool ClassWanted(const apiclient::Object& storage_class, const std::string& driver,
@@ -103,6 +110,8 @@ class CapacityController {
   uint64_t Writes() const { return writes_.load(); }
   // The driver refused to serve GET_CAPACITY: the controller publishes nothing.
   bool Disabled() const { return disabled_.load(); }
+  // Nodes whose own endpoint did not answer the last GetCapacity (per-node source only).
+  std::set<std::string> UnreachableNodes();
 
  private:
   void Loop();
@@ -113,6 +122,8 @@ class CapacityController {
   void ObjectSeen(const apiclient::ObjectPtr& object);
   void ObjectGone(const apiclient::ObjectPtr& object);
   Status Write(const std::function<Status()>& call);
+  // Records how `node`'s endpoint answered; Events and metrics on a change of reachability.
+  void NodeAnswered(const std::string& node, const Status& status);
 
   const apiclient::ApiClientPtr client_;
   const std::shared_ptr<CapacitySource> source_;
@@ -126,6 +137,8 @@ class CapacityController {
   apiclient::CounterFamily& errors_;
   apiclient::GaugeFamily& published_;
   apiclient::CounterFamily& writes_metric_;
+  apiclient::GaugeFamily& unreachable_metric_;
+  apiclient::CounterFamily& node_errors_;
   std::unique_ptr<apiclient::Informer> csinodes_;
   std::unique_ptr<apiclient::Informer> nodes_;
   std::unique_ptr<apiclient::Informer> classes_;
@@ -143,6 +156,7 @@ class CapacityController {
   // The objects as we know them: the informer's, overlaid with our own writes. name -> object.
   std::map<std::string, apiclient::ObjectPtr> objects_;             // GUARDED_BY(mu_)
   std::set<std::pair<std::string, std::string>> published_labels_;  // GUARDED_BY(mu_)
+  std::map<std::string, std::string> unreachable_;  // GUARDED_BY(mu_): node -> last error
 
   std::atomic<bool> stopped_{false};
   std::atomic<bool> disabled_{false};

@@ -128,6 +128,12 @@ class PerNodeCapacitySource : public CapacitySource {
     return Status::NotFound("no --csi-node-endpoint for any node of the segment");
   }
 
+  std::string NodeFor(const std::vector<std::string>& nodes) const override {
+    for (const auto& node : nodes)
+      if (by_node_.count(node) > 0) return node;
+    return "";
+  }
+
  private:
   const std::map<std::string, std::shared_ptr<CapacitySource>> by_node_;
 };

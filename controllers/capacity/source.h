@@ -40,13 +40,17 @@ class CapacitySource {
   virtual StatusOr<CapacityResult> GetCapacity(const Segment& segment,
                                                const std::map<std::string, std::string>& params,
                                                const std::vector<std::string>& nodes) = 0;
+  // The node whose own endpoint GetCapacity(…, nodes) asks, or "" when the answer does not come
+  // from one node (a central source, or no node of `nodes` has an endpoint). The controller
+  // reports an endpoint that cannot be reached on this node.
+  virtual std::string NodeFor(const std::vector<std::string>& /*nodes*/) const { return ""; }
 };
 
 // PEM files of a mutual-TLS client: the CA that signed the server, our certificate and key.
 struct TlsFiles {
   std::string ca, cert, key;
-  // The name the server certificate must carry; empty: the endpoint's HOST. One certificate
-  // for every node's driver names a fixed DNS name, since pod IPs are not known in advance.
+  // When set, the server certificate is verified for this DNS name instead of HOST (the
+  // certificates of --bootstrap-tls name no address: pod IPs are not known in advance).
   std::string server_name;
 };
 
@@ -55,7 +59,8 @@ StatusOr<std::unique_ptr<CapacitySource>> NewGrpcCapacitySource(
     const std::string& address, std::chrono::milliseconds timeout = std::chrono::seconds(10));
 
 // "HOST:PORT" of a driver's read-only --capacity-listen, with mutual TLS: the server certificate
-// is verified against `tls.ca` (for HOST or tls.server_name), and we present `tls.cert`. Files are read once.
+// is verified against `tls.ca` (for HOST or tls.server_name), and we present `tls.cert`. Files are
+// read once.
 StatusOr<std::unique_ptr<CapacitySource>> NewTlsCapacitySource(
     const std::string& address, const TlsFiles& tls,
     std::chrono::milliseconds timeout = std::chrono::seconds(10));

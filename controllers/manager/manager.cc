@@ -12,7 +12,9 @@
 #include "apiclient/leader_election.h"
 #include "apiclient/log.h"
 #include "apiclient/rest_client.h"
+#include "controllers/capacity/bootstrap_tls.h"
 #include "controllers/capacity/controller.h"
+#include "controllers/capacity/discovery.h"
 #include "controllers/ephemeral/controller.h"
 
 namespace ephemera::controllers {
@@ -142,12 +144,33 @@ int RunManager(const ManagerOptions& options) {
   std::unique_ptr<EphemeralVolumeController> controller;
   std::unique_ptr<CapacityController> capacity;
   std::shared_ptr<CapacitySource> capacity_source;
+  std::shared_ptr<PodEndpointSource> discovered;  // capacity_source, when found from pods
+  TlsFiles tls{options.capacity_tls_ca, options.capacity_tls_cert, options.capacity_tls_key,
+               options.capacity_tls_server_name};
+  if (Enabled(options, "storage-capacity") && options.bootstrap_tls) {
+    std::string dir = options.bootstrap_tls_dir;
+    if (dir.empty()) {
+      std::string pattern = "/tmp/ephemera-capacity-tls-XXXXXX";
+      if (mkdtemp(pattern.data()) == nullptr) {
+        log::Error("bootstrap-tls: cannot make a directory", Status::Internal("mkdtemp"));
+        return 1;
+      }
+      dir = pattern;
+    }
+    auto files =
+        BootstrapTls(**client, options.capacity_namespace, options.bootstrap_tls_secret_prefix,
+                     options.bootstrap_tls_server_name, dir);
+    if (!files.ok()) {
+      log::Error("bootstrap-tls failed", files.status());
+      return 1;
+    }
+    tls = *files;
+    tls.server_name = options.bootstrap_tls_server_name;
+  }
   if (Enabled(options, "storage-capacity") && !options.csi_node_endpoints.empty()) {
     std::map<std::string, std::shared_ptr<CapacitySource>> by_node;
     for (const auto& [node, address] : options.csi_node_endpoints) {
-      auto source = NewTlsCapacitySource(
-          address, {options.capacity_tls_ca, options.capacity_tls_cert, options.capacity_tls_key,
-                    options.capacity_tls_server_name});
+      auto source = NewTlsCapacitySource(address, tls);
       if (!source.ok()) {
         log::Error("bad --csi-node-endpoint", source.status(), {{"node", node}});
         return 2;
@@ -155,6 +178,18 @@ int RunManager(const ManagerOptions& options) {
       by_node[node] = std::move(*source);
     }
     capacity_source = NewPerNodeCapacitySource(std::move(by_node));
+  } else if (Enabled(options, "storage-capacity") && !options.csi_node_endpoints_selector.empty()) {
+    discovered = std::make_shared<PodEndpointSource>(
+        *client,
+        options.csi_node_endpoints_namespace.empty() ? options.capacity_namespace
+                                                     : options.csi_node_endpoints_namespace,
+        options.csi_node_endpoints_selector, options.csi_node_endpoints_port,
+        [tls](const std::string& address) -> StatusOr<std::shared_ptr<CapacitySource>> {
+          auto source = NewTlsCapacitySource(address, tls);
+          if (!source.ok()) return source.status();
+          return std::shared_ptr<CapacitySource>(std::move(*source));
+        });
+    capacity_source = discovered;
   } else if (Enabled(options, "storage-capacity")) {
     auto source = NewGrpcCapacitySource(options.csi_address);
     if (!source.ok()) {
@@ -201,6 +236,8 @@ int RunManager(const ManagerOptions& options) {
                             .immediate_binding = options.capacity_for_immediate_binding,
                             .write_qps = options.kube_api_capacity_qps,
                             .write_burst = options.kube_api_capacity_burst};
+      copts.events = std::make_shared<apiclient::EventRecorder>(
+          *event_client, apiclient::EventSource{"ephemera.io/storage-capacity", le.identity});
       if (options.capacity_ownerref_level > 0) {
         auto owner = ResolveOwner(**client, options.capacity_ownerref_level);
         if (!owner.ok()) {
@@ -208,6 +245,11 @@ int RunManager(const ManagerOptions& options) {
           return false;
         }
         copts.owner = *owner;
+      }
+      if (discovered && !discovered->Start(std::chrono::seconds(120))) {
+        log::Error("the driver's pods could not be listed",
+                   Status::DeadlineExceeded("pod informer sync"));
+        return false;
       }
       capacity = std::make_unique<CapacityController>(*client, capacity_source, metrics, copts);
       if (!capacity->Start()) {
@@ -249,6 +291,7 @@ int RunManager(const ManagerOptions& options) {
     g_stop = true;
     stopper.join();
     if (capacity) capacity->Stop();
+    if (discovered) discovered->Stop();
     if (controller) controller->Stop();
     if (start_failed) {
       exit_code = 1;
@@ -264,6 +307,7 @@ int RunManager(const ManagerOptions& options) {
         std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
     if (capacity) capacity->Stop();
+    if (discovered) discovered->Stop();
     if (controller) controller->Stop();
   }
   events->Flush();

@@ -167,6 +167,50 @@ const std::map<std::string, Setter>& Setters() {
          }
          return Status::Ok();
        }},
+      {"csi-node-endpoints-selector",
+       [](ManagerOptions* o, const std::string& v) {
+         o->csi_node_endpoints_selector = v;
+         return Status::Ok();
+       }},
+      {"csi-node-endpoints-namespace",
+       [](ManagerOptions* o, const std::string& v) {
+         o->csi_node_endpoints_namespace = v;
+         return Status::Ok();
+       }},
+      {"csi-node-endpoints-port",
+       [](ManagerOptions* o, const std::string& v) {
+         auto n = ParseInt("--csi-node-endpoints-port", v, 1);
+         if (!n.ok()) return n.status();
+         if (*n > 65535) return Status::InvalidArgument("--csi-node-endpoints-port: above 65535");
+         o->csi_node_endpoints_port = *n;
+         return Status::Ok();
+       }},
+      {"bootstrap-tls",
+       [](ManagerOptions* o, const std::string& v) {
+         auto b = ParseBool("--bootstrap-tls", v);
+         if (!b.ok()) return b.status();
+         o->bootstrap_tls = *b;
+         return Status::Ok();
+       }},
+      {"bootstrap-tls-secret-prefix",
+       [](ManagerOptions* o, const std::string& v) {
+         if (v.empty() || v.size() > 200) {
+           return Status::InvalidArgument("--bootstrap-tls-secret-prefix: 1 to 200 characters");
+         }
+         o->bootstrap_tls_secret_prefix = v;
+         return Status::Ok();
+       }},
+      {"bootstrap-tls-server-name",
+       [](ManagerOptions* o, const std::string& v) {
+         if (v.empty()) return Status::InvalidArgument("--bootstrap-tls-server-name is empty");
+         o->bootstrap_tls_server_name = v;
+         return Status::Ok();
+       }},
+      {"bootstrap-tls-dir",
+       [](ManagerOptions* o, const std::string& v) {
+         o->bootstrap_tls_dir = v;
+         return Status::Ok();
+       }},
       {"capacity-tls-ca",
        [](ManagerOptions* o, const std::string& v) {
          o->capacity_tls_ca = v;
@@ -261,6 +305,13 @@ const std::map<std::string, std::string>& FileKeys() {
       {"csiAddress", "csi-address"},
       {"driverName", "driver-name"},
       {"csiNodeEndpoints", "csi-node-endpoint"},
+      {"csiNodeEndpointsSelector", "csi-node-endpoints-selector"},
+      {"csiNodeEndpointsNamespace", "csi-node-endpoints-namespace"},
+      {"csiNodeEndpointsPort", "csi-node-endpoints-port"},
+      {"bootstrapTLS", "bootstrap-tls"},
+      {"bootstrapTLSSecretPrefix", "bootstrap-tls-secret-prefix"},
+      {"bootstrapTLSServerName", "bootstrap-tls-server-name"},
+      {"bootstrapTLSDir", "bootstrap-tls-dir"},
       {"capacityTLSCA", "capacity-tls-ca"},
       {"capacityTLSCert", "capacity-tls-cert"},
       {"capacityTLSKey", "capacity-tls-key"},
@@ -399,7 +450,7 @@ Status ParseManagerOptions(const std::vector<std::string>& args, ManagerOptions*
       name = arg.substr(0, eq);
       value = arg.substr(eq + 1);
     } else if (name == "leader-elect" || name == "release-terminated-pods" ||
-               name == "capacity-for-immediate-binding") {
+               name == "capacity-for-immediate-binding" || name == "bootstrap-tls") {
       value = "true";  // Boolean flags may stand alone.
     } else if (i + 1 < args.size()) {
       value = args[++i];
@@ -440,16 +491,31 @@ Status ValidateManagerOptions(const ManagerOptions& o) {
                                      "\" (known: ephemeral-volume, storage-capacity)");
     }
     if (c == "storage-capacity") {
-      if (o.csi_address.empty() == o.csi_node_endpoints.empty()) {
+      const int sources = (o.csi_address.empty() ? 0 : 1) + (o.csi_node_endpoints.empty() ? 0 : 1) +
+                          (o.csi_node_endpoints_selector.empty() ? 0 : 1);
+      if (sources != 1) {
         return Status::InvalidArgument(
-            "--controllers: storage-capacity needs either --csi-address=unix:///PATH of the CSI "
-            "driver or --csi-node-endpoint NODE=HOST:PORT (one or more), not both");
+            "--controllers: storage-capacity needs exactly one of --csi-address=unix:///PATH of "
+            "the CSI driver, --csi-node-endpoint NODE=HOST:PORT (one or more) or "
+            "--csi-node-endpoints-selector");
       }
-      if (!o.csi_node_endpoints.empty() &&
+      if (!o.csi_node_endpoints_selector.empty() && o.driver_name.empty()) {
+        return Status::InvalidArgument(
+            "--csi-node-endpoints-selector needs --driver-name (no endpoint may be known at "
+            "start)");
+      }
+      const bool tls_files =
+          !o.capacity_tls_ca.empty() || !o.capacity_tls_cert.empty() || !o.capacity_tls_key.empty();
+      if (o.bootstrap_tls && (tls_files || !o.csi_address.empty())) {
+        return Status::InvalidArgument(
+            "--bootstrap-tls is for per-node endpoints and replaces --capacity-tls-ca/-cert/-key");
+      }
+      if (!o.bootstrap_tls &&
+          (!o.csi_node_endpoints.empty() || !o.csi_node_endpoints_selector.empty()) &&
           (o.capacity_tls_ca.empty() || o.capacity_tls_cert.empty() ||
            o.capacity_tls_key.empty())) {
         return Status::InvalidArgument(
-            "--csi-node-endpoint needs --capacity-tls-ca, --capacity-tls-cert and "
+            "per-node endpoints need --capacity-tls-ca, --capacity-tls-cert and "
             "--capacity-tls-key (mutual TLS)");
       }
       if (o.capacity_namespace.empty()) {
@@ -501,8 +567,18 @@ Flags (also settable in the --config YAML file, camelCase; flags win):
 storage-capacity (CSIStorageCapacity objects from the CSI driver's GetCapacity):
   --csi-address unix:///PATH              the driver's socket (required for storage-capacity)
   --csi-node-endpoint NODE=HOST:PORT      instead: each node's driver --capacity-listen (repeatable)
+  --csi-node-endpoints-selector SEL       instead: the driver's pods (label selector): node =
+                                          spec.nodeName, address = status.podIP
+  --csi-node-endpoints-namespace NS       their namespace (default: the capacity namespace)
+  --csi-node-endpoints-port P             the port of their --capacity-listen (default 10000)
   --capacity-tls-ca/-cert/-key PATH       PEM files for the per-node endpoints' mutual TLS
   --capacity-tls-server-name NAME         name in the drivers' certificate (default: each host)
+  --bootstrap-tls[=B]                     instead: make CA, server and client certificates into
+                                          Secrets PREFIX-ca/-server/-client when missing
+  --bootstrap-tls-secret-prefix PREFIX    (default ephemera-capacity-tls)
+  --bootstrap-tls-server-name NAME        the server certificate's DNS name, verified whatever
+                                          address is dialled (default ephemera-capacity)
+  --bootstrap-tls-dir DIR                 where the client files are written (default: /tmp/...)
   --driver-name NAME                      driver name (default: from GetPluginInfo)
   --capacity-namespace NS                 namespace of the objects (default $POD_NAMESPACE)
   --capacity-poll-interval D              how often every capacity is asked again (default 1m)

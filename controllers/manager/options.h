@@ -33,8 +33,18 @@ struct ManagerOptions {
   std::string csi_address;  // unix:///PATH of the CSI driver
   std::string driver_name;  // default: GetPluginInfo
   std::vector<std::pair<std::string, std::string>> csi_node_endpoints;  // NODE, HOST:PORT
+  // Or the endpoints from the driver's pods: label selector, their namespace (default: the
+  // capacity namespace), the port of the driver's --capacity-listen.
+  std::string csi_node_endpoints_selector;
+  std::string csi_node_endpoints_namespace;
+  int csi_node_endpoints_port = 10000;
   std::string capacity_tls_ca, capacity_tls_cert, capacity_tls_key;
   std::string capacity_tls_server_name;  // empty: each endpoint's host
+  // --bootstrap-tls: certificates made by the manager and kept in Secrets instead of the files.
+  bool bootstrap_tls = false;
+  std::string bootstrap_tls_secret_prefix = "ephemera-capacity-tls";
+  std::string bootstrap_tls_server_name = "ephemera-capacity";
+  std::string bootstrap_tls_dir;   // "" = a new directory below /tmp
   std::string capacity_namespace;  // default: $POD_NAMESPACE
   std::chrono::milliseconds capacity_poll_interval{60000};
   bool capacity_for_immediate_binding = false;

@@ -13,9 +13,11 @@
 #include <fstream>
 #include <functional>
 #include <map>
+#include <optional>
 #include <set>
 #include <thread>
 
+#include "apiclient/config.h"
 #include "apiclient/errors.h"
 #include "common/quantity.h"
 #include "controllers/capacity/source.h"
@@ -134,7 +136,6 @@ TEST_CASE(
   const TestCluster cluster = TestCluster::FromEnvironment();
   auto client = cluster.AdminClient();
   csi::testing::DriverFixture driver("1Gi", {"--node-id=node-1"});
-  driver.Start();
   const int64_t pool = driver.AvailableCapacity();
   REQUIRE(pool > 0);
   RegisterDriverOnNodes(*client);
@@ -223,7 +224,6 @@ TEST_CASE(
   const TestCluster cluster = TestCluster::FromEnvironment();
   auto client = cluster.AdminClient();
   csi::testing::DriverFixture driver("1Gi", {"--node-id=node-1"});
-  driver.Start();
   const int64_t pool = driver.AvailableCapacity();
   RegisterDriverOnNodes(*client);
   const std::string suffix = RandomSuffix();
@@ -273,6 +273,33 @@ TEST_CASE(
       std::chrono::duration_cast<milliseconds>(std::chrono::steady_clock::now() - start);
   WARN("PV created -> CSIStorageCapacity updated in " << took.count() << " ms");
   CHECK(took < seconds(2));
+
+  // The volume expanded, then its PV's size updated (as external-resizer does): node-1's
+  // objects follow within 2 s, still without a poll.
+  ::csi::v1::ControllerExpandVolumeRequest expand;
+  expand.set_volume_id(created.volume().volume_id());
+  expand.mutable_capacity_range()->set_required_bytes(128LL << 20);
+  ::csi::v1::ControllerExpandVolumeResponse expanded;
+  grpc::ClientContext ctx3;
+  REQUIRE(driver.controller().ControllerExpandVolume(&ctx3, expand, &expanded).ok());
+  const int64_t after_expansion = driver.AvailableCapacity();
+  REQUIRE(after_expansion < after);
+  const auto expand_start = std::chrono::steady_clock::now();
+  REQUIRE(client
+              ->MergePatch(kPersistentVolumes, "", pv_name,
+                           {{"spec", {{"capacity", {{"storage", "128Mi"}}}}}})
+              .ok());
+  REQUIRE(Eventually(
+      [&] {
+        auto objects = Capacities(*client, ns, {late});
+        return objects.count(late + "/node-1") == 1 &&
+               *ParseQuantity(Field(*objects[late + "/node-1"], "capacity")) == after_expansion;
+      },
+      seconds(2)));
+  WARN("PV expanded -> CSIStorageCapacity updated in "
+       << std::chrono::duration_cast<milliseconds>(std::chrono::steady_clock::now() - expand_start)
+              .count()
+       << " ms");
 
   // Volume and PV deleted: back to the whole pool.
   ::csi::v1::DeleteVolumeRequest del;
@@ -516,7 +543,8 @@ void MakeCertificates(const std::string& dir) {
     run({"openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
          "/CN=" + ca, "-keyout", dir + "/" + ca + ".key", "-out", dir + "/" + ca + ".crt"});
   }
-  std::ofstream(dir + "/san.ext") << "subjectAltName=DNS:localhost,IP:127.0.0.1\n";
+  std::ofstream(dir + "/san.ext")
+      << "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:127.0.1.1,IP:127.0.1.2\n";
   for (const auto& [name, ca] : std::vector<std::pair<std::string, std::string>>{
            {"server", "ca"}, {"client", "ca"}, {"stranger", "otherca"}}) {
     run({"openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=" + name, "-keyout",
@@ -540,7 +568,6 @@ TEST_CASE("Storage capacity: per-node source over mutual TLS to the driver's cap
   csi::testing::DriverFixture driver(
       "512Mi", {"--node-id=node-1", "--capacity-listen=" + address, "--tls-ca=" + certs + "/ca.crt",
                 "--tls-cert=" + certs + "/server.crt", "--tls-key=" + certs + "/server.key"});
-  driver.Start();
   const Segment node1 = {{kTopologyKey, "node-1"}};
 
   // In process: the right certificates work; a wrong CA or a foreign client certificate do not.
@@ -590,6 +617,433 @@ TEST_CASE("Storage capacity: per-node source over mutual TLS to the driver's cap
   CHECK(controller.Running());
   controller.Stop();
   std::filesystem::remove_all(certs);
+}
+
+// stdout of a shell command (curl for the manager's /metrics).
+std::string Shell(const std::string& command) {
+  std::string out;
+  FILE* pipe = popen(command.c_str(), "r");
+  if (pipe == nullptr) return out;
+  char buffer[4096];
+  size_t n = 0;
+  while ((n = fread(buffer, 1, sizeof(buffer), pipe)) > 0)
+    out.append(buffer, n);
+  pclose(pipe);
+  return out;
+}
+
+// Events of the storage-capacity controller about `node` with `reason`.
+int NodeEvents(apiclient::ApiClient& client, const std::string& node, const std::string& reason) {
+  auto list = client.List(apiclient::resources::kEvents, "default", {});
+  if (!list.ok()) return 0;
+  int n = 0;
+  for (const auto& e : list->items) {
+    if (Field(*e, "reportingController") == "ephemera.io/storage-capacity" &&
+        Field(*e, "regarding", "kind") == "Node" && Field(*e, "regarding", "name") == node &&
+        Field(*e, "reason") == reason) {
+      ++n;
+    }
+  }
+  return n;
+}
+
+TEST_CASE("Storage capacity: a node whose endpoint stops keeps its value and is reported",
+          "[cluster][capacity]") {
+  const TestCluster cluster = TestCluster::FromEnvironment();
+  auto client = cluster.AdminClient();
+  RegisterDriverOnNodes(*client);
+  const std::string certs = cluster.dir() + "/certs-" + RandomSuffix();
+  std::filesystem::create_directories(certs);
+  MakeCertificates(certs);
+  const int base = 22000 + static_cast<int>(getpid() % 1000) * 3;
+  const std::string address1 = "127.0.0.1:" + std::to_string(base);
+  const std::string address2 = "127.0.0.1:" + std::to_string(base + 1);
+  const std::string metrics_address = "127.0.0.1:" + std::to_string(base + 2);
+  auto tls = [&](const std::string& address, const std::string& node) {
+    return std::vector<std::string>{
+        "--node-id=" + node, "--capacity-listen=" + address, "--tls-ca=" + certs + "/ca.crt",
+        "--tls-cert=" + certs + "/server.crt", "--tls-key=" + certs + "/server.key"};
+  };
+  csi::testing::DriverFixture driver1("512Mi", tls(address1, "node-1"));
+  csi::testing::DriverFixture driver2("256Mi", tls(address2, "node-2"));
+
+  const std::string late = "cap-down-" + RandomSuffix();
+  ClassCleanup cleanup{*client, {late}};
+  CreateClass(*client, late, "WaitForFirstConsumer");
+  const std::string ns = cluster.CreateNamespace("capdown");
+  const int unreachable_before = NodeEvents(*client, "node-2", "CapacityEndpointUnreachable");
+  const int reachable_before = NodeEvents(*client, "node-2", "CapacityEndpointReachable");
+  ControllerProcess controller(
+      cluster,
+      {"--csi-node-endpoint=node-1=" + address1 + ",node-2=" + address2,
+       "--capacity-tls-ca=" + certs + "/ca.crt", "--capacity-tls-cert=" + certs + "/client.crt",
+       "--capacity-tls-key=" + certs + "/client.key", "--capacity-namespace=" + ns,
+       "--capacity-poll-interval=1s", "--kube-api-capacity-qps=20", "--kube-api-capacity-burst=20",
+       "--http-endpoint=" + metrics_address});
+  std::map<std::string, ObjectPtr> objects;
+  REQUIRE(Eventually([&] {
+    objects = Capacities(*client, ns, {late});
+    return objects.size() == 2 && objects.count(late + "/node-2") == 1;
+  }));
+  CHECK(*ParseQuantity(Field(*objects[late + "/node-1"], "capacity")) == 512LL << 20);
+  CHECK(*ParseQuantity(Field(*objects[late + "/node-2"], "capacity")) == 256LL << 20);
+  const std::string version2 = Field(*objects[late + "/node-2"], "metadata", "resourceVersion");
+  auto metrics = [&] { return Shell("curl -s http://" + metrics_address + "/metrics"); };
+  CHECK(metrics().find("csistoragecapacity_unreachable_nodes 0") != std::string::npos);
+
+  // node-2's endpoint goes away: a Warning Event on the Node, the gauge and the per-node counter.
+  driver2.Kill(SIGTERM);
+  CHECK(Eventually(
+      [&] {
+        return NodeEvents(*client, "node-2", "CapacityEndpointUnreachable") > unreachable_before;
+      },
+      seconds(60)));
+  std::string text;
+  CHECK(Eventually(
+      [&] {
+        text = metrics();
+        return text.find("csistoragecapacity_unreachable_nodes 1") != std::string::npos &&
+               text.find("csistoragecapacity_node_getcapacity_errors_total{node=\"node-2\"}") !=
+                   std::string::npos;
+      },
+      seconds(30)));
+  INFO(text);
+  CHECK(text.find("csistoragecapacity_node_getcapacity_errors_total{node=\"node-1\"}") ==
+        std::string::npos);
+  // Several polls later node-2's object is still there, untouched: its last value, not zero.
+  std::this_thread::sleep_for(seconds(4));
+  objects = Capacities(*client, ns, {late});
+  REQUIRE(objects.count(late + "/node-2") == 1);
+  CHECK(*ParseQuantity(Field(*objects[late + "/node-2"], "capacity")) == 256LL << 20);
+  CHECK(Field(*objects[late + "/node-2"], "metadata", "resourceVersion") == version2);
+  CHECK(*ParseQuantity(Field(*objects[late + "/node-1"], "capacity")) == 512LL << 20);
+  CHECK(NodeEvents(*client, "node-1", "CapacityEndpointUnreachable") == 0);
+  CHECK(controller.Running());
+
+  // Back again: a Normal Event and the gauge at zero.
+  driver2.Start();
+  CHECK(Eventually(
+      [&] { return NodeEvents(*client, "node-2", "CapacityEndpointReachable") > reachable_before; },
+      seconds(60)));
+  CHECK(Eventually(
+      [&] { return metrics().find("csistoragecapacity_unreachable_nodes 0") != std::string::npos; },
+      seconds(30)));
+  controller.Stop();
+  std::filesystem::remove_all(certs);
+}
+
+// Sets environment variables for the processes a test starts, and removes them at the end.
+struct ScopedEnv {
+  std::vector<std::string> names;
+  ScopedEnv(std::initializer_list<std::pair<std::string, std::string>> vars) {
+    for (const auto& [k, v] : vars) {
+      setenv(k.c_str(), v.c_str(), 1);  // NOLINT(concurrency-mt-unsafe): before any fork
+      names.push_back(k);
+    }
+  }
+  ~ScopedEnv() {
+    for (const auto& k : names)
+      unsetenv(k.c_str());  // NOLINT(concurrency-mt-unsafe)
+  }
+};
+
+TEST_CASE("Storage capacity: the owner is the controller's Deployment via its pod and ReplicaSet",
+          "[cluster][capacity]") {
+  const TestCluster cluster = TestCluster::FromEnvironment();
+  auto client = cluster.AdminClient();
+  csi::testing::DriverFixture driver("1Gi", {"--node-id=node-1"});
+  RegisterDriverOnNodes(*client);
+  const std::string late = "cap-own-" + RandomSuffix();
+  ClassCleanup cleanup{*client, {late}};
+  CreateClass(*client, late, "WaitForFirstConsumer");
+  const std::string ns = cluster.CreateNamespace("capown");
+
+  // A Deployment of the manager: kube-controller-manager makes its ReplicaSet and that one's pod
+  // (no kubelet runs it). The manager is told that pod's name, as the downward API would.
+  const Object labels = {{"app", "capacity-owner"}};
+  const Object template_spec = {
+      {"metadata", {{"labels", labels}}},
+      {"spec",
+       {{"containers", Object::array({{{"name", "manager"}, {"image", "registry.invalid/m"}}})}}}};
+  Object deployment = {{"apiVersion", "apps/v1"}, {"kind", "Deployment"}};
+  deployment["metadata"] = {{"name", "manager"}, {"namespace", ns}};
+  deployment["spec"] = {
+      {"replicas", 1}, {"selector", {{"matchLabels", labels}}}, {"template", template_spec}};
+  auto made_deployment = client->Create(apiclient::resources::kDeployments, ns, deployment);
+  REQUIRE(made_deployment.ok());
+  const std::string deployment_uid = Field(**made_deployment, "metadata", "uid");
+  auto controller_of = [](const Object& o) -> Object {
+    const Object* refs = nullptr;
+    if (o.contains("metadata") && o["metadata"].contains("ownerReferences")) {
+      refs = &o["metadata"]["ownerReferences"];
+    }
+    if (refs != nullptr && refs->is_array()) {
+      for (const auto& r : *refs)
+        if (r.is_object() && r.value("controller", false)) return r;
+    }
+    return Object::object();
+  };
+  std::string pod_name;
+  REQUIRE(Eventually(
+      [&] {
+        auto pods =
+            client->List(apiclient::resources::kPods, ns, {.label_selector = "app=capacity-owner"});
+        if (!pods.ok()) return false;
+        for (const auto& p : pods->items) {
+          const Object ref = controller_of(*p);
+          if (Field(ref, "kind") != "ReplicaSet" ||
+              !Field(*p, "metadata", "deletionTimestamp").empty()) {
+            continue;
+          }
+          auto rs = client->Get(apiclient::resources::kReplicaSets, ns, Field(ref, "name"));
+          if (rs.ok() && Field(controller_of(**rs), "uid") == deployment_uid) {
+            pod_name = Field(*p, "metadata", "name");
+            return true;
+          }
+        }
+        return false;
+      },
+      seconds(60)));
+  Object pod = {{"apiVersion", "v1"}, {"kind", "Pod"}};
+  pod["spec"] = template_spec["spec"];
+
+  std::map<std::string, ObjectPtr> objects;
+  {
+    ScopedEnv env{{"POD_NAME", pod_name}, {"POD_NAMESPACE", ns}};
+    std::vector<std::string> flags = ControllerFlags(driver, ns);
+    flags.push_back("--capacity-ownerref-level=3");
+    ControllerProcess controller(cluster, flags);
+    REQUIRE(Eventually([&] {
+      objects = Capacities(*client, ns, {late});
+      return objects.size() == 3;
+    }));
+    for (const auto& [key, o] : objects) {
+      INFO(key);
+      const Object& refs = (*o)["metadata"]["ownerReferences"];
+      REQUIRE(refs.is_array());
+      REQUIRE(refs.size() == 1);
+      CHECK(Field(refs[0], "apiVersion") == "apps/v1");
+      CHECK(Field(refs[0], "kind") == "Deployment");
+      CHECK(Field(refs[0], "name") == "manager");
+      CHECK(Field(refs[0], "uid") == deployment_uid);
+      CHECK(refs[0].value("controller", false));
+    }
+    controller.Stop();
+  }
+  // kube-controller-manager's garbage collector follows the reference: the Deployment deleted
+  // (background propagation, the API default), the objects go too.
+  REQUIRE(client->Delete(apiclient::resources::kDeployments, ns, "manager", {}).ok());
+  CHECK(Eventually([&] { return Capacities(*client, ns, {late}).empty(); }, seconds(60)));
+
+  // A pod without a controller cannot give level 2: the manager says so and does not publish.
+  Object lonely = pod;
+  lonely["metadata"] = {{"name", "lonely"}, {"namespace", ns}};
+  REQUIRE(client->Create(apiclient::resources::kPods, ns, lonely).ok());
+  {
+    ScopedEnv env{{"POD_NAME", "lonely"}, {"POD_NAMESPACE", ns}};
+    std::vector<std::string> flags = ControllerFlags(driver, ns);
+    flags.push_back("--capacity-ownerref-level=2");
+    ControllerProcess controller(cluster, flags);
+    CHECK(Eventually([&] { return !controller.Running(); }, seconds(30)));
+    CHECK(ReadFile(controller.log()).find("has no controller") != std::string::npos);
+    CHECK(Capacities(*client, ns, {late}).empty());
+  }
+}
+
+// Sets a pod's IP (and phase Running) through the status subresource, as kubelet would.
+void SetPodIP(apiclient::ApiClient& client, const std::string& ns, const std::string& name,
+              const std::string& ip) {
+  REQUIRE(Eventually([&] {
+    auto pod = client.Get(apiclient::resources::kPods, ns, name);
+    if (!pod.ok()) return false;
+    Object copy = **pod;
+    copy["status"]["phase"] = "Running";
+    copy["status"]["podIP"] = ip;
+    copy["status"]["podIPs"] = Object::array({{{"ip", ip}}});
+    return client.UpdateStatus(apiclient::resources::kPods, ns, copy).ok();
+  }));
+}
+
+// A pod of the driver as the API knows it without a kubelet: on `node`, with `ip` (set through
+// the status subresource) when not empty.
+void DriverPod(apiclient::ApiClient& client, const std::string& ns, const std::string& name,
+               const std::string& app, const std::string& node, const std::string& ip) {
+  Object pod = {{"apiVersion", "v1"}, {"kind", "Pod"}};
+  pod["metadata"] = {{"name", name}, {"namespace", ns}, {"labels", {{"app", app}}}};
+  pod["spec"] = {
+      {"nodeName", node},
+      {"tolerations", Object::array({{{"operator", "Exists"}}})},
+      {"containers", Object::array({{{"name", "driver"}, {"image", "registry.invalid/d"}}})}};
+  auto created = client.Create(apiclient::resources::kPods, ns, pod);
+  REQUIRE(created.ok());
+  if (ip.empty()) return;
+  SetPodIP(client, ns, name, ip);
+}
+
+TEST_CASE("Storage capacity: per-node endpoints follow the driver's pods", "[cluster][capacity]") {
+  const TestCluster cluster = TestCluster::FromEnvironment();
+  auto client = cluster.AdminClient();
+  RegisterDriverOnNodes(*client);
+  const std::string certs = cluster.dir() + "/certs-" + RandomSuffix();
+  std::filesystem::create_directories(certs);
+  MakeCertificates(certs);
+  const std::string port = std::to_string(25000 + static_cast<int>(getpid() % 1000));
+  auto tls = [&](const std::string& address, const std::string& node) {
+    return std::vector<std::string>{
+        "--node-id=" + node, "--capacity-listen=" + address, "--tls-ca=" + certs + "/ca.crt",
+        "--tls-cert=" + certs + "/server.crt", "--tls-key=" + certs + "/server.key"};
+  };
+  // Two node drivers on two loopback addresses with the same port, as pods on two nodes would be.
+  csi::testing::DriverFixture driver1("512Mi", tls("127.0.1.1:" + port, "node-1"));
+  csi::testing::DriverFixture driver2("256Mi", tls("127.0.1.2:" + port, "node-2"));
+
+  const std::string suffix = RandomSuffix();
+  const std::string late = "cap-pods-" + suffix;
+  const std::string app = "ephemera-node-" + suffix;
+  ClassCleanup cleanup{*client, {late}};
+  CreateClass(*client, late, "WaitForFirstConsumer");
+  const std::string ns = cluster.CreateNamespace("cappods");
+  ControllerProcess controller(
+      cluster, {"--csi-node-endpoints-selector=app=" + app, "--csi-node-endpoints-port=" + port,
+                "--driver-name=" + std::string(kDriver), "--capacity-tls-ca=" + certs + "/ca.crt",
+                "--capacity-tls-cert=" + certs + "/client.crt",
+                "--capacity-tls-key=" + certs + "/client.key", "--capacity-namespace=" + ns,
+                "--capacity-poll-interval=1s", "--kube-api-capacity-qps=20",
+                "--kube-api-capacity-burst=20"});
+  auto value = [&](const std::string& node) -> std::optional<int64_t> {
+    auto objects = Capacities(*client, ns, {late});
+    auto it = objects.find(late + "/" + node);
+    if (it == objects.end()) return std::nullopt;
+    auto q = ParseQuantity(Field(*it->second, "capacity"));
+    return q.ok() ? std::optional<int64_t>(*q) : std::nullopt;
+  };
+
+  // A driver pod on node-1 with its IP: node-1 is published.
+  DriverPod(*client, ns, "driver-a", app, "node-1", "127.0.1.1");
+  CHECK(Eventually([&] { return value("node-1") == (512LL << 20); }));
+  // A pod on node-2 without an IP yet (not started): no endpoint, no object; then its IP.
+  DriverPod(*client, ns, "driver-b", app, "node-2", "");
+  std::this_thread::sleep_for(seconds(3));
+  CHECK_FALSE(value("node-2").has_value());
+  SetPodIP(*client, ns, "driver-b", "127.0.1.2");
+  CHECK(Eventually([&] { return value("node-2") == (256LL << 20); }));
+  // A pod that does not match the selector changes nothing.
+  DriverPod(*client, ns, "other", app + "-not", "node-3", "127.0.1.1");
+  // node-2's driver pod replaced by one at another address: node-2 is asked there now (that
+  // driver is node-1's, which reports 0 for node-2's segment).
+  REQUIRE(client->Delete(apiclient::resources::kPods, ns, "driver-b", {}).ok());
+  DriverPod(*client, ns, "driver-c", app, "node-2", "127.0.1.1");
+  CHECK(Eventually([&] { return value("node-2") == 0; }));
+  CHECK_FALSE(value("node-3").has_value());
+  CHECK(value("node-1") == (512LL << 20));
+  CHECK(controller.Running());
+  controller.Stop();
+  std::filesystem::remove_all(certs);
+}
+
+TEST_CASE("Storage capacity: bootstrap-tls makes the certificates into Secrets and reuses them",
+          "[cluster][capacity]") {
+  const TestCluster cluster = TestCluster::FromEnvironment();
+  auto client = cluster.AdminClient();
+  RegisterDriverOnNodes(*client);
+  const std::string dir = cluster.dir() + "/boot-" + RandomSuffix();
+  std::filesystem::create_directories(dir);
+  const std::string address = "127.0.0.1:" + std::to_string(26000 + getpid() % 1000);
+  const std::string late = "cap-boot-" + RandomSuffix();
+  ClassCleanup cleanup{*client, {late}};
+  CreateClass(*client, late, "WaitForFirstConsumer");
+  const std::string ns = cluster.CreateNamespace("capboot");
+  auto flags = [&](const std::string& files) {
+    return std::vector<std::string>{
+        "--csi-node-endpoint=node-1=" + address, "--bootstrap-tls",
+        "--bootstrap-tls-dir=" + files,          "--capacity-namespace=" + ns,
+        "--capacity-poll-interval=1s",           "--kube-api-capacity-qps=20",
+        "--kube-api-capacity-burst=20"};
+  };
+  const std::vector<std::string> names = {
+      "ephemera-capacity-tls-ca", "ephemera-capacity-tls-server", "ephemera-capacity-tls-client"};
+  auto secrets = [&] {
+    std::map<std::string, ObjectPtr> out;
+    for (const auto& n : names) {
+      auto s = client->Get(apiclient::resources::kSecrets, ns, n);
+      if (s.ok()) out[n] = *s;
+    }
+    return out;
+  };
+  auto decoded = [](const ObjectPtr& secret, const char* key) {
+    auto d = apiclient::Base64Decode(Field(*secret, "data", key));
+    return d.ok() ? *d : std::string();
+  };
+  std::filesystem::create_directories(dir + "/run1");
+  auto controller = std::make_unique<ControllerProcess>(cluster, flags(dir + "/run1"));
+  std::map<std::string, ObjectPtr> first;
+  REQUIRE(Eventually([&] {
+    first = secrets();
+    return first.size() == 3;
+  }));
+  CHECK(decoded(first[names[0]], "ca.key").find("PRIVATE KEY") != std::string::npos);
+  CHECK(decoded(first[names[2]], "ca.crt") == decoded(first[names[0]], "ca.crt"));
+
+  // The node driver with the server Secret's files, as a pod mounting the Secret would have them.
+  const auto& server = first[names[1]];
+  std::ofstream(dir + "/server.crt") << decoded(server, "tls.crt");
+  std::ofstream(dir + "/server.key") << decoded(server, "tls.key");
+  std::ofstream(dir + "/ca.crt") << decoded(server, "ca.crt");
+  csi::testing::DriverFixture driver(
+      "512Mi", {"--node-id=node-1", "--capacity-listen=" + address, "--tls-ca=" + dir + "/ca.crt",
+                "--tls-cert=" + dir + "/server.crt", "--tls-key=" + dir + "/server.key"});
+  CHECK(Eventually(
+      [&] {
+        auto objects = Capacities(*client, ns, {late});
+        return objects.count(late + "/node-1") == 1 &&
+               *ParseQuantity(Field(*objects[late + "/node-1"], "capacity")) == 512LL << 20;
+      },
+      seconds(60)));
+  CHECK(controller->Running());
+
+  // The server certificate names no address: a client that verifies the address it dials (no
+  // server name override) is refused; with the name it works.
+  controllers::TlsFiles files{dir + "/run1/ca.crt", dir + "/run1/tls.crt", dir + "/run1/tls.key"};
+  auto by_address = controllers::NewTlsCapacitySource(address, files, seconds(5));
+  REQUIRE(by_address.ok());
+  CHECK_FALSE((*by_address)->GetCapacity({{kTopologyKey, "node-1"}}, {}, {"node-1"}).ok());
+  files.server_name = "ephemera-capacity";
+  auto by_name = controllers::NewTlsCapacitySource(address, files, seconds(5));
+  REQUIRE(by_name.ok());
+  auto answer = (*by_name)->GetCapacity({{kTopologyKey, "node-1"}}, {}, {"node-1"});
+  REQUIRE(answer.ok());
+  CHECK(answer->available == 512LL << 20);
+
+  // A restart reuses the Secrets unchanged and still reaches the driver: an object deleted by
+  // hand is made again from a fresh GetCapacity.
+  controller.reset();
+  std::filesystem::create_directories(dir + "/run2");
+  controller = std::make_unique<ControllerProcess>(cluster, flags(dir + "/run2"));
+  std::this_thread::sleep_for(seconds(2));
+  auto objects = Capacities(*client, ns, {late});
+  REQUIRE(objects.count(late + "/node-1") == 1);
+  REQUIRE(client
+              ->Delete(kCSIStorageCapacities, ns,
+                       Field(*objects[late + "/node-1"], "metadata", "name"), {})
+              .ok());
+  CHECK(Eventually(
+      [&] {
+        auto now = Capacities(*client, ns, {late});
+        return now.count(late + "/node-1") == 1 &&
+               *ParseQuantity(Field(*now[late + "/node-1"], "capacity")) == 512LL << 20;
+      },
+      seconds(60)));
+  const auto second = secrets();
+  REQUIRE(second.size() == 3);
+  for (const auto& n : names) {
+    INFO(n);
+    CHECK(Field(*second.at(n), "metadata", "uid") == Field(*first.at(n), "metadata", "uid"));
+    CHECK(Field(*second.at(n), "metadata", "resourceVersion") ==
+          Field(*first.at(n), "metadata", "resourceVersion"));
+  }
+  CHECK(ReadFile(dir + "/run2/tls.crt") == ReadFile(dir + "/run1/tls.crt"));
+  controller.reset();
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace

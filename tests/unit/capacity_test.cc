@@ -1,14 +1,22 @@
 // The storage-capacity controller's pure functions, and its reconciler against an in-memory API
 // client and a fake CapacitySource.
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
+
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <condition_variable>
 #include <functional>
 #include <map>
 #include <mutex>
+#include <set>
 #include <thread>
 
 #include "common/quantity.h"
+#include "controllers/capacity/bootstrap_tls.h"
 #include "controllers/capacity/controller.h"
+#include "controllers/capacity/discovery.h"
 #include "controllers/manager/options.h"
 
 namespace ephemera::controllers {
@@ -78,6 +86,134 @@ TEST_CASE("Capacity classes are the driver's late-binding ones unless immediate 
   CHECK(ClassWanted(now, kDriver, true));
   CHECK(ClassWanted(unset, kDriver, true));
   CHECK_FALSE(ClassWanted(other, kDriver, true));
+}
+
+TEST_CASE("Capacity PV updates matter only for size affinity or driver", "[unit][capacity]") {
+  Object pv = {{"spec",
+                {{"capacity", {{"storage", "64Mi"}}},
+                 {"csi", {{"driver", kDriver}, {"volumeHandle", "v"}}}}},
+               {"status", {{"phase", "Available"}}}};
+  pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"] =
+      Object::array({{{"matchExpressions",
+                       Object::array({{{"key", kKey}, {"operator", "In"}, {"values", {"n1"}}}})}}});
+  Object bound = pv;
+  bound["status"]["phase"] = "Bound";
+  bound["spec"]["claimRef"] = {{"name", "c"}, {"namespace", "ns"}};
+  bound["metadata"]["annotations"] = {{"pv.kubernetes.io/bound-by-controller", "yes"}};
+  CHECK_FALSE(VolumeUpdateMatters(pv, bound));
+  Object expanded = bound;
+  expanded["spec"]["capacity"]["storage"] = "128Mi";
+  CHECK(VolumeUpdateMatters(bound, expanded));
+  Object moved = pv;
+  moved["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0]
+       ["values"] = Object::array({"n2"});
+  CHECK(VolumeUpdateMatters(pv, moved));
+  Object other = pv;
+  other["spec"]["csi"]["driver"] = "other.example.com";
+  CHECK(VolumeUpdateMatters(pv, other));
+  // Hostile shapes do not crash.
+  CHECK(VolumeUpdateMatters(pv, Object("not an object")));
+  CHECK_FALSE(VolumeUpdateMatters(Object::array(), Object(42)));
+}
+
+TEST_CASE("Capacity endpoints come from the driver's pods with a node and an IP",
+          "[unit][capacity]") {
+  auto pod = [](const std::string& name, const std::string& node, const std::string& ip,
+                const std::string& phase = "Running") {
+    Object o = {{"metadata", {{"name", name}}},
+                {"spec", {{"nodeName", node}}},
+                {"status", {{"podIP", ip}, {"phase", phase}}}};
+    return std::make_shared<const Object>(std::move(o));
+  };
+  auto deleting = [&](const std::string& name, const std::string& node, const std::string& ip) {
+    Object o = *pod(name, node, ip);
+    o["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z";
+    return std::make_shared<const Object>(std::move(o));
+  };
+  const std::vector<ObjectPtr> pods = {
+      pod("a", "n1", "10.0.0.1"),
+      pod("b", "n2", "fd00::2"),
+      pod("c", "n3", ""),                       // no IP yet
+      pod("d", "", "10.0.0.4"),                 // not scheduled
+      pod("e", "n5", "10.0.0.5; rm -rf /"),     // hostile
+      pod("f", "n6", "10.0.0.6", "Failed"),     // finished
+      deleting("g", "n7", "10.0.0.7"),          // going away
+      pod("h2", "n8", "10.0.0.82", "Pending"),  // a Running pod on n8 wins
+      pod("h1", "n8", "10.0.0.81"),
+      pod("i2", "n9", "10.0.0.92"),  // same phase: first by name
+      pod("i1", "n9", "10.0.0.91"),
+      std::make_shared<const Object>(Object::array()),
+  };
+  const std::map<std::string, std::string> want = {{"n1", "10.0.0.1:10000"},
+                                                   {"n2", "[fd00::2]:10000"},
+                                                   {"n8", "10.0.0.81:10000"},
+                                                   {"n9", "10.0.0.91:10000"}};
+  CHECK(EndpointsFromPods(pods, 10000) == want);
+
+  const std::vector<std::string> flags = {
+      "--controllers=storage-capacity",  "--csi-node-endpoints-selector=app=driver",
+      "--csi-node-endpoints-port=10001", "--capacity-tls-ca=a",
+      "--capacity-tls-cert=b",           "--capacity-tls-key=c",
+      "--capacity-namespace=ns"};
+  ManagerOptions o;
+  CHECK(ParseManagerOptions(flags, &o).code() == Code::kInvalidArgument);  // no --driver-name
+  auto with_name = flags;
+  with_name.push_back("--driver-name=d");
+  ManagerOptions ok;
+  REQUIRE(ParseManagerOptions(with_name, &ok).ok());
+  CHECK(ok.csi_node_endpoints_selector == "app=driver");
+  CHECK(ok.csi_node_endpoints_port == 10001);
+}
+
+TEST_CASE("Capacity bootstrap-tls certificates chain to their CA and name the server",
+          "[unit][capacity]") {
+  auto ca = MakeCa("test-ca", 1);
+  REQUIRE(ca.ok());
+  auto server = MakeLeaf(*ca, "ephemera-capacity", true, 1);
+  auto client = MakeLeaf(*ca, "manager", false, 1);
+  auto other_ca = MakeCa("other-ca", 1);
+  REQUIRE(server.ok());
+  REQUIRE(client.ok());
+  REQUIRE(other_ca.ok());
+  auto cert = [](const std::string& pem) {
+    BIO* bio = BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size()));
+    X509* x = PEM_read_bio_X509(bio, nullptr, nullptr, nullptr);
+    BIO_free(bio);
+    return std::unique_ptr<X509, void (*)(X509*)>(x, X509_free);
+  };
+  auto ca_cert = cert(ca->cert_pem);
+  auto other_cert = cert(other_ca->cert_pem);
+  auto server_cert = cert(server->cert_pem);
+  auto client_cert = cert(client->cert_pem);
+  REQUIRE(ca_cert);
+  REQUIRE(server_cert);
+  REQUIRE(client_cert);
+  EVP_PKEY* ca_key = X509_get0_pubkey(ca_cert.get());
+  CHECK(X509_verify(ca_cert.get(), ca_key) == 1);  // self-signed
+  CHECK(X509_verify(server_cert.get(), ca_key) == 1);
+  CHECK(X509_verify(client_cert.get(), ca_key) == 1);
+  CHECK(X509_verify(server_cert.get(), X509_get0_pubkey(other_cert.get())) != 1);
+  CHECK(X509_check_ca(ca_cert.get()) == 1);
+  CHECK(X509_check_ca(server_cert.get()) == 0);
+  CHECK(X509_check_host(server_cert.get(), "ephemera-capacity", 0, 0, nullptr) == 1);
+  CHECK(X509_check_host(server_cert.get(), "elsewhere", 0, 0, nullptr) != 1);
+  CHECK(X509_check_purpose(server_cert.get(), X509_PURPOSE_SSL_SERVER, 0) == 1);
+  CHECK(X509_check_purpose(client_cert.get(), X509_PURPOSE_SSL_CLIENT, 0) == 1);
+  CHECK(X509_check_purpose(client_cert.get(), X509_PURPOSE_SSL_SERVER, 0) != 1);
+  CHECK(server->key_pem.find("PRIVATE KEY") != std::string::npos);
+  CHECK_FALSE(MakeLeaf({"garbage", "garbage"}, "x", true, 1).ok());
+
+  ManagerOptions bad;
+  CHECK(ParseManagerOptions({"--controllers=storage-capacity", "--csi-node-endpoint=n=h:1",
+                             "--bootstrap-tls", "--capacity-tls-ca=a", "--capacity-namespace=ns"},
+                            &bad)
+            .code() == Code::kInvalidArgument);
+  ManagerOptions ok;
+  REQUIRE(ParseManagerOptions({"--controllers=storage-capacity", "--csi-node-endpoint=n=h:1",
+                               "--bootstrap-tls", "--capacity-namespace=ns"},
+                              &ok)
+              .ok());
+  CHECK(ok.bootstrap_tls);
 }
 
 TEST_CASE("Capacity objects are built and matched on class and topology", "[unit][capacity]") {
@@ -261,6 +397,9 @@ class FakeSource final : public CapacitySource {
     ++calls;
     if (fail) return Status::Unavailable("driver down");
     auto it = segment.find(kKey);
+    if (it != segment.end() && down.count(it->second) > 0) {
+      return Status::Unavailable("connection refused");
+    }
     return CapacityResult{.available = it == segment.end() ? 0 : capacity[it->second]};
   }
   std::mutex mu;
@@ -268,6 +407,12 @@ class FakeSource final : public CapacitySource {
   bool has_capability = true;
   bool fail = false;
   int calls = 0;
+  // As a per-node source: a segment's first node is asked; nodes in `down` do not answer.
+  bool per_node = false;
+  std::set<std::string> down;
+  std::string NodeFor(const std::vector<std::string>& nodes) const override {
+    return per_node && !nodes.empty() ? nodes.front() : "";
+  }
 };
 
 void Populate(MemoryClient& client) {
@@ -332,6 +477,73 @@ TEST_CASE("Capacity controller creates updates only on change and keeps the last
       metrics.Render().find("csistoragecapacity_getcapacity_errors_total{code=\"UNAVAILABLE\"}") !=
       std::string::npos);
   CHECK(metrics.Render().find("csistoragecapacities_desired_goal 2") != std::string::npos);
+  controller.Stop();
+}
+
+TEST_CASE("Capacity controller reports an unreachable node endpoint by Event and metric",
+          "[unit][capacity]") {
+  auto client = std::make_shared<MemoryClient>();
+  Populate(*client);
+  auto source = std::make_shared<FakeSource>();
+  source->capacity = {{"n1", 1LL << 30}, {"n2", 2LL << 30}};
+  source->per_node = true;
+  apiclient::MetricsRegistry metrics;
+  auto events = std::make_shared<apiclient::EventRecorder>(
+      client, apiclient::EventSource{"ephemera.io/storage-capacity", "test"});
+  CapacityController controller(
+      client, source, metrics,
+      {.ns = "ns", .poll_interval = std::chrono::hours(1), .write_qps = 0, .events = events});
+  REQUIRE(controller.Start(std::chrono::seconds(10)));
+  REQUIRE(Eventually([&] { return client->All("csistoragecapacities").size() == 2; }));
+  REQUIRE(controller.Sync().ok());
+  const uint64_t writes = controller.Writes();
+
+  {
+    std::lock_guard<std::mutex> lock(source->mu);
+    source->down = {"n2"};
+    source->capacity["n1"] = 512LL << 20;
+  }
+  controller.RefreshAll();
+  CHECK_FALSE(controller.Sync().ok());
+  CHECK(controller.UnreachableNodes() == std::set<std::string>{"n2"});
+  const std::string rendered = metrics.Render();
+  CHECK(rendered.find("csistoragecapacity_unreachable_nodes 1") != std::string::npos);
+  CHECK(rendered.find("csistoragecapacity_node_getcapacity_errors_total{node=\"n2\"} 1") !=
+        std::string::npos);
+  // n1 was updated, n2 kept its 2Gi: one write only.
+  CHECK(controller.Writes() == writes + 1);
+  for (const auto& o : client->All("csistoragecapacities")) {
+    const std::string node = Field(*o, "nodeTopology", "matchLabels", kKey);
+    CHECK(Field(*o, "capacity") == (node == "n1" ? "512Mi" : "2Gi"));
+  }
+  // A second failure is no new Event.
+  controller.RefreshAll();
+  CHECK_FALSE(controller.Sync().ok());
+  events->Flush();
+  auto reasons = [&] {
+    std::vector<std::string> out;
+    for (const auto& e : client->All("events")) {
+      CHECK(Field(*e, "regarding", "kind") == "Node");
+      CHECK(Field(*e, "regarding", "name") == "n2");
+      out.push_back(Field(*e, "reason"));
+    }
+    return out;
+  };
+  CHECK(reasons() == std::vector<std::string>{"CapacityEndpointUnreachable"});
+
+  {
+    std::lock_guard<std::mutex> lock(source->mu);
+    source->down.clear();
+  }
+  controller.RefreshAll();
+  REQUIRE(controller.Sync().ok());
+  events->Flush();
+  CHECK(controller.UnreachableNodes().empty());
+  CHECK(metrics.Render().find("csistoragecapacity_unreachable_nodes 0") != std::string::npos);
+  auto after = reasons();
+  std::sort(after.begin(), after.end());
+  CHECK(after ==
+        std::vector<std::string>{"CapacityEndpointReachable", "CapacityEndpointUnreachable"});
   controller.Stop();
 }
 
