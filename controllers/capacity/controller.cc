@@ -16,6 +16,7 @@ using apiclient::resources::kCSINodes;
 using apiclient::resources::kCSIStorageCapacities;
 using apiclient::resources::kNodes;
 using apiclient::resources::kPersistentVolumes;
+using apiclient::resources::kPods;
 using apiclient::resources::kStorageClasses;
 
 constexpr char kDriverLabel[] = "csi.storage.k8s.io/drivername";
@@ -84,6 +85,38 @@ bool AffinityMatches(const Object& pv, const Segment& segment) {
 
 std::string PvDriver(const Object& pv) {
   return Field(pv, "spec", "csi", "driver");
+}
+
+// A pod trimmed to what the inline-volume trigger reads: identity, node, phase, and whether it
+// has a CSI inline volume of `driver` ("inline").
+Object InlineVolumePod(const Object& pod, const std::string& driver) {
+  Object out = {{"metadata", Object::object()}, {"spec", Object::object()}};
+  if (const Object* meta = Member(pod, "metadata")) {
+    for (const char* key : {"name", "namespace", "uid", "resourceVersion"}) {
+      if (const Object* v = Member(*meta, key)) out["metadata"][key] = *v;
+    }
+  }
+  out["spec"]["nodeName"] = Field(pod, "spec", "nodeName");
+  out["status"]["phase"] = Field(pod, "status", "phase");
+  bool inline_volume = false;
+  const Object* spec = Member(pod, "spec");
+  const Object* volumes = spec ? Member(*spec, "volumes") : nullptr;
+  if (volumes != nullptr && volumes->is_array()) {
+    for (const auto& v : *volumes)
+      inline_volume = inline_volume || Field(v, "csi", "driver") == driver;
+  }
+  out["inline"] = inline_volume;
+  return out;
+}
+
+// Does `node` (its labels) belong to `segment`?
+bool NodeInSegment(const Object& node, const Segment& segment) {
+  const Object* meta = Member(node, "metadata");
+  const Object* labels = meta ? Member(*meta, "labels") : nullptr;
+  for (const auto& [key, value] : segment) {
+    if (labels == nullptr || Field(*labels, key.c_str()) != value) return false;
+  }
+  return true;
 }
 
 }  // namespace
@@ -263,6 +296,14 @@ bool CapacityController::Start(std::chrono::seconds sync_timeout) {
       client_, apiclient::InformerOptions{.resource = kStorageClasses});
   volumes_ = std::make_unique<apiclient::Informer>(
       client_, apiclient::InformerOptions{.resource = kPersistentVolumes});
+  // CSI inline volumes are no PVs: the driver creates one when kubelet publishes it and deletes it
+  // at unpublish. A pod with one that turns Running (kubelet reports after the mounts) or is
+  // deleted for good (after the unmounts) changes its node's free space.
+  const std::string driver = driver_;
+  pods_ = std::make_unique<apiclient::Informer>(
+      client_, apiclient::InformerOptions{.resource = kPods, .transform = [driver](Object pod) {
+                                            return InlineVolumePod(pod, driver);
+                                          }});
   capacities_ = std::make_unique<apiclient::Informer>(
       client_,
       apiclient::InformerOptions{.resource = kCSIStorageCapacities,
@@ -311,6 +352,23 @@ bool CapacityController::Start(std::chrono::seconds sync_timeout) {
                                volume_changed(pv);
                              },
                          .on_delete = volume_changed});
+  auto pod_changed = [this](const ObjectPtr& pod) {
+    if (!pod->value("inline", false)) return;
+    const std::string node_name = Field(*pod, "spec", "nodeName");
+    if (node_name.empty()) return;
+    ObjectPtr node = nodes_->store().Get(node_name);
+    if (node == nullptr) return;
+    MarkStale([&](const CapacityItem& item) { return NodeInSegment(*node, item.segment); });
+    Trigger();
+  };
+  pods_->AddHandlers({.on_update =
+                          [pod_changed](const ObjectPtr& old_pod, const ObjectPtr& pod) {
+                            if (Field(*old_pod, "status", "phase") !=
+                                Field(*pod, "status", "phase")) {
+                              pod_changed(pod);
+                            }
+                          },
+                      .on_delete = pod_changed});
   capacities_->AddHandlers({.on_add =
                                 [this](const ObjectPtr& o) {
                                   ObjectSeen(o);
@@ -326,12 +384,12 @@ bool CapacityController::Start(std::chrono::seconds sync_timeout) {
                                   ObjectGone(o);
                                   Trigger();
                                 }});
-  for (auto* inf :
-       {csinodes_.get(), nodes_.get(), classes_.get(), volumes_.get(), capacities_.get()}) {
+  for (auto* inf : {csinodes_.get(), nodes_.get(), classes_.get(), volumes_.get(), pods_.get(),
+                    capacities_.get()}) {
     inf->Start();
   }
-  for (auto* inf :
-       {csinodes_.get(), nodes_.get(), classes_.get(), volumes_.get(), capacities_.get()}) {
+  for (auto* inf : {csinodes_.get(), nodes_.get(), classes_.get(), volumes_.get(), pods_.get(),
+                    capacities_.get()}) {
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
         deadline - std::chrono::steady_clock::now());
     if (!inf->WaitForSync(std::max(left, std::chrono::milliseconds(1)))) return false;
@@ -350,8 +408,8 @@ void CapacityController::Stop() {
   if (stopped_.exchange(true)) return;
   cv_.notify_all();
   if (loop_.joinable()) loop_.join();
-  for (auto* inf :
-       {csinodes_.get(), nodes_.get(), classes_.get(), volumes_.get(), capacities_.get()}) {
+  for (auto* inf : {csinodes_.get(), nodes_.get(), classes_.get(), volumes_.get(), pods_.get(),
+                    capacities_.get()}) {
     if (inf != nullptr) inf->Stop();
   }
 }

@@ -144,6 +144,8 @@ class CapacityController {
   std::unique_ptr<apiclient::Informer> classes_;
   std::unique_ptr<apiclient::Informer> capacities_;
   std::unique_ptr<apiclient::Informer> volumes_;
+  // Pods, trimmed to what tells where an inline volume of the driver came or went.
+  std::unique_ptr<apiclient::Informer> pods_;
 
   std::mutex sync_mu_;  // one Sync at a time
   std::mutex mu_;

@@ -317,6 +317,76 @@ TEST_CASE(
       seconds(10)));
 }
 
+TEST_CASE("Storage capacity: an inline volume that comes or goes refreshes its node within 2 s",
+          "[cluster][capacity]") {
+  const TestCluster cluster = TestCluster::FromEnvironment();
+  auto client = cluster.AdminClient();
+  csi::testing::DriverFixture driver("1Gi", {"--node-id=node-1"});
+  const int64_t pool = driver.AvailableCapacity();
+  RegisterDriverOnNodes(*client);
+  const std::string suffix = RandomSuffix();
+  const std::string late = "cap-inline-" + suffix;
+  ClassCleanup cleanup{*client, {late}};
+  CreateClass(*client, late, "WaitForFirstConsumer");
+  const std::string ns = cluster.CreateNamespace("cap");
+  ControllerProcess controller(cluster, ControllerFlags(driver, ns));  // polls once an hour
+  auto node1 = [&] {
+    auto objects = Capacities(*client, ns, {late});
+    return objects.count(late + "/node-1") == 1
+               ? *ParseQuantity(Field(*objects[late + "/node-1"], "capacity"))
+               : int64_t{-1};
+  };
+  REQUIRE(Eventually([&] { return node1() == pool; }));
+
+  // A pod on node-1 with an inline volume; kubelet's part done by hand: NodePublishVolume (the
+  // driver creates the volume), then the pod reported Running.
+  Object pod = {{"apiVersion", "v1"}, {"kind", "Pod"}};
+  pod["metadata"]["name"] = "inline";
+  pod["spec"]["nodeName"] = "node-1";
+  pod["spec"]["containers"] = Object::array({{{"name", "app"}, {"image", "busybox"}}});
+  pod["spec"]["volumes"] =
+      Object::array({{{"name", "data"},
+                      {"csi", {{"driver", kDriver}, {"volumeAttributes", {{"size", "64Mi"}}}}}}});
+  auto created = client->Create(apiclient::resources::kPods, ns, pod);
+  REQUIRE(created.ok());
+  ::csi::v1::NodePublishVolumeRequest publish;
+  publish.set_volume_id("csi-inline-" + suffix);
+  publish.set_target_path(driver.work() + "/inline-target");
+  *publish.mutable_volume_capability() = csi::testing::MountCapability();
+  (*publish.mutable_volume_context())["size"] = "64Mi";
+  (*publish.mutable_volume_context())["csi.storage.k8s.io/ephemeral"] = "true";
+  ::csi::v1::NodePublishVolumeResponse published;
+  grpc::ClientContext ctx;
+  REQUIRE(driver.node().NodePublishVolume(&ctx, publish, &published).ok());
+  const int64_t with_volume = driver.AvailableCapacity();
+  REQUIRE(with_volume < pool);
+  Object running = **created;
+  running["status"]["phase"] = "Running";
+  auto start = std::chrono::steady_clock::now();
+  REQUIRE(client->UpdateStatus(apiclient::resources::kPods, ns, running).ok());
+  CHECK(Eventually([&] { return node1() == with_volume; }, seconds(2)));
+  WARN("inline volume's pod Running -> CSIStorageCapacity updated in "
+       << std::chrono::duration_cast<milliseconds>(std::chrono::steady_clock::now() - start).count()
+       << " ms");
+
+  // kubelet unpublishes (the driver deletes the volume), then removes the pod for good.
+  ::csi::v1::NodeUnpublishVolumeRequest unpublish;
+  unpublish.set_volume_id("csi-inline-" + suffix);
+  unpublish.set_target_path(driver.work() + "/inline-target");
+  ::csi::v1::NodeUnpublishVolumeResponse unpublished;
+  grpc::ClientContext ctx2;
+  REQUIRE(driver.node().NodeUnpublishVolume(&ctx2, unpublish, &unpublished).ok());
+  REQUIRE(driver.AvailableCapacity() == pool);
+  start = std::chrono::steady_clock::now();
+  apiclient::DeleteOptions now;
+  now.grace_period_seconds = 0;
+  REQUIRE(client->Delete(apiclient::resources::kPods, ns, "inline", now).ok());
+  CHECK(Eventually([&] { return node1() == pool; }, seconds(2)));
+  WARN("inline volume's pod deleted -> CSIStorageCapacity updated in "
+       << std::chrono::duration_cast<milliseconds>(std::chrono::steady_clock::now() - start).count()
+       << " ms");
+}
+
 // A CSI driver of our own that does NOT offer GET_CAPACITY: the real driver always offers it, so
 // only a test server can show what the controller does with one that does not.
 class NoCapacityIdentity final : public ::csi::v1::Identity::Service {
