@@ -1,5 +1,6 @@
 # The lvm backend in the guest: the driver on a real PMEM region, csi-sanity in full, then checks
-# of size, DAX, exhaustion and leaks with ephemera-csi-client (tests/vm/guest/lib.sh).
+# of size, DAX, exhaustion, inline ephemeral volumes, restart recovery and leaks with
+# ephemera-csi-client (tests/vm/guest/lib.sh).
 . /host/lib.sh
 export LVM_SUPPRESS_FD_WARNINGS=1
 resources() { lvs --noheadings -o vg_name,lv_name 2>/dev/null | sort; }
@@ -16,6 +17,10 @@ check_big_volume
 t=$(uptime_s)
 check_exhaustion
 echo "fill and exhaustion checks took $(( $(uptime_s) - t )) s"
+check_ephemeral
+t=$(uptime_s)
+check_restart_recovery
+echo "restart recovery checks took $(( $(uptime_s) - t )) s"
 
 after=$(resources)
 if [ "$before" = "$after" ]; then pass "no logical volume leaked"; else fail "LVs before: [$before] after: [$after]"; fi
