@@ -12,7 +12,7 @@ struct Config {
   std::string mode = "node";  // only "node": Identity, Controller and Node on one socket
   std::string endpoint;       // unix:///path/to/csi.sock
   std::string node_id;
-  std::string backend = "file";  // file | direct | lvm (direct: not built yet)
+  std::string backend = "file";  // file | direct | lvm
   std::string state_dir = "/var/lib/ephemera-pmem-csi/state";
   // file backend
   std::string file_dir = "/var/lib/ephemera-pmem-csi/files";

@@ -194,9 +194,12 @@ grpc::Status ControllerService::ControllerGetCapabilities(
     ControllerGetCapabilitiesResponse* response) {
   for (auto type : {ControllerServiceCapability::RPC::CREATE_DELETE_VOLUME,
                     ControllerServiceCapability::RPC::GET_CAPACITY,
-                    ControllerServiceCapability::RPC::LIST_VOLUMES,
-                    ControllerServiceCapability::RPC::EXPAND_VOLUME}) {
+                    ControllerServiceCapability::RPC::LIST_VOLUMES}) {
     response->add_capabilities()->mutable_rpc()->set_type(type);
+  }
+  if (volumes_.devices().SupportsExpansion()) {
+    response->add_capabilities()->mutable_rpc()->set_type(
+        ControllerServiceCapability::RPC::EXPAND_VOLUME);
   }
   return grpc::Status::OK;
 }

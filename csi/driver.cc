@@ -7,7 +7,10 @@
 #include <iostream>
 #include <sstream>
 
+#include "csi/backends/block_device.h"
+#include "csi/backends/direct_device_manager.h"
 #include "csi/backends/file_device_manager.h"
+#include "csi/backends/libndctl_pmem_api.h"
 #include "csi/backends/lvm_device_manager.h"
 #include "csi/controller_service.h"
 #include "csi/exec_command_runner.h"
@@ -82,6 +85,7 @@ struct Driver::Impl {
   Config config;
   Metrics metrics;
   ExecCommandRunner runner;
+  std::unique_ptr<PmemApi> pmem;  // the direct backend's libndctl context
   std::unique_ptr<DeviceManager> devices;
   std::unique_ptr<StateStore> store;
   std::unique_ptr<VolumeManager> volumes;
@@ -112,10 +116,7 @@ Status Driver::Impl::Validate() const {
   if (config.node_id.empty() || config.node_id.size() > 128) {
     return Status::InvalidArgument("--node-id: required, at most 128 characters");
   }
-  if (config.backend == "direct") {
-    return Status::Unimplemented("--backend=direct: not built yet (file and lvm are)");
-  }
-  if (config.backend != "file" && config.backend != "lvm") {
+  if (config.backend != "file" && config.backend != "lvm" && config.backend != "direct") {
     return Status::InvalidArgument("--backend: file, direct or lvm, got \"" + config.backend +
                                    "\"");
   }
@@ -181,6 +182,13 @@ Status Driver::Start() {
     auto lvm = std::make_unique<LvmDeviceManager>(d.runner, d.config.pmem_percentage);
     EPHEMERA_RETURN_IF_ERROR(lvm->Init().WithContext("lvm backend"));
     d.devices = std::move(lvm);
+  } else if (d.config.backend == "direct") {
+    StatusOr<std::unique_ptr<LibndctlPmemApi>> api = LibndctlPmemApi::Open();
+    if (!api.ok()) return api.status().WithContext("direct backend");
+    d.pmem = std::move(*api);
+    auto direct = std::make_unique<DirectDeviceManager>(*d.pmem, ZeroBlockDevice);
+    EPHEMERA_RETURN_IF_ERROR(direct->Init().WithContext("direct backend"));
+    d.devices = std::move(direct);
   } else {
     auto file = std::make_unique<FileDeviceManager>(d.config.file_dir, d.config.file_capacity);
     EPHEMERA_RETURN_IF_ERROR(file->Init());

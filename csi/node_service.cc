@@ -448,11 +448,14 @@ Status NodeService::DoExpand(const NodeExpandVolumeRequest& request,
 grpc::Status NodeService::NodeGetCapabilities(grpc::ServerContext*,
                                               const NodeGetCapabilitiesRequest*,
                                               NodeGetCapabilitiesResponse* response) {
-  for (auto type :
-       {NodeServiceCapability::RPC::STAGE_UNSTAGE_VOLUME,
-        NodeServiceCapability::RPC::GET_VOLUME_STATS, NodeServiceCapability::RPC::EXPAND_VOLUME,
-        NodeServiceCapability::RPC::VOLUME_CONDITION}) {
+  for (auto type : {NodeServiceCapability::RPC::STAGE_UNSTAGE_VOLUME,
+                    NodeServiceCapability::RPC::GET_VOLUME_STATS,
+                    NodeServiceCapability::RPC::VOLUME_CONDITION}) {
     response->add_capabilities()->mutable_rpc()->set_type(type);
+  }
+  if (volumes_.devices().SupportsExpansion()) {
+    response->add_capabilities()->mutable_rpc()->set_type(
+        NodeServiceCapability::RPC::EXPAND_VOLUME);
   }
   return grpc::Status::OK;
 }

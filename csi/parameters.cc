@@ -29,6 +29,19 @@ Status ParseBool(std::string_view field, std::string_view value, bool* out) {
   return Status::Ok();
 }
 
+Status ParseUsage(std::string_view field, std::string_view value, DeviceUsage* out) {
+  if (value == "AppDirect") {
+    *out = DeviceUsage::kAppDirect;
+  } else if (value == "FileIO") {
+    *out = DeviceUsage::kFileIO;
+  } else {
+    return Status::InvalidArgument(std::string(field) +
+                                   ": must be \"AppDirect\" or \"FileIO\", not \"" +
+                                   std::string(value.substr(0, 64)) + "\"");
+  }
+  return Status::Ok();
+}
+
 }  // namespace
 
 StatusOr<VolumeParameters> ParseVolumeParameters(std::string_view field,
@@ -37,6 +50,8 @@ StatusOr<VolumeParameters> ParseVolumeParameters(std::string_view field,
   for (const auto& [key, value] : params) {
     if (key == kParamEraseAfter) {
       EPHEMERA_RETURN_IF_ERROR(ParseBool(KeyField(field, key), value, &out.erase_after));
+    } else if (key == kParamUsage) {
+      EPHEMERA_RETURN_IF_ERROR(ParseUsage(KeyField(field, key), value, &out.usage));
     } else if (!HasKubernetesPrefix(key)) {
       return Status::InvalidArgument(KeyField(field, key.substr(0, 64)) + ": unknown parameter");
     }
@@ -63,6 +78,8 @@ StatusOr<EphemeralParameters> ParseEphemeralParameters(
       have_size = true;
     } else if (key == kParamEraseAfter) {
       EPHEMERA_RETURN_IF_ERROR(ParseBool(field, value, &out.volume.erase_after));
+    } else if (key == kParamUsage) {
+      EPHEMERA_RETURN_IF_ERROR(ParseUsage(field, value, &out.volume.usage));
     } else if (!HasKubernetesPrefix(key)) {
       return Status::InvalidArgument(field + ": unknown parameter");
     }

@@ -10,11 +10,13 @@
 #include <string_view>
 
 #include "common/status.h"
+#include "csi/backends/device_manager.h"
 
 namespace ephemera::csi {
 
 inline constexpr std::string_view kParamEraseAfter = "eraseafter";
 inline constexpr std::string_view kParamSize = "size";
+inline constexpr std::string_view kParamUsage = "usage";
 inline constexpr std::string_view kEphemeralKey = "csi.storage.k8s.io/ephemeral";
 // Keys with this prefix are added by external-provisioner and kubelet; they are accepted and
 // ignored.
@@ -22,12 +24,13 @@ inline constexpr std::string_view kKubernetesPrefix = "csi.storage.k8s.io/";
 
 struct VolumeParameters {
   bool erase_after = true;
+  DeviceUsage usage = DeviceUsage::kAppDirect;  // "usage": "AppDirect" (default) or "FileIO"
   friend bool operator==(const VolumeParameters&, const VolumeParameters&) = default;
 };
 
 // CreateVolume / GetCapacity parameters. `field` names the map in messages ("parameters").
-// Accepts "eraseafter" ("true"/"false") and csi.storage.k8s.io/* keys; every other key, and a bad
-// value, is INVALID_ARGUMENT naming field["key"].
+// Accepts "eraseafter" ("true"/"false"), "usage" ("AppDirect"/"FileIO") and csi.storage.k8s.io/*
+// keys; every other key, and a bad value, is INVALID_ARGUMENT naming field["key"].
 StatusOr<VolumeParameters> ParseVolumeParameters(std::string_view field,
                                                  const std::map<std::string, std::string>& params);
 
@@ -37,7 +40,8 @@ struct EphemeralParameters {
 };
 
 // The volume_context of an inline ephemeral volume: "size" (a Kubernetes quantity, required,
-// > 0), "eraseafter", and csi.storage.k8s.io/* keys. INVALID_ARGUMENT naming the key otherwise.
+// > 0), "eraseafter", "usage", and csi.storage.k8s.io/* keys. INVALID_ARGUMENT naming the key
+// otherwise.
 StatusOr<EphemeralParameters> ParseEphemeralParameters(
     const std::map<std::string, std::string>& volume_context);
 

@@ -110,7 +110,8 @@ StatusOr<VolumeRecord> VolumeManager::CreateLocked(const std::string& id, const 
         bool size_ok =
             existing->size >= required_bytes && (limit_bytes == 0 || existing->size <= limit_bytes);
         if (!size_ok || existing->erase_after != params.erase_after ||
-            existing->ephemeral != ephemeral || existing->name != name) {
+            existing->usage != params.usage || existing->ephemeral != ephemeral ||
+            existing->name != name) {
           return Status::AlreadyExists("volume \"" + name + "\" exists with size " +
                                        std::to_string(existing->size) +
                                        " and different parameters");
@@ -131,15 +132,16 @@ StatusOr<VolumeRecord> VolumeManager::CreateLocked(const std::string& id, const 
   record.name = name;
   record.size = size;
   record.erase_after = params.erase_after;
+  record.usage = params.usage;
   record.ephemeral = ephemeral;
   record.phase = Phase::kCreating;
   EPHEMERA_RETURN_IF_ERROR(store_.Put(record));
   EPHEMERA_RETURN_IF_ERROR(Fault("create:record-written"));
-  StatusOr<Device> device = devices_.Create(id, size);
+  StatusOr<Device> device = devices_.Create(id, size, params.usage);
   if (device.status().code() == Code::kAlreadyExists) {
     // A device of this ID without a ready record is a leftover of ours: replace it.
     EPHEMERA_RETURN_IF_ERROR(devices_.Delete(id, /*erase=*/true));
-    device = devices_.Create(id, size);
+    device = devices_.Create(id, size, params.usage);
   }
   if (!device.ok()) {
     Status removed = store_.Remove(id);

@@ -1,8 +1,10 @@
 // csi_bench: times the driver's provisioning path against a running ephemera-pmem-csi:
 //   up   = CreateVolume + NodeStageVolume (mkfs ext4, mount) + NodePublishVolume (bind)
 //   down = NodeUnpublishVolume + NodeUnstageVolume + DeleteVolume
-// Usage: csi_bench ENDPOINT WORKDIR ITERATIONS SIZE_BYTES ERASEAFTER(true|false)
-// Prints one line per phase: name, iterations, median and mean in milliseconds.
+// Usage: csi_bench ENDPOINT WORKDIR ITERATIONS SIZE_BYTES ERASEAFTER(true|false) [CALLERS [PHASES]]
+// PHASES "controller" times CreateVolume (up) and DeleteVolume (down) alone; the default, "node",
+// the whole paths above.
+// Prints one line per phase: name, iterations, median, p99 and mean in milliseconds.
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
@@ -40,9 +42,10 @@ void Report(const char* name, std::vector<double> ms) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc != 6 && argc != 7) {
+  if (argc < 6 || argc > 8) {
     std::fprintf(stderr,
-                 "usage: csi_bench ENDPOINT WORKDIR ITERATIONS SIZE_BYTES ERASEAFTER [CALLERS]\n");
+                 "usage: csi_bench ENDPOINT WORKDIR ITERATIONS SIZE_BYTES ERASEAFTER [CALLERS "
+                 "[node|controller]]\n");
     return 2;
   }
   auto channel = grpc::CreateChannel(argv[1], grpc::InsecureChannelCredentials());
@@ -52,7 +55,8 @@ int main(int argc, char** argv) {
   int iterations = std::stoi(argv[3]);
   int64_t size = std::stoll(argv[4]);
   std::string erase = argv[5];
-  const int callers = argc == 7 ? std::max(1, std::stoi(argv[6])) : 1;
+  const int callers = argc >= 7 ? std::max(1, std::stoi(argv[6])) : 1;
+  const bool node_phases = argc < 8 || std::string(argv[7]) != "controller";
 
   VolumeCapability capability;
   capability.mutable_mount()->set_fs_type("ext4");
@@ -75,6 +79,19 @@ int main(int argc, char** argv) {
       grpc::ClientContext c1;
       if (!Check(controller->CreateVolume(&c1, create, &created), "CreateVolume")) return 1;
       const std::string& id = created.volume().volume_id();
+      if (!node_phases) {
+        auto t1 = Clock::now();
+        DeleteVolumeRequest del;
+        del.set_volume_id(id);
+        DeleteVolumeResponse deleted;
+        grpc::ClientContext c6;
+        if (!Check(controller->DeleteVolume(&c6, del, &deleted), "DeleteVolume")) return 1;
+        auto t2 = Clock::now();
+        std::lock_guard<std::mutex> lock(mu);
+        up.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
+        down.push_back(std::chrono::duration<double, std::milli>(t2 - t1).count());
+        continue;
+      }
       NodeStageVolumeRequest stage;
       stage.set_volume_id(id);
       stage.set_staging_target_path(staging);
@@ -126,7 +143,7 @@ int main(int argc, char** argv) {
     t.join();
   if (failed) return 1;
   std::string suffix = " (eraseafter=" + erase + ", " + std::to_string(callers) + " callers)";
-  Report(("driver up" + suffix).c_str(), up);
-  Report(("driver down" + suffix).c_str(), down);
+  Report(((node_phases ? "driver up" : "driver CreateVolume") + suffix).c_str(), up);
+  Report(((node_phases ? "driver down" : "driver DeleteVolume") + suffix).c_str(), down);
   return 0;
 }

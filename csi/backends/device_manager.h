@@ -21,6 +21,12 @@
 
 namespace ephemera::csi {
 
+// What a volume is for (the "usage" parameter). kAppDirect: a filesystem mounted with DAX where
+// the backend can offer it. kFileIO: ordinary block I/O; the `direct` backend gives it a sector
+// (BTT) namespace, whose writes of a sector are atomic, and no DAX. The `file` and `lvm` backends
+// hand out the same kind of device for both.
+enum class DeviceUsage { kAppDirect, kFileIO };
+
 struct Device {
   std::string id;             // the volume ID
   int64_t size = 0;           // bytes, a multiple of the backend's alignment
@@ -44,12 +50,17 @@ class DeviceManager {
   // Allocation unit in bytes; every device size is a multiple of it.
   virtual int64_t Alignment() const = 0;
 
-  // Creates the device `id` of exactly `size` bytes (a positive multiple of Alignment()).
+  // Whether Expand() can ever succeed; the driver offers EXPAND_VOLUME only when it can.
+  virtual bool SupportsExpansion() const { return true; }
+
+  // Creates the device `id` of at least `size` bytes (a positive multiple of Alignment()) for
+  // `usage`. The `file` and `lvm` backends make it exactly `size`; `direct` may give a little more,
+  // as the kernel's metadata forces whole alignment units.
   // Errors: ALREADY_EXISTS if a device `id` exists (whatever its size); RESOURCE_EXHAUSTED if the
   // pool cannot hold it; INVALID_ARGUMENT for a size that is not a positive multiple of the
   // alignment; INTERNAL for a failure of the system. On error nothing is left behind, except after
   // a crash, which the caller repairs through Delete().
-  virtual StatusOr<Device> Create(const std::string& id, int64_t size) = 0;
+  virtual StatusOr<Device> Create(const std::string& id, int64_t size, DeviceUsage usage) = 0;
 
   // Removes the device `id`; when `erase` is set, the data it held is overwritten first, so that
   // the next volume cannot read it. OK when there is no such device (deletion is idempotent).

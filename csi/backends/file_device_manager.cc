@@ -132,7 +132,8 @@ StatusOr<int64_t> FileDeviceManager::FreeLocked() const {
   return free - free % kAlignment;
 }
 
-StatusOr<Device> FileDeviceManager::Create(const std::string& id, int64_t size) {
+StatusOr<Device> FileDeviceManager::Create(const std::string& id, int64_t size,
+                                           DeviceUsage /*usage*/) {
   if (size <= 0 || size % kAlignment != 0) {
     return Status::InvalidArgument("size " + std::to_string(size) +
                                    " is not a positive multiple of 4 MiB");

@@ -1,16 +1,12 @@
 // The lvm backend (see lvm_device_manager.h).
 #include "csi/backends/lvm_device_manager.h"
 
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <algorithm>
-#include <cerrno>
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "csi/backends/block_device.h"
 #include "csi/mount_util.h"
-#include "csi/system_error.h"
 #include "csi/volume_id.h"
 
 namespace ephemera::csi {
@@ -82,38 +78,6 @@ StatusOr<CommandResult> RunOk(CommandRunner& runner, const std::vector<std::stri
                             std::to_string(result->exit_code) + ": " + result->output);
   }
   return result;
-}
-
-// Opens the block device exclusively: the kernel refuses (EBUSY) while it is mounted or held.
-StatusOr<bool> DeviceBusy(const std::string& path) {
-  int fd = open(path.c_str(), O_RDONLY | O_EXCL | O_CLOEXEC);
-  if (fd < 0) {
-    if (errno == EBUSY) return true;
-    if (errno == ENOENT) return false;
-    return Status::Internal(ErrnoMessage("open " + path));
-  }
-  close(fd);
-  return false;
-}
-
-Status ZeroDevice(const std::string& path, int64_t size) {
-  int fd = open(path.c_str(), O_WRONLY | O_EXCL | O_CLOEXEC);
-  if (fd < 0) return Status::Internal(ErrnoMessage("open " + path));
-  static const std::vector<char> kZeros(size_t{1024} * 1024, 0);
-  Status status;
-  for (int64_t pos = 0; pos < size && status.ok();) {
-    auto chunk = static_cast<size_t>(std::min<int64_t>(size - pos, kZeros.size()));
-    ssize_t n = pwrite(fd, kZeros.data(), chunk, pos);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      status = Status::Internal(ErrnoMessage("zeroing " + path));
-      break;
-    }
-    pos += n;
-  }
-  if (status.ok() && fdatasync(fd) != 0) status = Status::Internal(ErrnoMessage("fdatasync"));
-  close(fd);
-  return status;
 }
 
 }  // namespace
@@ -277,7 +241,8 @@ StatusOr<Device> LvmDeviceManager::ToDevice(const LvmLogicalVolume& lv) {
   return Device{lv.name, lv.size, lv.path, DeviceSupportsDax(lv.path)};
 }
 
-StatusOr<Device> LvmDeviceManager::Create(const std::string& id, int64_t size) {
+StatusOr<Device> LvmDeviceManager::Create(const std::string& id, int64_t size,
+                                          DeviceUsage /*usage*/) {
   EPHEMERA_RETURN_IF_ERROR(ValidateVolumeId("id", id));
   std::lock_guard<std::mutex> lock(mu_);
   if (size <= 0 || size % alignment_ != 0) {
@@ -332,7 +297,7 @@ Status LvmDeviceManager::Delete(const std::string& id, bool erase) {
   // lv_attr: the sixth character is 'o' when the device is open (mounted or held).
   bool open = lv->attr.size() >= 6 && lv->attr[5] == 'o';
   if (!open && lv->attr.size() >= 5 && lv->attr[4] == 'a') {
-    StatusOr<bool> busy = DeviceBusy(lv->path);
+    StatusOr<bool> busy = BlockDeviceBusy(lv->path);
     if (!busy.ok()) return busy.status();
     open = *busy;
   }
@@ -341,7 +306,7 @@ Status LvmDeviceManager::Delete(const std::string& id, bool erase) {
     if (lv->attr.size() >= 5 && lv->attr[4] != 'a') {
       EPHEMERA_RETURN_IF_ERROR(RunChecked(runner_, {"lvchange", "-ay", lv->vg + "/" + id}));
     }
-    EPHEMERA_RETURN_IF_ERROR(ZeroDevice(lv->path, lv->size));
+    EPHEMERA_RETURN_IF_ERROR(ZeroBlockDevice(lv->path, lv->size));
   }
   StatusOr<CommandResult> result = runner_.Run({"lvremove", "-y", lv->vg + "/" + id});
   if (!result.ok()) return result.status();

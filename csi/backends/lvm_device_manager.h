@@ -56,7 +56,7 @@ class LvmDeviceManager : public DeviceManager {
 
   std::string Name() const override { return "lvm"; }
   int64_t Alignment() const override { return alignment_; }
-  StatusOr<Device> Create(const std::string& id, int64_t size) override;
+  StatusOr<Device> Create(const std::string& id, int64_t size, DeviceUsage usage) override;
   Status Delete(const std::string& id, bool erase) override;
   StatusOr<Device> Get(const std::string& id) override;
   StatusOr<std::vector<Device>> List() override;

@@ -68,6 +68,7 @@ std::string SerializeRecord(const VolumeRecord& record) {
       {"ephemeral", record.ephemeral},
       {"phase", std::string(PhaseName(record.phase))},
       {"fsType", record.fs_type},
+      {"usage", record.usage == DeviceUsage::kFileIO ? "FileIO" : "AppDirect"},
   };
   return j.dump(2) + "\n";
 }
@@ -84,6 +85,13 @@ StatusOr<VolumeRecord> ParseRecord(const std::string& text) {
     record.erase_after = j.at("eraseAfter").get<bool>();
     record.ephemeral = j.at("ephemeral").get<bool>();
     record.fs_type = j.value("fsType", "");
+    // Records written before the usage parameter existed are AppDirect.
+    std::string usage = j.value("usage", "AppDirect");
+    if (usage == "FileIO") {
+      record.usage = DeviceUsage::kFileIO;
+    } else if (usage != "AppDirect") {
+      return Status::DataLoss("unknown usage \"" + usage + "\"");
+    }
     std::string phase = j.at("phase").get<std::string>();
     if (phase == "creating") {
       record.phase = Phase::kCreating;

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "common/status.h"
+#include "csi/backends/device_manager.h"
 
 namespace ephemera::csi {
 
@@ -31,6 +32,7 @@ struct VolumeRecord {
   int64_t size = 0;  // bytes
   bool erase_after = true;
   bool ephemeral = false;
+  DeviceUsage usage = DeviceUsage::kAppDirect;
   Phase phase = Phase::kCreating;
   std::string fs_type;  // set once the volume was formatted, "" before
   friend bool operator==(const VolumeRecord&, const VolumeRecord&) = default;

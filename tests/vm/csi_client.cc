@@ -7,6 +7,9 @@
 //   ephemera-csi-client SOCKET capacity               -> "<available> <maximum volume size>"
 //   ephemera-csi-client SOCKET stage ID DIR FSTYPE    (mount volume, single node writer)
 //   ephemera-csi-client SOCKET unstage ID DIR
+//   ephemera-csi-client SOCKET publish-ephemeral ID DIR SIZE [KEY=VALUE...]
+//                                                     (an inline ephemeral volume, ext4)
+//   ephemera-csi-client SOCKET unpublish ID DIR
 #include <grpcpp/grpcpp.h>
 
 #include <iostream>
@@ -56,9 +59,22 @@ void SetMountCapability(VolumeCapability* capability, const std::string& fstype)
 
 }  // namespace
 
+// KEY=VALUE arguments from argv[first] on into `map`; false on a malformed one.
+bool ParseKeyValues(int argc, char** argv, int first,
+                    google::protobuf::Map<std::string, std::string>* map) {
+  for (int i = first; i < argc; ++i) {
+    std::string parameter = argv[i];
+    size_t eq = parameter.find('=');
+    if (eq == std::string::npos) return false;
+    (*map)[parameter.substr(0, eq)] = parameter.substr(eq + 1);
+  }
+  return true;
+}
+
 int main(int argc, char** argv) {
   if (argc < 3) {
-    std::cerr << "usage: ephemera-csi-client SOCKET create|delete|capacity|stage|unstage ...\n";
+    std::cerr << "usage: ephemera-csi-client SOCKET "
+                 "create|delete|capacity|stage|unstage|publish-ephemeral|unpublish ...\n";
     return 2;
   }
   auto channel =
@@ -69,12 +85,7 @@ int main(int argc, char** argv) {
   grpc::ClientContext context;
   if (command == "create" && argc >= 5) {
     CreateVolumeRequest request;
-    for (int i = 5; i < argc; ++i) {
-      std::string parameter = argv[i];
-      size_t eq = parameter.find('=');
-      if (eq == std::string::npos) return 2;
-      (*request.mutable_parameters())[parameter.substr(0, eq)] = parameter.substr(eq + 1);
-    }
+    if (!ParseKeyValues(argc, argv, 5, request.mutable_parameters())) return 2;
     request.set_name(argv[3]);
     request.mutable_capacity_range()->set_required_bytes(std::stoll(argv[4]));
     SetMountCapability(request.add_volume_capabilities(), "ext4");
@@ -116,6 +127,25 @@ int main(int argc, char** argv) {
     request.set_staging_target_path(argv[4]);
     NodeUnstageVolumeResponse response;
     return Report(node->NodeUnstageVolume(&context, request, &response));
+  }
+  if (command == "publish-ephemeral" && argc >= 6) {
+    NodePublishVolumeRequest request;
+    request.set_volume_id(argv[3]);
+    request.set_target_path(argv[4]);
+    SetMountCapability(request.mutable_volume_capability(), "ext4");
+    auto* context_map = request.mutable_volume_context();
+    (*context_map)["csi.storage.k8s.io/ephemeral"] = "true";
+    (*context_map)["size"] = argv[5];
+    if (!ParseKeyValues(argc, argv, 6, context_map)) return 2;
+    NodePublishVolumeResponse response;
+    return Report(node->NodePublishVolume(&context, request, &response));
+  }
+  if (command == "unpublish" && argc == 5) {
+    NodeUnpublishVolumeRequest request;
+    request.set_volume_id(argv[3]);
+    request.set_target_path(argv[4]);
+    NodeUnpublishVolumeResponse response;
+    return Report(node->NodeUnpublishVolume(&context, request, &response));
   }
   std::cerr << "bad command line\n";
   return 2;

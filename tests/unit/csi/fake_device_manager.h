@@ -22,7 +22,8 @@ class FakeDeviceManager : public DeviceManager {
   std::string Name() const override { return "fake"; }
   int64_t Alignment() const override { return kAlign; }
 
-  StatusOr<Device> Create(const std::string& id, int64_t size) override {
+  StatusOr<Device> Create(const std::string& id, int64_t size, DeviceUsage usage) override {
+    last_usage = usage;
     if (size <= 0 || size % kAlign != 0) return Status::InvalidArgument("bad size");
     if (devices_.count(id) != 0) return Status::AlreadyExists(id);
     if (Used() + size > pool_) return Status::ResourceExhausted("full");
@@ -78,6 +79,7 @@ class FakeDeviceManager : public DeviceManager {
   bool Has(const std::string& id) const { return devices_.count(id) != 0; }
 
   bool die_in_create = false;
+  DeviceUsage last_usage = DeviceUsage::kAppDirect;
   std::map<std::string, bool> in_use;
   struct DeleteCall {
     std::string id;

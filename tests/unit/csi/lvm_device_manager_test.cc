@@ -80,13 +80,15 @@ TEST_CASE("lvm: capacity sums the groups and the largest is the maximum volume",
   CHECK(capacity->max_volume_size == 2101346304);
 
   // Too large for every group: RESOURCE_EXHAUSTED and no lvcreate.
-  StatusOr<Device> big = lvm.Create("eph-big", int64_t{2101346304} + 4194304);
+  StatusOr<Device> big =
+      lvm.Create("eph-big", int64_t{2101346304} + 4194304, DeviceUsage::kAppDirect);
   CHECK(big.status().code() == Code::kResourceExhausted);
   for (const auto& call : runner.calls)
     CHECK(call[0] != "lvcreate");
 
   // Unaligned: INVALID_ARGUMENT.
-  CHECK(lvm.Create("eph-odd", 1000).status().code() == Code::kInvalidArgument);
+  CHECK(lvm.Create("eph-odd", 1000, DeviceUsage::kAppDirect).status().code() ==
+        Code::kInvalidArgument);
 
   // Deleting what does not exist is OK (idempotent).
   CHECK(lvm.Delete("eph-none", false).ok());
@@ -103,7 +105,7 @@ TEST_CASE("lvm: a new volume goes to the group with the most free space", "[lvm]
   LvmDeviceManager lvm(runner, 100);
   REQUIRE(lvm.Init().ok());
   // lvs answers empty, so Create ends in INTERNAL ("not listed"), but the lvcreate call is seen.
-  (void)lvm.Create("eph-new", 8388608);
+  (void)lvm.Create("eph-new", 8388608, DeviceUsage::kAppDirect);
   bool seen = false;
   for (const auto& call : runner.calls) {
     if (call[0] != "lvcreate") continue;

@@ -119,3 +119,25 @@ TEST_CASE("filesystem types", "[csi][parameters]") {
 
 }  // namespace
 }  // namespace ephemera::csi
+
+namespace ephemera::csi {
+namespace {
+
+TEST_CASE("the usage parameter selects AppDirect or FileIO", "[csi][parameters]") {
+  CHECK(ParseVolumeParameters("parameters", {})->usage == DeviceUsage::kAppDirect);
+  CHECK(ParseVolumeParameters("parameters", {{"usage", "FileIO"}})->usage == DeviceUsage::kFileIO);
+  CHECK(ParseVolumeParameters("parameters", {{"usage", "AppDirect"}})->usage ==
+        DeviceUsage::kAppDirect);
+  Status bad = ParseVolumeParameters("parameters", {{"usage", "fileio"}}).status();
+  CHECK(bad.code() == Code::kInvalidArgument);
+  CHECK(bad.message().find("parameters[\"usage\"]") != std::string::npos);
+  StatusOr<EphemeralParameters> inline_volume =
+      ParseEphemeralParameters({{"size", "1Gi"}, {"usage", "FileIO"}});
+  REQUIRE(inline_volume.ok());
+  CHECK(inline_volume->volume.usage == DeviceUsage::kFileIO);
+  CHECK(ParseEphemeralParameters({{"size", "1Gi"}, {"usage", "x"}}).status().code() ==
+        Code::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace ephemera::csi

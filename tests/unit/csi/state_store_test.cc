@@ -29,6 +29,10 @@ TEST_CASE("records round-trip through JSON", "[csi][state]") {
   StatusOr<VolumeRecord> parsed = ParseRecord(SerializeRecord(record));
   REQUIRE(parsed.ok());
   CHECK(*parsed == record);
+  record.usage = DeviceUsage::kFileIO;
+  parsed = ParseRecord(SerializeRecord(record));
+  REQUIRE(parsed.ok());
+  CHECK(parsed->usage == DeviceUsage::kFileIO);
   CHECK(ParseRecord("{").status().code() == Code::kDataLoss);
   CHECK(ParseRecord("{\"version\": 2}").status().code() == Code::kDataLoss);
   CHECK(ParseRecord(R"({"version":1,"id":"../x","name":"n","size":1,"eraseAfter":true,)"

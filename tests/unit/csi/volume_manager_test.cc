@@ -73,6 +73,24 @@ TEST_CASE("create is idempotent by name and rejects incompatible repeats", "[csi
   f.CheckConsistent();
 }
 
+TEST_CASE("the usage parameter reaches the backend and is part of the identity", "[csi][volumes]") {
+  Fixture f;
+  auto vm = f.Restart();
+  VolumeParameters file_io;
+  file_io.usage = DeviceUsage::kFileIO;
+  StatusOr<VolumeRecord> a = vm->CreateVolume("pvc-f", 4 * kMi, 0, file_io);
+  REQUIRE(a.ok());
+  CHECK(a->usage == DeviceUsage::kFileIO);
+  CHECK(f.devices.last_usage == DeviceUsage::kFileIO);
+  CHECK(vm->CreateVolume("pvc-f", 4 * kMi, 0, file_io).ok());
+  CHECK(vm->CreateVolume("pvc-f", 4 * kMi, 0, {}).status().code() == Code::kAlreadyExists);
+  StatusOr<VolumeRecord> stored = vm->GetVolume(a->id);
+  REQUIRE(stored.ok());
+  CHECK(stored->usage == DeviceUsage::kFileIO);
+  REQUIRE(vm->CreateVolume("pvc-g", 4 * kMi, 0, {}).ok());
+  CHECK(f.devices.last_usage == DeviceUsage::kAppDirect);
+}
+
 TEST_CASE("a volume that does not fit is RESOURCE_EXHAUSTED and leaves nothing", "[csi][volumes]") {
   Fixture f;
   auto vm = f.Restart();

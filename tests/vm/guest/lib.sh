@@ -1,4 +1,6 @@
-# Helpers of the guest test scripts (busybox sh).
+# Helpers of the guest test scripts (busybox sh). The driver suites (lvm.sh, direct.sh) define
+# `resources` (the backend's volumes as the system lists them, one per line, sorted) and call the
+# checks below; every check reports PASS/FAIL lines and never stops the script.
 FAILED=0
 PASSED=0
 pass() { PASSED=$((PASSED + 1)); echo "PASS: $*"; }
@@ -6,4 +8,151 @@ fail() { FAILED=$((FAILED + 1)); echo "FAIL: $*"; }
 finish() {
   echo "guest tests: $PASSED passed, $FAILED failed"
   [ "$FAILED" = 0 ]
+}
+
+SOCK=/tmp/csi.sock
+CLIENT=ephemera-csi-client
+DRIVER=
+DRIVER_ARGS=
+mkdir -p /tmp/state /tmp/mnt /tmp/staging /tmp/s1 /tmp/e1
+uptime_s() { cut -d. -f1 /proc/uptime; }
+
+# start_driver ARGS...: the driver on $SOCK with the state in /tmp/state, its log appended to
+# /tmp/driver.log; remembers ARGS for restart_driver. Returns 1 when the socket does not appear.
+start_driver() {
+  [ $# -gt 0 ] && DRIVER_ARGS="$*"
+  rm -f $SOCK
+  # shellcheck disable=SC2086 # the arguments are words
+  ephemera-pmem-csi --endpoint=unix://$SOCK --node-id=vm --state-dir=/tmp/state $DRIVER_ARGS \
+    >> /tmp/driver.log 2>&1 &
+  DRIVER=$!
+  i=0
+  while [ ! -S $SOCK ] && [ $i -lt 150 ]; do
+    kill -0 $DRIVER 2>/dev/null || break
+    sleep 0.2
+    i=$((i + 1))
+  done
+  [ -S $SOCK ]
+}
+stop_driver() {  # SIGTERM and wait
+  [ -n "$DRIVER" ] && kill $DRIVER 2>/dev/null && wait $DRIVER 2>/dev/null
+  DRIVER=
+}
+kill_driver() {  # SIGKILL: a crash
+  [ -n "$DRIVER" ] && kill -9 $DRIVER 2>/dev/null && wait $DRIVER 2>/dev/null
+  DRIVER=
+}
+driver_log_on_failure() {
+  if [ $FAILED != 0 ]; then echo "---- driver log (last 60 lines) ----"; tail -60 /tmp/driver.log; fi
+}
+# The ID the driver derives from a volume name (volume_id.h): "eph-" + 40 hex digits of SHA-256.
+volume_id() { printf 'eph-%s' "$(printf '%s' "$1" | sha256sum | cut -c1-40)"; }
+
+# run_sanity SIZE [EXPAND_SIZE]: csi-sanity in full against the driver, watching /proc/mounts for
+# DAX while it mounts its volumes.
+run_sanity() {
+  ( while :; do grep ' /tmp/' /proc/mounts; sleep 0.3; done ) > /tmp/mounts.seen 2>/dev/null &
+  watch=$!
+  t=$(uptime_s)
+  expand=
+  [ -n "${2:-}" ] && expand="-csi.testvolumeexpandsize=$2"
+  # shellcheck disable=SC2086
+  /host/csi-sanity -csi.endpoint=unix://$SOCK -csi.mountdir=/tmp/mnt/target \
+    -csi.stagingdir=/tmp/staging/target -csi.testvolumesize="$1" $expand \
+    -ginkgo.no-color > /tmp/sanity.log 2>&1
+  rc=$?
+  kill $watch
+  grep -E "^(Ran |PASS|FAIL|SUCCESS|FAIL!)" /tmp/sanity.log | tail -3
+  echo "csi-sanity took $(( $(uptime_s) - t )) s"
+  if [ $rc = 0 ]; then pass "csi-sanity"; else fail "csi-sanity (exit $rc)"; grep -B2 -A20 "\[FAIL\]" /tmp/sanity.log | head -120; fi
+  if grep -q dax /tmp/mounts.seen; then pass "csi-sanity's mounts had dax"; else fail "no dax mount seen"; sort -u /tmp/mounts.seen | head; fi
+}
+
+# check_big_volume [KEY=VALUE...]: 1 GiB asked -> capacity and device >= 1 GiB, mounted with DAX;
+# DeleteVolume while staged -> FAILED_PRECONDITION; then unstaged and deleted.
+check_big_volume() {
+  out=$($CLIENT $SOCK create big 1073741824 "$@")
+  if [ $? != 0 ]; then fail "create 1 GiB: $out"; return; fi
+  id=${out%% *}; cap=${out##* }
+  [ "$cap" -ge 1073741824 ] && pass "1 GiB asked: capacity $cap" || fail "capacity $cap < 1 GiB"
+  if $CLIENT $SOCK stage "$id" /tmp/s1 ext4; then
+    dev=$(awk '$2 == "/tmp/s1" {print $1}' /proc/mounts)
+    size=$(blockdev --getsize64 "$dev")
+    [ "$size" -ge 1073741824 ] && pass "device $dev has $size bytes" || fail "device $dev: $size bytes"
+    grep ' /tmp/s1 ' /proc/mounts | grep -q dax && pass "mounted with dax" || { fail "not dax"; grep ' /tmp/s1 ' /proc/mounts; }
+    df -k /tmp/s1
+    out2=$($CLIENT $SOCK delete "$id")
+    case $out2 in FAILED_PRECONDITION*) pass "delete while staged: FAILED_PRECONDITION" ;; *) fail "delete while staged: $out2" ;; esac
+    $CLIENT $SOCK unstage "$id" /tmp/s1 && pass "unstaged" || fail "unstage"
+  else
+    fail "stage $id"
+  fi
+  $CLIENT $SOCK delete "$id" && pass "deleted" || fail "delete $id"
+}
+
+# check_exhaustion: a volume of the maximum size, then one more -> RESOURCE_EXHAUSTED; 64 GiB ->
+# RESOURCE_EXHAUSTED. The filling volume is not erased (zeroing GiBs under TCG takes minutes).
+check_exhaustion() {
+  cap=$($CLIENT $SOCK capacity)
+  echo "capacity (available, maximum volume size): $cap"
+  max=${cap##* }
+  out=$($CLIENT $SOCK create fill "$max" eraseafter=false)
+  if [ $? = 0 ]; then
+    fid=${out%% *}
+    out=$($CLIENT $SOCK create more 33554432)
+    case $out in RESOURCE_EXHAUSTED*) pass "full: RESOURCE_EXHAUSTED" ;; *) fail "full: $out" ;; esac
+    $CLIENT $SOCK delete "$fid" || fail "delete fill"
+  else
+    fail "create $max: $out"
+  fi
+  out=$($CLIENT $SOCK create huge $((64 * 1024 * 1024 * 1024)))
+  case $out in RESOURCE_EXHAUSTED*) pass "64 GiB: RESOURCE_EXHAUSTED" ;; *) fail "64 GiB: $out" ;; esac
+}
+
+# check_ephemeral: an inline ephemeral volume is made and mounted (with DAX) by NodePublishVolume
+# and gone after NodeUnpublishVolume.
+check_ephemeral() {
+  before_e=$(resources)
+  if $CLIENT $SOCK publish-ephemeral csi-inline-1 /tmp/e1 64Mi; then
+    pass "inline ephemeral volume published"
+    grep ' /tmp/e1 ' /proc/mounts | grep -q dax && pass "inline volume mounted with dax" || { fail "inline volume not dax"; grep ' /tmp/e1 ' /proc/mounts; }
+    [ "$(resources)" != "$before_e" ] && pass "inline volume has a device" || fail "no device for the inline volume"
+    echo data > /tmp/e1/file || fail "write to the inline volume"
+    $CLIENT $SOCK unpublish csi-inline-1 /tmp/e1 && pass "inline volume unpublished" || fail "unpublish"
+    grep -q ' /tmp/e1 ' /proc/mounts && fail "still mounted after unpublish"
+    [ "$(resources)" = "$before_e" ] && pass "inline volume's device removed" || fail "inline device left: $(resources)"
+  else
+    fail "publish inline ephemeral volume"
+  fi
+}
+
+# check_restart_recovery: the driver is killed (SIGKILL) at growing delays into CreateVolume and
+# DeleteVolume, restarted (recovery runs at start) and the volume deleted; at the end the devices
+# and the records are as before.
+check_restart_recovery() {
+  before_r=$(resources)
+  for delay in 0 0.1 0.25 0.5 1; do
+    name=crash-$delay
+    $CLIENT $SOCK create "$name" 33554432 > /dev/null 2>&1 &
+    client=$!
+    sleep $delay
+    kill_driver
+    wait $client 2>/dev/null
+    start_driver || { fail "restart after a kill in create ($delay s)"; return; }
+    $CLIENT $SOCK delete "$(volume_id "$name")" > /dev/null || fail "delete after a kill in create ($delay s)"
+    # now a kill inside DeleteVolume
+    $CLIENT $SOCK create "$name" 33554432 > /dev/null || fail "create $name again"
+    $CLIENT $SOCK delete "$(volume_id "$name")" > /dev/null 2>&1 &
+    client=$!
+    sleep $delay
+    kill_driver
+    wait $client 2>/dev/null
+    start_driver || { fail "restart after a kill in delete ($delay s)"; return; }
+    $CLIENT $SOCK delete "$(volume_id "$name")" > /dev/null || fail "delete after a kill in delete ($delay s)"
+  done
+  after_r=$(resources)
+  if [ "$before_r" = "$after_r" ]; then pass "kills in create and delete: nothing leaked"; else fail "devices before: [$before_r] after: [$after_r]"; fi
+  left=$(ls /tmp/state | grep -v '^\.' || true)
+  [ -z "$left" ] && pass "no volume record left" || fail "records left: $left"
+  grep -c "^recovery:" /tmp/driver.log | sed 's/^/recovery actions logged: /'
 }

@@ -1,0 +1,232 @@
+// The direct backend (see direct_device_manager.h).
+#include "csi/backends/direct_device_manager.h"
+
+#include <algorithm>
+#include <iostream>
+#include <limits>
+#include <numeric>
+
+#include "csi/parameters.h"
+#include "csi/volume_id.h"
+
+namespace ephemera::csi {
+
+namespace {
+
+constexpr int64_t kPage = 4096;
+constexpr int64_t kInfoBlock = 8192;  // the pfn info block the kernel keeps before the page map
+constexpr int64_t kStructPage = 64;   // bytes of page map per page (the kernel's upper bound)
+constexpr int64_t kMiB = int64_t{1} << 20;
+constexpr int64_t kArena = int64_t{512} << 30;  // the largest BTT arena
+
+bool Ours(const PmemNamespace& ns) {
+  return ns.alt_name.starts_with(DirectDeviceManager::kIdPrefix) &&
+         ValidateVolumeId("alt_name", ns.alt_name).ok();
+}
+
+Device ToDevice(const PmemNamespace& ns) {
+  return Device{ns.alt_name, ns.usable_size, ns.blockdev.empty() ? "" : "/dev/" + ns.blockdev,
+                ns.mode == PmemMode::kFsdax && !ns.blockdev.empty()};
+}
+
+PmemMode ModeFor(DeviceUsage usage) {
+  return usage == DeviceUsage::kFileIO ? PmemMode::kSector : PmemMode::kFsdax;
+}
+
+}  // namespace
+
+int64_t NamespaceAlignment(const PmemRegion& region) {
+  int64_t unit = std::max<int64_t>(region.align, 1) * std::max(region.interleave_ways, 1);
+  return std::lcm(unit, kFsdaxAlign);
+}
+
+int64_t UsableSize(int64_t raw, PmemMode mode) {
+  if (raw <= 0) return 0;
+  int64_t overhead = 0;
+  if (mode == PmemMode::kFsdax) {
+    // The kernel's layout: info block, then the page map for the pages that follow, the data
+    // starting at the next fsdax alignment boundary.
+    int64_t pages = (raw - kInfoBlock) / kPage;
+    overhead = kInfoBlock + kStructPage * pages;
+    overhead += (kFsdaxAlign - overhead % kFsdaxAlign) % kFsdaxAlign;
+  } else {
+    // BTT: a 4-byte map entry per 4 KiB sector, 256 spare sectors, info blocks and the log; a
+    // generous bound per arena.
+    overhead = raw / 1024 + 2 * kMiB * (1 + raw / kArena);
+  }
+  int64_t usable = raw - overhead;
+  return usable <= 0 ? 0 : usable - usable % kPage;
+}
+
+StatusOr<int64_t> RawSizeFor(int64_t usable, PmemMode mode, int64_t alignment) {
+  StatusOr<int64_t> raw = RoundUp(std::max<int64_t>(usable, 1), alignment);
+  if (!raw.ok()) return raw.status();
+  int64_t size = *raw;
+  while (UsableSize(size, mode) < usable) {
+    if (size > std::numeric_limits<int64_t>::max() - alignment) {
+      return Status::OutOfRange(std::to_string(usable) + " bytes: too large a namespace");
+    }
+    size += alignment;
+  }
+  return size;
+}
+
+int64_t LargestVolumeIn(int64_t extent, int64_t alignment) {
+  int64_t size = RoundDown(UsableSize(RoundDown(extent, alignment), PmemMode::kFsdax), alignment);
+  while (size > 0) {
+    StatusOr<int64_t> raw = RawSizeFor(size, PmemMode::kFsdax, alignment);
+    if (raw.ok() && *raw <= extent) return size;
+    size -= alignment;
+  }
+  return 0;
+}
+
+DirectDeviceManager::DirectDeviceManager(PmemApi& api, Eraser erase)
+    : api_(api), erase_(std::move(erase)) {}
+
+Status DirectDeviceManager::Init() {
+  std::lock_guard<std::mutex> lock(mu_);
+  StatusOr<std::vector<PmemRegion>> regions = api_.Regions();
+  if (!regions.ok()) return regions.status();
+  if (regions->empty()) return Status::FailedPrecondition("no enabled PMEM region");
+  alignment_ = kFsdaxAlign;
+  for (const PmemRegion& region : *regions) {
+    alignment_ = std::lcm(alignment_, NamespaceAlignment(region));
+    std::cerr << "direct backend: " << region.name << " size " << region.size << " available "
+              << region.available << " largest extent " << region.max_available_extent << " align "
+              << region.align << " x " << region.interleave_ways << " ways\n";
+  }
+  std::cerr << "direct backend: allocation unit " << alignment_ << " bytes\n";
+  return Status::Ok();
+}
+
+StatusOr<std::vector<PmemNamespace>> DirectDeviceManager::FindLocked(const std::string& id) {
+  StatusOr<std::vector<PmemNamespace>> all = api_.Namespaces();
+  if (!all.ok()) return all.status();
+  std::vector<PmemNamespace> found;
+  for (PmemNamespace& ns : *all) {
+    if (ns.alt_name == id && Ours(ns)) found.push_back(std::move(ns));
+  }
+  return found;
+}
+
+StatusOr<Device> DirectDeviceManager::Create(const std::string& id, int64_t size,
+                                             DeviceUsage usage) {
+  EPHEMERA_RETURN_IF_ERROR(ValidateVolumeId("id", id));
+  if (!id.starts_with(kIdPrefix)) {
+    return Status::InvalidArgument("id: the direct backend names namespaces \"" +
+                                   std::string(kIdPrefix) + "...\"");
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  if (size <= 0 || size % alignment_ != 0) {
+    return Status::InvalidArgument("size " + std::to_string(size) +
+                                   " is not a positive multiple of the allocation unit " +
+                                   std::to_string(alignment_));
+  }
+  StatusOr<std::vector<PmemNamespace>> existing = FindLocked(id);
+  if (!existing.ok()) return existing.status();
+  if (!existing->empty()) return Status::AlreadyExists("device " + id + " exists");
+
+  PmemMode mode = ModeFor(usage);
+  StatusOr<int64_t> raw = RawSizeFor(size, mode, alignment_);
+  if (!raw.ok()) return raw.status();
+  // A kernel may keep more metadata than UsableSize() computes: then the namespace is made again,
+  // larger by what was missing.
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    StatusOr<std::vector<PmemRegion>> regions = api_.Regions();
+    if (!regions.ok()) return regions.status();
+    // Best fit: the region whose largest free range is the smallest that holds the namespace.
+    const PmemRegion* best = nullptr;
+    int64_t largest = 0;
+    for (const PmemRegion& region : *regions) {
+      largest = std::max(largest, LargestVolumeIn(region.max_available_extent, alignment_));
+      if (region.max_available_extent >= *raw &&
+          (best == nullptr || region.max_available_extent < best->max_available_extent)) {
+        best = &region;
+      }
+    }
+    if (best == nullptr) {
+      return Status::ResourceExhausted("volume of " + std::to_string(size) +
+                                       " bytes (namespace of " + std::to_string(*raw) +
+                                       " bytes) does not fit: the largest volume that fits has " +
+                                       std::to_string(largest) + " bytes");
+    }
+    StatusOr<PmemNamespace> ns = api_.CreateNamespace(best->name, id, *raw, mode, kFsdaxAlign);
+    if (!ns.ok()) return ns.status();
+    if (ns->usable_size >= size && !ns->blockdev.empty()) return ToDevice(*ns);
+    std::cerr << "direct backend: " << ns->name << " of " << *raw << " bytes holds only "
+              << ns->usable_size << " usable bytes, " << size << " asked; making it again\n";
+    EPHEMERA_RETURN_IF_ERROR(api_.DestroyNamespace(ns->name));
+    StatusOr<int64_t> more = RoundUp(size - std::min(ns->usable_size, size), alignment_);
+    if (!more.ok()) return more.status();
+    *raw += std::max(*more, alignment_);
+  }
+  return Status::Internal("could not make a namespace with " + std::to_string(size) +
+                          " usable bytes");
+}
+
+Status DirectDeviceManager::Delete(const std::string& id, bool erase) {
+  EPHEMERA_RETURN_IF_ERROR(ValidateVolumeId("id", id));
+  std::lock_guard<std::mutex> lock(mu_);
+  StatusOr<std::vector<PmemNamespace>> found = FindLocked(id);
+  if (!found.ok()) return found.status();
+  for (const PmemNamespace& ns : *found) {
+    if (erase && !ns.blockdev.empty()) {
+      // The exclusive open of the eraser fails while the device is mounted: nothing is erased
+      // then, and the caller gets FAILED_PRECONDITION.
+      EPHEMERA_RETURN_IF_ERROR(erase_("/dev/" + ns.blockdev, ns.usable_size));
+    }
+    EPHEMERA_RETURN_IF_ERROR(api_.DestroyNamespace(ns.name));
+  }
+  return Status::Ok();
+}
+
+StatusOr<Device> DirectDeviceManager::Get(const std::string& id) {
+  EPHEMERA_RETURN_IF_ERROR(ValidateVolumeId("id", id));
+  std::lock_guard<std::mutex> lock(mu_);
+  StatusOr<std::vector<PmemNamespace>> found = FindLocked(id);
+  if (!found.ok()) return found.status();
+  if (found->empty()) return Status::NotFound("device " + id + " not found");
+  const PmemNamespace& ns = found->front();
+  if (ns.blockdev.empty()) {
+    return Status::Internal("namespace " + ns.name + " of " + id + " has no enabled block device");
+  }
+  return ToDevice(ns);
+}
+
+StatusOr<std::vector<Device>> DirectDeviceManager::List() {
+  std::lock_guard<std::mutex> lock(mu_);
+  StatusOr<std::vector<PmemNamespace>> all = api_.Namespaces();
+  if (!all.ok()) return all.status();
+  std::vector<Device> devices;
+  for (const PmemNamespace& ns : *all) {
+    if (!Ours(ns)) continue;
+    devices.push_back(ToDevice(ns));
+  }
+  std::sort(devices.begin(), devices.end(),
+            [](const Device& a, const Device& b) { return a.id < b.id; });
+  devices.erase(std::unique(devices.begin(), devices.end(),
+                            [](const Device& a, const Device& b) { return a.id == b.id; }),
+                devices.end());
+  return devices;
+}
+
+StatusOr<Capacity> DirectDeviceManager::GetCapacity() {
+  std::lock_guard<std::mutex> lock(mu_);
+  StatusOr<std::vector<PmemRegion>> regions = api_.Regions();
+  if (!regions.ok()) return regions.status();
+  Capacity capacity;
+  for (const PmemRegion& region : *regions) {
+    capacity.total += LargestVolumeIn(region.size, alignment_);
+    capacity.available += LargestVolumeIn(region.available, alignment_);
+    capacity.max_volume_size = std::max(capacity.max_volume_size,
+                                        LargestVolumeIn(region.max_available_extent, alignment_));
+  }
+  return capacity;
+}
+
+StatusOr<Device> DirectDeviceManager::Expand(const std::string& /*id*/, int64_t /*new_size*/) {
+  return Status::Unimplemented("the direct backend cannot grow a namespace");
+}
+
+}  // namespace ephemera::csi

@@ -1,0 +1,85 @@
+// The `direct` backend: one PMEM namespace per volume, made through libndctl (PmemApi).
+//
+// A volume is an fsdax namespace (DAX, pages aligned to 2 MiB, the page map on the PMEM itself)
+// or, with usage=FileIO, a sector namespace (BTT, 4 KiB sectors, no DAX). The namespace's label
+// name (alt name) is the volume ID; only namespaces whose name starts with "eph-" (the prefix of
+// every ID the driver derives) are ours, so that other namespaces on the node, such as the `lvm`
+// backend's, are never listed or touched.
+//
+// Sizes. Namespaces come in multiples of the region's alignment (its `align` times its interleave
+// ways, and at least the 2 MiB fsdax alignment); Alignment() is that unit, over all regions. The
+// kernel keeps the fsdax metadata inside the namespace (an 8 KiB info block and 64 bytes of page
+// map per 4 KiB page, rounded up to 2 MiB; BTT keeps a map and 256 spare sectors), so the
+// namespace asked for is larger than the volume: the smallest whole number of alignment units
+// whose usable size covers the request. After creation the block device's real size is checked;
+// when the kernel gave less than asked (a kernel whose metadata is larger than computed here), the
+// namespace is made again one unit larger. Capacity and maximum volume size are rounded down: the
+// largest volume that fits in the largest free contiguous range of a region (so fragmentation
+// shows), and the sum of that over the regions' free space.
+//
+// State is the kernel's: the namespaces and their labels, read anew on every call; after a
+// restart the VolumeManager matches them with its records as for the other backends.
+//
+// Thread safety: every method holds one mutex, so that no two libndctl calls ever overlap.
+#pragma once
+
+#include <functional>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "csi/backends/device_manager.h"
+#include "csi/backends/pmem_api.h"
+
+namespace ephemera::csi {
+
+inline constexpr int64_t kFsdaxAlign = int64_t{2} << 20;
+
+// The unit of namespace sizes in `region`: align x interleave ways, and a multiple of kFsdaxAlign.
+int64_t NamespaceAlignment(const PmemRegion& region);
+
+// What the block device of a namespace of `raw` bytes will hold, as the kernel computes it: fsdax
+// exactly (for a namespace starting at a 2 MiB boundary), sector a lower bound.
+int64_t UsableSize(int64_t raw, PmemMode mode);
+
+// The smallest multiple of `alignment` whose UsableSize() is at least `usable`. OUT_OF_RANGE on
+// overflow.
+StatusOr<int64_t> RawSizeFor(int64_t usable, PmemMode mode, int64_t alignment);
+
+// The largest multiple of `alignment` that RawSizeFor() fits into `extent` bytes (0 if none).
+int64_t LargestVolumeIn(int64_t extent, int64_t alignment);
+
+class DirectDeviceManager : public DeviceManager {
+ public:
+  static constexpr const char* kIdPrefix = "eph-";
+  using Eraser = std::function<Status(const std::string& path, int64_t size)>;
+
+  // `api` must outlive the manager. `erase` overwrites a block device (ZeroBlockDevice in
+  // production).
+  DirectDeviceManager(PmemApi& api, Eraser erase);
+
+  // Reads the regions and fixes Alignment(). Errors: FAILED_PRECONDITION when there is no PMEM
+  // region; INTERNAL.
+  Status Init();
+
+  std::string Name() const override { return "direct"; }
+  int64_t Alignment() const override { return alignment_; }
+  bool SupportsExpansion() const override { return false; }
+  StatusOr<Device> Create(const std::string& id, int64_t size, DeviceUsage usage) override;
+  Status Delete(const std::string& id, bool erase) override;
+  StatusOr<Device> Get(const std::string& id) override;
+  StatusOr<std::vector<Device>> List() override;
+  StatusOr<Capacity> GetCapacity() override;
+  // UNIMPLEMENTED: an fsdax namespace cannot grow while it is in use.
+  StatusOr<Device> Expand(const std::string& id, int64_t new_size) override;
+
+ private:
+  StatusOr<std::vector<PmemNamespace>> FindLocked(const std::string& id);
+
+  PmemApi& api_;
+  Eraser erase_;
+  int64_t alignment_ = kFsdaxAlign;
+  std::mutex mu_;
+};
+
+}  // namespace ephemera::csi

@@ -1,0 +1,222 @@
+// PmemApi on libndctl (see libndctl_pmem_api.h). The steps of namespace creation follow the
+// kernel's sysfs protocol: the region's namespace seed gets a UUID, a name, a size and the mode
+// it is meant for; then the region's pfn (fsdax) or btt (sector) seed is configured, pointed at
+// the namespace and enabled, which makes the block device.
+#include "csi/backends/libndctl_pmem_api.h"
+
+#include <linux/ndctl.h>
+#include <ndctl/libndctl.h>
+#include <uuid/uuid.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+
+namespace ephemera::csi {
+
+namespace {
+
+constexpr unsigned kSectorSize = 4096;
+
+std::string Str(const char* s) {
+  return s == nullptr ? std::string() : std::string(s);
+}
+
+Status Failed(const std::string& what, int rc) {
+  return Status::Internal("libndctl: " + what + ": " + std::strerror(rc < 0 ? -rc : rc));
+}
+
+// The size of /dev/<blockdev> from sysfs (512-byte units), -1 when it cannot be read.
+int64_t BlockDeviceSize(const std::string& blockdev) {
+  if (blockdev.empty()) return -1;
+  std::ifstream in("/sys/block/" + blockdev + "/size");
+  int64_t sectors = -1;
+  if (!(in >> sectors)) return -1;
+  return sectors * 512;
+}
+
+bool IsPmemRegion(ndctl_region* region) {
+  return ndctl_region_get_type(region) == ND_DEVICE_REGION_PMEM &&
+         ndctl_region_is_enabled(region) != 0;
+}
+
+PmemNamespace Describe(ndctl_namespace* ndns) {
+  PmemNamespace ns;
+  ns.name = Str(ndctl_namespace_get_devname(ndns));
+  ns.region = Str(ndctl_region_get_devname(ndctl_namespace_get_region(ndns)));
+  ns.alt_name = Str(ndctl_namespace_get_alt_name(ndns));
+  ns.raw_size = static_cast<int64_t>(ndctl_namespace_get_size(ndns));
+  ndctl_pfn* pfn = ndctl_namespace_get_pfn(ndns);
+  ndctl_btt* btt = ndctl_namespace_get_btt(ndns);
+  if (pfn != nullptr) {
+    ns.mode = PmemMode::kFsdax;
+    if (ndctl_pfn_is_enabled(pfn) != 0) ns.blockdev = Str(ndctl_pfn_get_block_device(pfn));
+  } else if (btt != nullptr) {
+    ns.mode = PmemMode::kSector;
+    if (ndctl_btt_is_enabled(btt) != 0) ns.blockdev = Str(ndctl_btt_get_block_device(btt));
+  } else {
+    enum ndctl_namespace_mode enforced = ndctl_namespace_get_enforce_mode(ndns);
+    if (enforced == NDCTL_NS_MODE_FSDAX) ns.mode = PmemMode::kFsdax;
+    if (enforced == NDCTL_NS_MODE_SECTOR) ns.mode = PmemMode::kSector;
+  }
+  ns.usable_size = std::max<int64_t>(BlockDeviceSize(ns.blockdev), 0);
+  return ns;
+}
+
+}  // namespace
+
+StatusOr<std::unique_ptr<LibndctlPmemApi>> LibndctlPmemApi::Open() {
+  ndctl_ctx* ctx = nullptr;
+  int rc = ndctl_new(&ctx);
+  if (rc < 0 || ctx == nullptr) return Failed("ndctl_new", rc);
+  return std::unique_ptr<LibndctlPmemApi>(new LibndctlPmemApi(ctx));
+}
+
+LibndctlPmemApi::~LibndctlPmemApi() {
+  ndctl_unref(ctx_);
+}
+
+StatusOr<std::vector<PmemRegion>> LibndctlPmemApi::Regions() {
+  ndctl_invalidate(ctx_);
+  std::vector<PmemRegion> regions;
+  ndctl_bus* bus = nullptr;
+  ndctl_bus_foreach(ctx_, bus) {
+    ndctl_region* region = nullptr;
+    ndctl_region_foreach(bus, region) {
+      if (!IsPmemRegion(region)) continue;
+      PmemRegion r;
+      r.name = Str(ndctl_region_get_devname(region));
+      r.size = static_cast<int64_t>(ndctl_region_get_size(region));
+      r.available = static_cast<int64_t>(ndctl_region_get_available_size(region));
+      r.max_available_extent = static_cast<int64_t>(ndctl_region_get_max_available_extent(region));
+      r.align = static_cast<int64_t>(ndctl_region_get_align(region));
+      r.interleave_ways = static_cast<int>(ndctl_region_get_interleave_ways(region));
+      if (r.max_available_extent < 0 || r.max_available_extent > r.available) {
+        r.max_available_extent = r.available;  // ULLONG_MAX when the kernel cannot tell
+      }
+      regions.push_back(r);
+    }
+  }
+  return regions;
+}
+
+StatusOr<std::vector<PmemNamespace>> LibndctlPmemApi::Namespaces() {
+  ndctl_invalidate(ctx_);
+  std::vector<PmemNamespace> namespaces;
+  ndctl_bus* bus = nullptr;
+  ndctl_bus_foreach(ctx_, bus) {
+    ndctl_region* region = nullptr;
+    ndctl_region_foreach(bus, region) {
+      if (!IsPmemRegion(region)) continue;
+      ndctl_namespace* ndns = nullptr;
+      ndctl_namespace_foreach(region, ndns) {
+        if (ndctl_namespace_get_size(ndns) == 0) continue;  // a seed
+        namespaces.push_back(Describe(ndns));
+      }
+    }
+  }
+  return namespaces;
+}
+
+StatusOr<PmemNamespace> LibndctlPmemApi::CreateNamespace(const std::string& region_name,
+                                                         const std::string& alt_name,
+                                                         int64_t raw_size, PmemMode mode,
+                                                         int64_t fsdax_align) {
+  ndctl_invalidate(ctx_);
+  ndctl_region* region = nullptr;
+  ndctl_bus* bus = nullptr;
+  ndctl_bus_foreach(ctx_, bus) {
+    ndctl_region* r = nullptr;
+    ndctl_region_foreach(bus, r) {
+      if (IsPmemRegion(r) && Str(ndctl_region_get_devname(r)) == region_name) region = r;
+    }
+  }
+  if (region == nullptr) return Status::Internal("no enabled PMEM region " + region_name);
+  ndctl_namespace* ndns = ndctl_region_get_namespace_seed(region);
+  if (ndns == nullptr || ndctl_namespace_get_size(ndns) != 0) {
+    return Status::Internal(region_name +
+                            " has no namespace seed (is the label area initialized?)");
+  }
+
+  uuid_t uuid;
+  uuid_generate(uuid);
+  int rc = ndctl_namespace_set_uuid(ndns, uuid);
+  if (rc < 0) return Failed("set namespace uuid", rc);
+  rc = ndctl_namespace_set_alt_name(ndns, alt_name.c_str());
+  if (rc < 0) return Failed("set namespace name", rc);
+  rc = ndctl_namespace_set_size(ndns, static_cast<unsigned long long>(raw_size));
+  if (rc < 0) {
+    (void)ndctl_namespace_delete(ndns);
+    if (rc == -ENOSPC) {
+      return Status::ResourceExhausted(region_name + " has no free range of " +
+                                       std::to_string(raw_size) + " bytes");
+    }
+    return Failed("set namespace size " + std::to_string(raw_size), rc);
+  }
+  ndctl_pfn* pfn = nullptr;
+  ndctl_btt* btt = nullptr;
+  std::string step;
+  if (mode == PmemMode::kFsdax) {
+    step = "fsdax";
+    rc = ndctl_namespace_set_enforce_mode(ndns, NDCTL_NS_MODE_FSDAX);
+    pfn = ndctl_region_get_pfn_seed(region);
+    if (rc >= 0 && pfn == nullptr) rc = -ENODEV;
+    if (rc >= 0) {
+      uuid_generate(uuid);
+      rc = ndctl_pfn_set_uuid(pfn, uuid);
+    }
+    if (rc >= 0) rc = ndctl_pfn_set_location(pfn, NDCTL_PFN_LOC_PMEM);
+    if (rc >= 0 && ndctl_pfn_has_align(pfn) != 0) {
+      rc = ndctl_pfn_set_align(pfn, static_cast<unsigned long>(fsdax_align));
+    }
+    if (rc >= 0) rc = ndctl_pfn_set_namespace(pfn, ndns);
+    if (rc >= 0) rc = ndctl_pfn_enable(pfn);
+  } else {
+    step = "sector";
+    rc = ndctl_namespace_set_enforce_mode(ndns, NDCTL_NS_MODE_SECTOR);
+    btt = ndctl_region_get_btt_seed(region);
+    if (rc >= 0 && btt == nullptr) rc = -ENODEV;
+    if (rc >= 0) {
+      uuid_generate(uuid);
+      rc = ndctl_btt_set_uuid(btt, uuid);
+    }
+    if (rc >= 0) rc = ndctl_btt_set_sector_size(btt, kSectorSize);
+    if (rc >= 0) rc = ndctl_btt_set_namespace(btt, ndns);
+    if (rc >= 0) rc = ndctl_btt_enable(btt);
+  }
+  if (rc < 0) {
+    // Leave nothing behind: detach the personality, then give the range back.
+    if (pfn != nullptr) (void)ndctl_pfn_set_namespace(pfn, nullptr);
+    if (btt != nullptr) (void)ndctl_btt_set_namespace(btt, nullptr);
+    (void)ndctl_namespace_disable_invalidate(ndns);
+    (void)ndctl_namespace_delete(ndns);
+    return Failed("enable " + step + " namespace on " + region_name, rc);
+  }
+  return Describe(ndns);
+}
+
+Status LibndctlPmemApi::DestroyNamespace(const std::string& name) {
+  ndctl_invalidate(ctx_);
+  ndctl_bus* bus = nullptr;
+  ndctl_bus_foreach(ctx_, bus) {
+    ndctl_region* region = nullptr;
+    ndctl_region_foreach(bus, region) {
+      ndctl_namespace* ndns = nullptr;
+      ndctl_namespace_foreach(region, ndns) {
+        if (Str(ndctl_namespace_get_devname(ndns)) != name) continue;
+        // Refuses (EBUSY) while the block device is mounted or held open.
+        int rc = ndctl_namespace_disable_safe(ndns);
+        if (rc == -EBUSY) {
+          return Status::FailedPrecondition("namespace " + name + " is in use");
+        }
+        if (rc < 0) return Failed("disable " + name, rc);
+        rc = ndctl_namespace_delete(ndns);
+        if (rc < 0) return Failed("delete " + name, rc);
+        return Status::Ok();
+      }
+    }
+  }
+  return Status::Ok();
+}
+
+}  // namespace ephemera::csi

@@ -1,0 +1,77 @@
+# The direct backend in the guest: a PMEM namespace per volume on a real (emulated) region.
+# csi-sanity in full, then alignment, DAX, FileIO (sector mode), fragmentation, exhaustion, inline
+# ephemeral volumes and restart recovery, with ephemera-csi-client (tests/vm/guest/lib.sh).
+. /host/lib.sh
+GiB=1073741824
+# Namespaces with their name and mode: what must be the same before and after.
+resources() {
+  ndctl list -N 2>/dev/null | tr '{}' '\n\n' | grep '"dev"' |
+    sed 's/.*"dev":"\([^"]*\)".*"mode":"\([^"]*\)".*/\1 \2/' | sort
+}
+capacity() { $CLIENT $SOCK capacity; }
+
+if ! start_driver --backend=direct --default-volume-size=32Mi; then
+  fail "driver did not start"; cat /tmp/driver.log; finish; exit 1
+fi
+pass "driver started (direct)"
+ndctl list -R
+before=$(resources)
+echo "namespaces before: [$before]"
+
+# 32 MiB: two allocation units (16 MiB here), so csi-sanity's size checks see what they asked.
+run_sanity $((32 * 1024 * 1024))
+
+# Alignment: 1 GiB asked -> at least 1 GiB usable behind the fsdax metadata, DAX, busy delete.
+check_big_volume eraseafter=false
+
+# usage=FileIO: a sector (BTT) namespace, mounted without DAX.
+out=$($CLIENT $SOCK create fileio 67108864 usage=FileIO)
+if [ $? = 0 ]; then
+  id=${out%% *}
+  if $CLIENT $SOCK stage "$id" /tmp/s1 ext4; then
+    dev=$(awk '$2 == "/tmp/s1" {print $1}' /proc/mounts)
+    case $dev in /dev/pmem*s) pass "FileIO volume on a sector device ($dev)" ;; *) fail "FileIO device $dev" ;; esac
+    size=$(blockdev --getsize64 "$dev")
+    [ "$size" -ge 67108864 ] && pass "FileIO device has $size bytes" || fail "FileIO device: $size bytes"
+    grep ' /tmp/s1 ' /proc/mounts | grep -q dax && fail "FileIO volume mounted with dax" || pass "FileIO volume without dax"
+    $CLIENT $SOCK unstage "$id" /tmp/s1 || fail "unstage FileIO"
+  else
+    fail "stage FileIO $id"
+  fi
+  $CLIENT $SOCK delete "$id" || fail "delete FileIO"
+else
+  fail "create FileIO: $out"
+fi
+
+# Fragmentation: A, B, C of 1 GiB; deleting B leaves a hole that the maximum volume size shows.
+t=$(uptime_s)
+ids=
+for v in A B C; do
+  out=$($CLIENT $SOCK create "frag-$v" $GiB eraseafter=false) || fail "create frag-$v: $out"
+  ids="$ids ${out%% *}"
+done
+cap1=$(capacity)
+$CLIENT $SOCK delete "$(volume_id frag-B)" || fail "delete frag-B"
+cap2=$(capacity)
+echo "capacity with A B C: $cap1; without B: $cap2"
+max1=${cap1##* }; max2=${cap2##* }; avail2=${cap2%% *}
+[ "$max1" -lt $GiB ] && pass "A B C: maximum volume size $max1 < 1 GiB" || fail "A B C: maximum $max1"
+[ "$max2" -ge $GiB ] && pass "hole of B: maximum volume size $max2 >= 1 GiB" || fail "hole of B: maximum $max2"
+[ "$avail2" -gt "$max2" ] && pass "available $avail2 > maximum $max2 (fragmented)" || fail "available $avail2, maximum $max2"
+out=$($CLIENT $SOCK create frag-D "$max2" eraseafter=false)
+[ $? = 0 ] && pass "a volume of the maximum size fits in the hole" || fail "create frag-D $max2: $out"
+# Full: the rest of the region, then one more -> RESOURCE_EXHAUSTED.
+check_exhaustion
+for v in A C D; do $CLIENT $SOCK delete "$(volume_id frag-$v)" || fail "delete frag-$v"; done
+echo "fragmentation and exhaustion checks took $(( $(uptime_s) - t )) s"
+
+check_ephemeral
+t=$(uptime_s)
+check_restart_recovery
+echo "restart recovery checks took $(( $(uptime_s) - t )) s"
+
+after=$(resources)
+if [ "$before" = "$after" ]; then pass "no namespace leaked"; else fail "namespaces before: [$before] after: [$after]"; fi
+stop_driver
+driver_log_on_failure
+finish
