@@ -203,6 +203,15 @@ std::string_view WatchEventTypeName(WatchEvent::Type type) {
 }
 
 StatusOr<std::shared_ptr<RestClient>> RestClient::New(RestConfig config, RequestObserver observer) {
+  // cpprestsdk's pool defaults to 40 threads, and every request then hops between them (context
+  // switches cost more CPU than the JSON work). The first client of the process sizes it.
+  static std::once_flag pool_once;
+  std::call_once(pool_once, [threads = config.io_threads] {
+    try {
+      crossplat::threadpool::initialize_with_threads(static_cast<size_t>(std::max(1, threads)));
+    } catch (const std::exception&) {  // NOLINT(bugprone-empty-catch): already sized: keep it
+    }
+  });
   if (config.server.rfind("https://", 0) != 0) {
     return Status::InvalidArgument("the API server URL must be https://, not \"" +
                                    config.server.substr(0, 100) + "\"");
