@@ -25,6 +25,9 @@ namespace ephemera::apiclient {
 // per level, so lookups stay fast, and an informer of 10,000 pods needs much less memory.
 using Object = nlohmann::ordered_json;
 using ObjectPtr = std::shared_ptr<const Object>;
+// A freshly decoded object that its receiver owns: lists and watches hand these out, so that an
+// informer can move (not copy) an object into its transform when nobody else holds it.
+using FreshObjectPtr = std::shared_ptr<Object>;
 
 struct ListOptions {
   std::string label_selector;
@@ -35,7 +38,7 @@ struct ListOptions {
 };
 
 struct ListResult {
-  std::vector<ObjectPtr> items;
+  std::vector<FreshObjectPtr> items;
   std::string resource_version;  // of the list, to start a watch from
   std::string continue_token;    // non-empty when there are more pages
 };
@@ -51,7 +54,7 @@ struct WatchOptions {
 struct WatchEvent {
   enum class Type { kAdded, kModified, kDeleted, kBookmark };
   Type type = Type::kAdded;
-  ObjectPtr object;
+  FreshObjectPtr object;
 };
 
 std::string_view WatchEventTypeName(WatchEvent::Type type);
@@ -86,6 +89,11 @@ class ApiClient {
                                     const ListOptions& options) = 0;
   virtual StatusOr<ObjectPtr> Create(const Resource& resource, const std::string& ns,
                                      const Object& object) = 0;
+  // Create for a caller that only needs to know whether it worked: the server's answer is not
+  // decoded (a client may skip that work).
+  virtual Status CreateOnly(const Resource& resource, const std::string& ns, const Object& object) {
+    return Create(resource, ns, object).status();
+  }
   // Replaces the object; metadata.resourceVersion makes it conditional (ABORTED on conflict).
   virtual StatusOr<ObjectPtr> Update(const Resource& resource, const std::string& ns,
                                      const Object& object) = 0;

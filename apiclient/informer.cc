@@ -61,8 +61,12 @@ bool Informer::SleepUnlessStopped(Clock::Duration d) {
   return !cv_.wait_for(lock, d, [this] { return stopped_.load(); });
 }
 
-ObjectPtr Informer::Prepare(ObjectPtr object) const {
-  if (!options_.transform) return object;
+ObjectPtr Informer::Prepare(FreshObjectPtr object) const {
+  if (!options_.transform || object == nullptr) return object;
+  if (object.use_count() == 1) {
+    *object = options_.transform(std::move(*object));
+    return object;
+  }
   return std::make_shared<const Object>(options_.transform(Object(*object)));
 }
 
@@ -141,7 +145,7 @@ Status Informer::WatchFrom(std::string* resource_version) {
       if (!version.empty()) *resource_version = version;
       continue;
     }
-    ObjectPtr object = Prepare(event.object);
+    ObjectPtr object = Prepare(std::move(event.object));
     if (event.type == WatchEvent::Type::kDeleted) {
       ObjectPtr old = store_.Remove(Store::KeyOf(*object));
       Deliver([&] {

@@ -79,7 +79,8 @@ class Informer {
   StatusOr<std::string> ListAndReplace();
   // Watches from `resource_version` until the stream ends; updates it as events arrive.
   Status WatchFrom(std::string* resource_version);
-  ObjectPtr Prepare(ObjectPtr object) const;
+  // Applies the transform. An object nobody else holds is moved into it, not copied.
+  ObjectPtr Prepare(FreshObjectPtr object) const;
   void Deliver(const std::function<void()>& call);
   // Sleeps up to `d`, returning early (false) when stopped.
   bool SleepUnlessStopped(Clock::Duration d);

@@ -1,9 +1,9 @@
 #include "apiclient/rest_client.h"
 
-#include <cpprest/containerstream.h>
 #include <cpprest/http_client.h>
 #include <pplx/threadpool.h>
 
+#include <array>
 #include <boost/asio/ssl.hpp>
 #include <chrono>
 #include <mutex>
@@ -108,10 +108,10 @@ class RestWatchStream final : public WatchStream {
         *error = Status::Cancelled(what_ + ": stopped");
         return false;
       }
-      concurrency::streams::container_buffer<std::string> line;
-      size_t n = 0;
+      std::string text;
+      bool eof = false;
       try {
-        n = body_.read_line(line).get();
+        eof = !ReadLine(&text);
       } catch (const std::exception& e) {
         *error = stopped_.load() ? Status::Cancelled(what_ + ": stopped")
                                  : Status::Unavailable(what_ + ": " + e.what());
@@ -121,14 +121,11 @@ class RestWatchStream final : public WatchStream {
         *error = Status::Cancelled(what_ + ": stopped");
         return false;
       }
-      const std::string& text = line.collection();
-      if (n == 0 && text.empty()) {
-        if (body_.is_eof()) {
-          *error = stopped_.load() ? Status::Cancelled(what_ + ": stopped") : Status::Ok();
-          return false;
-        }
-        continue;  // An empty line between events.
+      if (eof) {
+        *error = Status::Ok();
+        return false;
       }
+      if (text.empty()) continue;  // An empty line between events.
       auto parsed = Object::parse(text, nullptr, /*allow_exceptions=*/false);
       if (!parsed.is_object()) {
         *error = Status::Internal(what_ + ": a watch event is not JSON");
@@ -158,7 +155,7 @@ class RestWatchStream final : public WatchStream {
             Status::Internal(what_ + ": unknown watch event type \"" + type.substr(0, 32) + "\"");
         return false;
       }
-      event->object = std::make_shared<const Object>(std::move(*object));
+      event->object = std::make_shared<Object>(std::move(*object));
       return true;
     }
   }
@@ -176,6 +173,40 @@ class RestWatchStream final : public WatchStream {
   }
 
  private:
+  // Reads the next line (without its newline) into *line; false at the end of the stream. Takes
+  // whatever the connection has delivered in one piece and splits lines here: reading a byte at a
+  // time through the stream buffer takes its lock once per byte.
+  bool ReadLine(std::string* line) {
+    auto buf = body_.streambuf();
+    size_t scanned = 0;
+    while (true) {
+      const size_t newline = pending_.find('\n', scanned);
+      if (newline != std::string::npos) {
+        line->assign(pending_, 0, newline);
+        pending_.erase(0, newline + 1);
+        return true;
+      }
+      scanned = pending_.size();
+      if (scanned > kMaxLine) throw std::length_error("a watch event is longer than 64 MiB");
+      const size_t available = buf.in_avail();
+      if (available > 0) {
+        const size_t n = std::min(available, chunk_.size());
+        const size_t got = buf.getn(chunk_.data(), n).get();
+        pending_.append(reinterpret_cast<const char*>(chunk_.data()), got);
+        continue;
+      }
+      // Nothing buffered: wait for the next byte (or the end of the stream).
+      const auto c = buf.bumpc().get();
+      if (c == decltype(buf)::traits::eof()) {
+        if (pending_.empty()) return false;
+        line->swap(pending_);
+        pending_.clear();
+        return true;
+      }
+      pending_.push_back(static_cast<char>(c));
+    }
+  }
+
   std::unique_ptr<http_client> client_;
   http_response response_;
   concurrency::streams::istream body_;
@@ -184,6 +215,9 @@ class RestWatchStream final : public WatchStream {
   std::atomic<bool> stopped_{false};
   std::mutex close_mu_;
   bool closed_ = false;
+  static constexpr size_t kMaxLine = 64 << 20;
+  std::string pending_;  // read from the stream, not yet returned as a line
+  std::array<uint8_t, 64 * 1024> chunk_{};
 };
 
 }  // namespace
@@ -367,6 +401,21 @@ StatusOr<ObjectPtr> RestClient::Create(const Resource& resource, const std::stri
   }
   const std::string body = object.dump();
   return DoObject("POST", "POST", resource.CollectionPath(target_ns), &body, "application/json");
+}
+
+Status RestClient::CreateOnly(const Resource& resource, const std::string& ns,
+                              const Object& object) {
+  const std::string target_ns = ObjectNamespace(object, ns);
+  if (resource.namespaced && !IsSafePathSegment(target_ns)) {
+    return Status::InvalidArgument("invalid namespace \"" + target_ns.substr(0, 64) + "\"");
+  }
+  const std::string body = object.dump();
+  const std::string path = resource.CollectionPath(target_ns);
+  auto raw = Do("POST", "POST", path, &body, "application/json");
+  if (!raw.ok()) return raw.status();
+  if (raw->code < 200 || raw->code >= 300)
+    return StatusFromHttp(raw->code, raw->body, "POST " + path);
+  return Status::Ok();
 }
 
 StatusOr<ObjectPtr> RestClient::Update(const Resource& resource, const std::string& ns,

@@ -115,9 +115,16 @@ Object TrimPod(Object pod) {
     out["metadata"] = CopyKeys(pod["metadata"], {"name", "namespace", "uid", "resourceVersion",
                                                  "deletionTimestamp", "creationTimestamp"});
   }
+  // `pod` is ours: move the volumes we keep out of it instead of copying them.
   Object volumes = Object::array();
-  for (auto& volume : Volumes(pod)) {
-    if (IsEphemeral(volume)) volumes.push_back(std::move(volume));
+  auto spec = pod.find("spec");
+  if (spec != pod.end() && spec->is_object()) {
+    auto all = spec->find("volumes");
+    if (all != spec->end() && all->is_array()) {
+      for (auto& volume : *all) {
+        if (IsEphemeral(volume)) volumes.push_back(std::move(volume));
+      }
+    }
   }
   if (!volumes.empty()) out["spec"]["volumes"] = std::move(volumes);
   const std::string phase = Field(pod, "status", "phase");
@@ -326,7 +333,8 @@ Status EphemeralVolumeController::EnsureClaim(const Object& pod, const Object& v
     return collision(*cached);
   }
 
-  auto created = client_->Create(kPersistentVolumeClaims, ns, DesiredClaim(pod, volume));
+  const Status created =
+      client_->CreateOnly(kPersistentVolumeClaims, ns, DesiredClaim(pod, volume));
   if (created.ok()) {
     creates_.Inc();
     {
@@ -343,7 +351,7 @@ Status EphemeralVolumeController::EnsureClaim(const Object& pod, const Object& v
     }
     return Status::Ok();
   }
-  if (apiclient::IsAlreadyExists(created.status())) {
+  if (apiclient::IsAlreadyExists(created)) {
     // Our cache is behind, or another controller (kube-controller-manager's) was faster.
     auto existing = client_->Get(kPersistentVolumeClaims, ns, claim);
     if (existing.ok() && IsControlledBy(**existing, pod_uid)) return Status::Ok();
@@ -353,8 +361,8 @@ Status EphemeralVolumeController::EnsureClaim(const Object& pod, const Object& v
   create_failures_.Inc();
   Warn(pod, "FailedCreate",
        "ephemeral volume " + volume_name + ": creating PVC " + ns + "/" + claim +
-           " failed: " + created.status().message());
-  return created.status();
+           " failed: " + created.message());
+  return created;
 }
 
 Status EphemeralVolumeController::ReleaseClaims(const Object& pod) {
