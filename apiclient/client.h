@@ -29,12 +29,16 @@ using ObjectPtr = std::shared_ptr<const Object>;
 // informer can move (not copy) an object into its transform when nobody else holds it.
 using FreshObjectPtr = std::shared_ptr<Object>;
 
+class FieldFilter;  // apiclient/field_filter.h
+
 struct ListOptions {
   std::string label_selector;
   std::string field_selector;
   int64_t limit = 0;             // page size; 0: no paging
   std::string continue_token;    // from a previous page
   std::string resource_version;  // "" (most recent, from etcd) or "0" (any, from the cache)
+  // Members of each item to decode (nullptr: all). Only a saving: a client may ignore it.
+  std::shared_ptr<const FieldFilter> filter;
 };
 
 struct ListResult {
@@ -49,6 +53,8 @@ struct WatchOptions {
   std::string resource_version;  // start after this version
   bool allow_bookmarks = true;
   int timeout_seconds = 300;  // the server ends the watch after this long
+  // Members of each event's object to decode (nullptr: all). Only a saving: a client may ignore it.
+  std::shared_ptr<const FieldFilter> filter;
 };
 
 struct WatchEvent {

@@ -79,7 +79,8 @@ void Informer::Deliver(const std::function<void()>& call) {
 StatusOr<std::string> Informer::ListAndReplace() {
   ListOptions list_options{.label_selector = options_.label_selector,
                            .field_selector = options_.field_selector,
-                           .limit = options_.page_size};
+                           .limit = options_.page_size,
+                           .filter = options_.decode_filter};
   std::vector<ObjectPtr> objects;
   std::string version;
   do {
@@ -129,7 +130,8 @@ Status Informer::WatchFrom(std::string* resource_version) {
                              .field_selector = options_.field_selector,
                              .resource_version = *resource_version,
                              .allow_bookmarks = true,
-                             .timeout_seconds = 300 + static_cast<int>(rng() % 300)};
+                             .timeout_seconds = 300 + static_cast<int>(rng() % 300),
+                             .filter = options_.decode_filter};
   auto stream = client_->Watch(options_.resource, options_.ns, watch_options);
   if (!stream.ok()) return stream.status();
   {

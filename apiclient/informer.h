@@ -23,6 +23,7 @@
 
 #include "apiclient/client.h"
 #include "apiclient/clock.h"
+#include "apiclient/field_filter.h"
 #include "apiclient/store.h"
 
 namespace ephemera::apiclient {
@@ -38,6 +39,10 @@ struct InformerOptions {
   // Trims an object before it is stored, e.g. drops managedFields and fields a controller never
   // reads. Must keep metadata.name, namespace and resourceVersion.
   std::function<Object(Object)> transform;
+  // Members to decode at all (nullptr: everything), so that what the transform drops is not built
+  // first. Must keep what the transform and the indexers read, and metadata.name, namespace and
+  // resourceVersion.
+  std::shared_ptr<const FieldFilter> decode_filter;
 };
 
 struct EventHandlers {

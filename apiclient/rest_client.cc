@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "apiclient/errors.h"
+#include "apiclient/field_filter.h"
 
 namespace ephemera::apiclient {
 namespace {
@@ -86,8 +87,12 @@ std::string ObjectNamespace(const Object& object, const std::string& ns) {
 class RestWatchStream final : public WatchStream {
  public:
   RestWatchStream(std::unique_ptr<http_client> client, http_response response,
-                  pplx::cancellation_token_source cancel, std::string what)
-      : client_(std::move(client)),
+                  pplx::cancellation_token_source cancel, std::string what,
+                  const std::shared_ptr<const FieldFilter>& filter)
+      : envelope_filter_(filter == nullptr ? nullptr
+                                           : std::make_unique<FieldFilter>(FieldFilter{
+                                                 {"type", FieldFilter()}, {"object", *filter}})),
+        client_(std::move(client)),
         response_(std::move(response)),
         body_(response_.body()),
         cancel_(std::move(cancel)),
@@ -126,12 +131,19 @@ class RestWatchStream final : public WatchStream {
         return false;
       }
       if (text.empty()) continue;  // An empty line between events.
-      auto parsed = Object::parse(text, nullptr, /*allow_exceptions=*/false);
+      auto parsed = ParseFiltered(text, envelope_filter_.get());
       if (!parsed.is_object()) {
         *error = Status::Internal(what_ + ": a watch event is not JSON");
         return false;
       }
       const std::string type = parsed.value("type", "");
+      if (type == "ERROR" && envelope_filter_ != nullptr) {
+        parsed = Object::parse(text, nullptr, /*allow_exceptions=*/false);  // a Status: read it all
+        if (!parsed.is_object()) {
+          *error = Status::Internal(what_ + ": a watch event is not JSON");
+          return false;
+        }
+      }
       auto object = parsed.find("object");
       if (object == parsed.end() || !object->is_object()) {
         *error = Status::Internal(what_ + ": a watch event has no object");
@@ -207,6 +219,7 @@ class RestWatchStream final : public WatchStream {
     }
   }
 
+  const std::unique_ptr<const FieldFilter> envelope_filter_;  // {type, object: the caller's}
   std::unique_ptr<http_client> client_;
   http_response response_;
   concurrency::streams::istream body_;
@@ -372,7 +385,21 @@ StatusOr<ListResult> RestClient::List(const Resource& resource, const std::strin
                                   {"limit", options.limit > 0 ? std::to_string(options.limit) : ""},
                                   {"continue", options.continue_token},
                                   {"resourceVersion", options.resource_version}});
-  auto list = DoJson("GET", "LIST", path, nullptr, "");
+  StatusOr<Object> list = Status::Unknown("");
+  if (options.filter == nullptr) {
+    list = DoJson("GET", "LIST", path, nullptr, "");
+  } else {
+    auto raw = Do("GET", "LIST", path, nullptr, "");
+    if (!raw.ok()) return raw.status();
+    const std::string what = "LIST " + resource.CollectionPath(ns);
+    if (raw->code < 200 || raw->code >= 300) return StatusFromHttp(raw->code, raw->body, what);
+    const FieldFilter page_filter{{"metadata", FieldFilter()}, {"items", *options.filter}};
+    Object parsed = ParseFiltered(raw->body, &page_filter);
+    if (parsed.is_discarded() || !parsed.is_object()) {
+      return Status::Internal(what + ": the server's answer is not a JSON object");
+    }
+    list = std::move(parsed);
+  }
   if (!list.ok()) return list.status();
   ListResult result;
   Object& doc = *list;
@@ -520,8 +547,8 @@ StatusOr<WatchStreamPtr> RestClient::Watch(const Resource& resource, const std::
     }
     return StatusFromHttp(response.status_code(), body, what);
   }
-  return WatchStreamPtr(
-      std::make_unique<RestWatchStream>(std::move(client), std::move(response), cancel, what));
+  return WatchStreamPtr(std::make_unique<RestWatchStream>(std::move(client), std::move(response),
+                                                          cancel, what, options.filter));
 }
 
 }  // namespace ephemera::apiclient

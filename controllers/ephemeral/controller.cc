@@ -68,6 +68,37 @@ Object CopyKeys(const Object& from, std::initializer_list<const char*> keys) {
   return out;
 }
 
+// What TrimPod and TrimClaim keep, as decode filters: the rest of a pod is never built.
+std::shared_ptr<const apiclient::FieldFilter> PodFilter() {
+  using apiclient::FieldFilter;
+  const FieldFilter all;
+  return std::make_shared<const FieldFilter>(FieldFilter{{"apiVersion", all},
+                                                         {"kind", all},
+                                                         {"metadata",
+                                                          {{"name", all},
+                                                           {"namespace", all},
+                                                           {"uid", all},
+                                                           {"resourceVersion", all},
+                                                           {"deletionTimestamp", all},
+                                                           {"creationTimestamp", all}}},
+                                                         {"spec", {{"volumes", all}}},
+                                                         {"status", {{"phase", all}}}});
+}
+
+std::shared_ptr<const apiclient::FieldFilter> ClaimFilter() {
+  using apiclient::FieldFilter;
+  const FieldFilter all;
+  return std::make_shared<const FieldFilter>(FieldFilter{{"apiVersion", all},
+                                                         {"kind", all},
+                                                         {"metadata",
+                                                          {{"name", all},
+                                                           {"namespace", all},
+                                                           {"uid", all},
+                                                           {"resourceVersion", all},
+                                                           {"ownerReferences", all},
+                                                           {"deletionTimestamp", all}}}});
+}
+
 }  // namespace
 
 std::string EphemeralClaimName(const std::string& pod, const std::string& volume) {
@@ -192,12 +223,14 @@ EphemeralVolumeController::EphemeralVolumeController(
           .on_work_duration = [&w = work.With(name)](double s) { w.Observe(s); }});
 
   pods_ = std::make_unique<apiclient::Informer>(
-      client_,
-      apiclient::InformerOptions{
-          .resource = kPods, .indexers = {{kClaimIndex, ClaimKeys}}, .transform = TrimPod});
+      client_, apiclient::InformerOptions{.resource = kPods,
+                                          .indexers = {{kClaimIndex, ClaimKeys}},
+                                          .transform = TrimPod,
+                                          .decode_filter = PodFilter()});
   claims_ = std::make_unique<apiclient::Informer>(
-      client_,
-      apiclient::InformerOptions{.resource = kPersistentVolumeClaims, .transform = TrimClaim});
+      client_, apiclient::InformerOptions{.resource = kPersistentVolumeClaims,
+                                          .transform = TrimClaim,
+                                          .decode_filter = ClaimFilter()});
 
   pods_->AddHandlers({.on_add = [this](const ObjectPtr& pod) { EnqueuePod(pod); },
                       .on_update =
