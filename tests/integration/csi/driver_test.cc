@@ -204,8 +204,8 @@ TEST_CASE("SIGKILL during 100 create/delete cycles leaks nothing", "[csi][integr
        at = log_text.find("recovery: ", at + 1)) {
     ++repairs;
   }
-  std::cout << "SIGKILL test: " << kills << " kills, "
-            << repairs << " repairs at restart, " << names_in_flight.size() << " names retried\n";
+  std::cout << "SIGKILL test: " << kills << " kills, " << repairs << " repairs at restart, "
+            << names_in_flight.size() << " names retried\n";
   CHECK(kills == 10);
   // The CO retries what failed: create (idempotent) and delete each name once more.
   for (const std::string& name : names_in_flight) {
