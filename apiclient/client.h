@@ -25,6 +25,11 @@ namespace ephemera::apiclient {
 // per level, so lookups stay fast, and an informer of 10,000 pods needs much less memory.
 using Object = nlohmann::ordered_json;
 using ObjectPtr = std::shared_ptr<const Object>;
+// A freshly decoded object that its receiver owns: lists and watches hand these out, so that an
+// informer can move (not copy) an object into its transform when nobody else holds it.
+using FreshObjectPtr = std::shared_ptr<Object>;
+
+class FieldFilter;  // apiclient/field_filter.h
 
 struct ListOptions {
   std::string label_selector;
@@ -32,10 +37,12 @@ struct ListOptions {
   int64_t limit = 0;             // page size; 0: no paging
   std::string continue_token;    // from a previous page
   std::string resource_version;  // "" (most recent, from etcd) or "0" (any, from the cache)
+  // Members of each item to decode (nullptr: all). Only a saving: a client may ignore it.
+  std::shared_ptr<const FieldFilter> filter;
 };
 
 struct ListResult {
-  std::vector<ObjectPtr> items;
+  std::vector<FreshObjectPtr> items;
   std::string resource_version;  // of the list, to start a watch from
   std::string continue_token;    // non-empty when there are more pages
 };
@@ -46,12 +53,14 @@ struct WatchOptions {
   std::string resource_version;  // start after this version
   bool allow_bookmarks = true;
   int timeout_seconds = 300;  // the server ends the watch after this long
+  // Members of each event's object to decode (nullptr: all). Only a saving: a client may ignore it.
+  std::shared_ptr<const FieldFilter> filter;
 };
 
 struct WatchEvent {
   enum class Type { kAdded, kModified, kDeleted, kBookmark };
   Type type = Type::kAdded;
-  ObjectPtr object;
+  FreshObjectPtr object;
 };
 
 std::string_view WatchEventTypeName(WatchEvent::Type type);
@@ -87,6 +96,11 @@ class ApiClient {
                                     const ListOptions& options) = 0;
   virtual StatusOr<ObjectPtr> Create(const Resource& resource, const std::string& ns,
                                      const Object& object) = 0;
+  // Create for a caller that only needs to know whether it worked: the server's answer is not
+  // decoded (a client may skip that work).
+  virtual Status CreateOnly(const Resource& resource, const std::string& ns, const Object& object) {
+    return Create(resource, ns, object).status();
+  }
   // Replaces the object; metadata.resourceVersion makes it conditional (ABORTED on conflict).
   virtual StatusOr<ObjectPtr> Update(const Resource& resource, const std::string& ns,
                                      const Object& object) = 0;

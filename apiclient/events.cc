@@ -8,6 +8,7 @@ namespace ephemera::apiclient {
 namespace {
 
 constexpr auto kSeriesWindow = std::chrono::minutes(10);
+constexpr auto kSweepInterval = std::chrono::minutes(1);
 
 std::string Truncate(const std::string& s, size_t n) {
   return s.size() <= n ? s : s.substr(0, n);
@@ -83,11 +84,19 @@ void EventRecorder::Write(const Pending& e) {
   const std::string uid = Field(r, "metadata", "uid");
   const std::string key = uid + "\n" + e.type + "\n" + e.reason + "\n" + e.action + "\n" + e.note;
   const std::string wall = FormatMicroTime(e.wall);
-  // Forget series older than the window, so the map does not grow without bound.
-  for (auto it = seen_.begin(); it != seen_.end();) {
-    it = e.when - it->second.first > kSeriesWindow ? seen_.erase(it) : std::next(it);
+  // Forget series older than the window, so the map does not grow without bound. Once a minute,
+  // not for every event: a scan of the whole map per event cost more than writing the event.
+  if (e.when - last_sweep_ >= kSweepInterval) {
+    last_sweep_ = e.when;
+    for (auto it = seen_.begin(); it != seen_.end();) {
+      it = e.when - it->second.first > kSeriesWindow ? seen_.erase(it) : std::next(it);
+    }
   }
   auto seen = seen_.find(key);
+  if (seen != seen_.end() && e.when - seen->second.first > kSeriesWindow) {
+    seen_.erase(seen);  // Too old to add to, though not swept yet: start a new series.
+    seen = seen_.end();
+  }
   if (seen != seen_.end()) {
     Written& w = seen->second;
     ++w.count;
@@ -117,7 +126,7 @@ void EventRecorder::Write(const Pending& e) {
                         {"type", e.type},
                         {"note", Truncate(e.note, 1024)},
                         {"regarding", regarding}};
-  if (client_->Create(resources::kEvents, ns, event).ok()) {
+  if (client_->CreateOnly(resources::kEvents, ns, event).ok()) {
     seen_[key] = {ns, name, 1, e.when};
   } else {
     std::lock_guard<std::mutex> lock(mu_);

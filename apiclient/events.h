@@ -71,6 +71,7 @@ class EventRecorder {
   uint64_t dropped_ = 0;                 // GUARDED_BY(mu_)
   uint64_t failed_ = 0;                  // GUARDED_BY(mu_)
   std::map<std::string, Written> seen_;  // only touched by the writer thread
+  Clock::TimePoint last_sweep_{};        // when seen_ was last cleared of old series
   std::thread thread_;
 };
 

@@ -61,8 +61,12 @@ bool Informer::SleepUnlessStopped(Clock::Duration d) {
   return !cv_.wait_for(lock, d, [this] { return stopped_.load(); });
 }
 
-ObjectPtr Informer::Prepare(ObjectPtr object) const {
-  if (!options_.transform) return object;
+ObjectPtr Informer::Prepare(FreshObjectPtr object) const {
+  if (!options_.transform || object == nullptr) return object;
+  if (object.use_count() == 1) {
+    *object = options_.transform(std::move(*object));
+    return object;
+  }
   return std::make_shared<const Object>(options_.transform(Object(*object)));
 }
 
@@ -75,7 +79,8 @@ void Informer::Deliver(const std::function<void()>& call) {
 StatusOr<std::string> Informer::ListAndReplace() {
   ListOptions list_options{.label_selector = options_.label_selector,
                            .field_selector = options_.field_selector,
-                           .limit = options_.page_size};
+                           .limit = options_.page_size,
+                           .filter = options_.decode_filter};
   std::vector<ObjectPtr> objects;
   std::string version;
   do {
@@ -125,7 +130,8 @@ Status Informer::WatchFrom(std::string* resource_version) {
                              .field_selector = options_.field_selector,
                              .resource_version = *resource_version,
                              .allow_bookmarks = true,
-                             .timeout_seconds = 300 + static_cast<int>(rng() % 300)};
+                             .timeout_seconds = 300 + static_cast<int>(rng() % 300),
+                             .filter = options_.decode_filter};
   auto stream = client_->Watch(options_.resource, options_.ns, watch_options);
   if (!stream.ok()) return stream.status();
   {
@@ -141,7 +147,7 @@ Status Informer::WatchFrom(std::string* resource_version) {
       if (!version.empty()) *resource_version = version;
       continue;
     }
-    ObjectPtr object = Prepare(event.object);
+    ObjectPtr object = Prepare(std::move(event.object));
     if (event.type == WatchEvent::Type::kDeleted) {
       ObjectPtr old = store_.Remove(Store::KeyOf(*object));
       Deliver([&] {

@@ -23,6 +23,7 @@
 
 #include "apiclient/client.h"
 #include "apiclient/clock.h"
+#include "apiclient/field_filter.h"
 #include "apiclient/store.h"
 
 namespace ephemera::apiclient {
@@ -38,6 +39,10 @@ struct InformerOptions {
   // Trims an object before it is stored, e.g. drops managedFields and fields a controller never
   // reads. Must keep metadata.name, namespace and resourceVersion.
   std::function<Object(Object)> transform;
+  // Members to decode at all (nullptr: everything), so that what the transform drops is not built
+  // first. Must keep what the transform and the indexers read, and metadata.name, namespace and
+  // resourceVersion.
+  std::shared_ptr<const FieldFilter> decode_filter;
 };
 
 struct EventHandlers {
@@ -79,7 +84,8 @@ class Informer {
   StatusOr<std::string> ListAndReplace();
   // Watches from `resource_version` until the stream ends; updates it as events arrive.
   Status WatchFrom(std::string* resource_version);
-  ObjectPtr Prepare(ObjectPtr object) const;
+  // Applies the transform. An object nobody else holds is moved into it, not copied.
+  ObjectPtr Prepare(FreshObjectPtr object) const;
   void Deliver(const std::function<void()>& call);
   // Sleeps up to `d`, returning early (false) when stopped.
   bool SleepUnlessStopped(Clock::Duration d);

@@ -1,15 +1,16 @@
 #include "apiclient/rest_client.h"
 
-#include <cpprest/containerstream.h>
 #include <cpprest/http_client.h>
 #include <pplx/threadpool.h>
 
+#include <array>
 #include <boost/asio/ssl.hpp>
 #include <chrono>
 #include <mutex>
 #include <thread>
 
 #include "apiclient/errors.h"
+#include "apiclient/field_filter.h"
 
 namespace ephemera::apiclient {
 namespace {
@@ -86,8 +87,12 @@ std::string ObjectNamespace(const Object& object, const std::string& ns) {
 class RestWatchStream final : public WatchStream {
  public:
   RestWatchStream(std::unique_ptr<http_client> client, http_response response,
-                  pplx::cancellation_token_source cancel, std::string what)
-      : client_(std::move(client)),
+                  pplx::cancellation_token_source cancel, std::string what,
+                  const std::shared_ptr<const FieldFilter>& filter)
+      : envelope_filter_(filter == nullptr ? nullptr
+                                           : std::make_unique<FieldFilter>(FieldFilter{
+                                                 {"type", FieldFilter()}, {"object", *filter}})),
+        client_(std::move(client)),
         response_(std::move(response)),
         body_(response_.body()),
         cancel_(std::move(cancel)),
@@ -108,10 +113,10 @@ class RestWatchStream final : public WatchStream {
         *error = Status::Cancelled(what_ + ": stopped");
         return false;
       }
-      concurrency::streams::container_buffer<std::string> line;
-      size_t n = 0;
+      std::string text;
+      bool eof = false;
       try {
-        n = body_.read_line(line).get();
+        eof = !ReadLine(&text);
       } catch (const std::exception& e) {
         *error = stopped_.load() ? Status::Cancelled(what_ + ": stopped")
                                  : Status::Unavailable(what_ + ": " + e.what());
@@ -121,20 +126,24 @@ class RestWatchStream final : public WatchStream {
         *error = Status::Cancelled(what_ + ": stopped");
         return false;
       }
-      const std::string& text = line.collection();
-      if (n == 0 && text.empty()) {
-        if (body_.is_eof()) {
-          *error = stopped_.load() ? Status::Cancelled(what_ + ": stopped") : Status::Ok();
-          return false;
-        }
-        continue;  // An empty line between events.
+      if (eof) {
+        *error = Status::Ok();
+        return false;
       }
-      auto parsed = Object::parse(text, nullptr, /*allow_exceptions=*/false);
+      if (text.empty()) continue;  // An empty line between events.
+      auto parsed = ParseFiltered(text, envelope_filter_.get());
       if (!parsed.is_object()) {
         *error = Status::Internal(what_ + ": a watch event is not JSON");
         return false;
       }
       const std::string type = parsed.value("type", "");
+      if (type == "ERROR" && envelope_filter_ != nullptr) {
+        parsed = Object::parse(text, nullptr, /*allow_exceptions=*/false);  // a Status: read it all
+        if (!parsed.is_object()) {
+          *error = Status::Internal(what_ + ": a watch event is not JSON");
+          return false;
+        }
+      }
       auto object = parsed.find("object");
       if (object == parsed.end() || !object->is_object()) {
         *error = Status::Internal(what_ + ": a watch event has no object");
@@ -158,7 +167,7 @@ class RestWatchStream final : public WatchStream {
             Status::Internal(what_ + ": unknown watch event type \"" + type.substr(0, 32) + "\"");
         return false;
       }
-      event->object = std::make_shared<const Object>(std::move(*object));
+      event->object = std::make_shared<Object>(std::move(*object));
       return true;
     }
   }
@@ -176,6 +185,41 @@ class RestWatchStream final : public WatchStream {
   }
 
  private:
+  // Reads the next line (without its newline) into *line; false at the end of the stream. Takes
+  // whatever the connection has delivered in one piece and splits lines here: reading a byte at a
+  // time through the stream buffer takes its lock once per byte.
+  bool ReadLine(std::string* line) {
+    auto buf = body_.streambuf();
+    size_t scanned = 0;
+    while (true) {
+      const size_t newline = pending_.find('\n', scanned);
+      if (newline != std::string::npos) {
+        line->assign(pending_, 0, newline);
+        pending_.erase(0, newline + 1);
+        return true;
+      }
+      scanned = pending_.size();
+      if (scanned > kMaxLine) throw std::length_error("a watch event is longer than 64 MiB");
+      const size_t available = buf.in_avail();
+      if (available > 0) {
+        const size_t n = std::min(available, chunk_.size());
+        const size_t got = buf.getn(chunk_.data(), n).get();
+        pending_.append(reinterpret_cast<const char*>(chunk_.data()), got);
+        continue;
+      }
+      // Nothing buffered: wait for the next byte (or the end of the stream).
+      const auto c = buf.bumpc().get();
+      if (c == decltype(buf)::traits::eof()) {
+        if (pending_.empty()) return false;
+        line->swap(pending_);
+        pending_.clear();
+        return true;
+      }
+      pending_.push_back(static_cast<char>(c));
+    }
+  }
+
+  const std::unique_ptr<const FieldFilter> envelope_filter_;  // {type, object: the caller's}
   std::unique_ptr<http_client> client_;
   http_response response_;
   concurrency::streams::istream body_;
@@ -184,6 +228,9 @@ class RestWatchStream final : public WatchStream {
   std::atomic<bool> stopped_{false};
   std::mutex close_mu_;
   bool closed_ = false;
+  static constexpr size_t kMaxLine = 64 << 20;
+  std::string pending_;  // read from the stream, not yet returned as a line
+  std::array<uint8_t, 64 * 1024> chunk_{};
 };
 
 }  // namespace
@@ -203,6 +250,15 @@ std::string_view WatchEventTypeName(WatchEvent::Type type) {
 }
 
 StatusOr<std::shared_ptr<RestClient>> RestClient::New(RestConfig config, RequestObserver observer) {
+  // cpprestsdk's pool defaults to 40 threads, and every request then hops between them (context
+  // switches cost more CPU than the JSON work). The first client of the process sizes it.
+  static std::once_flag pool_once;
+  std::call_once(pool_once, [threads = config.io_threads] {
+    try {
+      crossplat::threadpool::initialize_with_threads(static_cast<size_t>(std::max(1, threads)));
+    } catch (const std::exception&) {  // NOLINT(bugprone-empty-catch): already sized: keep it
+    }
+  });
   if (config.server.rfind("https://", 0) != 0) {
     return Status::InvalidArgument("the API server URL must be https://, not \"" +
                                    config.server.substr(0, 100) + "\"");
@@ -329,7 +385,21 @@ StatusOr<ListResult> RestClient::List(const Resource& resource, const std::strin
                                   {"limit", options.limit > 0 ? std::to_string(options.limit) : ""},
                                   {"continue", options.continue_token},
                                   {"resourceVersion", options.resource_version}});
-  auto list = DoJson("GET", "LIST", path, nullptr, "");
+  StatusOr<Object> list = Status::Unknown("");
+  if (options.filter == nullptr) {
+    list = DoJson("GET", "LIST", path, nullptr, "");
+  } else {
+    auto raw = Do("GET", "LIST", path, nullptr, "");
+    if (!raw.ok()) return raw.status();
+    const std::string what = "LIST " + resource.CollectionPath(ns);
+    if (raw->code < 200 || raw->code >= 300) return StatusFromHttp(raw->code, raw->body, what);
+    const FieldFilter page_filter{{"metadata", FieldFilter()}, {"items", *options.filter}};
+    Object parsed = ParseFiltered(raw->body, &page_filter);
+    if (parsed.is_discarded() || !parsed.is_object()) {
+      return Status::Internal(what + ": the server's answer is not a JSON object");
+    }
+    list = std::move(parsed);
+  }
   if (!list.ok()) return list.status();
   ListResult result;
   Object& doc = *list;
@@ -358,6 +428,21 @@ StatusOr<ObjectPtr> RestClient::Create(const Resource& resource, const std::stri
   }
   const std::string body = object.dump();
   return DoObject("POST", "POST", resource.CollectionPath(target_ns), &body, "application/json");
+}
+
+Status RestClient::CreateOnly(const Resource& resource, const std::string& ns,
+                              const Object& object) {
+  const std::string target_ns = ObjectNamespace(object, ns);
+  if (resource.namespaced && !IsSafePathSegment(target_ns)) {
+    return Status::InvalidArgument("invalid namespace \"" + target_ns.substr(0, 64) + "\"");
+  }
+  const std::string body = object.dump();
+  const std::string path = resource.CollectionPath(target_ns);
+  auto raw = Do("POST", "POST", path, &body, "application/json");
+  if (!raw.ok()) return raw.status();
+  if (raw->code < 200 || raw->code >= 300)
+    return StatusFromHttp(raw->code, raw->body, "POST " + path);
+  return Status::Ok();
 }
 
 StatusOr<ObjectPtr> RestClient::Update(const Resource& resource, const std::string& ns,
@@ -463,8 +548,8 @@ StatusOr<WatchStreamPtr> RestClient::Watch(const Resource& resource, const std::
     }
     return StatusFromHttp(response.status_code(), body, what);
   }
-  return WatchStreamPtr(
-      std::make_unique<RestWatchStream>(std::move(client), std::move(response), cancel, what));
+  return WatchStreamPtr(std::make_unique<RestWatchStream>(std::move(client), std::move(response),
+                                                          cancel, what, options.filter));
 }
 
 }  // namespace ephemera::apiclient

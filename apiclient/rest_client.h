@@ -45,6 +45,7 @@ class RestClient final : public ApiClient {
                             const ListOptions& options) override;
   StatusOr<ObjectPtr> Create(const Resource& resource, const std::string& ns,
                              const Object& object) override;
+  Status CreateOnly(const Resource& resource, const std::string& ns, const Object& object) override;
   StatusOr<ObjectPtr> Update(const Resource& resource, const std::string& ns,
                              const Object& object) override;
   StatusOr<ObjectPtr> UpdateStatus(const Resource& resource, const std::string& ns,

@@ -68,6 +68,37 @@ Object CopyKeys(const Object& from, std::initializer_list<const char*> keys) {
   return out;
 }
 
+// What TrimPod and TrimClaim keep, as decode filters: the rest of a pod is never built.
+std::shared_ptr<const apiclient::FieldFilter> PodFilter() {
+  using apiclient::FieldFilter;
+  const FieldFilter all;
+  return std::make_shared<const FieldFilter>(FieldFilter{{"apiVersion", all},
+                                                         {"kind", all},
+                                                         {"metadata",
+                                                          {{"name", all},
+                                                           {"namespace", all},
+                                                           {"uid", all},
+                                                           {"resourceVersion", all},
+                                                           {"deletionTimestamp", all},
+                                                           {"creationTimestamp", all}}},
+                                                         {"spec", {{"volumes", all}}},
+                                                         {"status", {{"phase", all}}}});
+}
+
+std::shared_ptr<const apiclient::FieldFilter> ClaimFilter() {
+  using apiclient::FieldFilter;
+  const FieldFilter all;
+  return std::make_shared<const FieldFilter>(FieldFilter{{"apiVersion", all},
+                                                         {"kind", all},
+                                                         {"metadata",
+                                                          {{"name", all},
+                                                           {"namespace", all},
+                                                           {"uid", all},
+                                                           {"resourceVersion", all},
+                                                           {"ownerReferences", all},
+                                                           {"deletionTimestamp", all}}}});
+}
+
 }  // namespace
 
 std::string EphemeralClaimName(const std::string& pod, const std::string& volume) {
@@ -115,9 +146,16 @@ Object TrimPod(Object pod) {
     out["metadata"] = CopyKeys(pod["metadata"], {"name", "namespace", "uid", "resourceVersion",
                                                  "deletionTimestamp", "creationTimestamp"});
   }
+  // `pod` is ours: move the volumes we keep out of it instead of copying them.
   Object volumes = Object::array();
-  for (auto& volume : Volumes(pod)) {
-    if (IsEphemeral(volume)) volumes.push_back(std::move(volume));
+  auto spec = pod.find("spec");
+  if (spec != pod.end() && spec->is_object()) {
+    auto all = spec->find("volumes");
+    if (all != spec->end() && all->is_array()) {
+      for (auto& volume : *all) {
+        if (IsEphemeral(volume)) volumes.push_back(std::move(volume));
+      }
+    }
   }
   if (!volumes.empty()) out["spec"]["volumes"] = std::move(volumes);
   const std::string phase = Field(pod, "status", "phase");
@@ -185,12 +223,14 @@ EphemeralVolumeController::EphemeralVolumeController(
           .on_work_duration = [&w = work.With(name)](double s) { w.Observe(s); }});
 
   pods_ = std::make_unique<apiclient::Informer>(
-      client_,
-      apiclient::InformerOptions{
-          .resource = kPods, .indexers = {{kClaimIndex, ClaimKeys}}, .transform = TrimPod});
+      client_, apiclient::InformerOptions{.resource = kPods,
+                                          .indexers = {{kClaimIndex, ClaimKeys}},
+                                          .transform = TrimPod,
+                                          .decode_filter = PodFilter()});
   claims_ = std::make_unique<apiclient::Informer>(
-      client_,
-      apiclient::InformerOptions{.resource = kPersistentVolumeClaims, .transform = TrimClaim});
+      client_, apiclient::InformerOptions{.resource = kPersistentVolumeClaims,
+                                          .transform = TrimClaim,
+                                          .decode_filter = ClaimFilter()});
 
   pods_->AddHandlers({.on_add = [this](const ObjectPtr& pod) { EnqueuePod(pod); },
                       .on_update =
@@ -326,7 +366,8 @@ Status EphemeralVolumeController::EnsureClaim(const Object& pod, const Object& v
     return collision(*cached);
   }
 
-  auto created = client_->Create(kPersistentVolumeClaims, ns, DesiredClaim(pod, volume));
+  const Status created =
+      client_->CreateOnly(kPersistentVolumeClaims, ns, DesiredClaim(pod, volume));
   if (created.ok()) {
     creates_.Inc();
     {
@@ -343,7 +384,7 @@ Status EphemeralVolumeController::EnsureClaim(const Object& pod, const Object& v
     }
     return Status::Ok();
   }
-  if (apiclient::IsAlreadyExists(created.status())) {
+  if (apiclient::IsAlreadyExists(created)) {
     // Our cache is behind, or another controller (kube-controller-manager's) was faster.
     auto existing = client_->Get(kPersistentVolumeClaims, ns, claim);
     if (existing.ok() && IsControlledBy(**existing, pod_uid)) return Status::Ok();
@@ -353,8 +394,8 @@ Status EphemeralVolumeController::EnsureClaim(const Object& pod, const Object& v
   create_failures_.Inc();
   Warn(pod, "FailedCreate",
        "ephemeral volume " + volume_name + ": creating PVC " + ns + "/" + claim +
-           " failed: " + created.status().message());
-  return created.status();
+           " failed: " + created.message());
+  return created;
 }
 
 Status EphemeralVolumeController::ReleaseClaims(const Object& pod) {

@@ -1,5 +1,5 @@
 // Unit tests of the apiclient pieces that need no server: kubeconfig parsing, error mapping,
-// rate limiting and backoff, URL building.
+// rate limiting and backoff, URL building, filtered decoding.
 #include <catch2/catch.hpp>
 #include <cstdio>
 #include <fstream>
@@ -7,6 +7,7 @@
 
 #include "apiclient/config.h"
 #include "apiclient/errors.h"
+#include "apiclient/field_filter.h"
 #include "apiclient/rate_limiter.h"
 #include "apiclient/resource.h"
 
@@ -226,4 +227,40 @@ TEST_CASE("resource paths and query escaping", "[apiclient][resource]") {
 }
 
 }  // namespace
+TEST_CASE("field filter: only the named members are decoded", "[apiclient][filter]") {
+  const FieldFilter all;
+  const FieldFilter filter{
+      {"type", all},
+      {"object",
+       {{"metadata", {{"name", all}, {"labels", all}}}, {"spec", {{"volumes", {{"name", all}}}}}}}};
+  const std::string text = R"({"type":"ADDED","object":{"kind":"Pod",
+    "metadata":{"name":"p","managedFields":[{"manager":"x","fieldsV1":{"f:a":{}}}],
+                "labels":{"a":"1","b":{"deep":[1,2]}}},
+    "spec":{"containers":[{"name":"c","image":"i"}],
+            "volumes":[{"name":"v1","ephemeral":{"x":1}},{"name":"v2"},"odd",7]},
+    "status":{"phase":"Running"}}})";
+  const Object parsed = ParseFiltered(text, &filter);
+  const Object expected = Object::parse(R"({"type":"ADDED","object":{
+    "metadata":{"name":"p","labels":{"a":"1","b":{"deep":[1,2]}}},
+    "spec":{"volumes":[{"name":"v1"},{"name":"v2"},"odd",7]}}})");
+  CHECK(parsed == expected);
+  // Member order is kept; nothing of the dropped members is left behind.
+  CHECK(parsed["object"]["metadata"].size() == 2);
+  CHECK(parsed["object"].find("status") == parsed["object"].end());
+}
+
+TEST_CASE("field filter: no filter or keep-all decodes everything and bad JSON is discarded",
+          "[apiclient][filter]") {
+  const std::string text = R"({"a":{"b":[1,{"c":null}]},"d":"e"})";
+  CHECK(ParseFiltered(text, nullptr) == Object::parse(text));
+  const FieldFilter all;
+  CHECK(ParseFiltered(text, &all) == Object::parse(text));
+  const FieldFilter some{{"d", all}};
+  CHECK(ParseFiltered(text, &some) == Object::parse(R"({"d":"e"})"));
+  CHECK(ParseFiltered(R"({"d":"e")", &some).is_discarded());
+  CHECK(ParseFiltered("[1,2", nullptr).is_discarded());
+  // A filtered document whose root is an array: the node applies to each element.
+  CHECK(ParseFiltered(R"([{"d":1,"x":2},{"x":3}])", &some) == Object::parse(R"([{"d":1},{}])"));
+}
+
 }  // namespace ephemera::apiclient

@@ -306,7 +306,7 @@ class MemoryClient final : public apiclient::ApiClient {
     std::lock_guard<std::mutex> lock(mu_);
     apiclient::ListResult out;
     for (const auto& [n, o] : objects_[r.plural])
-      out.items.push_back(o);
+      out.items.push_back(std::make_shared<Object>(*o));
     out.resource_version = std::to_string(version_);
     return out;
   }
