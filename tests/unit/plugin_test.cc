@@ -378,7 +378,11 @@ class FakeClient : public apiclient::ApiClient {
                                        const apiclient::ListOptions& o) override {
     requests.push_back(r.plural + " " + ns + " " + o.label_selector);
     if (auto it = errors.find(r.plural); it != errors.end()) return it->second;
-    return apiclient::ListResult{.items = objects[r.plural]};
+    apiclient::ListResult result;
+    for (const ObjectPtr& o : objects[r.plural]) {
+      result.items.push_back(std::make_shared<Object>(*o));  // a list's items are the caller's
+    }
+    return result;
   }
   StatusOr<ObjectPtr> Get(const apiclient::Resource&, const std::string&,
                           const std::string&) override {
