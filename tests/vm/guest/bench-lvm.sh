@@ -29,6 +29,18 @@ raw_delete() {
 bench_raw $N
 bench_report "lvcreate" 1
 bench_report "lvremove" 2
+# Where the driver's time goes: besides lvcreate it runs an `lvs` report before (does the volume
+# exist?) and after (its path), and a `vgs` report (the free space); DeleteVolume an `lvs` before
+# lvremove. The two reports alone, as the driver runs them:
+raw_create() {
+  out=$(lvs --reportformat json --units b --nosuffix -o lv_name,vg_name,lv_size,lv_path,lv_attr "$VG" 2>&1) || { fail "lvs: $out"; return 1; }
+}
+raw_delete() {
+  out=$(vgs --reportformat json --units b --nosuffix -o vg_name,vg_size,vg_free,vg_extent_size "$VG" 2>&1) || { fail "vgs: $out"; return 1; }
+}
+bench_raw $N
+bench_report "lvs (report)" 1
+bench_report "vgs (report)" 2
 left=$(lvs --noheadings -o lv_name 2>/dev/null)
 [ -z "$left" ] || fail "logical volumes left: $left"
 finish
