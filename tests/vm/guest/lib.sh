@@ -156,3 +156,30 @@ check_restart_recovery() {
   [ -z "$left" ] && pass "no volume record left" || fail "records left: $left"
   grep -c "^recovery:" /tmp/driver.log | sed 's/^/recovery actions logged: /'
 }
+
+# Benchmarks (bench-*.sh): the raw side of a comparison. The suite defines raw_create I and
+# raw_delete I (the commands that make and remove volume I as the driver does); bench_raw N times N
+# pairs with coreutils date (busybox's has no %N, and busybox sh runs its applets before PATH, so
+# the harness's copy is named by path) and writes "create-us delete-us" lines to /tmp/raw.times.
+# Returns 1 at the first failing command.
+now_ns() { /sbin/date +%s%N; }
+bench_raw() {  # N
+  : > /tmp/raw.times
+  i=0
+  while [ $i -lt "$1" ]; do
+    t0=$(now_ns)
+    raw_create $i || return 1
+    t1=$(now_ns)
+    raw_delete $i || return 1
+    t2=$(now_ns)
+    echo "$(( (t1 - t0) / 1000 )) $(( (t2 - t1) / 1000 ))" >> /tmp/raw.times
+    i=$((i + 1))
+  done
+}
+# bench_report NAME COLUMN: median, p99 and mean of a column of /tmp/raw.times in the format of
+# csi_bench's lines (same percentile indices: the element at n/2 and at n*99/100, from 0).
+bench_report() {
+  awk -v c="$2" '{print $c / 1000}' /tmp/raw.times | sort -n | awk -v n="$1" '{ a[NR] = $1; s += $1 }
+    END { p = int(NR * 99 / 100) + 1; if (p > NR) p = NR
+          printf "%-28s n=%d median=%.1f ms p99=%.1f ms mean=%.1f ms\n", n, NR, a[int(NR / 2) + 1], a[p], s / NR }'
+}
