@@ -1,7 +1,15 @@
 // The lvm backend (see lvm_device_manager.h).
 #include "csi/backends/lvm_device_manager.h"
 
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <iostream>
 #include <nlohmann/json.hpp>
 
@@ -78,6 +86,18 @@ StatusOr<CommandResult> RunOk(CommandRunner& runner, const std::vector<std::stri
                             std::to_string(result->exit_code) + ": " + result->output);
   }
   return result;
+}
+
+// The size of the block device at `path` in bytes.
+StatusOr<int64_t> BlockDeviceSize(const std::string& path) {
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return Status::Internal("open " + path + ": " + std::strerror(errno));
+  uint64_t size = 0;
+  int rc = ioctl(fd, BLKGETSIZE64, &size);
+  int saved = errno;
+  close(fd);
+  if (rc != 0) return Status::Internal("BLKGETSIZE64 " + path + ": " + std::strerror(saved));
+  return static_cast<int64_t>(size);
 }
 
 }  // namespace
@@ -250,48 +270,89 @@ StatusOr<Device> LvmDeviceManager::Create(const std::string& id, int64_t size,
                                    " is not a positive multiple of the extent size " +
                                    std::to_string(alignment_));
   }
-  StatusOr<LvmLogicalVolume> existing = FindLocked(id);
-  if (existing.ok()) return Status::AlreadyExists("device " + id + " exists");
-  if (existing.status().code() != Code::kNotFound) return existing.status();
-  StatusOr<std::vector<LvmVolumeGroup>> groups = VolumeGroupsLocked();
-  if (!groups.ok()) return groups.status();
-  // The group with the most free space that holds the volume.
-  const LvmVolumeGroup* best = nullptr;
-  for (const LvmVolumeGroup& g : *groups) {
-    if (g.free >= size && (best == nullptr || g.free > best->free)) best = &g;
-  }
-  if (best == nullptr) {
-    int64_t largest = 0;
-    for (const LvmVolumeGroup& g : *groups)
-      largest = std::max(largest, g.free);
-    return Status::ResourceExhausted("volume of " + std::to_string(size) +
-                                     " bytes does not fit: the largest free space is " +
-                                     std::to_string(largest) + " bytes");
+  // With one volume group (the usual case: one PMEM region) lvcreate itself is the check: it
+  // refuses a name that exists ("already exists") and a size that does not fit ("insufficient free
+  // space"). Each LVM command costs hundreds of milliseconds in a small guest, so the reports
+  // before it (lvs, vgs) are skipped there. With several groups, one is chosen by its free space.
+  std::string vg_name;
+  if (vgs_.size() == 1) {
+    vg_name = vgs_[0];
+  } else {
+    StatusOr<LvmLogicalVolume> existing = FindLocked(id);
+    if (existing.ok()) return Status::AlreadyExists("device " + id + " exists");
+    if (existing.status().code() != Code::kNotFound) return existing.status();
+    StatusOr<std::vector<LvmVolumeGroup>> groups = VolumeGroupsLocked();
+    if (!groups.ok()) return groups.status();
+    // The group with the most free space that holds the volume.
+    const LvmVolumeGroup* best = nullptr;
+    for (const LvmVolumeGroup& g : *groups) {
+      if (g.free >= size && (best == nullptr || g.free > best->free)) best = &g;
+    }
+    if (best == nullptr) {
+      int64_t largest = 0;
+      for (const LvmVolumeGroup& g : *groups)
+        largest = std::max(largest, g.free);
+      return Status::ResourceExhausted("volume of " + std::to_string(size) +
+                                       " bytes does not fit: the largest free space is " +
+                                       std::to_string(largest) + " bytes");
+    }
+    vg_name = best->name;
   }
   // -Zy -Wy: the start of the volume is zeroed and old signatures wiped, so that no filesystem of
   // an earlier volume shows through.
   StatusOr<CommandResult> result = runner_.Run(
-      {"lvcreate", "-y", "-Zy", "-Wy", "-n", id, "-L", std::to_string(size) + "B", best->name});
+      {"lvcreate", "-y", "-Zy", "-Wy", "-n", id, "-L", std::to_string(size) + "B", vg_name});
   if (!result.ok()) return result.status();
   if (result->exit_code != 0) {
+    // lvcreate checks the name before anything else: the volume is the existing one, not ours to
+    // remove.
+    if (result->output.find("already exists") != std::string::npos) {
+      return Status::AlreadyExists("device " + id + " exists: " + result->output);
+    }
     // Nothing may be left behind.
     StatusOr<LvmLogicalVolume> partial = FindLocked(id);
-    if (partial.ok()) (void)runner_.Run({"lvremove", "-y", best->name + "/" + id});
+    if (partial.ok()) (void)runner_.Run({"lvremove", "-y", partial->vg + "/" + id});
     if (result->output.find("insufficient free space") != std::string::npos ||
         result->output.find("Insufficient free space") != std::string::npos) {
       return Status::ResourceExhausted("lvcreate: " + result->output);
     }
+    // Other wordings of a size that does not fit (e.g. "Volume too large"): the group decides.
+    StatusOr<std::vector<LvmVolumeGroup>> groups = VolumeGroupsLocked();
+    if (groups.ok()) {
+      for (const LvmVolumeGroup& g : *groups) {
+        if (g.name == vg_name && g.free < size) {
+          return Status::ResourceExhausted("lvcreate: " + result->output);
+        }
+      }
+    }
     return Status::Internal("lvcreate exited with " + std::to_string(result->exit_code) + ": " +
                             result->output);
   }
-  StatusOr<LvmLogicalVolume> lv = FindLocked(id);
-  if (!lv.ok()) return Status::Internal("lvcreate succeeded but " + id + " is not listed");
-  return ToDevice(*lv);
+  // No report after a successful lvcreate: the volume is active, at the path LVM gives it, and of
+  // the requested size (a multiple of every group's extent size, so not rounded).
+  std::string path = "/dev/" + vg_name + "/" + id;
+  return Device{id, size, path, DeviceSupportsDax(path)};
 }
 
 Status LvmDeviceManager::Delete(const std::string& id, bool erase) {
   EPHEMERA_RETURN_IF_ERROR(ValidateVolumeId("id", id));
   std::lock_guard<std::mutex> lock(mu_);
+  // An active volume has its node /dev/<vg>/<id>: then no lvs report is needed (it costs hundreds
+  // of milliseconds in a small guest). Otherwise (missing or inactive) the report decides.
+  for (const std::string& vg : vgs_) {
+    std::string path = "/dev/" + vg + "/" + id;
+    struct stat st {};
+    if (stat(path.c_str(), &st) != 0 || !S_ISBLK(st.st_mode)) continue;
+    StatusOr<bool> busy = BlockDeviceBusy(path);
+    if (!busy.ok()) return busy.status();
+    if (*busy) return Status::FailedPrecondition("device " + id + " (" + path + ") is in use");
+    if (erase) {
+      StatusOr<int64_t> size = BlockDeviceSize(path);
+      if (!size.ok()) return size.status();
+      EPHEMERA_RETURN_IF_ERROR(ZeroBlockDevice(path, *size));
+    }
+    return RemoveLocked(vg, id);
+  }
   StatusOr<LvmLogicalVolume> lv = FindLocked(id);
   if (!lv.ok()) return lv.status().code() == Code::kNotFound ? Status::Ok() : lv.status();
   // lv_attr: the sixth character is 'o' when the device is open (mounted or held).
@@ -308,7 +369,11 @@ Status LvmDeviceManager::Delete(const std::string& id, bool erase) {
     }
     EPHEMERA_RETURN_IF_ERROR(ZeroBlockDevice(lv->path, lv->size));
   }
-  StatusOr<CommandResult> result = runner_.Run({"lvremove", "-y", lv->vg + "/" + id});
+  return RemoveLocked(lv->vg, id);
+}
+
+Status LvmDeviceManager::RemoveLocked(const std::string& vg, const std::string& id) {
+  StatusOr<CommandResult> result = runner_.Run({"lvremove", "-y", vg + "/" + id});
   if (!result.ok()) return result.status();
   if (result->exit_code != 0) {
     if (result->output.find("in use") != std::string::npos) {

@@ -9,6 +9,10 @@
 //
 // All LVM and ndctl commands run through the CommandRunner (argv, no shell); their JSON reports
 // (`--reportformat json`, `ndctl list`) are the state: nothing is cached but the group names.
+// LVM commands are slow in a small guest (0.3-0.5 s each), so the common paths run as few as
+// possible: with one group Create is a lone lvcreate (its refusals map to ALREADY_EXISTS and
+// RESOURCE_EXHAUSTED), and Delete of an active volume (its node /dev/<vg>/<id> exists) a lone
+// lvremove.
 //
 // Thread safety: all methods are serialized by one mutex.
 #pragma once
@@ -68,6 +72,7 @@ class LvmDeviceManager : public DeviceManager {
   StatusOr<std::vector<LvmLogicalVolume>> LogicalVolumesLocked();
   StatusOr<LvmLogicalVolume> FindLocked(const std::string& id);
   StatusOr<Device> ToDevice(const LvmLogicalVolume& lv);
+  Status RemoveLocked(const std::string& vg, const std::string& id);
   Status SetUpRegion(const std::string& region, int64_t region_size, int64_t align,
                      int64_t available);
 

@@ -66,7 +66,8 @@ TEST_CASE("lvm: vgs and lvs reports are parsed past warnings", "[lvm]") {
 TEST_CASE("lvm: capacity sums the groups and the largest is the maximum volume", "[lvm]") {
   ScriptedRunner runner;
   runner.answers["ndctl list -R"] = {0, R"([{"dev":"region0","size":4292870144,"align":16777216,
-    "max_available_extent":4278190080,"type":"pmem"}])"};
+    "max_available_extent":4278190080,"type":"pmem"},{"dev":"region1","size":2147483648,
+    "align":16777216,"max_available_extent":2147483648,"type":"pmem"}])"};
   runner.answers["ndctl list -N"] = {
       0, R"({"dev":"namespace0.0","mode":"fsdax","name":"ephemera-lvm","blockdev":"pmem0"})"};
   runner.answers["vgs"] = {0, kVgs};
@@ -96,6 +97,41 @@ TEST_CASE("lvm: capacity sums the groups and the largest is the maximum volume",
 
 TEST_CASE("lvm: a new volume goes to the group with the most free space", "[lvm]") {
   ScriptedRunner runner;
+  runner.answers["ndctl list -R"] = {0, R"([{"dev":"region0","size":4292870144,"align":16777216,
+    "max_available_extent":4278190080,"type":"pmem"},{"dev":"region1","size":2147483648,
+    "align":16777216,"max_available_extent":2147483648,"type":"pmem"}])"};
+  runner.answers["ndctl list -N"] = {
+      0, R"([{"dev":"namespace0.0","mode":"fsdax","name":"ephemera-lvm","blockdev":"pmem0"}])"};
+  runner.answers["vgs"] = {0, kVgs};
+  runner.answers["lvs"] = {0, R"({"report":[{"lv":[]}]})"};
+  LvmDeviceManager lvm(runner, 100);
+  REQUIRE(lvm.Init().ok());
+  runner.calls.clear();
+  StatusOr<Device> created = lvm.Create("eph-new", 8388608, DeviceUsage::kAppDirect);
+  REQUIRE(created.ok());
+  CHECK(created->size == 8388608);
+  CHECK(created->path == "/dev/ephemera-region0/eph-new");
+  // lvs (the name is free), vgs (the choice), lvcreate; no report after a successful lvcreate.
+  REQUIRE(runner.calls.size() == 3);
+  CHECK(runner.calls[0][0] == "lvs");
+  CHECK(runner.calls[1][0] == "vgs");
+  const std::vector<std::string>& call = runner.calls[2];
+  CHECK(call[0] == "lvcreate");
+  CHECK(call.back() == "ephemera-region0");
+  CHECK(std::find(call.begin(), call.end(), "8388608B") != call.end());
+
+  // A name listed by lvs: ALREADY_EXISTS before any lvcreate.
+  runner.answers["lvs"] = {0, kLvs};
+  runner.calls.clear();
+  CHECK(lvm.Create("eph-ab", 8388608, DeviceUsage::kAppDirect).status().code() ==
+        Code::kAlreadyExists);
+  for (const auto& c : runner.calls)
+    CHECK(c[0] != "lvcreate");
+}
+
+// One region, one group: Create is a lone lvcreate, and its refusals are mapped.
+TEST_CASE("lvm: with one group Create runs lvcreate alone and maps its refusals", "[lvm]") {
+  ScriptedRunner runner;
   runner.answers["ndctl list -R"] = {0, R"({"dev":"region0","size":4292870144,"align":16777216,
     "max_available_extent":4278190080,"type":"pmem"})"};
   runner.answers["ndctl list -N"] = {
@@ -104,16 +140,50 @@ TEST_CASE("lvm: a new volume goes to the group with the most free space", "[lvm]
   runner.answers["lvs"] = {0, R"({"report":[{"lv":[]}]})"};
   LvmDeviceManager lvm(runner, 100);
   REQUIRE(lvm.Init().ok());
-  // lvs answers empty, so Create ends in INTERNAL ("not listed"), but the lvcreate call is seen.
-  (void)lvm.Create("eph-new", 8388608, DeviceUsage::kAppDirect);
-  bool seen = false;
-  for (const auto& call : runner.calls) {
-    if (call[0] != "lvcreate") continue;
-    seen = true;
-    CHECK(call.back() == "ephemera-region0");
-    CHECK(std::find(call.begin(), call.end(), "8388608B") != call.end());
-  }
-  CHECK(seen);
+
+  runner.calls.clear();
+  StatusOr<Device> created = lvm.Create("eph-new", 8388608, DeviceUsage::kAppDirect);
+  REQUIRE(created.ok());
+  CHECK(created->id == "eph-new");
+  CHECK(created->size == 8388608);
+  CHECK(created->path == "/dev/ephemera-region0/eph-new");
+  REQUIRE(runner.calls.size() == 1);
+  CHECK(runner.calls[0][0] == "lvcreate");
+  CHECK(runner.calls[0].back() == "ephemera-region0");
+
+  // The name exists: ALREADY_EXISTS, and the existing volume is not removed.
+  runner.answers["lvcreate"] = {
+      5, "  Logical Volume \"eph-ab\" already exists in volume group \"ephemera-region0\"\n"};
+  runner.answers["lvs"] = {0, kLvs};
+  runner.calls.clear();
+  CHECK(lvm.Create("eph-ab", 8388608, DeviceUsage::kAppDirect).status().code() ==
+        Code::kAlreadyExists);
+  for (const auto& c : runner.calls)
+    CHECK(c[0] != "lvremove");
+
+  // Full: RESOURCE_EXHAUSTED.
+  runner.answers["lvcreate"] = {5,
+                                "  Volume group \"ephemera-region0\" has insufficient free space "
+                                "(500 extents): 1000 required.\n"};
+  runner.answers["lvs"] = {0, R"({"report":[{"lv":[]}]})"};
+  runner.calls.clear();
+  CHECK(lvm.Create("eph-big", int64_t{1000} * 4194304, DeviceUsage::kAppDirect).status().code() ==
+        Code::kResourceExhausted);
+  for (const auto& c : runner.calls)
+    CHECK(c[0] != "lvremove");
+
+  // Any other failure: INTERNAL, and a volume left behind is removed.
+  runner.answers["lvcreate"] = {5, "  Failed to wipe start of new LV.\n"};
+  runner.answers["lvs"] = {0,
+                           R"({"report":[{"lv":[{"lv_name":"eph-half", "vg_name":"ephemera-region0",
+      "lv_size":"8388608", "lv_attr":"-wi-a-----"}]}]})"};
+  runner.calls.clear();
+  CHECK(lvm.Create("eph-half", 8388608, DeviceUsage::kAppDirect).status().code() ==
+        Code::kInternal);
+  bool removed = false;
+  for (const auto& c : runner.calls)
+    removed = removed || (c[0] == "lvremove" && c.back() == "ephemera-region0/eph-half");
+  CHECK(removed);
 }
 
 }  // namespace

@@ -29,9 +29,8 @@ raw_delete() {
 bench_raw $N
 bench_report "lvcreate" 1
 bench_report "lvremove" 2
-# Where the driver's time goes: besides lvcreate it runs an `lvs` report before (does the volume
-# exist?) and after (its path), and a `vgs` report (the free space); DeleteVolume an `lvs` before
-# lvremove. The two reports alone, as the driver runs them:
+# The cost of one LVM report, for reading the figures: the driver runs these only where it must
+# (several groups, an inactive or missing volume), not on the paths timed above. As it runs them:
 raw_create() {
   out=$(lvs --reportformat json --units b --nosuffix -o lv_name,vg_name,lv_size,lv_path,lv_attr "$VG" 2>&1) || { fail "lvs: $out"; return 1; }
 }
