@@ -2,11 +2,16 @@
 // generic ephemeral volume each, watches pods and PVCs of the namespace, and reports the time until
 // every PVC exists and the latency from a pod's ADDED event to its PVC's ADDED event. Whichever
 // controller is running (ours or kube-controller-manager's) does the work.
-//   ephemeral_bench --kubeconfig K --namespace NS --count N [--inflight 8] [--timeout-s 900]
+//   ephemeral_bench --kubeconfig K --namespace NS --count N [--inflight 8] [--rate R]
+//                   [--timeout-s 900]
+// --rate R paces the creates: pod i is created no sooner than i / R seconds after the start, so
+// two runs see the same arrival of pods as long as the API server keeps up with R (0: as fast as
+// the workers go). "pods_behind_pace_ms" is the most any create started after its slot.
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdint>
 #include <iostream>
 #include <map>
 #include <mutex>
@@ -21,7 +26,8 @@ using namespace ephemera::apiclient;  // NOLINT(google-build-using-namespace): a
 using Steady = std::chrono::steady_clock;
 
 int main(int argc, char** argv) {
-  std::map<std::string, std::string> flags = {{"inflight", "8"}, {"timeout-s", "900"}};
+  std::map<std::string, std::string> flags = {
+      {"inflight", "8"}, {"rate", "0"}, {"timeout-s", "900"}};
   for (int i = 1; i + 1 < argc; i += 2)
     flags[std::string(argv[i]).substr(2)] = argv[i + 1];
   auto config = LoadKubeconfig(flags["kubeconfig"]);
@@ -35,6 +41,7 @@ int main(int argc, char** argv) {
   const std::string ns = flags["namespace"];
   const int count = std::stoi(flags["count"]);
   const int inflight = std::stoi(flags["inflight"]);
+  const double rate = std::stod(flags["rate"]);
 
   std::mutex mu;
   std::condition_variable cv;
@@ -69,10 +76,21 @@ int main(int argc, char** argv) {
                                {"resources", {{"requests", {{"storage", "1Gi"}}}}}}}}}}}};
   const auto start = Steady::now();
   std::atomic<int> next{0}, failures{0};
+  std::atomic<int64_t> behind_us{0};  // the most a create started after its slot
   std::vector<std::thread> workers;
   for (int w = 0; w < inflight; ++w) {
     workers.emplace_back([&] {
       for (int i = next++; i < count; i = next++) {
+        if (rate > 0) {
+          const auto slot = start + std::chrono::duration_cast<Steady::duration>(
+                                        std::chrono::duration<double>(i / rate));
+          std::this_thread::sleep_until(slot);
+          const int64_t late =
+              std::chrono::duration_cast<std::chrono::microseconds>(Steady::now() - slot).count();
+          for (int64_t seen = behind_us.load(); late > seen;) {
+            if (behind_us.compare_exchange_weak(seen, late)) break;
+          }
+        }
         const Object pod = {
             {"apiVersion", "v1"},
             {"kind", "Pod"},
@@ -113,6 +131,7 @@ int main(int argc, char** argv) {
                               {"claims", claim_seen.size()},
                               {"pod_create_failures", failures.load()},
                               {"pods_created_seconds", create_seconds},
+                              {"pods_behind_pace_ms", behind_us.load() / 1000.0},
                               {"all_claims_seconds", all_seconds},
                               {"p50_ms", q(0.5)},
                               {"p99_ms", q(0.99)}}
