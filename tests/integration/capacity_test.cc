@@ -387,13 +387,13 @@ TEST_CASE("Storage capacity: an inline volume that comes or goes refreshes its n
        << " ms");
 }
 
-// A CSI driver of our own that does NOT offer GET_CAPACITY: the real driver always offers it, so
-// only a test server can show what the controller does with one that does not.
-class NoCapacityIdentity final : public ::csi::v1::Identity::Service {
+// The Identity service of a test CSI driver of ours: a name, the controller service, healthy.
+class TestIdentity final : public ::csi::v1::Identity::Service {
  public:
+  explicit TestIdentity(std::string name) : name_(std::move(name)) {}
   grpc::Status GetPluginInfo(grpc::ServerContext*, const ::csi::v1::GetPluginInfoRequest*,
                              ::csi::v1::GetPluginInfoResponse* response) override {
-    response->set_name("nocap.test.ephemera.io");
+    response->set_name(name_);
     response->set_vendor_version("0.0.1");
     return grpc::Status::OK;
   }
@@ -408,8 +408,13 @@ class NoCapacityIdentity final : public ::csi::v1::Identity::Service {
                      ::csi::v1::ProbeResponse*) override {
     return grpc::Status::OK;
   }
+
+ private:
+  const std::string name_;
 };
 
+// A CSI driver of our own that does NOT offer GET_CAPACITY: the real driver always offers it, so
+// only a test server can show what the controller does with one that does not.
 class NoCapacityController final : public ::csi::v1::Controller::Service {
  public:
   grpc::Status ControllerGetCapabilities(
@@ -440,7 +445,7 @@ TEST_CASE(
   auto client = cluster.AdminClient();
   const std::string dir = cluster.dir() + "/nocap-" + RandomSuffix();
   std::filesystem::create_directories(dir);
-  NoCapacityIdentity identity;
+  TestIdentity identity("nocap.test.ephemera.io");
   NoCapacityController controller_service;
   grpc::ServerBuilder builder;
   builder.AddListeningPort("unix://" + dir + "/csi.sock", grpc::InsecureServerCredentials());
@@ -485,27 +490,6 @@ TEST_CASE(
 
 // A CSI driver of our own with scripted capacities per node: the real driver reports one pool per
 // process, and the scheduler test needs three nodes with different free space behind one socket.
-class ScriptedIdentity final : public ::csi::v1::Identity::Service {
- public:
-  grpc::Status GetPluginInfo(grpc::ServerContext*, const ::csi::v1::GetPluginInfoRequest*,
-                             ::csi::v1::GetPluginInfoResponse* response) override {
-    response->set_name(kScripted);
-    response->set_vendor_version("0.0.1");
-    return grpc::Status::OK;
-  }
-  grpc::Status GetPluginCapabilities(grpc::ServerContext*,
-                                     const ::csi::v1::GetPluginCapabilitiesRequest*,
-                                     ::csi::v1::GetPluginCapabilitiesResponse* response) override {
-    response->add_capabilities()->mutable_service()->set_type(
-        ::csi::v1::PluginCapability::Service::CONTROLLER_SERVICE);
-    return grpc::Status::OK;
-  }
-  grpc::Status Probe(grpc::ServerContext*, const ::csi::v1::ProbeRequest*,
-                     ::csi::v1::ProbeResponse*) override {
-    return grpc::Status::OK;
-  }
-};
-
 class ScriptedController final : public ::csi::v1::Controller::Service {
  public:
   std::map<std::string, int64_t> per_node;
@@ -537,7 +521,7 @@ TEST_CASE(
   RegisterDriverOnNodes(*client);
   const std::string dir = cluster.dir() + "/scripted-" + RandomSuffix();
   std::filesystem::create_directories(dir);
-  ScriptedIdentity identity;
+  TestIdentity identity(kScripted);
   ScriptedController scripted;
   scripted.per_node = {{"node-1", 100LL << 20}, {"node-2", 2LL << 30}, {"node-3", 100LL << 20}};
   grpc::ServerBuilder builder;
