@@ -69,6 +69,12 @@ std::string HexSha256(const std::string& data) {
   return hex;
 }
 
+// A mounted filesystem of `fs_type` ("" lets the driver choose), one node writing.
+void MountCapability(const std::string& fs_type, csi::v1::VolumeCapability* cap) {
+  cap->mutable_mount()->set_fs_type(fs_type);
+  cap->mutable_access_mode()->set_mode(csi::v1::VolumeCapability::AccessMode::SINGLE_NODE_WRITER);
+}
+
 struct Flags {
   std::string kubeconfig;
   std::string node;
@@ -110,7 +116,6 @@ class Standin {
   bool MountPod(const Object& pod);
   void Unmount(const Mount& mount);
   void ReportRunning(const Object& pod);
-  std::string VolumeCapabilityFs(const std::string& fs_type, csi::v1::VolumeCapability* cap);
 
   const Flags flags_;
   const ApiClientPtr client_;
@@ -125,13 +130,6 @@ class Standin {
   std::map<std::string, int> staged_;    // staging path -> publications
   std::set<std::string> reported_;       // pod uids reported Running
 };
-
-std::string Standin::VolumeCapabilityFs(const std::string& fs_type,
-                                        csi::v1::VolumeCapability* cap) {
-  cap->mutable_mount()->set_fs_type(fs_type);
-  cap->mutable_access_mode()->set_mode(csi::v1::VolumeCapability::AccessMode::SINGLE_NODE_WRITER);
-  return fs_type;
-}
 
 Status Standin::Register() {
   csi::v1::GetPluginInfoResponse info;
@@ -215,7 +213,7 @@ bool Standin::MountPod(const Object& pod) {
       if (Field(volume, "csi", "driver") != driver_) continue;
       // kubelet's handle for an inline volume: "csi-" + sha256(pod UID + volume name).
       m.volume_id = "csi-" + HexSha256(uid + vname);
-      VolumeCapabilityFs(Field(volume, "csi", "fsType"), &cap);
+      MountCapability(Field(volume, "csi", "fsType"), &cap);
       context["csi.storage.k8s.io/ephemeral"] = "true";
       if (volume["csi"].contains("volumeAttributes")) {
         for (const auto& [k, v] : volume["csi"]["volumeAttributes"].items()) {
@@ -254,7 +252,7 @@ bool Standin::MountPod(const Object& pod) {
       const Object& spec = (**pv)["spec"];
       if (Field(spec, "csi", "driver") != driver_) continue;  // another driver's volume
       m.volume_id = Field(spec, "csi", "volumeHandle");
-      VolumeCapabilityFs(Field(spec, "csi", "fsType"), &cap);
+      MountCapability(Field(spec, "csi", "fsType"), &cap);
       if (spec["csi"].contains("volumeAttributes")) {
         for (const auto& [k, v] : spec["csi"]["volumeAttributes"].items()) {
           if (v.is_string()) context[k] = v.get<std::string>();
