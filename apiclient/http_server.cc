@@ -1,17 +1,23 @@
 #include "apiclient/http_server.h"
 
-#include <arpa/inet.h>
-#include <cpprest/http_listener.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <chrono>
+#include <optional>
+#include <set>
+#include <thread>
+
+#include "apiclient/log.h"
 
 namespace ephemera::apiclient {
 
-using web::http::http_request;
-using web::http::methods;
-using web::http::status_codes;
-using web::http::experimental::listener::http_listener;
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = boost::beast::http;
+using tcp = boost::asio::ip::tcp;
 
 Status ParseHostPort(const std::string& text, std::string* host, int* port) {
   const auto colon = text.rfind(':');
@@ -32,25 +38,234 @@ Status ParseHostPort(const std::string& text, std::string* host, int* port) {
 
 namespace {
 
-// Port 0: ask the kernel for a free port first (the listener needs a concrete URI).
-int FreePort(const std::string& host) {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return 0;
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = 0;
-  if (inet_pton(AF_INET, host.c_str(), &addr.sin_addr) != 1) addr.sin_addr.s_addr = INADDR_ANY;
-  int port = 0;
-  socklen_t len = sizeof(addr);
-  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
-      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
-    port = ntohs(addr.sin_port);
-  }
-  close(fd);
-  return port;
-}
+// A connection that sends no complete request (or reads no response) for this long is dropped.
+constexpr auto kIdleTimeout = std::chrono::seconds(10);
+// After refusing a request, how long the connection is drained before it is closed, so that the
+// client reads the refusal instead of a reset.
+constexpr auto kLingerTime = std::chrono::seconds(2);
+// Scrapes and probes send neither large headers nor bodies.
+constexpr std::uint32_t kHeaderLimit = 8 * 1024;
+constexpr std::uint64_t kBodyLimit = 4 * 1024;
+// Connections beyond this many are closed at once: idle ones cannot exhaust the process's files.
+constexpr size_t kMaxConnections = 64;
+// Pause before accepting again after accept() failed (e.g. out of file descriptors).
+constexpr auto kAcceptRetry = std::chrono::milliseconds(100);
 
 }  // namespace
+
+struct HttpEndpoint::Reply {
+  http::status status = http::status::ok;
+  std::string content_type = "text/plain";
+  std::string body;
+};
+
+// The io_context, its thread, the acceptor and the live connections. Everything but the
+// constructor, Start() and Shutdown() runs on the server's thread; the connections are touched
+// there only.
+class HttpEndpoint::Server {
+ public:
+  using Handler = std::function<Reply(std::string_view path)>;
+
+  explicit Server(Handler handler) : handler_(std::move(handler)) {}
+
+  ~Server() { Shutdown(); }
+
+  Status Listen(const std::string& host_port, const std::string& host, int port, int* bound) {
+    beast::error_code ec;
+    tcp::endpoint endpoint;
+    const auto address = asio::ip::make_address(host, ec);
+    if (!ec) {
+      endpoint = tcp::endpoint(address, static_cast<unsigned short>(port));
+    } else if (host.find_first_of("[]:") != std::string::npos) {
+      return Status::InvalidArgument("address \"" + host_port.substr(0, 100) +
+                                     "\": the host is not an IP address");
+    } else {
+      tcp::resolver resolver(ioc_);
+      const auto results = resolver.resolve(host, std::to_string(port), ec);
+      if (ec || results.empty()) {
+        return Status::InvalidArgument("address \"" + host_port.substr(0, 100) +
+                                       "\": cannot resolve the host: " + ec.message());
+      }
+      endpoint = results.begin()->endpoint();
+    }
+    const auto fail = [&](const char* what) {
+      return Status::Unavailable("cannot listen on " + host_port + ": " + what + ": " +
+                                 ec.message());
+    };
+    if (acceptor_.open(endpoint.protocol(), ec)) return fail("socket");
+    // Restarting a program binds its port again at once, despite connections in TIME_WAIT. A
+    // port another socket listens on still fails.
+    if (acceptor_.set_option(tcp::acceptor::reuse_address(true), ec)) return fail("setsockopt");
+    if (acceptor_.bind(endpoint, ec)) return fail("bind");
+    if (acceptor_.listen(asio::socket_base::max_listen_connections, ec)) return fail("listen");
+    *bound = acceptor_.local_endpoint(ec).port();
+    if (ec) return fail("getsockname");
+    Accept();
+    thread_ = std::thread([this] { Run(); });
+    return Status::Ok();
+  }
+
+  // Closes the acceptor and every connection, then waits for the thread. The pending operations
+  // complete with errors and nothing is left for the io_context to run.
+  void Shutdown();
+
+ private:
+  class Session;
+
+  void Run() {
+    for (;;) {
+      try {
+        ioc_.run();
+        return;
+      } catch (const std::exception& e) {  // a handler threw: keep serving the others
+        log::Error("HTTP endpoint: a handler failed", Status::Internal(e.what()));
+      }
+    }
+  }
+
+  void Accept();
+
+  // Declared first, destroyed last: the io_context's destructor may destroy sessions, which then
+  // remove themselves from sessions_.
+  std::set<Session*> sessions_;
+  const Handler handler_;
+  asio::io_context ioc_{1};
+  tcp::acceptor acceptor_{ioc_};
+  asio::steady_timer retry_{ioc_};
+  std::thread thread_;
+};
+
+// One connection: reads a request, writes its response, and again while the client keeps the
+// connection alive. Owned by its pending operation's handler.
+class HttpEndpoint::Server::Session : public std::enable_shared_from_this<Session> {
+ public:
+  Session(tcp::socket socket, Server& server) : stream_(std::move(socket)), server_(server) {
+    server_.sessions_.insert(this);
+  }
+  ~Session() { server_.sessions_.erase(this); }
+
+  void Begin() { Read(); }
+
+  void Close() { stream_.close(); }
+
+ private:
+  void Read() {
+    parser_.emplace();
+    parser_->header_limit(kHeaderLimit);
+    parser_->body_limit(kBodyLimit);
+    stream_.expires_after(kIdleTimeout);
+    http::async_read(
+        stream_, buffer_, *parser_,
+        [self = shared_from_this()](beast::error_code ec, size_t) { self->OnRead(ec); });
+  }
+
+  void OnRead(beast::error_code ec) {
+    if (ec == http::error::header_limit)
+      return Refuse(http::status::request_header_fields_too_large);
+    if (ec == http::error::body_limit) return Refuse(http::status::payload_too_large);
+    if (ec && ec.category() == http::make_error_code(http::error::end_of_stream).category() &&
+        ec != http::error::end_of_stream && ec != http::error::partial_message) {
+      return Refuse(http::status::bad_request);  // the request does not parse
+    }
+    if (ec) return Linger();  // the client closed, went quiet, or the server stops
+    const auto& request = parser_->get();
+    const bool head = request.method() == http::verb::head;
+    response_ = {};
+    response_.version(request.version());
+    response_.keep_alive(request.keep_alive());
+    Reply reply;
+    if (request.method() != http::verb::get && !head) {
+      reply = {http::status::method_not_allowed, "text/plain", "only GET and HEAD\n"};
+      response_.set(http::field::allow, "GET, HEAD");
+    } else {
+      const std::string_view target(request.target().data(), request.target().size());
+      reply = server_.handler_(target.substr(0, target.find('?')));
+    }
+    response_.result(reply.status);
+    response_.set(http::field::content_type, reply.content_type);
+    if (head) {
+      response_.content_length(reply.body.size());
+    } else {
+      response_.body() = std::move(reply.body);
+      response_.prepare_payload();
+    }
+    Write();
+  }
+
+  // Answers a request that is not read to its end; the connection cannot be used again.
+  void Refuse(http::status status) {
+    response_ = http::response<http::string_body>(status, 11);
+    response_.keep_alive(false);
+    response_.set(http::field::content_type, "text/plain");
+    response_.body() = std::string(http::obsolete_reason(status)) + "\n";
+    response_.prepare_payload();
+    Write();
+  }
+
+  void Write() {
+    stream_.expires_after(kIdleTimeout);
+    http::async_write(stream_, response_,
+                      [self = shared_from_this()](beast::error_code ec, size_t) {
+                        if (ec) return;
+                        if (self->response_.keep_alive()) return self->Read();
+                        self->Linger();
+                      });
+  }
+
+  // Stops sending and reads until the client closes or kLingerTime passes; the socket closes
+  // when the last handler lets go of the session.
+  void Linger() {
+    beast::error_code ec;
+    stream_.socket().shutdown(tcp::socket::shutdown_send, ec);
+    if (ec) return;
+    stream_.expires_after(kLingerTime);
+    Drain();
+  }
+
+  void Drain() {
+    stream_.async_read_some(asio::buffer(drain_),
+                            [self = shared_from_this()](beast::error_code ec, size_t) {
+                              if (!ec) self->Drain();
+                            });
+  }
+
+  beast::tcp_stream stream_;
+  Server& server_;
+  beast::flat_buffer buffer_{2 * kHeaderLimit};
+  std::optional<http::request_parser<http::string_body>> parser_;
+  http::response<http::string_body> response_;
+  char drain_[1024];
+};
+
+void HttpEndpoint::Server::Shutdown() {
+  if (!thread_.joinable()) return;
+  asio::post(ioc_, [this] {
+    beast::error_code ec;
+    acceptor_.close(ec);
+    retry_.cancel();
+    for (Session* session : std::vector<Session*>(sessions_.begin(), sessions_.end())) {
+      session->Close();
+    }
+  });
+  thread_.join();
+}
+
+void HttpEndpoint::Server::Accept() {
+  acceptor_.async_accept([this](beast::error_code ec, tcp::socket socket) {
+    if (!acceptor_.is_open() || ec == asio::error::operation_aborted) return;
+    if (ec) {
+      retry_.expires_after(kAcceptRetry);
+      retry_.async_wait([this](beast::error_code wait_ec) {
+        if (!wait_ec) Accept();
+      });
+      return;
+    }
+    if (sessions_.size() < kMaxConnections) {
+      std::make_shared<Session>(std::move(socket), *this)->Begin();
+    }  // else the socket closes here
+    Accept();
+  });
+}
 
 HttpEndpoint::HttpEndpoint(const MetricsRegistry& registry) : registry_(registry) {}
 
@@ -78,7 +293,12 @@ std::string HttpEndpoint::RunChecks(bool readiness, bool* ok) const {
   std::string body;
   *ok = true;
   for (const auto& [name, check] : checks) {
-    const Status s = check();
+    Status s;
+    try {
+      s = check();
+    } catch (const std::exception& e) {
+      s = Status::Internal(std::string("the check threw: ") + e.what());
+    }
     if (s.ok()) {
       body += "[+]" + name + " ok\n";
     } else {
@@ -90,43 +310,36 @@ std::string HttpEndpoint::RunChecks(bool readiness, bool* ok) const {
   return body;
 }
 
+HttpEndpoint::Reply HttpEndpoint::Handle(std::string_view path) const {
+  if (path == "/metrics") {
+    return {http::status::ok, "text/plain; version=0.0.4", registry_.Render()};
+  }
+  if (path == "/healthz" || path == "/livez" || path == "/readyz") {
+    bool ok = false;
+    std::string body = RunChecks(path == "/readyz", &ok);
+    return {ok ? http::status::ok : http::status::service_unavailable, "text/plain",
+            std::move(body)};
+  }
+  return {http::status::not_found, "text/plain", "not found\n"};
+}
+
 Status HttpEndpoint::Start(const std::string& host_port) {
+  if (server_) return Status::FailedPrecondition("the HTTP endpoint is already started");
   std::string host;
   int port = 0;
   EPHEMERA_RETURN_IF_ERROR(ParseHostPort(host_port, &host, &port));
-  if (port == 0) port = FreePort(host);
-  const std::string host_in_uri = host.find(':') != std::string::npos ? "[" + host + "]" : host;
-  try {
-    listener_ =
-        std::make_unique<http_listener>("http://" + host_in_uri + ":" + std::to_string(port));
-    listener_->support(methods::GET, [this](const http_request& request) {
-      const std::string path = request.relative_uri().path();
-      if (path == "/metrics") {
-        request.reply(status_codes::OK, registry_.Render(), "text/plain; version=0.0.4");
-      } else if (path == "/healthz" || path == "/livez" || path == "/readyz") {
-        bool ok = false;
-        const std::string body = RunChecks(path == "/readyz", &ok);
-        request.reply(ok ? status_codes::OK : status_codes::ServiceUnavailable, body, "text/plain");
-      } else {
-        request.reply(status_codes::NotFound, "not found\n", "text/plain");
-      }
-    });
-    listener_->open().wait();
-  } catch (const std::exception& e) {
-    listener_.reset();
-    return Status::Unavailable("cannot listen on " + host_port + ": " + e.what());
-  }
-  port_ = port;
+  auto server = std::make_unique<Server>([this](std::string_view path) { return Handle(path); });
+  int bound = 0;
+  EPHEMERA_RETURN_IF_ERROR(server->Listen(host_port, host, port, &bound));
+  server_ = std::move(server);
+  port_ = bound;
   return Status::Ok();
 }
 
 void HttpEndpoint::Stop() {
-  if (!listener_) return;
-  try {
-    listener_->close().wait();
-  } catch (...) {  // NOLINT(bugprone-empty-catch): closing a listener that failed is fine
-  }
-  listener_.reset();
+  if (!server_) return;
+  server_->Shutdown();
+  server_.reset();
 }
 
 }  // namespace ephemera::apiclient
