@@ -1,10 +1,10 @@
 // Leader election between two real processes, Events visible to kubectl, and the metrics and
 // health endpoint, against the live cluster.
-#include <cpprest/http_client.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <cstdio>
@@ -17,6 +17,7 @@
 #include "apiclient/leader_election.h"
 #include "apiclient/metrics.h"
 #include "tests/integration/cluster_client.h"
+#include "tests/integration/http_get.h"
 
 namespace ephemera::testing {
 namespace {
@@ -197,11 +198,11 @@ TEST_CASE("HTTP endpoint: /metrics passes promtool / /healthz and /readyz follow
     return ready ? Status::Ok() : Status::Unavailable("informers not synced");
   });
   REQUIRE(endpoint.Start("127.0.0.1:0").ok());
-  web::http::client::http_client http("http://127.0.0.1:" + std::to_string(endpoint.port()));
   auto get = [&](const std::string& path) {
-    auto response = http.request(web::http::methods::GET, path).get();
-    return std::make_pair(static_cast<int>(response.status_code()),
-                          response.extract_utf8string(true).get());
+    const auto reply = HttpGet("127.0.0.1", endpoint.port(), path);
+    INFO(path << ": " << reply.status().ToString());
+    REQUIRE(reply.ok());
+    return std::make_pair(reply->status, reply->body);
   };
   const auto [metrics_code, metrics] = get("/metrics");
   CHECK(metrics_code == 200);
