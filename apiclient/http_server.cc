@@ -6,8 +6,8 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <chrono>
+#include <map>
 #include <optional>
-#include <set>
 #include <thread>
 
 #include "apiclient/log.h"
@@ -46,7 +46,8 @@ constexpr auto kLingerTime = std::chrono::seconds(2);
 // Scrapes and probes send neither large headers nor bodies.
 constexpr std::uint32_t kHeaderLimit = 8 * 1024;
 constexpr std::uint64_t kBodyLimit = 4 * 1024;
-// Connections beyond this many are closed at once: idle ones cannot exhaust the process's files.
+// At most this many connections: a new one beyond it closes the oldest, so that idle clients can
+// neither exhaust the process's files nor lock out the next scrape or probe.
 constexpr size_t kMaxConnections = 64;
 // Pause before accepting again after accept() failed (e.g. out of file descriptors).
 constexpr auto kAcceptRetry = std::chrono::milliseconds(100);
@@ -126,8 +127,9 @@ class HttpEndpoint::Server {
   void Accept();
 
   // Declared first, destroyed last: the io_context's destructor may destroy sessions, which then
-  // remove themselves from sessions_.
-  std::set<Session*> sessions_;
+  // remove themselves from sessions_. Keyed by accept order: the first is the oldest.
+  std::map<uint64_t, Session*> sessions_;
+  uint64_t accepted_ = 0;
   const Handler handler_;
   asio::io_context ioc_{1};
   tcp::acceptor acceptor_{ioc_};
@@ -139,14 +141,19 @@ class HttpEndpoint::Server {
 // connection alive. Owned by its pending operation's handler.
 class HttpEndpoint::Server::Session : public std::enable_shared_from_this<Session> {
  public:
-  Session(tcp::socket socket, Server& server) : stream_(std::move(socket)), server_(server) {
-    server_.sessions_.insert(this);
+  Session(tcp::socket socket, Server& server)
+      : stream_(std::move(socket)), server_(server), id_(++server.accepted_) {
+    server_.sessions_.emplace(id_, this);
   }
-  ~Session() { server_.sessions_.erase(this); }
+  ~Session() { server_.sessions_.erase(id_); }
 
   void Begin() { Read(); }
 
-  void Close() { stream_.close(); }
+  // Closes the connection; the pending operations complete with errors. It no longer counts.
+  void Close() {
+    stream_.close();
+    server_.sessions_.erase(id_);
+  }
 
  private:
   void Read() {
@@ -231,6 +238,7 @@ class HttpEndpoint::Server::Session : public std::enable_shared_from_this<Sessio
 
   beast::tcp_stream stream_;
   Server& server_;
+  const uint64_t id_;
   beast::flat_buffer buffer_{2 * kHeaderLimit};
   std::optional<http::request_parser<http::string_body>> parser_;
   http::response<http::string_body> response_;
@@ -243,9 +251,8 @@ void HttpEndpoint::Server::Shutdown() {
     beast::error_code ec;
     acceptor_.close(ec);
     retry_.cancel();
-    for (Session* session : std::vector<Session*>(sessions_.begin(), sessions_.end())) {
-      session->Close();
-    }
+    while (!sessions_.empty())
+      sessions_.begin()->second->Close();
   });
   thread_.join();
 }
@@ -260,9 +267,8 @@ void HttpEndpoint::Server::Accept() {
       });
       return;
     }
-    if (sessions_.size() < kMaxConnections) {
-      std::make_shared<Session>(std::move(socket), *this)->Begin();
-    }  // else the socket closes here
+    if (sessions_.size() >= kMaxConnections) sessions_.begin()->second->Close();
+    std::make_shared<Session>(std::move(socket), *this)->Begin();
     Accept();
   });
 }

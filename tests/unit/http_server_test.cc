@@ -6,6 +6,7 @@
 #include <boost/beast/http/verb.hpp>
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -191,6 +192,28 @@ TEST_CASE("HTTP endpoint: silent and slow clients do not block others and are dr
   CHECK(silent.WaitForClose(seconds(40)).ok());
   CHECK(slow.WaitForClose(seconds(10)).ok());
   CHECK(steady_clock::now() - connected >= seconds(5));
+}
+
+TEST_CASE("HTTP endpoint: beyond 64 connections a new one closes the oldest", "[apiclient][http]") {
+  MetricsRegistry registry;
+  HttpEndpoint endpoint(registry);
+  REQUIRE(endpoint.Start("127.0.0.1:0").ok());
+  const auto start = steady_clock::now();
+  std::vector<std::unique_ptr<HttpConnection>> silent;
+  for (int i = 0; i < 70; ++i) {
+    silent.push_back(std::make_unique<HttpConnection>());
+    REQUIRE(silent.back()->Connect(kLoopback, endpoint.port()).ok());
+  }
+  // A scrape still gets through, and the first connections made room long before their idle
+  // timeout (10 s).
+  const auto reply = HttpGet(kLoopback, endpoint.port(), "/metrics");
+  REQUIRE(reply.ok());
+  CHECK(reply->status == 200);
+  CHECK(silent.front()->WaitForClose(seconds(20)).ok());
+  const auto took = steady_clock::now() - start;
+  INFO("the oldest connection closed after "
+       << std::chrono::duration_cast<std::chrono::milliseconds>(took).count() << " ms");
+  CHECK(took < seconds(8));
 }
 
 TEST_CASE("HTTP endpoint: an oversized header or body or a malformed request is refused",
