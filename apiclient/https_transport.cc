@@ -8,6 +8,7 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/address.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/ssl.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
@@ -153,8 +154,6 @@ class HttpsConnection {
     const ssize_t n = ::recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
     return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
   }
-
-  int fd() { return beast::get_lowest_layer(stream_).socket().native_handle(); }
 
   asio::io_context ioc_;
   ssl::stream<beast::tcp_stream> stream_;
@@ -340,9 +339,7 @@ StatusOr<std::unique_ptr<StreamingResponse>> HttpsTransport::Open(
 
 StreamingResponse::StreamingResponse(std::unique_ptr<HttpsConnection> connection, int code,
                                      Clock::time_point deadline)
-    : connection_(std::move(connection)), code_(code), deadline_(deadline) {
-  fd_.store(connection_->fd());
-}
+    : connection_(std::move(connection)), code_(code), deadline_(deadline) {}
 
 StreamingResponse::~StreamingResponse() = default;
 
@@ -368,10 +365,12 @@ StatusOr<bool> StreamingResponse::ReadSome(std::string* out) {
 
 void StreamingResponse::Cancel() {
   if (cancelled_.exchange(true)) return;
-  // Shutting the socket down wakes a read in progress on the reading thread; the descriptor
-  // itself stays open until the response is destroyed.
-  const int fd = fd_.load();
-  if (fd >= 0) ::shutdown(fd, SHUT_RDWR);
+  // Posted to the connection's own io_context (safe from any thread): it wakes a read in progress
+  // on the reading thread and cancels it there, or cancels the next one. Not a shutdown() of the
+  // descriptor: after a timeout Beast closes it, and its number may belong to another socket.
+  HttpsConnection* connection = connection_.get();
+  asio::post(connection->ioc_,
+             [connection] { beast::get_lowest_layer(connection->stream_).cancel(); });
 }
 
 }  // namespace ephemera::apiclient
