@@ -48,7 +48,6 @@ struct RestConfig {
   double qps = 20;  // client-side rate limit; <= 0 disables it
   int burst = 30;
   std::chrono::seconds request_timeout{30};
-  int io_threads = 2;  // cpprestsdk's I/O threads for the whole process (the first client decides)
 
   // The bearer token to send now ("" for none).
   StatusOr<std::string> CurrentToken() const;

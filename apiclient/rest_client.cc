@@ -1,51 +1,15 @@
 #include "apiclient/rest_client.h"
 
-#include <cpprest/http_client.h>
-#include <pplx/threadpool.h>
-
-#include <array>
-#include <boost/asio/ssl.hpp>
 #include <chrono>
 #include <mutex>
 #include <thread>
 
 #include "apiclient/errors.h"
 #include "apiclient/field_filter.h"
+#include "apiclient/https_transport.h"
 
 namespace ephemera::apiclient {
 namespace {
-
-using web::http::http_request;
-using web::http::http_response;
-using web::http::client::http_client;
-using web::http::client::http_client_config;
-
-web::http::method MethodFor(std::string_view method) {
-  return std::string(method);
-}
-
-// Applies the config's trust and identity to an SSL context. Throws on bad PEM data.
-void ConfigureTls(const RestConfig& config, boost::asio::ssl::context& ctx) {
-  ctx.set_verify_mode(boost::asio::ssl::verify_peer);
-  if (config.ca_pem.empty()) {
-    ctx.set_default_verify_paths();
-  } else {
-    ctx.add_certificate_authority(boost::asio::buffer(config.ca_pem));
-  }
-  if (!config.client_cert_pem.empty()) {
-    ctx.use_certificate_chain(boost::asio::buffer(config.client_cert_pem));
-    ctx.use_private_key(boost::asio::buffer(config.client_key_pem), boost::asio::ssl::context::pem);
-  }
-}
-
-http_client_config ClientConfig(const RestConfig& config, std::chrono::seconds timeout) {
-  http_client_config cfg;
-  cfg.set_validate_certificates(true);
-  cfg.set_timeout(timeout);
-  cfg.set_ssl_context_callback(
-      [config](boost::asio::ssl::context& ctx) { ConfigureTls(config, ctx); });
-  return cfg;
-}
 
 std::string Query(std::initializer_list<std::pair<const char*, std::string>> params) {
   std::string q;
@@ -86,26 +50,15 @@ std::string ObjectNamespace(const Object& object, const std::string& ns) {
 // An open watch: reads the chunked response line by line.
 class RestWatchStream final : public WatchStream {
  public:
-  RestWatchStream(std::unique_ptr<http_client> client, http_response response,
-                  pplx::cancellation_token_source cancel, std::string what,
+  RestWatchStream(std::unique_ptr<StreamingResponse> response, std::string what,
                   const std::shared_ptr<const FieldFilter>& filter)
       : envelope_filter_(filter == nullptr ? nullptr
                                            : std::make_unique<FieldFilter>(FieldFilter{
                                                  {"type", FieldFilter()}, {"object", *filter}})),
-        client_(std::move(client)),
         response_(std::move(response)),
-        body_(response_.body()),
-        cancel_(std::move(cancel)),
         what_(std::move(what)) {}
 
-  ~RestWatchStream() override {
-    Stop();
-    // The body must be drained or closed before the client goes; closing is enough.
-    try {
-      body_.close().wait();
-    } catch (...) {  // NOLINT(bugprone-empty-catch): nothing more to do while closing
-    }
-  }
+  ~RestWatchStream() override { Stop(); }
 
   bool Next(WatchEvent* event, Status* error) override {
     while (true) {
@@ -114,14 +67,13 @@ class RestWatchStream final : public WatchStream {
         return false;
       }
       std::string text;
-      bool eof = false;
-      try {
-        eof = !ReadLine(&text);
-      } catch (const std::exception& e) {
+      auto line = ReadLine(&text);
+      if (!line.ok()) {
         *error = stopped_.load() ? Status::Cancelled(what_ + ": stopped")
-                                 : Status::Unavailable(what_ + ": " + e.what());
+                                 : Status::Unavailable(what_ + ": " + line.status().message());
         return false;
       }
+      const bool eof = !*line;
       if (stopped_.load()) {  // Stop() during the read: deliver nothing more.
         *error = Status::Cancelled(what_ + ": stopped");
         return false;
@@ -173,23 +125,14 @@ class RestWatchStream final : public WatchStream {
   }
 
   void Stop() override {
-    if (!stopped_.exchange(true)) cancel_.cancel();
-    std::lock_guard<std::mutex> lock(close_mu_);
-    if (!closed_) {
-      closed_ = true;
-      try {
-        body_.close().wait();
-      } catch (...) {  // NOLINT(bugprone-empty-catch): a failed close is still closed
-      }
-    }
+    stopped_.store(true);
+    response_->Cancel();
   }
 
  private:
   // Reads the next line (without its newline) into *line; false at the end of the stream. Takes
-  // whatever the connection has delivered in one piece and splits lines here: reading a byte at a
-  // time through the stream buffer takes its lock once per byte.
-  bool ReadLine(std::string* line) {
-    auto buf = body_.streambuf();
+  // whatever the connection has delivered in one piece and splits lines here.
+  StatusOr<bool> ReadLine(std::string* line) {
     size_t scanned = 0;
     while (true) {
       const size_t newline = pending_.find('\n', scanned);
@@ -199,38 +142,25 @@ class RestWatchStream final : public WatchStream {
         return true;
       }
       scanned = pending_.size();
-      if (scanned > kMaxLine) throw std::length_error("a watch event is longer than 64 MiB");
-      const size_t available = buf.in_avail();
-      if (available > 0) {
-        const size_t n = std::min(available, chunk_.size());
-        const size_t got = buf.getn(chunk_.data(), n).get();
-        pending_.append(reinterpret_cast<const char*>(chunk_.data()), got);
-        continue;
-      }
-      // Nothing buffered: wait for the next byte (or the end of the stream).
-      const auto c = buf.bumpc().get();
-      if (c == decltype(buf)::traits::eof()) {
+      if (scanned > kMaxLine)
+        return Status::ResourceExhausted("a watch event is longer than 64 MiB");
+      auto more = response_->ReadSome(&pending_);
+      if (!more.ok()) return more.status();
+      if (!*more) {
         if (pending_.empty()) return false;
         line->swap(pending_);
         pending_.clear();
         return true;
       }
-      pending_.push_back(static_cast<char>(c));
     }
   }
 
   const std::unique_ptr<const FieldFilter> envelope_filter_;  // {type, object: the caller's}
-  std::unique_ptr<http_client> client_;
-  http_response response_;
-  concurrency::streams::istream body_;
-  pplx::cancellation_token_source cancel_;
+  const std::unique_ptr<StreamingResponse> response_;
   const std::string what_;
   std::atomic<bool> stopped_{false};
-  std::mutex close_mu_;
-  bool closed_ = false;
   static constexpr size_t kMaxLine = 64 << 20;
   std::string pending_;  // read from the stream, not yet returned as a line
-  std::array<uint8_t, 64 * 1024> chunk_{};
 };
 
 }  // namespace
@@ -250,51 +180,28 @@ std::string_view WatchEventTypeName(WatchEvent::Type type) {
 }
 
 StatusOr<std::shared_ptr<RestClient>> RestClient::New(RestConfig config, RequestObserver observer) {
-  // cpprestsdk's pool defaults to 40 threads, and every request then hops between them (context
-  // switches cost more CPU than the JSON work). The first client of the process sizes it.
-  static std::once_flag pool_once;
-  std::call_once(pool_once, [threads = config.io_threads] {
-    try {
-      crossplat::threadpool::initialize_with_threads(static_cast<size_t>(std::max(1, threads)));
-    } catch (const std::exception&) {  // NOLINT(bugprone-empty-catch): already sized: keep it
-    }
-  });
-  if (config.server.rfind("https://", 0) != 0) {
-    return Status::InvalidArgument("the API server URL must be https://, not \"" +
-                                   config.server.substr(0, 100) + "\"");
-  }
-  if (!config.tls_server_name.empty()) {
-    return Status::Unimplemented(
-        "tls-server-name is not supported: the server certificate must be valid for the host of "
-        "the server URL");
-  }
-  try {
-    boost::asio::ssl::context probe(boost::asio::ssl::context::tls_client);
-    ConfigureTls(config, probe);
-  } catch (const std::exception& e) {
-    return Status::InvalidArgument(
-        std::string("cannot load the TLS CA, client certificate or key: ") + e.what());
-  }
-  return std::shared_ptr<RestClient>(new RestClient(std::move(config), std::move(observer)));
+  HttpsOptions options;
+  options.ca_pem = config.ca_pem;
+  options.client_cert_pem = config.client_cert_pem;
+  options.client_key_pem = config.client_key_pem;
+  options.verify_name = config.tls_server_name;
+  auto transport = HttpsTransport::New(config.server, options);
+  if (!transport.ok()) return transport.status();
+  return std::shared_ptr<RestClient>(
+      new RestClient(std::move(config), std::move(observer), std::move(*transport)));
 }
 
-RestClient::RestClient(RestConfig config, RequestObserver observer)
+RestClient::RestClient(RestConfig config, RequestObserver observer,
+                       std::unique_ptr<HttpsTransport> transport)
     : config_(std::move(config)),
       observer_(std::move(observer)),
       limiter_(config_.qps, config_.burst),
-      client_(std::make_unique<http_client>(config_.server,
-                                            ClientConfig(config_, config_.request_timeout))) {}
+      transport_(std::move(transport)) {}
 
 RestClient::~RestClient() = default;
 
-Status RestClient::AddAuth(void* request_ptr) const {
-  auto& request = *static_cast<http_request*>(request_ptr);
-  request.headers().add("User-Agent", config_.user_agent);
-  request.headers().add("Accept", "application/json");
-  auto token = config_.CurrentToken();
-  if (!token.ok()) return token.status();
-  if (!token->empty()) request.headers().add("Authorization", "Bearer " + *token);
-  return Status::Ok();
+size_t RestClient::connections_opened() const {
+  return transport_->connections_opened();
 }
 
 StatusOr<RestClient::RawResponse> RestClient::Do(std::string_view method, std::string_view verb,
@@ -310,35 +217,36 @@ StatusOr<RestClient::RawResponse> RestClient::Do(std::string_view method, std::s
   int transport_retries = 0;
   while (true) {
     limiter_.Wait();
-    http_request request(MethodFor(method));
-    request.set_request_uri(path);
-    EPHEMERA_RETURN_IF_ERROR(AddAuth(&request));
-    if (body != nullptr) request.set_body(*body, std::string(content_type));
+    auto token = config_.CurrentToken();
+    if (!token.ok()) return token.status();
+    const std::string authorization = token->empty() ? "" : "Bearer " + *token;
+    const HttpRequestSpec request{.method = method,
+                                  .target = path,
+                                  .user_agent = config_.user_agent,
+                                  .authorization = authorization,
+                                  .content_type = content_type,
+                                  .body = body};
     const auto start = std::chrono::steady_clock::now();
     auto elapsed = [&start] {
       return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     };
-    RawResponse raw;
-    std::string retry_after;
-    try {
-      http_response response = client_->request(request).get();
-      raw.code = response.status_code();
-      raw.body = response.extract_utf8string(true).get();
-      if (response.headers().has("Retry-After")) retry_after = response.headers()["Retry-After"];
-    } catch (const std::exception& e) {
+    auto result = transport_->RoundTrip(request, config_.request_timeout);
+    if (!result.ok()) {
       if (observer_) observer_(verb, 0, elapsed());
-      if (idempotent && transport_retries < kMaxTransportRetries) {
+      if (idempotent && transport_retries < kMaxTransportRetries &&
+          result.status().code() == Code::kUnavailable) {
         std::this_thread::sleep_for(transport_backoff.Delay(transport_retries++));
         continue;
       }
-      return Status::Unavailable(what + ": " + e.what());
+      return Status(result.status().code(), what + ": " + result.status().message());
     }
-    if (observer_) observer_(verb, raw.code, elapsed());
-    const bool throttled = raw.code == 429 || (raw.code >= 500 && !retry_after.empty());
+    if (observer_) observer_(verb, result->code, elapsed());
+    const bool throttled =
+        result->code == 429 || (result->code >= 500 && !result->retry_after.empty());
     if (throttled && throttle_retries < kMaxThrottleRetries) {
       int seconds = 1;
       try {
-        seconds = std::stoi(retry_after);
+        seconds = std::stoi(result->retry_after);
       } catch (...) {  // NOLINT(bugprone-empty-catch): a date or garbage: wait one second
       }
       seconds = std::clamp(seconds, 1, 10);
@@ -346,7 +254,7 @@ StatusOr<RestClient::RawResponse> RestClient::Do(std::string_view method, std::s
       std::this_thread::sleep_for(std::chrono::seconds(seconds));
       continue;
     }
-    return raw;
+    return RawResponse{result->code, std::move(result->body)};
   }
 }
 
@@ -519,37 +427,35 @@ StatusOr<WatchStreamPtr> RestClient::Watch(const Resource& resource, const std::
                                   {"allowWatchBookmarks", options.allow_bookmarks ? "true" : ""},
                                   {"timeoutSeconds", std::to_string(timeout)}});
   const std::string what = "WATCH " + resource.CollectionPath(ns);
-  // A client of its own: its connection is held for the whole watch, with a timeout longer than
-  // the server's.
-  auto client = std::make_unique<http_client>(
-      config_.server, ClientConfig(config_, std::chrono::seconds(timeout + 30)));
   limiter_.Wait();
-  http_request request(web::http::methods::GET);
-  request.set_request_uri(path);
-  EPHEMERA_RETURN_IF_ERROR(AddAuth(&request));
-  pplx::cancellation_token_source cancel;
+  auto token = config_.CurrentToken();
+  if (!token.ok()) return token.status();
+  const std::string authorization = token->empty() ? "" : "Bearer " + *token;
+  const HttpRequestSpec request{.method = "GET",
+                                .target = path,
+                                .user_agent = config_.user_agent,
+                                .authorization = authorization};
   const auto start = std::chrono::steady_clock::now();
-  http_response response;
-  try {
-    response = client->request(request, cancel.get_token()).get();
-  } catch (const std::exception& e) {
-    if (observer_) observer_("WATCH", 0, 0);
-    return Status::Unavailable(what + ": " + e.what());
+  // The connection is held for the whole watch, until a little after the server's own timeout.
+  auto response = transport_->Open(request, config_.request_timeout,
+                                   start + std::chrono::seconds(timeout + 30));
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  if (!response.ok()) {
+    if (observer_) observer_("WATCH", 0, seconds);
+    return Status(response.status().code(), what + ": " + response.status().message());
   }
-  if (observer_) {
-    observer_("WATCH", response.status_code(),
-              std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
-  }
-  if (response.status_code() != 200) {
+  if (observer_) observer_("WATCH", (*response)->code(), seconds);
+  if ((*response)->code() != 200) {
     std::string body;
-    try {
-      body = response.extract_utf8string(true).get();
-    } catch (...) {  // NOLINT(bugprone-empty-catch): the status code alone is enough
+    while (body.size() < 64 * 1024) {
+      auto more = (*response)->ReadSome(&body);
+      if (!more.ok() || !*more) break;
     }
-    return StatusFromHttp(response.status_code(), body, what);
+    return StatusFromHttp((*response)->code(), body, what);
   }
-  return WatchStreamPtr(std::make_unique<RestWatchStream>(std::move(client), std::move(response),
-                                                          cancel, what, options.filter));
+  return WatchStreamPtr(
+      std::make_unique<RestWatchStream>(std::move(*response), what, options.filter));
 }
 
 }  // namespace ephemera::apiclient

@@ -1,13 +1,14 @@
-// RestClient: ApiClient over HTTPS with cpprestsdk.
+// RestClient: ApiClient over HTTPS (HttpsTransport: HTTP/1.1 on Boost.Beast).
 //
 // - TLS: the server certificate is verified against the config's CA (or the system's), for the
-//   host of the server URL; client certificates and bearer tokens authenticate us.
+//   host of the server URL (or tls-server-name); client certificates and bearer tokens
+//   authenticate us.
 // - A client-side token bucket (RestConfig::qps / burst) paces every request, as client-go does.
 // - Retries: responses with Retry-After (429, and 5xx that carry it) are retried after the delay
 //   the server asks for (at most 10 times, each wait capped at 10 s); transport failures of reads
 //   (GET, LIST) are retried 3 times with backoff. Writes are not retried on transport failures,
 //   since they may have been applied.
-// - Connections are kept alive and pooled by the underlying http_client.
+// - Connections are kept alive and pooled by the transport; the calling thread does the I/O.
 // - Watches are streamed: each event reaches WatchStream::Next() as soon as its line arrives.
 //
 // Thread safety: all methods may be called concurrently.
@@ -19,11 +20,8 @@
 
 #include "apiclient/client.h"
 #include "apiclient/config.h"
+#include "apiclient/https_transport.h"
 #include "apiclient/rate_limiter.h"
-
-namespace web::http::client {
-class http_client;
-}
 
 namespace ephemera::apiclient {
 
@@ -60,13 +58,16 @@ class RestClient final : public ApiClient {
                                  const WatchOptions& options) override;
 
   const RestConfig& config() const { return config_; }
+  // TLS connections opened so far (keep-alive reuses them).
+  size_t connections_opened() const;
 
  private:
   struct RawResponse {
     int code = 0;
     std::string body;
   };
-  RestClient(RestConfig config, RequestObserver observer);
+  RestClient(RestConfig config, RequestObserver observer,
+             std::unique_ptr<HttpsTransport> transport);
 
   // One request with rate limiting and retries. `path` includes the query string.
   StatusOr<RawResponse> Do(std::string_view method, std::string_view verb, const std::string& path,
@@ -78,12 +79,11 @@ class RestClient final : public ApiClient {
   StatusOr<ObjectPtr> DoObject(std::string_view method, std::string_view verb,
                                const std::string& path, const std::string* body,
                                std::string_view content_type);
-  Status AddAuth(void* request) const;  // web::http::http_request*
 
   const RestConfig config_;
   const RequestObserver observer_;
   TokenBucket limiter_;
-  std::unique_ptr<web::http::client::http_client> client_;
+  const std::unique_ptr<HttpsTransport> transport_;
 };
 
 }  // namespace ephemera::apiclient

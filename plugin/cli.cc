@@ -269,7 +269,6 @@ StatusOr<Connection> ConnectToCluster(const Options& options) {
   config->user_agent = "kubectl-ephemera/0.1";
   config->request_timeout = std::chrono::seconds(15);
   config->qps = 0;  // a handful of requests
-  config->io_threads = 1;
 
   // The namespace of the context, from the same file LoadConfig read.
   const char* env = std::getenv("KUBECONFIG");  // NOLINT(concurrency-mt-unsafe)

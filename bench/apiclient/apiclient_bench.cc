@@ -2,7 +2,6 @@
 // runs client-go (bench/reference) beside them.
 //
 //   apiclient_bench create-configmaps --kubeconfig K --namespace NS --count N --inflight K
-//                                     [--io-threads N]
 //   apiclient_bench create-pods       --kubeconfig K --namespace NS --count N --inflight K
 //   apiclient_bench watch-latency     --kubeconfig K --namespace NS --count N
 //   apiclient_bench informer-memory   --kubeconfig K --namespace NS [--transform]
@@ -145,7 +144,6 @@ int main(int argc, char** argv) {
   }
   config->qps = 0;  // rate limits off, as in the client-go run
   config->user_agent = "apiclient-bench";
-  if (flags.count("io-threads")) config->io_threads = std::stoi(flags["io-threads"]);
   auto client = RestClient::New(*config);
   if (!client.ok()) {
     std::cerr << client.status().ToString() << "\n";
