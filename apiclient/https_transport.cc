@@ -276,8 +276,18 @@ StatusOr<HttpResult> HttpsTransport::RoundTrip(const HttpRequestSpec& spec,
     http::response_parser<http::string_body> parser;
     parser.header_limit(kHeaderLimit);
     parser.body_limit(impl_->max_body_bytes);
-    ec = c.Run(deadline,
-               [&](auto done) { http::async_read(c.stream_, c.buffer_, parser, std::move(done)); });
+    // The header first, then the body: Beast 1.74 loses the body_limit error of a Content-Length
+    // over the limit when it parses the header and the first body bytes in one go (as
+    // async_read does), and would then reserve the whole announced length. Parsing the header
+    // alone reports the error at once.
+    ec = c.Run(deadline, [&](auto done) {
+      http::async_read_header(c.stream_, c.buffer_, parser, std::move(done));
+    });
+    if (!ec && !parser.is_done()) {
+      ec = c.Run(deadline, [&](auto done) {
+        http::async_read(c.stream_, c.buffer_, parser, std::move(done));
+      });
+    }
     if (ec) {
       if (reused && attempt == 0 && idempotent && !parser.got_some() &&
           ec != beast::error::timeout) {
@@ -285,7 +295,7 @@ StatusOr<HttpResult> HttpsTransport::RoundTrip(const HttpRequestSpec& spec,
       }
       if (ec == http::error::body_limit) {
         return Status::ResourceExhausted("the answer is larger than " +
-                                         std::to_string(impl_->max_body_bytes >> 20) + " MiB");
+                                         std::to_string(impl_->max_body_bytes) + " bytes");
       }
       return Status::Unavailable("receive: " + HttpsConnection::Describe(ec));
     }
