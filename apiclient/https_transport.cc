@@ -1,7 +1,9 @@
 #include "apiclient/https_transport.h"
 
+#include <fcntl.h>
 #include <openssl/ssl.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <array>
 #include <boost/asio/connect.hpp>
@@ -351,10 +353,15 @@ StatusOr<std::unique_ptr<StreamingResponse>> HttpsTransport::Open(
 StreamingResponse::StreamingResponse(std::unique_ptr<HttpsConnection> connection, int code,
                                      Clock::time_point deadline)
     : connection_(std::move(connection)), code_(code), deadline_(deadline) {
-  fd_.store(connection_->fd());
+  // Cancel() works on a descriptor of our own for the socket: the connection's descriptor is
+  // closed when a read times out (Beast does) and its number may then name another socket.
+  fd_.store(::fcntl(connection_->fd(), F_DUPFD_CLOEXEC, 0));
 }
 
-StreamingResponse::~StreamingResponse() = default;
+StreamingResponse::~StreamingResponse() {
+  const int fd = fd_.exchange(-1);
+  if (fd >= 0) ::close(fd);
+}
 
 StatusOr<bool> StreamingResponse::ReadSome(std::string* out) {
   auto& parser = *connection_->streaming_;
@@ -378,8 +385,8 @@ StatusOr<bool> StreamingResponse::ReadSome(std::string* out) {
 
 void StreamingResponse::Cancel() {
   if (cancelled_.exchange(true)) return;
-  // Shutting the socket down wakes a read in progress on the reading thread; the descriptor
-  // itself stays open until the response is destroyed.
+  // Shutting the socket down wakes a read in progress on the reading thread; our duplicate of
+  // the descriptor stays open until the response is destroyed.
   const int fd = fd_.load();
   if (fd >= 0) ::shutdown(fd, SHUT_RDWR);
 }
