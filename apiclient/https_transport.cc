@@ -204,8 +204,8 @@ StatusOr<std::unique_ptr<HttpsTransport>> HttpsTransport::New(const std::string&
 }
 
 StatusOr<std::unique_ptr<HttpsConnection>> HttpsTransport::Acquire(Clock::time_point deadline,
-                                                                   bool* reused) {
-  {
+                                                                   bool fresh, bool* reused) {
+  if (!fresh) {
     std::lock_guard<std::mutex> lock(mu_);
     const auto now = Clock::now();
     while (!idle_.empty()) {
@@ -264,7 +264,7 @@ StatusOr<HttpResult> HttpsTransport::RoundTrip(const HttpRequestSpec& spec,
   const bool idempotent = spec.method == "GET";
   for (int attempt = 0;; ++attempt) {
     bool reused = false;
-    auto connection = Acquire(deadline, &reused);
+    auto connection = Acquire(deadline, /*fresh=*/attempt > 0, &reused);
     if (!connection.ok()) return connection.status();
     HttpsConnection& c = **connection;
     beast::error_code ec =
@@ -322,7 +322,7 @@ StatusOr<std::unique_ptr<StreamingResponse>> HttpsTransport::Open(
   const bool idempotent = spec.method == "GET";
   for (int attempt = 0;; ++attempt) {
     bool reused = false;
-    auto connection = Acquire(header_deadline, &reused);
+    auto connection = Acquire(header_deadline, /*fresh=*/attempt > 0, &reused);
     if (!connection.ok()) return connection.status();
     HttpsConnection& c = **connection;
     beast::error_code ec = c.Run(

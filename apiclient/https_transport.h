@@ -125,9 +125,10 @@ class HttpsTransport {
   struct Impl;
   HttpsTransport(HttpsTarget target, std::unique_ptr<Impl> impl);
 
-  // An idle connection (checked alive) or a new one; *reused says which.
+  // An idle connection (checked alive) or a new one; *reused says which. Only a new one when
+  // `fresh` (the retry of a request that failed on a reused connection).
   StatusOr<std::unique_ptr<HttpsConnection>> Acquire(std::chrono::steady_clock::time_point deadline,
-                                                     bool* reused);
+                                                     bool fresh, bool* reused);
   void Release(std::unique_ptr<HttpsConnection> connection);
 
   const HttpsTarget target_;
