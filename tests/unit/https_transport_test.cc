@@ -1059,5 +1059,56 @@ TEST_CASE("HttpsTransport: a POST lost in the keep-alive close race is not sent 
   }
 }
 
+// Two kept-alive connections that the server both drops as the next request arrives (as when
+// they reached the server's idle timeout together): the GET that failed on one must go again
+// on a fresh connection, not on the other stale one.
+TEST_CASE("HttpsTransport: a GET is sent again on a fresh connection not another idle one",
+          "[https]") {
+  TestPki pki;
+  std::mutex mu;
+  std::condition_variable cv;
+  int waiting = 0;
+  TlsPeer peer(pki, [&](TlsPeer& p, PeerConnection& c, int index) {
+    PeerRequest r;
+    if (index < 2) {
+      // Hold the first request until both connections have one, so that the client keeps two.
+      if (!c.ReadRequest(&r)) return;
+      {
+        std::unique_lock<std::mutex> lock(mu);
+        ++waiting;
+        cv.notify_all();
+        cv.wait_for(lock, std::chrono::seconds(10), [&] { return waiting >= 2; });
+      }
+      if (!c.Write(Answer("{}"))) return;
+      if (!c.ReadRequest(&r)) return;
+      p.Record(r);
+      c.Close();  // no answer
+      return;
+    }
+    while (c.ReadRequest(&r)) {
+      p.Record(r);
+      if (!c.Write(Answer("{}"))) return;
+    }
+  });
+  auto transport = NewTransport(peer.url(), Trusting(pki));
+  std::vector<std::thread> threads;
+  std::atomic<int> ok{0};
+  for (int i = 0; i < 2; ++i) {
+    threads.emplace_back([&] {
+      if (transport->RoundTrip(Get("/warm"), kTimeout).ok()) ++ok;
+    });
+  }
+  for (auto& t : threads)
+    t.join();
+  REQUIRE(ok.load() == 2);
+  REQUIRE(transport->connections_opened() == 2);
+
+  auto result = transport->RoundTrip(Get("/again"), kTimeout);
+  INFO(result.status().ToString());
+  REQUIRE(result.ok());
+  CHECK(result->code == 200);
+  CHECK(transport->connections_opened() == 3);
+}
+
 }  // namespace
 }  // namespace ephemera::apiclient
