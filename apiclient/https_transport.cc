@@ -54,6 +54,12 @@ StatusOr<HttpsTarget> ParseHttpsUrl(const std::string& url) {
   };
   constexpr std::string_view kScheme = "https://";
   if (url.rfind(kScheme, 0) != 0) return bad("must start with https://");
+  // They would go into the request line and the Host header as they are.
+  for (const char ch : url) {
+    if (static_cast<unsigned char>(ch) <= ' ' || ch == '\x7f') {
+      return bad("contains a space or a control character");
+    }
+  }
   const std::string rest = url.substr(kScheme.size());
   if (rest.find_first_of("?#") != std::string::npos) return bad("has a query or fragment");
   const size_t slash = rest.find('/');
