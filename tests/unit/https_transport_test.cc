@@ -111,6 +111,11 @@ TEST_CASE("ParseHttpsUrl: refusals say what is wrong", "[https]") {
   CheckRefused("https://:6443", "no host");
   CheckRefused("https:///api", "no host");
   CheckRefused("https://bad\\host", "invalid host");
+  // What would go into the request line or the Host header as it is.
+  CheckRefused("https://host/a b", "space or a control character");
+  CheckRefused("https://host/api\r\nX-Injected: 1", "space or a control character");
+  CheckRefused("https://ho\x01st:6443", "space or a control character");
+  CheckRefused("https://host:6443/\x7f", "space or a control character");
   // The message quotes the URL so that the user sees which setting is wrong.
   auto bad = ParseHttpsUrl("http://somewhere");
   REQUIRE_FALSE(bad.ok());
