@@ -93,7 +93,7 @@ class StreamingResponse {
   const int code_;
   const std::chrono::steady_clock::time_point deadline_;
   std::atomic<bool> cancelled_{false};
-  std::atomic<int> fd_{-1};
+  std::atomic<int> fd_{-1};  // our duplicate of the socket's descriptor, for Cancel()
 };
 
 class HttpsTransport {
