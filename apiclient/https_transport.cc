@@ -1,14 +1,15 @@
 #include "apiclient/https_transport.h"
 
+#include <fcntl.h>
 #include <openssl/ssl.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <array>
 #include <boost/asio/connect.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/address.hpp>
 #include <boost/asio/ip/tcp.hpp>
-#include <boost/asio/post.hpp>
 #include <boost/asio/ssl.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
@@ -53,6 +54,12 @@ StatusOr<HttpsTarget> ParseHttpsUrl(const std::string& url) {
   };
   constexpr std::string_view kScheme = "https://";
   if (url.rfind(kScheme, 0) != 0) return bad("must start with https://");
+  // They would go into the request line and the Host header as they are.
+  for (const char ch : url) {
+    if (static_cast<unsigned char>(ch) <= ' ' || ch == '\x7f') {
+      return bad("contains a space or a control character");
+    }
+  }
   const std::string rest = url.substr(kScheme.size());
   if (rest.find_first_of("?#") != std::string::npos) return bad("has a query or fragment");
   const size_t slash = rest.find('/');
@@ -155,6 +162,8 @@ class HttpsConnection {
     return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
   }
 
+  int fd() { return beast::get_lowest_layer(stream_).socket().native_handle(); }
+
   asio::io_context ioc_;
   ssl::stream<beast::tcp_stream> stream_;
   beast::flat_buffer buffer_;
@@ -201,8 +210,8 @@ StatusOr<std::unique_ptr<HttpsTransport>> HttpsTransport::New(const std::string&
 }
 
 StatusOr<std::unique_ptr<HttpsConnection>> HttpsTransport::Acquire(Clock::time_point deadline,
-                                                                   bool* reused) {
-  {
+                                                                   bool fresh, bool* reused) {
+  if (!fresh) {
     std::lock_guard<std::mutex> lock(mu_);
     const auto now = Clock::now();
     while (!idle_.empty()) {
@@ -261,7 +270,7 @@ StatusOr<HttpResult> HttpsTransport::RoundTrip(const HttpRequestSpec& spec,
   const bool idempotent = spec.method == "GET";
   for (int attempt = 0;; ++attempt) {
     bool reused = false;
-    auto connection = Acquire(deadline, &reused);
+    auto connection = Acquire(deadline, /*fresh=*/attempt > 0, &reused);
     if (!connection.ok()) return connection.status();
     HttpsConnection& c = **connection;
     beast::error_code ec =
@@ -275,8 +284,18 @@ StatusOr<HttpResult> HttpsTransport::RoundTrip(const HttpRequestSpec& spec,
     http::response_parser<http::string_body> parser;
     parser.header_limit(kHeaderLimit);
     parser.body_limit(impl_->max_body_bytes);
-    ec = c.Run(deadline,
-               [&](auto done) { http::async_read(c.stream_, c.buffer_, parser, std::move(done)); });
+    // The header first, then the body: Beast 1.74 loses the body_limit error of a Content-Length
+    // over the limit when it parses the header and the first body bytes in one go (as
+    // async_read does), and would then reserve the whole announced length. Parsing the header
+    // alone reports the error at once.
+    ec = c.Run(deadline, [&](auto done) {
+      http::async_read_header(c.stream_, c.buffer_, parser, std::move(done));
+    });
+    if (!ec && !parser.is_done()) {
+      ec = c.Run(deadline, [&](auto done) {
+        http::async_read(c.stream_, c.buffer_, parser, std::move(done));
+      });
+    }
     if (ec) {
       if (reused && attempt == 0 && idempotent && !parser.got_some() &&
           ec != beast::error::timeout) {
@@ -284,7 +303,7 @@ StatusOr<HttpResult> HttpsTransport::RoundTrip(const HttpRequestSpec& spec,
       }
       if (ec == http::error::body_limit) {
         return Status::ResourceExhausted("the answer is larger than " +
-                                         std::to_string(impl_->max_body_bytes >> 20) + " MiB");
+                                         std::to_string(impl_->max_body_bytes) + " bytes");
       }
       return Status::Unavailable("receive: " + HttpsConnection::Describe(ec));
     }
@@ -309,7 +328,7 @@ StatusOr<std::unique_ptr<StreamingResponse>> HttpsTransport::Open(
   const bool idempotent = spec.method == "GET";
   for (int attempt = 0;; ++attempt) {
     bool reused = false;
-    auto connection = Acquire(header_deadline, &reused);
+    auto connection = Acquire(header_deadline, /*fresh=*/attempt > 0, &reused);
     if (!connection.ok()) return connection.status();
     HttpsConnection& c = **connection;
     beast::error_code ec = c.Run(
@@ -339,9 +358,16 @@ StatusOr<std::unique_ptr<StreamingResponse>> HttpsTransport::Open(
 
 StreamingResponse::StreamingResponse(std::unique_ptr<HttpsConnection> connection, int code,
                                      Clock::time_point deadline)
-    : connection_(std::move(connection)), code_(code), deadline_(deadline) {}
+    : connection_(std::move(connection)), code_(code), deadline_(deadline) {
+  // Cancel() works on a descriptor of our own for the socket: the connection's descriptor is
+  // closed when a read times out (Beast does) and its number may then name another socket.
+  fd_.store(::fcntl(connection_->fd(), F_DUPFD_CLOEXEC, 0));
+}
 
-StreamingResponse::~StreamingResponse() = default;
+StreamingResponse::~StreamingResponse() {
+  const int fd = fd_.exchange(-1);
+  if (fd >= 0) ::close(fd);
+}
 
 StatusOr<bool> StreamingResponse::ReadSome(std::string* out) {
   auto& parser = *connection_->streaming_;
@@ -365,12 +391,10 @@ StatusOr<bool> StreamingResponse::ReadSome(std::string* out) {
 
 void StreamingResponse::Cancel() {
   if (cancelled_.exchange(true)) return;
-  // Posted to the connection's own io_context (safe from any thread): it wakes a read in progress
-  // on the reading thread and cancels it there, or cancels the next one. Not a shutdown() of the
-  // descriptor: after a timeout Beast closes it, and its number may belong to another socket.
-  HttpsConnection* connection = connection_.get();
-  asio::post(connection->ioc_,
-             [connection] { beast::get_lowest_layer(connection->stream_).cancel(); });
+  // Shutting the socket down wakes a read in progress on the reading thread; our duplicate of
+  // the descriptor stays open until the response is destroyed.
+  const int fd = fd_.load();
+  if (fd >= 0) ::shutdown(fd, SHUT_RDWR);
 }
 
 }  // namespace ephemera::apiclient

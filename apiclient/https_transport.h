@@ -93,6 +93,7 @@ class StreamingResponse {
   const int code_;
   const std::chrono::steady_clock::time_point deadline_;
   std::atomic<bool> cancelled_{false};
+  std::atomic<int> fd_{-1};  // our duplicate of the socket's descriptor, for Cancel()
 };
 
 class HttpsTransport {
@@ -124,9 +125,10 @@ class HttpsTransport {
   struct Impl;
   HttpsTransport(HttpsTarget target, std::unique_ptr<Impl> impl);
 
-  // An idle connection (checked alive) or a new one; *reused says which.
+  // An idle connection (checked alive) or a new one; *reused says which. Only a new one when
+  // `fresh` (the retry of a request that failed on a reused connection).
   StatusOr<std::unique_ptr<HttpsConnection>> Acquire(std::chrono::steady_clock::time_point deadline,
-                                                     bool* reused);
+                                                     bool fresh, bool* reused);
   void Release(std::unique_ptr<HttpsConnection> connection);
 
   const HttpsTarget target_;
