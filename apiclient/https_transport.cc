@@ -313,7 +313,8 @@ StatusOr<HttpResult> HttpsTransport::RoundTrip(const HttpRequestSpec& spec,
     if (auto it = res.find(http::field::retry_after); it != res.end()) {
       result.retry_after = std::string(it->value());
     }
-    const bool keep = res.keep_alive();
+    // The parser's view, not only the header's: a body that ends with the connection ends it too.
+    const bool keep = parser.keep_alive();
     result.body = std::move(res.body());
     if (keep) Release(std::move(*connection));
     return result;

@@ -200,14 +200,21 @@ int RunManager(const ManagerOptions& options) {
   }
   std::atomic<bool> controllers_ready{false};
 
-  apiclient::HttpEndpoint endpoint(metrics);
+  // Declared before the endpoint, so that the endpoint's thread has stopped before the elector
+  // goes; the checks, which run on that thread, see it through an atomic pointer set once it
+  // exists.
   std::unique_ptr<apiclient::LeaderElector> elector;
+  std::atomic<apiclient::LeaderElector*> elector_for_checks{nullptr};
+  apiclient::HttpEndpoint endpoint(metrics);
   if (!options.http_endpoint.empty()) {
-    endpoint.AddLivenessCheck("leader-election",
-                              [&elector] { return elector ? elector->Check() : Status::Ok(); });
-    endpoint.AddReadinessCheck("controllers", [&controllers_ready, &options, &elector] {
+    endpoint.AddLivenessCheck("leader-election", [&elector_for_checks] {
+      const apiclient::LeaderElector* e = elector_for_checks.load();
+      return e != nullptr ? e->Check() : Status::Ok();
+    });
+    endpoint.AddReadinessCheck("controllers", [&controllers_ready, &options, &elector_for_checks] {
       // A standby replica is ready: it is healthy and waiting for the lease.
-      if (options.leader_elect && elector && !elector->IsLeader()) return Status::Ok();
+      const apiclient::LeaderElector* e = elector_for_checks.load();
+      if (options.leader_elect && e != nullptr && !e->IsLeader()) return Status::Ok();
       return controllers_ready ? Status::Ok() : Status::Unavailable("caches not synced yet");
     });
     s = endpoint.Start(options.http_endpoint);
@@ -281,6 +288,7 @@ int RunManager(const ManagerOptions& options) {
                                        [](const std::string& who) {
                                          log::Info("leader is", {{"identity", who}});
                                        }});
+    elector_for_checks = elector.get();
     std::thread stopper([&] {
       while (!g_stop)
         std::this_thread::sleep_for(std::chrono::milliseconds(100));
