@@ -22,7 +22,7 @@ struct Config {
   int64_t default_volume_size = 1LL << 30;
   bool remove_orphans = false;
   // observability
-  std::string http_endpoint;  // HOST:PORT for /metrics and /healthz; off when empty
+  std::string http_endpoint;  // HOST:PORT for /metrics, /healthz, /readyz; off when empty
   // read-only capacity listener with mutual TLS; off when empty
   std::string capacity_listen;  // HOST:PORT
   std::string tls_ca, tls_cert, tls_key;

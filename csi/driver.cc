@@ -1,12 +1,15 @@
 // Driver wiring (see driver.h).
 #include "csi/driver.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <fstream>
 #include <iostream>
 #include <sstream>
 
+#include "common/http_endpoint.h"
 #include "csi/backends/block_device.h"
 #include "csi/backends/direct_device_manager.h"
 #include "csi/backends/file_device_manager.h"
@@ -15,7 +18,6 @@
 #include "csi/controller_service.h"
 #include "csi/exec_command_runner.h"
 #include "csi/grpc_status.h"
-#include "csi/http_server.h"
 #include "csi/identity_service.h"
 #include "csi/logging_interceptor.h"
 #include "csi/metrics.h"
@@ -97,11 +99,15 @@ struct Driver::Impl {
   std::unique_ptr<CapacityNodeService> capacity_node;
   std::unique_ptr<grpc::Server> server;
   std::unique_ptr<grpc::Server> capacity_server;
-  std::unique_ptr<HttpServer> http;
+  std::unique_ptr<HttpEndpoint> http;
   std::string socket_path;
+  // True from the moment the CSI gRPC server serves until Shutdown() begins: /readyz.
+  std::atomic<bool> serving{false};
 
   Status Validate() const;
   Status StartCapacityListener();
+  Status StartHttpEndpoint();
+  Status CsiSocketCheck() const;
 };
 
 Status Driver::Impl::Validate() const {
@@ -134,6 +140,12 @@ Status Driver::Impl::Validate() const {
   if (config.capacity_listen.empty() && any_tls) {
     return Status::InvalidArgument("--tls-* given without --capacity-listen");
   }
+  if (!config.http_endpoint.empty()) {
+    std::string host;
+    int port = 0;
+    EPHEMERA_RETURN_IF_ERROR(
+        ParseHostPort(config.http_endpoint, &host, &port).WithContext("--http-endpoint"));
+  }
   return Status::Ok();
 }
 
@@ -164,6 +176,32 @@ Status Driver::Impl::StartCapacityListener() {
     return Status::Internal("cannot listen on --capacity-listen=" + config.capacity_listen);
   }
   std::cerr << "capacity listener (mTLS) on " << config.capacity_listen << "\n";
+  return Status::Ok();
+}
+
+// Ready while the CSI server serves and its socket is in place: kubelet and the sidecars reach
+// the driver through that file only.
+Status Driver::Impl::CsiSocketCheck() const {
+  if (!serving) return Status::Unavailable("the CSI server is not serving");
+  struct stat st {};
+  if (stat(socket_path.c_str(), &st) != 0 || !S_ISSOCK(st.st_mode)) {
+    return Status::Unavailable("the CSI socket " + socket_path + " is missing");
+  }
+  return Status::Ok();
+}
+
+// /metrics refreshes the capacity gauges first (the pool changes outside the driver too);
+// /healthz is 200 while the process answers; /readyz adds CsiSocketCheck().
+Status Driver::Impl::StartHttpEndpoint() {
+  http = std::make_unique<HttpEndpoint>([this] {
+    StatusOr<Capacity> now = volumes->GetCapacity();
+    if (now.ok()) metrics.SetCapacity(now->total, now->available, now->max_volume_size);
+    return metrics.Render();
+  });
+  http->AddReadinessCheck("csi-socket", [this] { return CsiSocketCheck(); });
+  EPHEMERA_RETURN_IF_ERROR(http->Start(config.http_endpoint).WithContext("--http-endpoint"));
+  std::cerr << "metrics and health on " << config.http_endpoint << " (port " << http->port()
+            << ")\n";
   return Status::Ok();
 }
 
@@ -225,25 +263,13 @@ Status Driver::Start() {
   builder.experimental().SetInterceptorCreators(std::move(factories));
   d.server = builder.BuildAndStart();
   if (!d.server) return Status::Internal("cannot listen on " + d.config.endpoint);
+  d.serving = true;
   std::cerr << "ephemera-pmem-csi " << EPHEMERA_VERSION << " serving " << kDriverName << " on "
             << d.config.endpoint << " (node " << d.config.node_id << ", backend "
             << d.devices->Name() << ")\n";
 
   if (!d.config.capacity_listen.empty()) EPHEMERA_RETURN_IF_ERROR(d.StartCapacityListener());
-  if (!d.config.http_endpoint.empty()) {
-    Impl* impl = impl_.get();
-    d.http = std::make_unique<HttpServer>([impl](const std::string& path) -> HttpResponse {
-      if (path == "/healthz") return {200, "text/plain", "ok\n"};
-      if (path == "/metrics") {
-        StatusOr<Capacity> now = impl->volumes->GetCapacity();
-        if (now.ok()) impl->metrics.SetCapacity(now->total, now->available, now->max_volume_size);
-        return {200, "text/plain; version=0.0.4", impl->metrics.Render()};
-      }
-      return {404, "text/plain", "not found\n"};
-    });
-    EPHEMERA_RETURN_IF_ERROR(d.http->Start(d.config.http_endpoint));
-    std::cerr << "metrics and health on http://" << d.config.http_endpoint << "\n";
-  }
+  if (!d.config.http_endpoint.empty()) EPHEMERA_RETURN_IF_ERROR(d.StartHttpEndpoint());
   return Status::Ok();
 }
 
@@ -253,6 +279,7 @@ void Driver::Wait() {
 
 void Driver::Shutdown() {
   Impl& d = *impl_;
+  d.serving = false;
   if (d.http) d.http->Stop();
   if (d.capacity_server) d.capacity_server->Shutdown();
   if (d.server) {

@@ -26,7 +26,7 @@ constexpr const char* kUsage =
   --file-capacity=QUANTITY       file backend: pool size, e.g. 10Gi
   --default-volume-size=QUANTITY size when CreateVolume gives no range (default 1Gi)
   --remove-orphans               delete devices without a record at start
-  --http-endpoint=HOST:PORT      /metrics and /healthz
+  --http-endpoint=HOST:PORT      /metrics, /healthz, /livez, /readyz (port 0: any free one)
   --capacity-listen=HOST:PORT    mTLS listener for Identity, GetCapacity, NodeGetInfo
   --tls-ca=FILE --tls-cert=FILE --tls-key=FILE   certificates of that listener
 )";

@@ -8,10 +8,10 @@
 #include <thread>
 
 #include "apiclient/errors.h"
-#include "apiclient/http_server.h"
 #include "apiclient/leader_election.h"
 #include "apiclient/log.h"
 #include "apiclient/rest_client.h"
+#include "common/http_endpoint.h"
 #include "controllers/capacity/bootstrap_tls.h"
 #include "controllers/capacity/controller.h"
 #include "controllers/capacity/discovery.h"
@@ -205,7 +205,7 @@ int RunManager(const ManagerOptions& options) {
   // exists.
   std::unique_ptr<apiclient::LeaderElector> elector;
   std::atomic<apiclient::LeaderElector*> elector_for_checks{nullptr};
-  apiclient::HttpEndpoint endpoint(metrics);
+  HttpEndpoint endpoint(metrics, [](const Status& s) { log::Error("HTTP endpoint", s); });
   if (!options.http_endpoint.empty()) {
     endpoint.AddLivenessCheck("leader-election", [&elector_for_checks] {
       const apiclient::LeaderElector* e = elector_for_checks.load();

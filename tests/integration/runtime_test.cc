@@ -13,9 +13,9 @@
 #include <thread>
 
 #include "apiclient/events.h"
-#include "apiclient/http_server.h"
 #include "apiclient/leader_election.h"
 #include "apiclient/metrics.h"
+#include "common/http_endpoint.h"
 #include "tests/integration/cluster_client.h"
 #include "tests/integration/http_get.h"
 
@@ -191,7 +191,7 @@ TEST_CASE("HTTP endpoint: /metrics passes promtool / /healthz and /readyz follow
   REQUIRE((*client)->Get(apiclient::resources::kNamespaces, "", "default").ok());
   CHECK_FALSE((*client)->Get(apiclient::resources::kNamespaces, "", "nope-x").ok());
 
-  apiclient::HttpEndpoint endpoint(registry);
+  HttpEndpoint endpoint(registry);
   std::atomic<bool> ready{false};
   endpoint.AddLivenessCheck("ping", [] { return Status::Ok(); });
   endpoint.AddReadinessCheck("informers-synced", [&] {

@@ -1,6 +1,6 @@
 // ephemera-pmem-csi end to end with the file backend on real loop devices, mkfs and mounts (run as
 // root): inline ephemeral volumes, SIGKILL during create/delete cycles, online expansion, the
-// metrics endpoint and the mTLS capacity listener.
+// metrics and health endpoint and the mTLS capacity listener.
 #include <signal.h>
 #include <sys/mount.h>
 #include <sys/statvfs.h>
@@ -9,6 +9,7 @@
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -20,6 +21,7 @@
 #include "csi/exec_command_runner.h"
 #include "csi/volume_id.h"
 #include "driver_fixture.h"
+#include "tests/integration/http_get.h"
 
 namespace ephemera::csi::testing {
 namespace {
@@ -374,26 +376,78 @@ TEST_CASE("capacity is bounded by the pool directory's filesystem / not just the
   CHECK(driver.AvailableCapacity() == start);
 }
 
-std::string HttpGet(int port, const std::string& path) {
-  ExecCommandRunner runner;
-  StatusOr<CommandResult> result =
-      runner.Run({"curl", "-sS", "http://127.0.0.1:" + std::to_string(port) + path});
-  REQUIRE(result.ok());
-  REQUIRE(result->exit_code == 0);
-  return result->output;
+// The port of the driver's HTTP endpoint, from the last "metrics and health on" line of its log;
+// 0 while there is none.
+int HttpPort(const DriverFixture& driver) {
+  std::ifstream log(driver.log_path());
+  int port = 0;
+  for (std::string line; std::getline(log, line);) {
+    const size_t at = line.find(" (port ");
+    if (line.starts_with("metrics and health on ") && at != std::string::npos) {
+      port = std::stoi(line.substr(at + 7));
+    }
+  }
+  return port;
 }
 
-TEST_CASE("metrics and health endpoint", "[csi][integration]") {
-  const int port = 19000 + static_cast<int>(getpid() % 1000);
-  DriverFixture driver("512Mi", {"--http-endpoint=127.0.0.1:" + std::to_string(port)});
-  CHECK(HttpGet(port, "/healthz") == "ok\n");
+TEST_CASE("HTTP endpoint: port 0 / metrics pass promtool / readyz follows the CSI socket",
+          "[csi][integration]") {
+  DriverFixture driver("512Mi", {"--http-endpoint=127.0.0.1:0"});
+  // The endpoint starts after the CSI socket appears: wait for its log line.
+  int port = 0;
+  for (int i = 0; i < 600 && port == 0; ++i) {
+    port = HttpPort(driver);
+    if (port == 0) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  REQUIRE(port > 0);
+  // A client that connects and says nothing does not hold up the others.
+  ephemera::testing::HttpConnection silent;
+  REQUIRE(silent.Connect("127.0.0.1", port).ok());
+  auto get = [&](const std::string& path) {
+    StatusOr<ephemera::testing::HttpReply> reply =
+        ephemera::testing::HttpGet("127.0.0.1", port, path);
+    INFO(path << ": " << reply.status().ToString());
+    REQUIRE(reply.ok());
+    return *reply;
+  };
+  const auto health = get("/healthz");
+  CHECK(health.status == 200);
+  CHECK(health.body == "ok\n");
+  const auto ready = get("/readyz");
+  CHECK(ready.status == 200);
+  CHECK(ready.body.find("[+]csi-socket ok") != std::string::npos);
+  CHECK(get("/nothing").status == 404);
+
   driver.AvailableCapacity();
-  std::string metrics = HttpGet(port, "/metrics");
+  const auto scrape = get("/metrics");
+  CHECK(scrape.status == 200);
+  CHECK(scrape.content_type == "text/plain; version=0.0.4");
+  const std::string& metrics = scrape.body;
   CHECK(metrics.find("ephemera_pmem_capacity_total_bytes 536870912\n") != std::string::npos);
   CHECK(metrics.find("ephemera_pmem_capacity_available_bytes 536870912\n") != std::string::npos);
   CHECK(metrics.find("ephemera_pmem_max_volume_size_bytes 536870912\n") != std::string::npos);
   CHECK(metrics.find("ephemera_pmem_operation_duration_seconds_count{method=\"/csi.v1."
                      "Controller/GetCapacity\",code=\"OK\"} 1") != std::string::npos);
+  const std::string file = driver.work() + "/metrics.txt";
+  std::ofstream(file) << metrics;
+  ExecCommandRunner runner;
+  StatusOr<CommandResult> promtool =
+      runner.Run({"sh", "-c", "promtool check metrics < " + file + " 2>&1"});
+  REQUIRE(promtool.ok());
+  INFO(promtool->output);
+  CHECK(promtool->exit_code == 0);
+
+  // Without its socket file the driver cannot be reached: not ready, still alive. The listening
+  // socket stays bound to the moved file, so moving it back makes the driver ready again.
+  const std::string socket = driver.work() + "/csi.sock";
+  REQUIRE(std::rename(socket.c_str(), (socket + ".moved").c_str()) == 0);
+  const auto unready = get("/readyz");
+  CHECK(unready.status == 503);
+  CHECK(unready.body.find("[-]csi-socket failed: the CSI socket " + socket + " is missing") !=
+        std::string::npos);
+  CHECK(get("/healthz").status == 200);
+  REQUIRE(std::rename((socket + ".moved").c_str(), socket.c_str()) == 0);
+  CHECK(get("/readyz").status == 200);
 }
 
 // Makes a CA and a server and a client certificate signed by it, and a stranger's client

@@ -1,4 +1,4 @@
-#include "apiclient/http_server.h"
+#include "common/http_endpoint.h"
 
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
@@ -6,13 +6,12 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <chrono>
+#include <iostream>
 #include <map>
 #include <optional>
 #include <thread>
 
-#include "apiclient/log.h"
-
-namespace ephemera::apiclient {
+namespace ephemera {
 
 namespace asio = boost::asio;
 namespace beast = boost::beast;
@@ -67,7 +66,8 @@ class HttpEndpoint::Server {
  public:
   using Handler = std::function<Reply(std::string_view path)>;
 
-  explicit Server(Handler handler) : handler_(std::move(handler)) {}
+  Server(Handler handler, EndpointErrorReporter report)
+      : handler_(std::move(handler)), report_(std::move(report)) {}
 
   ~Server() { Shutdown(); }
 
@@ -119,7 +119,7 @@ class HttpEndpoint::Server {
         ioc_.run();
         return;
       } catch (const std::exception& e) {  // a handler threw: keep serving the others
-        log::Error("HTTP endpoint: a handler failed", Status::Internal(e.what()));
+        report_(Status::Internal(std::string("a handler failed: ") + e.what()));
       }
     }
   }
@@ -131,6 +131,7 @@ class HttpEndpoint::Server {
   std::map<uint64_t, Session*> sessions_;
   uint64_t accepted_ = 0;
   const Handler handler_;
+  const EndpointErrorReporter report_;
   asio::io_context ioc_{1};
   tcp::acceptor acceptor_{ioc_};
   asio::steady_timer retry_{ioc_};
@@ -273,7 +274,11 @@ void HttpEndpoint::Server::Accept() {
   });
 }
 
-HttpEndpoint::HttpEndpoint(const MetricsRegistry& registry) : registry_(registry) {}
+HttpEndpoint::HttpEndpoint(MetricsRenderer render_metrics, EndpointErrorReporter report)
+    : render_metrics_(std::move(render_metrics)),
+      report_(report ? std::move(report) : [](const Status& status) {
+        std::cerr << "HTTP endpoint: " + status.ToString() + "\n" << std::flush;
+      }) {}
 
 HttpEndpoint::~HttpEndpoint() {
   Stop();
@@ -318,7 +323,12 @@ std::string HttpEndpoint::RunChecks(bool readiness, bool* ok) const {
 
 HttpEndpoint::Reply HttpEndpoint::Handle(std::string_view path) const {
   if (path == "/metrics") {
-    return {http::status::ok, "text/plain; version=0.0.4", registry_.Render()};
+    try {
+      return {http::status::ok, "text/plain; version=0.0.4", render_metrics_()};
+    } catch (const std::exception& e) {
+      return {http::status::internal_server_error, "text/plain",
+              std::string("rendering the metrics failed: ") + e.what() + "\n"};
+    }
   }
   if (path == "/healthz" || path == "/livez" || path == "/readyz") {
     bool ok = false;
@@ -334,7 +344,8 @@ Status HttpEndpoint::Start(const std::string& host_port) {
   std::string host;
   int port = 0;
   EPHEMERA_RETURN_IF_ERROR(ParseHostPort(host_port, &host, &port));
-  auto server = std::make_unique<Server>([this](std::string_view path) { return Handle(path); });
+  auto server =
+      std::make_unique<Server>([this](std::string_view path) { return Handle(path); }, report_);
   int bound = 0;
   EPHEMERA_RETURN_IF_ERROR(server->Listen(host_port, host, port, &bound));
   server_ = std::move(server);
@@ -348,4 +359,4 @@ void HttpEndpoint::Stop() {
   server_.reset();
 }
 
-}  // namespace ephemera::apiclient
+}  // namespace ephemera

@@ -1,21 +1,25 @@
 // HttpEndpoint over real loopback connections (no cluster): addresses and ports, paths and
-// methods, the health checks, keep-alive, and clients that connect and say nothing.
-#include "apiclient/http_server.h"
+// methods, the metrics render function, the health checks, keep-alive, and clients that connect
+// and say nothing.
+#include "common/http_endpoint.h"
 
 #include <atomic>
 #include <boost/beast/http/verb.hpp>
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "apiclient/metrics.h"
 #include "tests/integration/http_get.h"
 
-namespace ephemera::apiclient {
+namespace ephemera {
 namespace {
 
+using apiclient::MetricsRegistry;
 using std::chrono::seconds;
 using std::chrono::steady_clock;
 using testing::HttpConnection;
@@ -25,7 +29,7 @@ using verb = boost::beast::http::verb;
 constexpr const char* kLoopback = "127.0.0.1";
 
 TEST_CASE("HTTP endpoint: port 0 binds a kernel-chosen port that serves /metrics and HEAD",
-          "[apiclient][http]") {
+          "[http]") {
   MetricsRegistry registry;
   registry.Counter("test_scrapes_total", "Scrapes.").With({}).Inc();
   HttpEndpoint endpoint(registry);
@@ -51,7 +55,34 @@ TEST_CASE("HTTP endpoint: port 0 binds a kernel-chosen port that serves /metrics
   CHECK(again->body == metrics->body);
 }
 
-TEST_CASE("HTTP endpoint: IPv6 loopback / localhost / every address", "[apiclient][http]") {
+TEST_CASE("HTTP endpoint: /metrics renders afresh for each scrape / 500 when rendering throws",
+          "[http]") {
+  std::atomic<int> scrapes{0};
+  std::atomic<bool> broken{false};
+  HttpEndpoint endpoint([&] {
+    if (broken) throw std::runtime_error("the registry is gone");
+    return "test_scrapes_total " + std::to_string(++scrapes) + "\n";
+  });
+  REQUIRE(endpoint.Start("127.0.0.1:0").ok());
+  for (int i = 1; i <= 2; ++i) {
+    const auto reply = HttpGet(kLoopback, endpoint.port(), "/metrics");
+    REQUIRE(reply.ok());
+    CHECK(reply->status == 200);
+    CHECK(reply->body == "test_scrapes_total " + std::to_string(i) + "\n");
+  }
+  broken = true;
+  const auto failed = HttpGet(kLoopback, endpoint.port(), "/metrics");
+  REQUIRE(failed.ok());
+  CHECK(failed->status == 500);
+  CHECK(failed->body.find("the registry is gone") != std::string::npos);
+  // The endpoint goes on serving.
+  const auto health = HttpGet(kLoopback, endpoint.port(), "/healthz");
+  REQUIRE(health.ok());
+  CHECK(health->status == 200);
+  CHECK(health->body == "ok\n");
+}
+
+TEST_CASE("HTTP endpoint: IPv6 loopback / localhost / every address", "[http]") {
   MetricsRegistry registry;
   for (const auto& [address, connect_to] : std::vector<std::pair<std::string, std::string>>{
            {"[::1]:0", "::1"}, {"localhost:0", "127.0.0.1"}, {":0", "127.0.0.1"}}) {
@@ -66,7 +97,7 @@ TEST_CASE("HTTP endpoint: IPv6 loopback / localhost / every address", "[apiclien
 }
 
 TEST_CASE("HTTP endpoint: a port in use is UNAVAILABLE / a malformed address INVALID_ARGUMENT",
-          "[apiclient][http]") {
+          "[http]") {
   MetricsRegistry registry;
   HttpEndpoint first(registry);
   REQUIRE(first.Start("127.0.0.1:0").ok());
@@ -91,7 +122,7 @@ TEST_CASE("HTTP endpoint: a port in use is UNAVAILABLE / a malformed address INV
 }
 
 TEST_CASE("HTTP endpoint: 404 for an unknown path / 405 with Allow for POST / query ignored",
-          "[apiclient][http]") {
+          "[http]") {
   MetricsRegistry registry;
   HttpEndpoint endpoint(registry);
   REQUIRE(endpoint.Start("127.0.0.1:0").ok());
@@ -112,8 +143,7 @@ TEST_CASE("HTTP endpoint: 404 for an unknown path / 405 with Allow for POST / qu
   CHECK(query->status == 200);
 }
 
-TEST_CASE("HTTP endpoint: /readyz is 503 naming the failing check / 200 once it passes",
-          "[apiclient][http]") {
+TEST_CASE("HTTP endpoint: /readyz is 503 naming the failing check / 200 once it passes", "[http]") {
   MetricsRegistry registry;
   HttpEndpoint endpoint(registry);
   std::atomic<bool> synced{false};
@@ -150,7 +180,7 @@ TEST_CASE("HTTP endpoint: /readyz is 503 naming the failing check / 200 once it 
   CHECK(get("/readyz").status == 503);
 }
 
-TEST_CASE("HTTP endpoint: keep-alive answers two requests on one connection", "[apiclient][http]") {
+TEST_CASE("HTTP endpoint: keep-alive answers two requests on one connection", "[http]") {
   MetricsRegistry registry;
   HttpEndpoint endpoint(registry);
   REQUIRE(endpoint.Start("127.0.0.1:0").ok());
@@ -171,8 +201,7 @@ TEST_CASE("HTTP endpoint: keep-alive answers two requests on one connection", "[
   CHECK(connection.WaitForClose(seconds(20)).ok());
 }
 
-TEST_CASE("HTTP endpoint: silent and slow clients do not block others and are dropped",
-          "[apiclient][http]") {
+TEST_CASE("HTTP endpoint: silent and slow clients do not block others and are dropped", "[http]") {
   MetricsRegistry registry;
   HttpEndpoint endpoint(registry);
   REQUIRE(endpoint.Start("127.0.0.1:0").ok());
@@ -194,7 +223,7 @@ TEST_CASE("HTTP endpoint: silent and slow clients do not block others and are dr
   CHECK(steady_clock::now() - connected >= seconds(5));
 }
 
-TEST_CASE("HTTP endpoint: beyond 64 connections a new one closes the oldest", "[apiclient][http]") {
+TEST_CASE("HTTP endpoint: beyond 64 connections a new one closes the oldest", "[http]") {
   MetricsRegistry registry;
   HttpEndpoint endpoint(registry);
   REQUIRE(endpoint.Start("127.0.0.1:0").ok());
@@ -217,7 +246,7 @@ TEST_CASE("HTTP endpoint: beyond 64 connections a new one closes the oldest", "[
 }
 
 TEST_CASE("HTTP endpoint: an oversized header or body or a malformed request is refused",
-          "[apiclient][http]") {
+          "[http]") {
   MetricsRegistry registry;
   HttpEndpoint endpoint(registry);
   REQUIRE(endpoint.Start("127.0.0.1:0").ok());
@@ -239,7 +268,7 @@ TEST_CASE("HTTP endpoint: an oversized header or body or a malformed request is 
 }
 
 TEST_CASE("HTTP endpoint: Stop() with clients connected returns promptly / is idempotent",
-          "[apiclient][http]") {
+          "[http]") {
   MetricsRegistry registry;
   HttpEndpoint endpoint(registry);
   REQUIRE(endpoint.Start("127.0.0.1:0").ok());
@@ -264,4 +293,4 @@ TEST_CASE("HTTP endpoint: Stop() with clients connected returns promptly / is id
 }
 
 }  // namespace
-}  // namespace ephemera::apiclient
+}  // namespace ephemera
