@@ -263,98 +263,110 @@ http::request<http::string_body> BuildRequest(const HttpsTarget& target,
 
 }  // namespace
 
-StatusOr<HttpResult> HttpsTransport::RoundTrip(const HttpRequestSpec& spec,
-                                               std::chrono::milliseconds timeout) {
-  const auto deadline = Clock::now() + timeout;
-  auto req = BuildRequest(target_, spec);
-  const bool idempotent = spec.method == "GET";
+namespace {
+
+Status ReceiveError(const beast::error_code& ec, uint64_t max_body_bytes) {
+  if (ec == http::error::body_limit) {
+    return Status::ResourceExhausted("the answer is larger than " + std::to_string(max_body_bytes) +
+                                     " bytes");
+  }
+  return Status::Unavailable("receive: " + HttpsConnection::Describe(ec));
+}
+
+// Writes `req` and reads the answer's status line and headers into the parser that
+// `parser_for(connection)` makes, on a kept-alive connection or a new one (`acquire(fresh,
+// &reused)`). A failure on a reused connection before any answer arrived is tried once more on a
+// fresh connection when that is safe: the write failed (the server cannot have acted on a request
+// it did not get whole), or the method is GET.
+template <class Acquire, class ParserFor>
+StatusOr<std::unique_ptr<HttpsConnection>> SendAndReadHeader(
+    const http::request<http::string_body>& req, Clock::time_point deadline, Acquire&& acquire,
+    ParserFor&& parser_for, uint64_t max_body_bytes) {
+  const bool idempotent = req.method() == http::verb::get;
   for (int attempt = 0;; ++attempt) {
     bool reused = false;
-    auto connection = Acquire(deadline, /*fresh=*/attempt > 0, &reused);
+    auto connection = acquire(/*fresh=*/attempt > 0, &reused);
     if (!connection.ok()) return connection.status();
     HttpsConnection& c = **connection;
+    const bool may_retry = reused && attempt == 0;
     beast::error_code ec =
         c.Run(deadline, [&](auto done) { http::async_write(c.stream_, req, std::move(done)); });
     if (ec) {
-      // The server closed a kept-alive connection before it read the request: the request was
-      // not acted on, so it is safe to send again on a fresh connection.
-      if (reused && attempt == 0 && ec != beast::error::timeout) continue;
+      if (may_retry && ec != beast::error::timeout) continue;
       return Status::Unavailable("send: " + HttpsConnection::Describe(ec));
     }
-    http::response_parser<http::string_body> parser;
-    parser.header_limit(kHeaderLimit);
-    parser.body_limit(impl_->max_body_bytes);
-    // The header first, then the body: Beast 1.74 loses the body_limit error of a Content-Length
-    // over the limit when it parses the header and the first body bytes in one go (as
-    // async_read does), and would then reserve the whole announced length. Parsing the header
-    // alone reports the error at once.
+    auto& parser = parser_for(c);
     ec = c.Run(deadline, [&](auto done) {
       http::async_read_header(c.stream_, c.buffer_, parser, std::move(done));
     });
-    if (!ec && !parser.is_done()) {
-      ec = c.Run(deadline, [&](auto done) {
-        http::async_read(c.stream_, c.buffer_, parser, std::move(done));
-      });
-    }
     if (ec) {
-      if (reused && attempt == 0 && idempotent && !parser.got_some() &&
-          ec != beast::error::timeout) {
-        continue;
-      }
-      if (ec == http::error::body_limit) {
-        return Status::ResourceExhausted("the answer is larger than " +
-                                         std::to_string(impl_->max_body_bytes) + " bytes");
-      }
-      return Status::Unavailable("receive: " + HttpsConnection::Describe(ec));
+      if (may_retry && idempotent && !parser.got_some() && ec != beast::error::timeout) continue;
+      return ReceiveError(ec, max_body_bytes);
     }
-    auto& res = parser.get();
-    HttpResult result;
-    result.code = static_cast<int>(res.result_int());
-    if (auto it = res.find(http::field::retry_after); it != res.end()) {
-      result.retry_after = std::string(it->value());
-    }
-    // The parser's view, not only the header's: a body that ends with the connection ends it too.
-    const bool keep = parser.keep_alive();
-    result.body = std::move(res.body());
-    if (keep) Release(std::move(*connection));
-    return result;
+    return connection;
   }
+}
+
+}  // namespace
+
+StatusOr<HttpResult> HttpsTransport::RoundTrip(const HttpRequestSpec& spec,
+                                               std::chrono::milliseconds timeout) {
+  const auto deadline = Clock::now() + timeout;
+  const auto req = BuildRequest(target_, spec);
+  // The header first, then the body: Beast 1.74 loses the body_limit error of a Content-Length
+  // over the limit when it parses the header and the first body bytes in one go (as async_read
+  // does), and would then reserve the whole announced length. Parsing the header alone reports
+  // the error at once.
+  std::optional<http::response_parser<http::string_body>> parser;
+  auto connection = SendAndReadHeader(
+      req, deadline, [&](bool fresh, bool* reused) { return Acquire(deadline, fresh, reused); },
+      [&](HttpsConnection&) -> http::response_parser<http::string_body>& {
+        parser.emplace();
+        parser->header_limit(kHeaderLimit);
+        parser->body_limit(impl_->max_body_bytes);
+        return *parser;
+      },
+      impl_->max_body_bytes);
+  if (!connection.ok()) return connection.status();
+  HttpsConnection& c = **connection;
+  if (!parser->is_done()) {
+    const beast::error_code ec = c.Run(deadline, [&](auto done) {
+      http::async_read(c.stream_, c.buffer_, *parser, std::move(done));
+    });
+    if (ec) return ReceiveError(ec, impl_->max_body_bytes);
+  }
+  auto& res = parser->get();
+  HttpResult result;
+  result.code = static_cast<int>(res.result_int());
+  if (auto it = res.find(http::field::retry_after); it != res.end()) {
+    result.retry_after = std::string(it->value());
+  }
+  // The parser's view, not only the header's: a body that ends with the connection ends it too.
+  const bool keep = parser->keep_alive();
+  result.body = std::move(res.body());
+  if (keep) Release(std::move(*connection));
+  return result;
 }
 
 StatusOr<std::unique_ptr<StreamingResponse>> HttpsTransport::Open(
     const HttpRequestSpec& spec, std::chrono::milliseconds header_timeout,
     Clock::time_point deadline) {
   const auto header_deadline = std::min(deadline, Clock::now() + header_timeout);
-  auto req = BuildRequest(target_, spec);
-  const bool idempotent = spec.method == "GET";
-  for (int attempt = 0;; ++attempt) {
-    bool reused = false;
-    auto connection = Acquire(header_deadline, /*fresh=*/attempt > 0, &reused);
-    if (!connection.ok()) return connection.status();
-    HttpsConnection& c = **connection;
-    beast::error_code ec = c.Run(
-        header_deadline, [&](auto done) { http::async_write(c.stream_, req, std::move(done)); });
-    if (ec) {
-      if (reused && attempt == 0 && ec != beast::error::timeout) continue;
-      return Status::Unavailable("send: " + HttpsConnection::Describe(ec));
-    }
-    auto& parser = c.streaming_.emplace();
-    parser.header_limit(kHeaderLimit);
-    parser.body_limit(std::numeric_limits<std::uint64_t>::max());  // a watch has no end size
-    ec = c.Run(header_deadline, [&](auto done) {
-      http::async_read_header(c.stream_, c.buffer_, parser, std::move(done));
-    });
-    if (ec) {
-      if (reused && attempt == 0 && idempotent && !parser.got_some() &&
-          ec != beast::error::timeout) {
-        continue;
-      }
-      return Status::Unavailable("receive: " + HttpsConnection::Describe(ec));
-    }
-    const int code = static_cast<int>(parser.get().result_int());
-    return std::unique_ptr<StreamingResponse>(
-        new StreamingResponse(std::move(*connection), code, deadline));
-  }
+  const auto req = BuildRequest(target_, spec);
+  auto connection = SendAndReadHeader(
+      req, header_deadline,
+      [&](bool fresh, bool* reused) { return Acquire(header_deadline, fresh, reused); },
+      [](HttpsConnection& c) -> http::response_parser<http::buffer_body>& {
+        auto& parser = c.streaming_.emplace();
+        parser.header_limit(kHeaderLimit);
+        parser.body_limit(std::numeric_limits<std::uint64_t>::max());  // a watch has no end size
+        return parser;
+      },
+      impl_->max_body_bytes);
+  if (!connection.ok()) return connection.status();
+  const int code = static_cast<int>((*connection)->streaming_->get().result_int());
+  return std::unique_ptr<StreamingResponse>(
+      new StreamingResponse(std::move(*connection), code, deadline));
 }
 
 StreamingResponse::StreamingResponse(std::unique_ptr<HttpsConnection> connection, int code,

@@ -687,14 +687,19 @@ TEST_CASE("HttpsTransport: response headers over 64 KiB are an error", "[https]"
 // ---------------------------------------------------------------------------------------------
 // TLS verification, SNI and client certificates
 
+// A request through `transport` fails in the TLS handshake.
+void CheckHandshakeFails(HttpsTransport& transport) {
+  auto result = transport.RoundTrip(Get("/x"), kTimeout);
+  REQUIRE_FALSE(result.ok());
+  CHECK(result.status().code() == Code::kUnavailable);
+  CHECK_THAT(result.status().message(), Catch::Contains("TLS handshake"));
+}
+
 TEST_CASE("HttpsTransport: a certificate from an untrusted CA fails the handshake", "[https]") {
   TestPki pki;
   TlsPeer peer(pki, TlsPeer::Options{"untrusted"}, EchoTarget);
   auto transport = NewTransport(peer.url(), Trusting(pki));
-  auto result = transport->RoundTrip(Get("/x"), kTimeout);
-  REQUIRE_FALSE(result.ok());
-  CHECK(result.status().code() == Code::kUnavailable);
-  CHECK_THAT(result.status().message(), Catch::Contains("TLS handshake"));
+  CheckHandshakeFails(*transport);
   CHECK(peer.requests().empty());
   CHECK(transport->connections_opened() == 0);
 }
@@ -703,20 +708,11 @@ TEST_CASE("HttpsTransport: a certificate for another name fails unless verify_na
           "[https]") {
   TestPki pki;
   TlsPeer peer(pki, TlsPeer::Options{"named"}, EchoTarget);
-  {
-    auto transport = NewTransport(peer.url(), Trusting(pki));
-    auto result = transport->RoundTrip(Get("/x"), kTimeout);
-    REQUIRE_FALSE(result.ok());
-    CHECK(result.status().code() == Code::kUnavailable);
-    CHECK_THAT(result.status().message(), Catch::Contains("TLS handshake"));
-  }
+  CheckHandshakeFails(*NewTransport(peer.url(), Trusting(pki)));
   {
     HttpsOptions options = Trusting(pki);
     options.verify_name = "other.ephemera.test";
-    auto transport = NewTransport(peer.url(), options);
-    auto result = transport->RoundTrip(Get("/x"), kTimeout);
-    REQUIRE_FALSE(result.ok());
-    CHECK_THAT(result.status().message(), Catch::Contains("TLS handshake"));
+    CheckHandshakeFails(*NewTransport(peer.url(), options));
   }
   CHECK(peer.requests().empty());
   {
