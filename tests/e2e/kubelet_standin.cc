@@ -365,6 +365,26 @@ void Standin::ReportRunning(const Object& pod) {
     status["status"]["conditions"].push_back(
         {{"type", type}, {"status", "True"}, {"lastTransitionTime", now}});
   }
+  // One running, ready status per container, as kubelet reports it (kubectl's READY column).
+  status["status"]["containerStatuses"] = Object::array();
+  const auto spec = pod.find("spec");
+  const Object no_containers = Object::array();
+  const Object& containers = spec != pod.end() && spec->is_object() && spec->contains("containers")
+                                 ? (*spec)["containers"]
+                                 : no_containers;
+  if (containers.is_array()) {
+    for (const auto& container : containers) {
+      if (!container.is_object()) continue;
+      status["status"]["containerStatuses"].push_back(
+          {{"name", container.value("name", "")},
+           {"image", container.value("image", "")},
+           {"imageID", ""},
+           {"ready", true},
+           {"started", true},
+           {"restartCount", 0},
+           {"state", {{"running", {{"startedAt", now}}}}}});
+    }
+  }
   auto updated =
       client_->UpdateStatus(resources::kPods, Field(pod, "metadata", "namespace"), status);
   if (updated.ok()) {
