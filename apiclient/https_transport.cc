@@ -156,9 +156,8 @@ class HttpsConnection {
   // neither closed it nor sent anything unasked (such as a TLS alert before closing).
   bool StillUsable() {
     if (buffer_.size() != 0) return false;
-    const int fd = beast::get_lowest_layer(stream_).socket().native_handle();
     char c = 0;
-    const ssize_t n = ::recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    const ssize_t n = ::recv(fd(), &c, 1, MSG_PEEK | MSG_DONTWAIT);
     return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
   }
 

@@ -21,7 +21,6 @@ constexpr bool kTrimHeap = true;
 
 }  // namespace
 
-
 Object DropManagedFields(Object object) {
   auto metadata = object.find("metadata");
   if (metadata != object.end() && metadata->is_object()) metadata->erase("managedFields");
