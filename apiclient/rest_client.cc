@@ -204,6 +204,12 @@ size_t RestClient::connections_opened() const {
   return transport_->connections_opened();
 }
 
+StatusOr<std::string> RestClient::Authorization() const {
+  auto token = config_.CurrentToken();
+  if (!token.ok()) return token.status();
+  return token->empty() ? std::string() : "Bearer " + *token;
+}
+
 StatusOr<RestClient::RawResponse> RestClient::Do(std::string_view method, std::string_view verb,
                                                  const std::string& path, const std::string* body,
                                                  std::string_view content_type) {
@@ -217,13 +223,12 @@ StatusOr<RestClient::RawResponse> RestClient::Do(std::string_view method, std::s
   int transport_retries = 0;
   while (true) {
     limiter_.Wait();
-    auto token = config_.CurrentToken();
-    if (!token.ok()) return token.status();
-    const std::string authorization = token->empty() ? "" : "Bearer " + *token;
+    auto authorization = Authorization();
+    if (!authorization.ok()) return authorization.status();
     const HttpRequestSpec request{.method = method,
                                   .target = path,
                                   .user_agent = config_.user_agent,
-                                  .authorization = authorization,
+                                  .authorization = *authorization,
                                   .content_type = content_type,
                                   .body = body};
     const auto start = std::chrono::steady_clock::now();
@@ -428,13 +433,12 @@ StatusOr<WatchStreamPtr> RestClient::Watch(const Resource& resource, const std::
                                   {"timeoutSeconds", std::to_string(timeout)}});
   const std::string what = "WATCH " + resource.CollectionPath(ns);
   limiter_.Wait();
-  auto token = config_.CurrentToken();
-  if (!token.ok()) return token.status();
-  const std::string authorization = token->empty() ? "" : "Bearer " + *token;
+  auto authorization = Authorization();
+  if (!authorization.ok()) return authorization.status();
   const HttpRequestSpec request{.method = "GET",
                                 .target = path,
                                 .user_agent = config_.user_agent,
-                                .authorization = authorization};
+                                .authorization = *authorization};
   const auto start = std::chrono::steady_clock::now();
   // The connection is held for the whole watch, until a little after the server's own timeout.
   auto response = transport_->Open(request, config_.request_timeout,

@@ -75,6 +75,8 @@ class RestClient final : public ApiClient {
   // Do() and then the JSON of a 2xx body, or the mapped error.
   StatusOr<Object> DoJson(std::string_view method, std::string_view verb, const std::string& path,
                           const std::string* body, std::string_view content_type);
+  // The Authorization header's value for the current token ("" without one).
+  StatusOr<std::string> Authorization() const;
   // DoJson() as a shared object.
   StatusOr<ObjectPtr> DoObject(std::string_view method, std::string_view verb,
                                const std::string& path, const std::string* body,
