@@ -2,7 +2,10 @@
 // cluster, with the real ephemera-pmem-csi (file backend) as the capacity source. The driver runs
 // as node-1: it reports its pool for node-1's segment and 0 for the other nodes' segments, which
 // is exactly what one central instance of a node-local driver answers.
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -609,6 +612,19 @@ void MakeCertificates(const std::string& dir) {
   }
 }
 
+// True once something accepts TCP connections on 127.0.0.1:port.
+bool Accepts(int port) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return false;
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  const bool ok = connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+  close(fd);
+  return ok;
+}
+
 TEST_CASE("Storage capacity: per-node source over mutual TLS to the driver's capacity listener",
           "[cluster][capacity]") {
   const TestCluster cluster = TestCluster::FromEnvironment();
@@ -623,6 +639,9 @@ TEST_CASE("Storage capacity: per-node source over mutual TLS to the driver's cap
       "512Mi", {"--node-id=node-1", "--capacity-listen=" + address, "--tls-ca=" + certs + "/ca.crt",
                 "--tls-cert=" + certs + "/server.crt", "--tls-key=" + certs + "/server.key"});
   const Segment node1 = {{kTopologyKey, "node-1"}};
+  // The fixture waits for the CSI socket; the capacity listener starts just after it. A source
+  // made before it listens backs off for seconds after its first refused connection.
+  REQUIRE(Eventually([&] { return Accepts(port); }, seconds(10)));
 
   // In process: the right certificates work; a wrong CA or a foreign client certificate do not.
   auto make = [&](const std::string& ca, const std::string& who) {
