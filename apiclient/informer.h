@@ -73,6 +73,7 @@ class Informer {
   bool WaitForSync(std::chrono::milliseconds timeout) const;
 
   const Store& store() const { return store_; }
+  const Resource& resource() const { return options_.resource; }
   std::string LastResourceVersion() const;
   // How many times it listed (1 + relists), for tests and metrics.
   int ListCount() const { return list_count_.load(); }

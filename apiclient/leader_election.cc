@@ -2,11 +2,15 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <ctime>
 #include <random>
+#include <thread>
 
+#include "apiclient/deadline.h"
 #include "apiclient/errors.h"
+#include "apiclient/log.h"
 
 namespace ephemera::apiclient {
 
@@ -65,9 +69,9 @@ LeaderElector::LeaderElector(ApiClientPtr client, LeaderElectionConfig config,
       callbacks_(std::move(callbacks)),
       clock_(clock) {}
 
-bool LeaderElector::SleepUnlessStopped(std::chrono::milliseconds d) {
+bool LeaderElector::SleepUnlessStopped(Clock::Duration d) {
   std::unique_lock<std::mutex> lock(mu_);
-  return !cv_.wait_for(lock, d, [this] { return stopped_.load(); });
+  return !clock_.WaitFor(lock, cv_, d, [this] { return stopped_.load(); });
 }
 
 void LeaderElector::Stop() {
@@ -87,13 +91,60 @@ Status LeaderElector::Check() const {
   return Status::Ok();
 }
 
-bool LeaderElector::TryAcquireOrRenew() {
+void LeaderElector::Post(std::function<void()> call) {
+  if (!call) return;
+  {
+    std::lock_guard<std::mutex> lock(notify_mu_);
+    pending_.push_back(std::move(call));
+  }
+  notify_cv_.notify_all();
+}
+
+void LeaderElector::NotifierLoop() {
+  std::unique_lock<std::mutex> lock(notify_mu_);
+  while (true) {
+    notify_cv_.wait(lock, [this] { return notifier_done_ || !pending_.empty(); });
+    if (pending_.empty()) return;  // done, and everything posted has run
+    auto call = std::move(pending_.front());
+    pending_.pop_front();
+    lock.unlock();
+    call();
+    lock.lock();
+  }
+}
+
+void LeaderElector::LogFailure(const Status& s, bool leading) const {
+  if (s.code() == Code::kFailedPrecondition) {
+    if (log::V(4)) log::Info("lease is held by another candidate", {{"detail", s.message()}});
+    return;
+  }
+  log::Error(leading ? "cannot renew the leader lease" : "cannot acquire the leader lease", s,
+             {{"lease", config_.lease_namespace + "/" + config_.lease_name}});
+}
+
+Status LeaderElector::TryAcquireOrRenew(Clock::TimePoint deadline) {
+  const auto attempt_start = clock_.Now();
+  if (attempt_start >= deadline) return Status::DeadlineExceeded("renew deadline passed");
+  // The requests of this attempt end by the deadline, in the transport's real time.
+  const ScopedRequestDeadline request_deadline(std::chrono::steady_clock::now() +
+                                               (deadline - attempt_start));
   const auto wall_now = FormatMicroTime(clock_.WallNow());
   const int lease_seconds = static_cast<int>(
       std::chrono::duration_cast<std::chrono::seconds>(config_.lease_duration).count());
+  // Success counts only when it came back before the deadline: a renewal that took longer may
+  // have been seen by the others too late.
+  auto succeeded = [&]() -> Status {
+    if (clock_.Now() >= deadline) return Status::DeadlineExceeded("renewal came back too late");
+    std::lock_guard<std::mutex> lock(mu_);
+    observed_holder_ = config_.identity;
+    observed_renew_time_ = wall_now;
+    observed_at_ = attempt_start;
+    last_renew_ = attempt_start;
+    return Status::Ok();
+  };
   auto current = client_->Get(resources::kLeases, config_.lease_namespace, config_.lease_name);
   if (!current.ok()) {
-    if (!IsNotFound(current.status())) return false;
+    if (!IsNotFound(current.status())) return current.status().WithContext("get lease");
     const Object lease = {
         {"apiVersion", "coordination.k8s.io/v1"},
         {"kind", "Lease"},
@@ -104,12 +155,9 @@ bool LeaderElector::TryAcquireOrRenew() {
           {"acquireTime", wall_now},
           {"renewTime", wall_now},
           {"leaseTransitions", 0}}}};
-    if (!client_->Create(resources::kLeases, config_.lease_namespace, lease).ok()) return false;
-    std::lock_guard<std::mutex> lock(mu_);
-    observed_holder_ = config_.identity;
-    observed_renew_time_ = wall_now;
-    observed_at_ = last_renew_ = clock_.Now();
-    return true;
+    auto created = client_->Create(resources::kLeases, config_.lease_namespace, lease);
+    if (!created.ok()) return created.status().WithContext("create lease");
+    return succeeded();
   }
   const Object& lease = **current;
   const std::string holder = Field(lease, "spec", "holderIdentity");
@@ -117,13 +165,15 @@ bool LeaderElector::TryAcquireOrRenew() {
   int record_seconds = lease_seconds;
   if (lease.contains("spec") && lease["spec"].contains("leaseDurationSeconds") &&
       lease["spec"]["leaseDurationSeconds"].is_number_integer()) {
-    record_seconds = lease["spec"]["leaseDurationSeconds"].get<int>();
+    // Hostile or odd values (negative, years) are clamped to something a lease can mean.
+    record_seconds =
+        std::clamp(lease["spec"]["leaseDurationSeconds"].get<int64_t>(), int64_t{1}, int64_t{3600});
   }
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (holder != observed_holder_ || renew_time != observed_renew_time_) {
-      if (holder != observed_holder_ && callbacks_.on_new_leader && !holder.empty()) {
-        callbacks_.on_new_leader(holder);
+      if (holder != observed_holder_ && !holder.empty() && callbacks_.on_new_leader) {
+        Post([cb = callbacks_.on_new_leader, holder] { cb(holder); });
       }
       observed_holder_ = holder;
       observed_renew_time_ = renew_time;
@@ -131,7 +181,7 @@ bool LeaderElector::TryAcquireOrRenew() {
     }
     if (!holder.empty() && holder != config_.identity &&
         observed_at_ + std::chrono::seconds(record_seconds) > clock_.Now()) {
-      return false;  // Someone else holds a lease that has not expired by our clock.
+      return Status::FailedPrecondition("lease held by " + holder.substr(0, 253));
     }
   }
   Object updated = lease;  // A copy: the fetched object stays as it was.
@@ -142,66 +192,109 @@ bool LeaderElector::TryAcquireOrRenew() {
   spec["renewTime"] = wall_now;
   if (!ours) {
     spec["acquireTime"] = wall_now;
-    const int transitions =
+    const int64_t transitions =
         spec.contains("leaseTransitions") && spec["leaseTransitions"].is_number_integer()
-            ? spec["leaseTransitions"].get<int>()
+            ? spec["leaseTransitions"].get<int64_t>()
             : 0;
     spec["leaseTransitions"] = holder.empty() ? transitions : transitions + 1;
   }
-  if (!client_->Update(resources::kLeases, config_.lease_namespace, updated).ok()) return false;
-  std::lock_guard<std::mutex> lock(mu_);
-  observed_holder_ = config_.identity;
-  observed_renew_time_ = wall_now;
-  observed_at_ = last_renew_ = clock_.Now();
-  return true;
+  // Conditional on the resourceVersion we read: a holder that changed meanwhile wins (ABORTED).
+  auto written = client_->Update(resources::kLeases, config_.lease_namespace, updated);
+  if (!written.ok()) return written.status().WithContext("update lease");
+  return succeeded();
 }
 
 void LeaderElector::Release() {
+  // Bounded like a renewal: a stuck API server must not keep a stopping process alive.
+  const ScopedRequestDeadline request_deadline(std::chrono::steady_clock::now() +
+                                               config_.renew_deadline);
   auto current = client_->Get(resources::kLeases, config_.lease_namespace, config_.lease_name);
-  if (!current.ok() || Field(**current, "spec", "holderIdentity") != config_.identity) return;
+  if (!current.ok()) {
+    log::Error("cannot release the leader lease", current.status());
+    return;
+  }
+  if (Field(**current, "spec", "holderIdentity") != config_.identity) return;
   Object released = **current;
   const auto now = FormatMicroTime(clock_.WallNow());
   released["spec"]["holderIdentity"] = nullptr;
   released["spec"]["leaseDurationSeconds"] = 1;
   released["spec"]["renewTime"] = now;
   released["spec"]["acquireTime"] = now;
-  (void)client_->Update(resources::kLeases, config_.lease_namespace, released);
+  auto written = client_->Update(resources::kLeases, config_.lease_namespace, released);
+  if (!written.ok()) log::Error("cannot release the leader lease", written.status());
 }
 
 bool LeaderElector::Run() {
   static thread_local std::mt19937 rng{std::random_device{}()};
   auto jittered = [this] {
     // Up to 20% more than the retry period, as client-go's JitterFactor 1.2.
-    return config_.retry_period +
-           std::chrono::milliseconds(rng() % (config_.retry_period.count() / 5 + 1));
+    const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(config_.retry_period);
+    return config_.retry_period + std::chrono::milliseconds(rng() % (ms.count() / 5 + 1));
   };
-  // Campaign.
-  while (!stopped_) {
-    if (TryAcquireOrRenew()) break;
-    if (!SleepUnlessStopped(jittered())) return false;
+  {
+    std::lock_guard<std::mutex> lock(notify_mu_);
+    notifier_done_ = false;
   }
-  if (stopped_) return false;
-  leading_ = true;
-  if (callbacks_.on_started_leading) callbacks_.on_started_leading();
-  // Lead: renew every retry period; give up when no renewal succeeded within the deadline.
-  while (!stopped_) {
-    if (!SleepUnlessStopped(config_.retry_period)) break;
-    const auto deadline = clock_.Now() + config_.renew_deadline;
-    bool renewed = false;
-    while (!stopped_ && clock_.Now() < deadline) {
-      if (TryAcquireOrRenew()) {
-        renewed = true;
-        break;
-      }
-      if (!SleepUnlessStopped(std::chrono::milliseconds(config_.retry_period.count() / 4 + 1))) {
-        break;
-      }
+  std::thread notifier([this] { NotifierLoop(); });
+  auto finish = [&] {
+    {
+      std::lock_guard<std::mutex> lock(notify_mu_);
+      notifier_done_ = true;
     }
-    if (!renewed && !stopped_) break;  // Lost the lease.
+    notify_cv_.notify_all();
+    notifier.join();
+  };
+
+  // Campaign.
+  bool acquired = false;
+  while (!stopped_) {
+    const Status s = TryAcquireOrRenew(clock_.Now() + config_.renew_deadline);
+    if (s.ok()) {
+      acquired = true;
+      break;
+    }
+    LogFailure(s, false);
+    if (!SleepUnlessStopped(jittered())) break;
+  }
+  if (!acquired || stopped_) {
+    finish();
+    return false;
+  }
+  leading_ = true;
+  Post(callbacks_.on_started_leading);
+
+  // Lead: renew every retry period. The deadline counts from when the last successful renewal was
+  // sent, so that we stop before anyone else may start (see the header).
+  bool lost = false;
+  while (!stopped_ && !lost) {
+    if (!SleepUnlessStopped(config_.retry_period)) break;
+    Clock::TimePoint deadline;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      deadline = last_renew_ + config_.renew_deadline;
+    }
+    while (true) {
+      const Status s = TryAcquireOrRenew(deadline);
+      if (s.ok()) break;
+      LogFailure(s, true);
+      const auto left = deadline - clock_.Now();
+      if (left <= Clock::Duration::zero()) {
+        lost = true;
+        break;
+      }
+      if (!SleepUnlessStopped(std::min<Clock::Duration>(config_.retry_period / 4, left))) break;
+    }
   }
   leading_ = false;
-  if (stopped_ && config_.release_on_stop) Release();
-  if (callbacks_.on_stopped_leading) callbacks_.on_stopped_leading();
+  if (lost) {
+    log::Error("leader lease not renewed within the renew deadline: stopping leading",
+               Status::DeadlineExceeded("renew deadline"),
+               {{"lease", config_.lease_namespace + "/" + config_.lease_name}});
+  }
+  Post(callbacks_.on_stopped_leading);
+  finish();
+  // Released only after on_stopped_leading has returned, that is after the leader's work stopped.
+  if (!lost && config_.release_on_stop) Release();
   return true;
 }
 

@@ -43,6 +43,8 @@ const Resource kCSIStorageCapacities{"storage.k8s.io", "v1", "csistoragecapaciti
                                      "CSIStorageCapacity", true};
 const Resource kDeployments{"apps", "v1", "deployments", "Deployment", true};
 const Resource kReplicaSets{"apps", "v1", "replicasets", "ReplicaSet", true};
+const Resource kStatefulSets{"apps", "v1", "statefulsets", "StatefulSet", true};
+const Resource kDaemonSets{"apps", "v1", "daemonsets", "DaemonSet", true};
 }  // namespace resources
 
 std::string QueryEscape(std::string_view value) {

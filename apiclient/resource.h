@@ -41,6 +41,8 @@ extern const Resource kCSIDrivers;
 extern const Resource kCSIStorageCapacities;
 extern const Resource kDeployments;
 extern const Resource kReplicaSets;
+extern const Resource kStatefulSets;
+extern const Resource kDaemonSets;
 }  // namespace resources
 
 // Percent-encodes a value for a URL query (RFC 3986 unreserved characters are kept).

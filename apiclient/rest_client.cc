@@ -1,9 +1,12 @@
 #include "apiclient/rest_client.h"
 
+#include <algorithm>
 #include <chrono>
 #include <mutex>
+#include <optional>
 #include <thread>
 
+#include "apiclient/deadline.h"
 #include "apiclient/errors.h"
 #include "apiclient/field_filter.h"
 #include "apiclient/https_transport.h"
@@ -221,8 +224,26 @@ StatusOr<RestClient::RawResponse> RestClient::Do(std::string_view method, std::s
                                              std::chrono::seconds(2));
   int throttle_retries = 0;
   int transport_retries = 0;
+  const std::optional<std::chrono::steady_clock::time_point> deadline =
+      ScopedRequestDeadline::Current();
+  // How long the request may still take: the request timeout, or less under a deadline.
+  auto time_left = [&]() -> std::chrono::milliseconds {
+    if (!deadline) return config_.request_timeout;
+    return std::min<std::chrono::milliseconds>(
+        config_.request_timeout, std::chrono::duration_cast<std::chrono::milliseconds>(
+                                     *deadline - std::chrono::steady_clock::now()));
+  };
+  auto past_deadline = [&what] { return Status::DeadlineExceeded(what + ": deadline passed"); };
   while (true) {
-    limiter_.Wait();
+    if (deadline) {
+      const auto wait = limiter_.Reserve();
+      if (std::chrono::steady_clock::now() + wait >= *deadline) return past_deadline();
+      std::this_thread::sleep_for(wait);
+    } else {
+      limiter_.Wait();
+    }
+    const auto timeout = time_left();
+    if (timeout <= std::chrono::milliseconds(0)) return past_deadline();
     auto authorization = Authorization();
     if (!authorization.ok()) return authorization.status();
     const HttpRequestSpec request{.method = method,
@@ -235,12 +256,14 @@ StatusOr<RestClient::RawResponse> RestClient::Do(std::string_view method, std::s
     auto elapsed = [&start] {
       return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     };
-    auto result = transport_->RoundTrip(request, config_.request_timeout);
+    auto result = transport_->RoundTrip(request, timeout);
     if (!result.ok()) {
       if (observer_) observer_(verb, 0, elapsed());
+      const auto delay = transport_backoff.Delay(transport_retries);
       if (idempotent && transport_retries < kMaxTransportRetries &&
-          result.status().code() == Code::kUnavailable) {
-        std::this_thread::sleep_for(transport_backoff.Delay(transport_retries++));
+          result.status().code() == Code::kUnavailable && time_left() > delay) {
+        ++transport_retries;
+        std::this_thread::sleep_for(delay);
         continue;
       }
       return Status(result.status().code(), what + ": " + result.status().message());
@@ -255,6 +278,7 @@ StatusOr<RestClient::RawResponse> RestClient::Do(std::string_view method, std::s
       } catch (...) {  // NOLINT(bugprone-empty-catch): a date or garbage: wait one second
       }
       seconds = std::clamp(seconds, 1, 10);
+      if (time_left() <= std::chrono::seconds(seconds)) return past_deadline();
       ++throttle_retries;
       std::this_thread::sleep_for(std::chrono::seconds(seconds));
       continue;

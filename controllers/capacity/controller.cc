@@ -268,13 +268,21 @@ Status CapacityController::Prepare() {
   return source_->CheckGetCapacity();
 }
 
-bool CapacityController::Start(std::chrono::seconds sync_timeout) {
-  const auto deadline = std::chrono::steady_clock::now() + sync_timeout;
+Status CapacityController::Start(std::stop_token stop) {
+  const auto deadline = std::chrono::steady_clock::now() + options_.start_timeout;
   Status s = Prepare();
-  while (!s.ok() && s.code() != Code::kFailedPrecondition && !stopped_ &&
-         std::chrono::steady_clock::now() < deadline) {
+  while (!s.ok() && s.code() != Code::kFailedPrecondition) {
+    if (stop.stop_requested() || stopped_)
+      return Status::Cancelled("stopped before the driver answered");
+    if (std::chrono::steady_clock::now() >= deadline) {
+      return s.WithContext("the CSI driver did not answer within " +
+                           std::to_string(options_.start_timeout.count()) + " s");
+    }
     log::Error("cannot reach the CSI driver; retrying", s);
-    std::this_thread::sleep_for(std::chrono::seconds(2));
+    std::mutex mu;
+    std::condition_variable_any wake;
+    std::unique_lock<std::mutex> lock(mu);
+    wake.wait_for(lock, stop, std::chrono::seconds(2), [] { return false; });
     s = Prepare();
   }
   if (s.code() == Code::kFailedPrecondition) {
@@ -284,9 +292,8 @@ bool CapacityController::Start(std::chrono::seconds sync_timeout) {
         "storage-capacity controller disabled: no CSIStorageCapacity objects will be "
         "published",
         s, {{"driver", driver_}});
-    return true;
+    return Status::Ok();
   }
-  if (!s.ok()) return false;
 
   csinodes_ = std::make_unique<apiclient::Informer>(
       client_, apiclient::InformerOptions{.resource = kCSINodes});
@@ -388,12 +395,13 @@ bool CapacityController::Start(std::chrono::seconds sync_timeout) {
                     capacities_.get()}) {
     inf->Start();
   }
-  for (auto* inf : {csinodes_.get(), nodes_.get(), classes_.get(), volumes_.get(), pods_.get(),
-                    capacities_.get()}) {
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-        deadline - std::chrono::steady_clock::now());
-    if (!inf->WaitForSync(std::max(left, std::chrono::milliseconds(1)))) return false;
-  }
+  EPHEMERA_RETURN_IF_ERROR(
+      apiclient::WaitForCacheSync(stop,
+                                  std::max(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                               deadline - std::chrono::steady_clock::now()),
+                                           std::chrono::milliseconds(1)),
+                                  {csinodes_.get(), nodes_.get(), classes_.get(), volumes_.get(),
+                                   pods_.get(), capacities_.get()}));
   loop_ = std::thread([this] { Loop(); });
   Trigger(true);
   log::Info("storage-capacity controller started",
@@ -401,7 +409,7 @@ bool CapacityController::Start(std::chrono::seconds sync_timeout) {
              {"namespace", options_.ns},
              {"pollInterval", std::to_string(options_.poll_interval.count()) + "ms"},
              {"immediateBinding", options_.immediate_binding ? "true" : "false"}});
-  return true;
+  return Status::Ok();
 }
 
 void CapacityController::Stop() {

@@ -34,6 +34,7 @@
 #include "apiclient/client.h"
 #include "apiclient/events.h"
 #include "apiclient/informer.h"
+#include "apiclient/manager.h"
 #include "apiclient/metrics.h"
 #include "apiclient/rate_limiter.h"
 #include "controllers/capacity/source.h"
@@ -52,6 +53,8 @@ struct CapacityOptions {
   apiclient::Object owner;  // owner reference, or null
   // Where "node endpoint unreachable" / "reachable again" Events go; null = no Events.
   std::shared_ptr<apiclient::EventRecorder> events;
+  // How long Start() waits for the driver to answer and for the caches to sync.
+  std::chrono::seconds start_timeout{120};
 };
 
 // One (segment, class) pair. Ordered so it can key maps.
@@ -91,15 +94,18 @@ apiclient::Object DesiredCapacityObject(const CapacityItem& item, const Capacity
 // True when `existing` already publishes `result` (values compared as quantities) and `owner`.
 bool CapacityUpToDate(const apiclient::Object& existing, const CapacityResult& result);
 
-class CapacityController {
+class CapacityController final : public apiclient::Runnable {
  public:
   CapacityController(apiclient::ApiClientPtr client, std::shared_ptr<CapacitySource> source,
                      apiclient::MetricsRegistry& metrics, CapacityOptions options);
-  ~CapacityController();
+  ~CapacityController() override;
 
-  // Starts informers and the loop; returns once caches are synced (false on timeout).
-  bool Start(std::chrono::seconds sync_timeout = std::chrono::seconds(120));
-  void Stop();
+  // Runnable: leader-only. Start() waits for the driver to answer (retrying every 2 s), starts the
+  // informers and, once their caches are synced, the loop. DEADLINE_EXCEEDED after
+  // options.start_timeout; OK with Disabled() when the driver lacks GET_CAPACITY.
+  std::string Name() const override { return "storage-capacity"; }
+  Status Start(std::stop_token stop) override;
+  void Stop() override;
 
   // One reconciliation (public for tests): refresh due capacities, then write.
   Status Sync();

@@ -69,11 +69,11 @@ PodEndpointSource::~PodEndpointSource() {
   Stop();
 }
 
-bool PodEndpointSource::Start(std::chrono::milliseconds timeout) {
+Status PodEndpointSource::Start(std::stop_token stop) {
   pods_.Start();
-  if (!pods_.WaitForSync(timeout)) return false;
+  EPHEMERA_RETURN_IF_ERROR(apiclient::WaitForCacheSync(stop, std::chrono::seconds(120), {&pods_}));
   Rebuild();
-  return true;
+  return Status::Ok();
 }
 
 void PodEndpointSource::Stop() {

@@ -17,6 +17,7 @@
 
 #include "apiclient/client.h"
 #include "apiclient/informer.h"
+#include "apiclient/manager.h"
 #include "controllers/capacity/source.h"
 
 namespace ephemera::controllers {
@@ -27,7 +28,7 @@ namespace ephemera::controllers {
 std::map<std::string, std::string> EndpointsFromPods(const std::vector<apiclient::ObjectPtr>& pods,
                                                      int port);
 
-class PodEndpointSource final : public CapacitySource {
+class PodEndpointSource final : public CapacitySource, public apiclient::Runnable {
  public:
   // Makes the source for one endpoint (a TLS source in production, a fake in unit tests).
   using Factory =
@@ -36,9 +37,11 @@ class PodEndpointSource final : public CapacitySource {
                     Factory factory);
   ~PodEndpointSource() override;
 
-  // Starts the pod watch; false when it did not sync within `timeout`.
-  bool Start(std::chrono::milliseconds timeout);
-  void Stop();
+  // Runnable, leader-only (only the storage-capacity controller asks it): Start() starts the pod
+  // watch and returns once it has synced (DEADLINE_EXCEEDED after 120 s).
+  std::string Name() const override { return "capacity-endpoints"; }
+  Status Start(std::stop_token stop) override;
+  void Stop() override;
   // node -> address as of now.
   std::map<std::string, std::string> Endpoints();
 

@@ -269,18 +269,19 @@ void EphemeralVolumeController::EnqueuePod(const ObjectPtr& pod) {
   queue_->Add(key);
 }
 
-bool EphemeralVolumeController::Start(std::chrono::seconds sync_timeout) {
+Status EphemeralVolumeController::Start(std::stop_token stop) {
   claims_->Start();
   pods_->Start();
-  const auto timeout = std::chrono::duration_cast<std::chrono::milliseconds>(sync_timeout);
-  if (!claims_->WaitForSync(timeout) || !pods_->WaitForSync(timeout)) return false;
+  EPHEMERA_RETURN_IF_ERROR(apiclient::WaitForCacheSync(
+      stop, std::chrono::duration_cast<std::chrono::milliseconds>(options_.cache_sync_timeout),
+      {claims_.get(), pods_.get()}));
   for (int i = 0; i < std::max(1, options_.workers); ++i) {
     workers_.emplace_back([this] { Worker(); });
   }
   log::Info("ephemeral-volume controller started",
             {{"workers", std::to_string(options_.workers)},
              {"releaseTerminatedPods", options_.release_terminated_pods ? "true" : "false"}});
-  return true;
+  return Status::Ok();
 }
 
 void EphemeralVolumeController::Stop() {

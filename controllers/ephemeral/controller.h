@@ -12,7 +12,7 @@
 // The sync is level-based: it reads the pod and PVCs from the informers' caches, makes the API
 // match, and returns an error for anything worth retrying. It never modifies a cached object.
 //
-// Thread safety: Run() starts the informers and the workers; Stop() from any thread.
+// Thread safety: Start() and Stop() from the owner (the Manager); Sync() from any thread.
 #pragma once
 
 #include <atomic>
@@ -27,6 +27,7 @@
 #include "apiclient/client.h"
 #include "apiclient/events.h"
 #include "apiclient/informer.h"
+#include "apiclient/manager.h"
 #include "apiclient/metrics.h"
 #include "apiclient/workqueue.h"
 
@@ -35,6 +36,7 @@ namespace ephemera::controllers {
 struct EphemeralVolumeOptions {
   int workers = 5;                       // --concurrent-ephemeralvolume-syncs
   bool release_terminated_pods = false;  // --release-terminated-pods
+  std::chrono::seconds cache_sync_timeout{120};
 };
 
 // The name of the PVC of a pod's ephemeral volume: "<pod>-<volume>".
@@ -50,16 +52,18 @@ bool IsControlledBy(const apiclient::Object& pvc, const std::string& pod_uid);
 apiclient::Object TrimPod(apiclient::Object pod);
 apiclient::Object TrimClaim(apiclient::Object pvc);
 
-class EphemeralVolumeController {
+class EphemeralVolumeController final : public apiclient::Runnable {
  public:
   EphemeralVolumeController(apiclient::ApiClientPtr client,
                             std::shared_ptr<apiclient::EventRecorder> events,
                             apiclient::MetricsRegistry& metrics, EphemeralVolumeOptions options);
-  ~EphemeralVolumeController();
+  ~EphemeralVolumeController() override;
 
-  // Starts informers and workers; returns once the caches are synced (false on timeout).
-  bool Start(std::chrono::seconds sync_timeout = std::chrono::seconds(120));
-  void Stop();
+  // Runnable: leader-only. Start() starts the informers and, once their caches are synced, the
+  // workers (DEADLINE_EXCEEDED after options.cache_sync_timeout).
+  std::string Name() const override { return "ephemeral-volume"; }
+  Status Start(std::stop_token stop) override;
+  void Stop() override;
   bool Synced() const;
 
   // One reconciliation of the pod with key "namespace/name" (public for tests).

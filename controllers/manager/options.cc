@@ -11,7 +11,9 @@ namespace ephemera::controllers {
 namespace {
 
 StatusOr<int> ParseInt(const std::string& name, const std::string& v, int min) {
-  if (v.empty() || v.size() > 9 || v.find_first_not_of("0123456789") != std::string::npos) {
+  const std::string digits = !v.empty() && v[0] == '-' ? v.substr(1) : v;
+  if (digits.empty() || digits.size() > 9 ||
+      digits.find_first_not_of("0123456789") != std::string::npos) {
     return Status::InvalidArgument(name + " must be a whole number, not \"" + v.substr(0, 32) +
                                    "\"");
   }
@@ -260,9 +262,12 @@ const std::map<std::string, Setter>& Setters() {
        }},
       {"capacity-ownerref-level",
        [](ManagerOptions* o, const std::string& v) {
-         auto n = ParseInt("--capacity-ownerref-level", v, 0);
+         auto n = ParseInt("--capacity-ownerref-level", v, -1);
          if (!n.ok()) return n.status();
-         if (*n > 3) return Status::InvalidArgument("--capacity-ownerref-level must be 0..3");
+         if (*n > kMaxOwnerrefLevel) {
+           return Status::InvalidArgument("--capacity-ownerref-level must be -1.." +
+                                          std::to_string(kMaxOwnerrefLevel));
+         }
          o->capacity_ownerref_level = *n;
          return Status::Ok();
        }},
@@ -583,8 +588,10 @@ storage-capacity (CSIStorageCapacity objects from the CSI driver's GetCapacity):
   --capacity-namespace NS                 namespace of the objects (default $POD_NAMESPACE)
   --capacity-poll-interval D              how often every capacity is asked again (default 1m)
   --capacity-for-immediate-binding[=B]    also Immediate classes (default false)
-  --capacity-ownerref-level N             0: no owner; 1 Pod, 2 ReplicaSet, 3 Deployment of
-                                          $POD_NAME in $POD_NAMESPACE (default 0)
+  --capacity-ownerref-level N             owner of the objects, as external-provisioner's: -1
+                                          none, 0 the pod $POD_NAME in $POD_NAMESPACE, 1 its
+                                          controller (a ReplicaSet), 2 that one's (a
+                                          Deployment), ... (default -1)
   --kube-api-capacity-qps Q               rate limit of capacity writes (default 1)
   --kube-api-capacity-burst B             (default 5)
 )";

@@ -12,6 +12,9 @@
 
 namespace ephemera::controllers {
 
+// --capacity-ownerref-level's highest value: pod, ReplicaSet, Deployment and a little room.
+constexpr int kMaxOwnerrefLevel = 5;
+
 struct ManagerOptions {
   std::string kubeconfig;
   std::string context;
@@ -48,7 +51,9 @@ struct ManagerOptions {
   std::string capacity_namespace;  // default: $POD_NAMESPACE
   std::chrono::milliseconds capacity_poll_interval{60000};
   bool capacity_for_immediate_binding = false;
-  int capacity_ownerref_level = 0;  // 0 = no owner; 1 = Pod, 2 = ReplicaSet, 3 = Deployment
+  // external-provisioner's meaning: how many controller references to follow from the pod
+  // $POD_NAME to the owner of the objects; -1 = no owner, 0 = the pod, 1 = its ReplicaSet, ...
+  int capacity_ownerref_level = -1;
   double kube_api_capacity_qps = 1;
   int kube_api_capacity_burst = 5;
   std::string config_file;

@@ -884,7 +884,7 @@ TEST_CASE("Storage capacity: the owner is the controller's Deployment via its po
   {
     ScopedEnv env{{"POD_NAME", pod_name}, {"POD_NAMESPACE", ns}};
     std::vector<std::string> flags = ControllerFlags(driver, ns);
-    flags.push_back("--capacity-ownerref-level=3");
+    flags.push_back("--capacity-ownerref-level=2");  // pod -> ReplicaSet -> Deployment
     ControllerProcess controller(cluster, flags);
     REQUIRE(Eventually([&] {
       objects = Capacities(*client, ns, {late});
@@ -908,14 +908,14 @@ TEST_CASE("Storage capacity: the owner is the controller's Deployment via its po
   REQUIRE(client->Delete(apiclient::resources::kDeployments, ns, "manager", {}).ok());
   CHECK(Eventually([&] { return Capacities(*client, ns, {late}).empty(); }, seconds(60)));
 
-  // A pod without a controller cannot give level 2: the manager says so and does not publish.
+  // A pod without a controller cannot give level 1: the manager says so and does not publish.
   Object lonely = pod;
   lonely["metadata"] = {{"name", "lonely"}, {"namespace", ns}};
   REQUIRE(client->Create(apiclient::resources::kPods, ns, lonely).ok());
   {
     ScopedEnv env{{"POD_NAME", "lonely"}, {"POD_NAMESPACE", ns}};
     std::vector<std::string> flags = ControllerFlags(driver, ns);
-    flags.push_back("--capacity-ownerref-level=2");
+    flags.push_back("--capacity-ownerref-level=1");
     ControllerProcess controller(cluster, flags);
     CHECK(Eventually([&] { return !controller.Running(); }, seconds(30)));
     CHECK(ReadFile(controller.log()).find("has no controller") != std::string::npos);
@@ -1117,6 +1117,88 @@ TEST_CASE("Storage capacity: bootstrap-tls makes the certificates into Secrets a
   CHECK(ReadFile(dir + "/run2/tls.crt") == ReadFile(dir + "/run1/tls.crt"));
   controller.reset();
   std::filesystem::remove_all(dir);
+}
+
+// How often `needle` occurs in `text`.
+size_t Count(const std::string& text, const std::string& needle) {
+  size_t n = 0;
+  for (size_t at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1))
+    ++n;
+  return n;
+}
+
+TEST_CASE(
+    "Leader election: two replicas whose start-up outlasts two lease durations never lead at "
+    "once",
+    "[cluster][capacity][leader]") {
+  const TestCluster cluster = TestCluster::FromEnvironment();
+  auto client = cluster.AdminClient();
+  csi::testing::DriverFixture driver("1Gi", {"--node-id=node-1"});
+  RegisterDriverOnNodes(*client);
+  const std::string late = "cap-le-" + RandomSuffix();
+  ClassCleanup cleanup{*client, {late}};
+  CreateClass(*client, late, "WaitForFirstConsumer");
+  const std::string ns = cluster.CreateNamespace("cap-le");
+  // The driver is down while the replicas start: the leader's start-up waits for it.
+  driver.Kill(SIGKILL);
+
+  const auto lease_duration = seconds(3);
+  std::vector<std::string> flags = ControllerFlags(driver, ns);
+  for (const char* f : {"--leader-elect=true", "--leader-elect-lease-name=capacity-le",
+                        "--leader-elect-lease-duration=3s", "--leader-elect-renew-deadline=2s",
+                        "--leader-elect-retry-period=500ms"}) {
+    flags.emplace_back(f);
+  }
+  flags.push_back("--leader-elect-namespace=" + ns);
+  auto holder = [&]() -> std::string {
+    auto lease = client->Get(apiclient::resources::kLeases, ns, "capacity-le");
+    return lease.ok() ? Field(**lease, "spec", "holderIdentity") : "";
+  };
+  auto first = std::make_unique<ControllerProcess>(cluster, flags);
+  std::string first_identity;
+  REQUIRE(Eventually([&] {
+    first_identity = holder();
+    return !first_identity.empty();
+  }));
+  ControllerProcess second(cluster, flags);
+
+  // Three lease durations with the leader still starting: the lease never changes hands.
+  std::set<std::string> holders;
+  const auto until = std::chrono::steady_clock::now() + 3 * lease_duration;
+  while (std::chrono::steady_clock::now() < until) {
+    const std::string h = holder();
+    if (!h.empty()) holders.insert(h);
+    std::this_thread::sleep_for(milliseconds(100));
+  }
+  CHECK(holders == std::set<std::string>{first_identity});
+  CHECK(first->Running());
+  CHECK(second.Running());
+
+  // The driver comes up: the leader finishes starting and publishes; the standby never did.
+  driver.Start();
+  REQUIRE(Eventually([&] { return Capacities(*client, ns, {late}).size() == 3; }));
+  std::this_thread::sleep_for(seconds(1));
+  CHECK(holder() == first_identity);
+  const std::string first_log = ReadFile(first->log());
+  const std::string second_log = ReadFile(second.log());
+  CHECK(Count(first_log, "\"became leader\"") == 1);
+  CHECK(Count(first_log, "\"created CSIStorageCapacity\"") >= 3);
+  CHECK(Count(second_log, "\"became leader\"") == 0);
+  CHECK(Count(second_log, "CSIStorageCapacity\"") == 0);
+  CHECK(Count(second_log, "\"starting\"") == 0);
+
+  // A clean stop of the leader hands over at once: the released lease is taken without waiting
+  // out a lease duration, and the new leader adopts the objects without writing them again.
+  const auto stopped_at = std::chrono::steady_clock::now();
+  first->Stop();
+  first.reset();
+  REQUIRE(Eventually([&] { return !holder().empty() && holder() != first_identity; }, seconds(10)));
+  const auto takeover = std::chrono::steady_clock::now() - stopped_at;
+  INFO("takeover after " << std::chrono::duration_cast<milliseconds>(takeover).count() << " ms");
+  CHECK(takeover < lease_duration);
+  REQUIRE(Eventually([&] { return Count(ReadFile(second.log()), "\"started\"") >= 1; }));
+  CHECK(Count(ReadFile(second.log()), "\"created CSIStorageCapacity\"") == 0);
+  CHECK(Capacities(*client, ns, {late}).size() == 3);
 }
 
 }  // namespace

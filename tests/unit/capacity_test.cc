@@ -258,14 +258,33 @@ TEST_CASE("Manager options accept the storage-capacity flags", "[unit][capacity]
   REQUIRE(ParseManagerOptions({"--controllers=storage-capacity", "--csi-address=unix:///x.sock",
                                "--capacity-namespace=ns", "--capacity-poll-interval=5m",
                                "--capacity-for-immediate-binding", "--kube-api-capacity-qps=3",
-                               "--kube-api-capacity-burst=7", "--capacity-ownerref-level=3"},
+                               "--kube-api-capacity-burst=7", "--capacity-ownerref-level=2"},
                               &ok)
               .ok());
   CHECK(ok.capacity_poll_interval == std::chrono::minutes(5));
   CHECK(ok.capacity_for_immediate_binding);
   CHECK(ok.kube_api_capacity_qps == 3);
   CHECK(ok.kube_api_capacity_burst == 7);
-  CHECK(ok.capacity_ownerref_level == 3);
+  CHECK(ok.capacity_ownerref_level == 2);
+  // external-provisioner's meaning: -1 none (our default), 0 the pod, 1 its controller, ...
+  CHECK(ManagerOptions{}.capacity_ownerref_level == -1);
+  for (const char* level : {"-1", "0", "1", "5"}) {
+    ManagerOptions o2;
+    CHECK(ParseManagerOptions(
+              {"--controllers=storage-capacity", "--csi-address=unix:///x.sock",
+               "--capacity-namespace=ns", std::string("--capacity-ownerref-level=") + level},
+              &o2)
+              .ok());
+    CHECK(o2.capacity_ownerref_level == std::stoi(level));
+  }
+  for (const char* level : {"-2", "6", "x", "-", "--1"}) {
+    ManagerOptions o2;
+    CHECK(ParseManagerOptions(
+              {"--controllers=storage-capacity", "--csi-address=unix:///x.sock",
+               "--capacity-namespace=ns", std::string("--capacity-ownerref-level=") + level},
+              &o2)
+              .code() == Code::kInvalidArgument);
+  }
   ManagerOptions bad;
   CHECK_FALSE(ParseManagerOptions({"--controllers=storage-capacity", "--csi-address=unix:///x",
                                    "--capacity-namespace=ns", "--capacity-poll-interval=10ms"},
@@ -435,7 +454,7 @@ TEST_CASE("Capacity controller creates updates only on change and keeps the last
   CapacityController controller(
       client, source, metrics,
       {.ns = "ns", .poll_interval = std::chrono::hours(1), .write_qps = 0});
-  REQUIRE(controller.Start(std::chrono::seconds(10)));
+  REQUIRE(controller.Start(std::stop_token{}).ok());
   REQUIRE(Eventually([&] { return client->All("csistoragecapacities").size() == 2; }));
   for (const auto& o : client->All("csistoragecapacities")) {
     const std::string node = Field(*o, "nodeTopology", "matchLabels", kKey);
@@ -493,7 +512,7 @@ TEST_CASE("Capacity controller reports an unreachable node endpoint by Event and
   CapacityController controller(
       client, source, metrics,
       {.ns = "ns", .poll_interval = std::chrono::hours(1), .write_qps = 0, .events = events});
-  REQUIRE(controller.Start(std::chrono::seconds(10)));
+  REQUIRE(controller.Start(std::stop_token{}).ok());
   REQUIRE(Eventually([&] { return client->All("csistoragecapacities").size() == 2; }));
   REQUIRE(controller.Sync().ok());
   const uint64_t writes = controller.Writes();
@@ -569,7 +588,7 @@ TEST_CASE("Capacity controller adopts existing objects and deletes obsolete and 
   put("csisc-e", "late", "n9", "1Gi");  // node gone: deleted
   apiclient::MetricsRegistry metrics;
   CapacityController controller(client, source, metrics, options);
-  REQUIRE(controller.Start(std::chrono::seconds(10)));
+  REQUIRE(controller.Start(std::stop_token{}).ok());
   REQUIRE(Eventually([&] { return client->All("csistoragecapacities").size() == 2; }));
   CHECK(client->writes() == 3);  // three deletes, no create, no update
   std::set<std::string> names;
@@ -587,7 +606,7 @@ TEST_CASE("Capacity controller without GET_CAPACITY publishes nothing and keeps 
   source->has_capability = false;
   apiclient::MetricsRegistry metrics;
   CapacityController controller(client, source, metrics, {.ns = "ns", .write_qps = 0});
-  REQUIRE(controller.Start(std::chrono::seconds(10)));
+  REQUIRE(controller.Start(std::stop_token{}).ok());
   CHECK(controller.Disabled());
   CHECK(controller.Sync().ok());
   CHECK(client->All("csistoragecapacities").empty());
