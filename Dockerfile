@@ -8,6 +8,7 @@ FROM debian:bookworm AS build
 RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       build-essential cmake ninja-build pkg-config \
       nlohmann-json3-dev libyaml-cpp-dev libssl-dev libboost-dev libboost-system-dev \
+      libboost-program-options-dev \
       libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc \
       libndctl-dev uuid-dev \
     && rm -rf /var/lib/apt/lists/*
@@ -19,7 +20,7 @@ RUN cmake -S . -B /build -G Ninja -DCMAKE_BUILD_TYPE=Release -DEPHEMERA_BUILD_TE
 
 FROM debian:bookworm-slim
 RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      libyaml-cpp0.7 libssl3 libgrpc++1.51 libprotobuf32 libndctl6 \
+      libyaml-cpp0.7 libssl3 libgrpc++1.51 libprotobuf32 libndctl6 libboost-program-options1.74.0 \
       ca-certificates e2fsprogs xfsprogs util-linux mount lvm2 ndctl \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /build/bin/ephemera-controller-manager /build/bin/ephemera-pmem-csi /usr/local/bin/

@@ -10,7 +10,7 @@
 
 #include "apiclient/deadline.h"
 #include "apiclient/errors.h"
-#include "apiclient/log.h"
+#include "common/log.h"
 
 namespace ephemera::apiclient {
 

@@ -7,8 +7,8 @@
 #include <ctime>
 
 #include "apiclient/informer.h"
-#include "apiclient/log.h"
 #include "apiclient/rest_client.h"
+#include "common/log.h"
 
 namespace ephemera::apiclient {
 

@@ -1,10 +1,14 @@
-// The configuration of ephemera-pmem-csi, filled from the command line by main.
+// The configuration of ephemera-pmem-csi, filled from the command line by main through
+// DriverFlags().
 //
 // Thread safety: a value; read-only once the driver runs.
 #pragma once
 
 #include <cstdint>
 #include <string>
+#include <vector>
+
+#include "common/flags.h"
 
 namespace ephemera::csi {
 
@@ -26,6 +30,14 @@ struct Config {
   // read-only capacity listener with mutual TLS; off when empty
   std::string capacity_listen;  // HOST:PORT
   std::string tls_ca, tls_cert, tls_key;
+  // logging (common/log.h)
+  std::string logging_format = "text";  // text | json
+  int verbosity = 0;
 };
+
+// Every flag of the driver, each bound to its field of `config`.
+std::vector<flags::Flag> DriverFlags(Config& config);
+// The Go flag package's spelling, as the controller-manager's: "-v 2" as well as "--v=2".
+constexpr flags::Syntax kDriverSyntax{.single_dash_long = true};
 
 }  // namespace ephemera::csi

@@ -10,6 +10,7 @@
 
 #include "apiclient/config.h"
 #include "apiclient/rest_client.h"
+#include "common/flags.h"
 #include "plugin/views.h"
 
 namespace ephemera::plugin {
@@ -40,16 +41,25 @@ Examples:
   kubectl ephemera volumes -n demo -o json
 )";
 
-// Flags that take a value: long name -> the Options field.
-std::string* ValueFlag(Options* o, const std::string& name) {
-  static const std::map<std::string, std::string Options::*> kFlags = {
-      {"namespace", &Options::ns},    {"n", &Options::ns},
-      {"output", &Options::output},   {"o", &Options::output},
-      {"driver", &Options::driver},   {"kubeconfig", &Options::kubeconfig},
-      {"context", &Options::context},
+// A value flag that must not be empty ("--namespace=" is a mistake, not "no namespace").
+flags::Flag NonEmpty(const std::string& name, char short_name, std::string* field) {
+  flags::Flag flag = flags::Custom(name, [name, field](const std::string& v) {
+    if (v.empty()) return Status::InvalidArgument("flag \"--" + name + "\" needs a value");
+    *field = v;
+    return Status::Ok();
+  });
+  return flags::WithShort(std::move(flag), short_name);
+}
+
+std::vector<flags::Flag> PluginFlags(Options& o) {
+  return {
+      NonEmpty("namespace", 'n', &o.ns),
+      flags::WithShort(flags::Bool("all-namespaces", &o.all_namespaces), 'A'),
+      NonEmpty("output", 'o', &o.output),
+      NonEmpty("driver", '\0', &o.driver),
+      NonEmpty("kubeconfig", '\0', &o.kubeconfig),
+      NonEmpty("context", '\0', &o.context),
   };
-  auto it = kFlags.find(name);
-  return it == kFlags.end() ? nullptr : &(o->*(it->second));
 }
 
 StatusOr<std::vector<apiclient::ObjectPtr>> ListAll(apiclient::ApiClient& client,
@@ -172,59 +182,23 @@ std::string Usage() {
 
 StatusOr<Options> ParseArgs(const std::vector<std::string>& args) {
   Options o;
-  for (size_t i = 0; i < args.size(); ++i) {
-    const std::string& arg = args[i];
-    if (arg == "-h" || arg == "--help" || arg == "help") {
+  const std::vector<flags::Flag> table = PluginFlags(o);
+  auto line = flags::Split(args, table, flags::Syntax{});
+  if (!line.ok()) return line.status();
+  EPHEMERA_RETURN_IF_ERROR(flags::Apply(*line, table));
+  o.help = line->help;
+  for (const std::string& word : line->positional) {
+    if (word == "help") {
       o.help = true;
-      continue;
-    }
-    if (arg == "-A" || arg == "--all-namespaces" || arg == "--all-namespaces=true") {
-      o.all_namespaces = true;
-      continue;
-    }
-    if (arg == "--all-namespaces=false") {
-      o.all_namespaces = false;
-      continue;
-    }
-    if (arg.size() > 1 && arg[0] == '-') {
-      std::string name;
-      std::optional<std::string> value;
-      if (arg.rfind("--", 0) == 0) {
-        name = arg.substr(2);
-        if (const auto eq = name.find('='); eq != std::string::npos) {
-          value = name.substr(eq + 1);
-          name = name.substr(0, eq);
-        }
-        if (name.size() < 2) {
-          return Status::InvalidArgument("unknown flag \"" + arg.substr(0, 64) + "\"");
-        }
-      } else {
-        name = arg.substr(1, 1);  // -n ns, -nns, -n=ns
-        if (arg.size() > 2) value = arg.substr(arg[2] == '=' ? 3 : 2);
-      }
-      std::string* field = ValueFlag(&o, name);
-      if (field == nullptr) {
-        return Status::InvalidArgument("unknown flag \"" + arg.substr(0, 64) + "\"");
-      }
-      if (!value) {
-        if (i + 1 >= args.size()) {
-          return Status::InvalidArgument("flag \"" + arg + "\" needs a value");
-        }
-        value = args[++i];
-      }
-      if (value->empty()) return Status::InvalidArgument("flag \"" + arg + "\" needs a value");
-      *field = *value;
-      continue;
-    }
-    if (!o.command.empty()) {
-      return Status::InvalidArgument("unexpected argument \"" + arg.substr(0, 64) + "\" after " +
+    } else if (!o.command.empty()) {
+      return Status::InvalidArgument("unexpected argument \"" + word.substr(0, 64) + "\" after " +
                                      o.command);
-    }
-    if (arg != "capacity" && arg != "volumes") {
-      return Status::InvalidArgument("unknown command \"" + arg.substr(0, 64) +
+    } else if (word != "capacity" && word != "volumes") {
+      return Status::InvalidArgument("unknown command \"" + word.substr(0, 64) +
                                      "\" (commands: capacity, volumes)");
+    } else {
+      o.command = word;
     }
-    o.command = arg;
   }
   if (!o.output.empty() && o.output != "json" && o.output != "table") {
     return Status::InvalidArgument("--output must be json or table, not \"" +

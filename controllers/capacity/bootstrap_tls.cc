@@ -17,7 +17,7 @@
 
 #include "apiclient/config.h"
 #include "apiclient/errors.h"
-#include "apiclient/log.h"
+#include "common/log.h"
 
 namespace ephemera::controllers {
 namespace {

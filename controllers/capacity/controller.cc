@@ -3,7 +3,7 @@
 #include <algorithm>
 
 #include "apiclient/errors.h"
-#include "apiclient/log.h"
+#include "common/log.h"
 #include "common/quantity.h"
 
 namespace ephemera::controllers {

@@ -2,7 +2,7 @@
 
 #include <arpa/inet.h>
 
-#include "apiclient/log.h"
+#include "common/log.h"
 
 namespace ephemera::controllers {
 namespace {

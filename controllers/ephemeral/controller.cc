@@ -1,7 +1,7 @@
 #include "controllers/ephemeral/controller.h"
 
 #include "apiclient/errors.h"
-#include "apiclient/log.h"
+#include "common/log.h"
 
 namespace ephemera::controllers {
 namespace {

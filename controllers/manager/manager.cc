@@ -7,8 +7,8 @@
 
 #include "apiclient/errors.h"
 #include "apiclient/leader_election.h"
-#include "apiclient/log.h"
 #include "apiclient/manager.h"
+#include "common/log.h"
 #include "controllers/capacity/bootstrap_tls.h"
 #include "controllers/capacity/controller.h"
 #include "controllers/capacity/discovery.h"

@@ -66,8 +66,6 @@ Status ParseManagerOptions(const std::vector<std::string>& args, ManagerOptions*
 Status LoadManagerConfigFile(const std::string& path, ManagerOptions* options);
 // Checks values that depend on each other.
 Status ValidateManagerOptions(const ManagerOptions& options);
-// "15s", "1m30s", "500ms", "2h".
-StatusOr<std::chrono::milliseconds> ParseDuration(const std::string& text);
 
 std::string ManagerUsage();
 

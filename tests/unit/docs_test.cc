@@ -6,7 +6,9 @@
 #include <set>
 #include <sstream>
 
+#include "common/flags.h"
 #include "controllers/manager/options.h"
+#include "csi/config.h"
 
 namespace ephemera {
 namespace {
@@ -72,18 +74,11 @@ std::set<std::string> KeysIn(const std::vector<std::string>& cells) {
   return keys;
 }
 
-// The CSI driver's flags as csi/main.cc parses them: the names in its tables of string and size
-// flags, and the flags it compares by hand (arg == "--x", starts_with("--x=")).
+// The CSI driver's flags as its parser takes them (csi::DriverFlags).
 std::set<std::string> DriverFlags() {
-  const std::string source = ReadSource("csi/main.cc");
-  std::set<std::string> flags;
-  static const std::regex kTableEntry(R"re(\{"([a-z][a-z0-9-]*)", &config->)re");
-  static const std::regex kLiteral(R"re("--([a-z][a-z0-9-]*)[="])re");
-  for (const auto* re : {&kTableEntry, &kLiteral}) {
-    for (std::sregex_iterator it(source.begin(), source.end(), *re), end; it != end; ++it)
-      flags.insert((*it)[1]);
-  }
-  return flags;
+  csi::Config config;
+  const auto names = flags::Names(csi::DriverFlags(config));
+  return {names.begin(), names.end()};
 }
 
 TEST_CASE("configuration.md lists every flag and config key", "[docs]") {

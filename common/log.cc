@@ -1,4 +1,4 @@
-#include "apiclient/log.h"
+#include "common/log.h"
 
 #include <sys/time.h>
 #include <unistd.h>
