@@ -7,6 +7,8 @@
 #include <fstream>
 #include <sstream>
 
+#include "common/base64.h"
+
 namespace ephemera::apiclient {
 namespace {
 
@@ -62,38 +64,6 @@ StatusOr<std::string> DataOrFile(const YAML::Node& map, const std::string& key,
 }
 
 }  // namespace
-
-StatusOr<std::string> Base64Decode(std::string_view in) {
-  auto value = [](char c) -> int {
-    if (c >= 'A' && c <= 'Z') return c - 'A';
-    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
-    if (c >= '0' && c <= '9') return c - '0' + 52;
-    if (c == '+') return 62;
-    if (c == '/') return 63;
-    return -1;
-  };
-  std::string out;
-  uint32_t acc = 0;
-  int bits = 0;
-  bool padding = false;
-  for (char c : in) {
-    if (c == ' ' || c == '\n' || c == '\r' || c == '\t') continue;
-    if (c == '=') {
-      padding = true;
-      continue;
-    }
-    const int v = value(c);
-    if (v < 0 || padding) return Status::InvalidArgument("invalid base64");
-    acc = (acc << 6) | static_cast<uint32_t>(v);
-    bits += 6;
-    if (bits >= 8) {
-      bits -= 8;
-      out += static_cast<char>((acc >> bits) & 0xff);
-    }
-  }
-  if (bits >= 6) return Status::InvalidArgument("invalid base64 length");
-  return out;
-}
 
 StatusOr<std::string> TokenFile::Token() {
   std::lock_guard<std::mutex> lock(mu_);

@@ -72,7 +72,4 @@ StatusOr<RestConfig> InClusterConfig(
 // pod, else ~/.kube/config.
 StatusOr<RestConfig> LoadConfig(const std::string& kubeconfig_flag, const std::string& context);
 
-// Strict base64 (RFC 4648, padding optional, whitespace ignored).
-StatusOr<std::string> Base64Decode(std::string_view in);
-
 }  // namespace ephemera::apiclient

@@ -6,10 +6,10 @@
 
 #include <atomic>
 #include <fstream>
-#include <iostream>
 #include <sstream>
 
 #include "common/http_endpoint.h"
+#include "common/log.h"
 #include "csi/backends/block_device.h"
 #include "csi/backends/direct_device_manager.h"
 #include "csi/backends/file_device_manager.h"
@@ -70,15 +70,15 @@ class CapacityNodeService final : public Node::Service {
 void LogReport(const VolumeManager::RecoveryReport& report) {
   auto print = [](const char* what, const std::vector<std::string>& ids) {
     for (const std::string& id : ids)
-      std::cerr << "recovery: " << what << " " << id << "\n";
+      log::Info("recovery", {{"action", what}, {"volume", id}});
   };
   print("rolled back interrupted create of", report.rolled_back);
   print("finished interrupted delete of", report.finished_delete);
-  print("dropped record without device:", report.dropped_records);
-  print("ORPHANED device without record (use --remove-orphans to delete):", report.orphans);
+  print("dropped record without device", report.dropped_records);
+  print("ORPHANED device without record (use --remove-orphans to delete)", report.orphans);
   print("removed orphaned device", report.removed_orphans);
-  print("UNREADABLE record file (left in place):", report.corrupt_records);
-  print("could not repair now (left in place):", report.errors);
+  print("UNREADABLE record file (left in place)", report.corrupt_records);
+  print("could not repair now (left in place)", report.errors);
 }
 
 }  // namespace
@@ -175,7 +175,7 @@ Status Driver::Impl::StartCapacityListener() {
   if (!capacity_server) {
     return Status::Internal("cannot listen on --capacity-listen=" + config.capacity_listen);
   }
-  std::cerr << "capacity listener (mTLS) on " << config.capacity_listen << "\n";
+  log::Info("capacity listener (mTLS)", {{"address", config.capacity_listen}});
   return Status::Ok();
 }
 
@@ -200,8 +200,8 @@ Status Driver::Impl::StartHttpEndpoint() {
   });
   http->AddReadinessCheck("csi-socket", [this] { return CsiSocketCheck(); });
   EPHEMERA_RETURN_IF_ERROR(http->Start(config.http_endpoint).WithContext("--http-endpoint"));
-  std::cerr << "metrics and health on " << config.http_endpoint << " (port " << http->port()
-            << ")\n";
+  log::Info("metrics and health",
+            {{"address", config.http_endpoint}, {"port", std::to_string(http->port())}});
   return Status::Ok();
 }
 
@@ -264,9 +264,11 @@ Status Driver::Start() {
   d.server = builder.BuildAndStart();
   if (!d.server) return Status::Internal("cannot listen on " + d.config.endpoint);
   d.serving = true;
-  std::cerr << "ephemera-pmem-csi " << EPHEMERA_VERSION << " serving " << kDriverName << " on "
-            << d.config.endpoint << " (node " << d.config.node_id << ", backend "
-            << d.devices->Name() << ")\n";
+  log::Info("serving", {{"version", std::string(EPHEMERA_VERSION)},
+                        {"driver", std::string(kDriverName)},
+                        {"endpoint", d.config.endpoint},
+                        {"node", d.config.node_id},
+                        {"backend", d.devices->Name()}});
 
   if (!d.config.capacity_listen.empty()) EPHEMERA_RETURN_IF_ERROR(d.StartCapacityListener());
   if (!d.config.http_endpoint.empty()) EPHEMERA_RETURN_IF_ERROR(d.StartHttpEndpoint());

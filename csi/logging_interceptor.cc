@@ -2,10 +2,8 @@
 #include "csi/logging_interceptor.h"
 
 #include <chrono>
-#include <iostream>
-#include <mutex>
-#include <sstream>
 
+#include "common/log.h"
 #include "common/status.h"
 
 namespace ephemera::csi {
@@ -13,8 +11,6 @@ namespace ephemera::csi {
 namespace {
 
 using grpc::experimental::InterceptionHookPoints;
-
-std::mutex log_mu;
 
 class LoggingInterceptor : public grpc::experimental::Interceptor {
  public:
@@ -28,12 +24,11 @@ class LoggingInterceptor : public grpc::experimental::Interceptor {
           std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
       std::string code(CodeName(static_cast<Code>(status.error_code())));
       if (metrics_ != nullptr) metrics_->ObserveOperation(method_, code, seconds);
-      std::ostringstream line;
-      line << "grpc " << method_ << " " << code << " " << static_cast<int64_t>(seconds * 1e6)
-           << "us";
-      if (!status.ok()) line << ": " << status.error_message();
-      std::lock_guard<std::mutex> lock(log_mu);
-      std::cerr << line.str() << std::endl;
+      log::Fields fields = {{"method", method_},
+                            {"code", code},
+                            {"us", std::to_string(static_cast<int64_t>(seconds * 1e6))}};
+      if (!status.ok()) fields.emplace_back("message", status.error_message());
+      log::Info("grpc", fields);
     }
     methods->Proceed();
   }

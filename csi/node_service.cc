@@ -10,8 +10,8 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
-#include <iostream>
 
+#include "common/log.h"
 #include "csi/backends/loop_device.h"
 #include "csi/grpc_status.h"
 #include "csi/mount_util.h"
@@ -270,7 +270,8 @@ Status NodeService::DoPublishEphemeral(const NodePublishVolumeRequest& request) 
     // Do not keep a volume that no pod can use; kubelet retries the whole publish.
     Status deleted = volumes_.DeleteVolume(record->id);
     if (!deleted.ok()) {
-      std::cerr << "ephemeral volume " << record->id << ": cleanup: " << deleted.ToString() << "\n";
+      log::Error("cannot delete the ephemeral volume of a failed publish", deleted,
+                 {{"volume", record->id}});
     }
   }
   return status;

@@ -1,8 +1,7 @@
 // Volume lifecycle and recovery (see volume_manager.h).
 #include "csi/volume_manager.h"
 
-#include <iostream>
-
+#include "common/log.h"
 #include "csi/volume_id.h"
 
 namespace ephemera::csi {
@@ -119,7 +118,7 @@ StatusOr<VolumeRecord> VolumeManager::CreateLocked(const std::string& id, const 
         return *existing;
       }
       if (device.status().code() != Code::kNotFound) return device.status();
-      std::cerr << "volume " << id << ": record without device; creating it again\n";
+      log::Warning("record without device; creating it again", {{"volume", id}});
     }
     // An interrupted create or delete: remove whatever of the device exists, then start over.
     EPHEMERA_RETURN_IF_ERROR(devices_.Delete(id, existing->erase_after));
@@ -145,7 +144,8 @@ StatusOr<VolumeRecord> VolumeManager::CreateLocked(const std::string& id, const 
   }
   if (!device.ok()) {
     Status removed = store_.Remove(id);
-    if (!removed.ok()) std::cerr << "volume " << id << ": " << removed.ToString() << "\n";
+    if (!removed.ok())
+      log::Error("cannot remove the record of a failed create", removed, {{"volume", id}});
     return device.status();
   }
   EPHEMERA_RETURN_IF_ERROR(Fault("create:device-created"));

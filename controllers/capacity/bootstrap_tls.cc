@@ -17,6 +17,7 @@
 
 #include "apiclient/config.h"
 #include "apiclient/errors.h"
+#include "common/base64.h"
 #include "common/log.h"
 
 namespace ephemera::controllers {
@@ -97,30 +98,8 @@ StatusOr<CertificateAndKey> Make(const std::string& cn, int days, X509* issuer,
   return out;
 }
 
-std::string Base64Encode(const std::string& in) {
-  static constexpr char kAlphabet[] =
-      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  std::string out;
-  size_t i = 0;
-  for (; i + 2 < in.size(); i += 3) {
-    const uint32_t v = (static_cast<uint8_t>(in[i]) << 16) |
-                       (static_cast<uint8_t>(in[i + 1]) << 8) | static_cast<uint8_t>(in[i + 2]);
-    for (int s : {18, 12, 6, 0})
-      out += kAlphabet[(v >> s) & 63];
-  }
-  if (i < in.size()) {
-    uint32_t v = static_cast<uint8_t>(in[i]) << 16;
-    if (i + 1 < in.size()) v |= static_cast<uint8_t>(in[i + 1]) << 8;
-    out += kAlphabet[(v >> 18) & 63];
-    out += kAlphabet[(v >> 12) & 63];
-    out += i + 1 < in.size() ? kAlphabet[(v >> 6) & 63] : '=';
-    out += '=';
-  }
-  return out;
-}
-
 std::string Decode(const Object& secret, const char* key) {
-  auto decoded = apiclient::Base64Decode(Field(secret, "data", key));
+  auto decoded = Base64Decode(Field(secret, "data", key));
   return decoded.ok() ? *decoded : std::string();
 }
 

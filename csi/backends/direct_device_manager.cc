@@ -2,10 +2,10 @@
 #include "csi/backends/direct_device_manager.h"
 
 #include <algorithm>
-#include <iostream>
 #include <limits>
 #include <numeric>
 
+#include "common/log.h"
 #include "csi/parameters.h"
 #include "csi/volume_id.h"
 
@@ -92,11 +92,15 @@ Status DirectDeviceManager::Init() {
   alignment_ = kFsdaxAlign;
   for (const PmemRegion& region : *regions) {
     alignment_ = std::lcm(alignment_, NamespaceAlignment(region));
-    std::cerr << "direct backend: " << region.name << " size " << region.size << " available "
-              << region.available << " largest extent " << region.max_available_extent << " align "
-              << region.align << " x " << region.interleave_ways << " ways\n";
+    log::Info("direct backend: region",
+              {{"region", region.name},
+               {"size", std::to_string(region.size)},
+               {"available", std::to_string(region.available)},
+               {"largestExtent", std::to_string(region.max_available_extent)},
+               {"align", std::to_string(region.align)},
+               {"interleaveWays", std::to_string(region.interleave_ways)}});
   }
-  std::cerr << "direct backend: allocation unit " << alignment_ << " bytes\n";
+  log::Info("direct backend: allocation unit", {{"bytes", std::to_string(alignment_)}});
   return Status::Ok();
 }
 
@@ -154,8 +158,11 @@ StatusOr<Device> DirectDeviceManager::Create(const std::string& id, int64_t size
     StatusOr<PmemNamespace> ns = api_.CreateNamespace(best->name, id, *raw, mode, kFsdaxAlign);
     if (!ns.ok()) return ns.status();
     if (ns->usable_size >= size && !ns->blockdev.empty()) return ToDevice(*ns);
-    std::cerr << "direct backend: " << ns->name << " of " << *raw << " bytes holds only "
-              << ns->usable_size << " usable bytes, " << size << " asked; making it again\n";
+    log::Warning("direct backend: namespace too small; making it again",
+                 {{"namespace", ns->name},
+                  {"bytes", std::to_string(*raw)},
+                  {"usable", std::to_string(ns->usable_size)},
+                  {"asked", std::to_string(size)}});
     EPHEMERA_RETURN_IF_ERROR(api_.DestroyNamespace(ns->name));
     StatusOr<int64_t> more = RoundUp(size - std::min(ns->usable_size, size), alignment_);
     if (!more.ok()) return more.status();

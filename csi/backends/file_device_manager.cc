@@ -10,8 +10,8 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
-#include <iostream>
 
+#include "common/log.h"
 #include "csi/backends/loop_device.h"
 #include "csi/mount_util.h"
 #include "csi/system_error.h"
@@ -89,11 +89,12 @@ Status FileDeviceManager::Init() {
     if (!loop.deleted) continue;
     StatusOr<bool> in_use = LoopInUse(loop.device);
     if (in_use.ok() && !*in_use) {
-      std::cerr << "file backend: detaching " << loop.device << " of deleted " << loop.file << "\n";
+      log::Info("file backend: detaching the loop device of a deleted file",
+                {{"device", loop.device}, {"file", loop.file}});
       EPHEMERA_RETURN_IF_ERROR(DetachLoop(loop.device));
     } else {
-      std::cerr << "file backend: " << loop.device << " of deleted " << loop.file
-                << " is still in use; left alone\n";
+      log::Warning("file backend: the loop device of a deleted file is in use; left alone",
+                   {{"device", loop.device}, {"file", loop.file}});
     }
   }
 
@@ -101,8 +102,10 @@ Status FileDeviceManager::Init() {
   if (statvfs(dir_.c_str(), &fs) == 0) {
     auto fs_size = static_cast<int64_t>(fs.f_blocks) * static_cast<int64_t>(fs.f_frsize);
     if (fs_size < pool_size_) {
-      std::cerr << "file backend: warning: pool of " << pool_size_ << " bytes is larger than the "
-                << fs_size << " bytes of the filesystem of " << dir_ << "\n";
+      log::Warning("file backend: the pool is larger than its filesystem",
+                   {{"pool", std::to_string(pool_size_)},
+                    {"filesystem", std::to_string(fs_size)},
+                    {"dir", dir_}});
     }
   }
   return Status::Ok();

@@ -10,9 +10,9 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
-#include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "common/log.h"
 #include "csi/backends/block_device.h"
 #include "csi/mount_util.h"
 #include "csi/volume_id.h"
@@ -160,11 +160,11 @@ Status LvmDeviceManager::SetUpRegion(const std::string& region, int64_t region_s
     size = std::min(size, available);
     size -= size % align;
     if (size <= 0) {
-      std::cerr << "lvm backend: " << region << " has no room for a namespace; skipped\n";
+      log::Warning("lvm backend: no room for a namespace; region skipped", {{"region", region}});
       return Status::Ok();
     }
-    std::cerr << "lvm backend: creating an fsdax namespace of " << size << " bytes on " << region
-              << "\n";
+    log::Info("lvm backend: creating an fsdax namespace",
+              {{"region", region}, {"bytes", std::to_string(size)}});
     StatusOr<CommandResult> created =
         RunOk(runner_, {"ndctl", "create-namespace", "-r", region, "-m", "fsdax", "-n",
                         kNamespaceName, "-s", std::to_string(size)});
@@ -184,7 +184,7 @@ Status LvmDeviceManager::SetUpRegion(const std::string& region, int64_t region_s
   bool exists = std::any_of(groups->begin(), groups->end(),
                             [&](const LvmVolumeGroup& g) { return g.name == vg; });
   if (!exists) {
-    std::cerr << "lvm backend: creating volume group " << vg << " on " << device << "\n";
+    log::Info("lvm backend: creating a volume group", {{"vg", vg}, {"device", device}});
     EPHEMERA_RETURN_IF_ERROR(RunChecked(runner_, {"pvcreate", "-y", "-ff", device}));
     EPHEMERA_RETURN_IF_ERROR(RunChecked(runner_, {"vgcreate", "-y", vg, device}));
   }

@@ -22,6 +22,7 @@
 
 #include "apiclient/config.h"
 #include "apiclient/errors.h"
+#include "common/base64.h"
 #include "common/quantity.h"
 #include "controllers/capacity/source.h"
 #include "csi/exec_command_runner.h"
@@ -1044,7 +1045,7 @@ TEST_CASE("Storage capacity: bootstrap-tls makes the certificates into Secrets a
     return out;
   };
   auto decoded = [](const ObjectPtr& secret, const char* key) {
-    auto d = apiclient::Base64Decode(Field(*secret, "data", key));
+    auto d = Base64Decode(Field(*secret, "data", key));
     return d.ok() ? *d : std::string();
   };
   std::filesystem::create_directories(dir + "/run1");

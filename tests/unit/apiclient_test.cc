@@ -10,6 +10,7 @@
 #include "apiclient/field_filter.h"
 #include "apiclient/rate_limiter.h"
 #include "apiclient/resource.h"
+#include "common/base64.h"
 
 namespace ephemera::apiclient {
 namespace {
@@ -141,6 +142,25 @@ TEST_CASE("base64", "[apiclient][config]") {
   CHECK_FALSE(Base64Decode("a").ok());
   CHECK_FALSE(Base64Decode("aGVsbG8=x").ok());
   CHECK_FALSE(Base64Decode("a*==").ok());
+  // OpenSSL underneath (common/base64.h): padding optional but exact, every length, round trips.
+  CHECK(*Base64Decode("aGVsbG8") == "hello");
+  CHECK(*Base64Decode(" aGVs bG8=\r\n") == "hello");
+  CHECK(*Base64Decode("YQ") == "a");
+  CHECK(*Base64Decode("YWI=") == "ab");
+  CHECK_FALSE(Base64Decode("aGVsbG8==").ok());
+  CHECK_FALSE(Base64Decode("YQ=").ok());
+  CHECK_FALSE(Base64Decode("YQ===").ok());
+  CHECK_FALSE(Base64Decode("=").ok());
+  CHECK_FALSE(Base64Decode("aGVs-G8=").ok());  // base64url is another alphabet
+  CHECK(Base64Encode("") == "");
+  CHECK(Base64Encode("a") == "YQ==");
+  CHECK(Base64Encode("ab") == "YWI=");
+  CHECK(Base64Encode("hello") == "aGVsbG8=");
+  std::string bytes;
+  for (int i = 0; i < 256; ++i) {
+    bytes += static_cast<char>(i);
+    CHECK(*Base64Decode(Base64Encode(bytes)) == bytes);
+  }
 }
 
 TEST_CASE("HTTP errors map to canonical codes", "[apiclient][errors]") {

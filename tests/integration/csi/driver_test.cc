@@ -202,8 +202,8 @@ TEST_CASE("SIGKILL during 100 create/delete cycles leaks nothing", "[csi][integr
   std::ifstream log_in(driver.log_path());
   std::string log_text((std::istreambuf_iterator<char>(log_in)), std::istreambuf_iterator<char>());
   size_t repairs = 0;
-  for (size_t at = log_text.find("recovery: "); at != std::string::npos;
-       at = log_text.find("recovery: ", at + 1)) {
+  for (size_t at = log_text.find("\"recovery\" action="); at != std::string::npos;
+       at = log_text.find("\"recovery\" action=", at + 1)) {
     ++repairs;
   }
   std::cout << "SIGKILL test: " << kills << " kills, " << repairs << " repairs at restart, "
@@ -376,14 +376,14 @@ TEST_CASE("capacity is bounded by the pool directory's filesystem / not just the
   CHECK(driver.AvailableCapacity() == start);
 }
 
-// The port of the driver's HTTP endpoint, from the last "metrics and health on" line of its log;
-// 0 while there is none.
+// The port of the driver's HTTP endpoint, from the last "metrics and health" line of its log
+// (klog text: ... "metrics and health" address="127.0.0.1:0" port="40123"); 0 while there is none.
 int HttpPort(const DriverFixture& driver) {
   std::ifstream log(driver.log_path());
   int port = 0;
   for (std::string line; std::getline(log, line);) {
-    const size_t at = line.find(" (port ");
-    if (line.starts_with("metrics and health on ") && at != std::string::npos) {
+    const size_t at = line.find(" port=\"");
+    if (line.find("] \"metrics and health\" ") != std::string::npos && at != std::string::npos) {
       port = std::stoi(line.substr(at + 7));
     }
   }

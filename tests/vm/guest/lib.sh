@@ -154,7 +154,7 @@ check_restart_recovery() {
   if [ "$before_r" = "$after_r" ]; then pass "kills in create and delete: nothing leaked"; else fail "devices before: [$before_r] after: [$after_r]"; fi
   left=$(ls /tmp/state | grep -v '^\.' || true)
   [ -z "$left" ] && pass "no volume record left" || fail "records left: $left"
-  grep -c "^recovery:" /tmp/driver.log | sed 's/^/recovery actions logged: /'
+  grep -c "\"recovery\" action=" /tmp/driver.log | sed 's/^/recovery actions logged: /'
 }
 
 # Benchmarks (bench-*.sh): the raw side of a comparison. The suite defines raw_create I and
