@@ -181,6 +181,10 @@ TEST_CASE("HTTP endpoint: /metrics passes promtool / /healthz and /readyz follow
   auto& requests = registry.Counter("rest_client_requests_total", "Requests by verb and code.",
                                     {"verb", "code"});
   registry.Gauge("workqueue_depth", "Depth of the queue.", {"name"}).With({"pods"}).Set(3);
+  // A label value that needs every escape of the text format; promtool below must accept it.
+  registry.Gauge("workqueue_depth", "Depth of the queue.", {"name"})
+      .With({"a \\ \"quoted\"\nname"})
+      .Set(1);
   const TestCluster cluster = TestCluster::FromEnvironment();
   auto config = cluster.AdminConfig();
   auto client = apiclient::RestClient::New(config, [&](std::string_view verb, int code, double s) {
@@ -214,6 +218,8 @@ TEST_CASE("HTTP endpoint: /metrics passes promtool / /healthz and /readyz follow
       metrics.find(
           "rest_client_request_duration_seconds_bucket{verb=\"GET\",code=\"200\",le=\"+Inf\"} 1") !=
       std::string::npos);
+  CHECK(metrics.find("workqueue_depth{name=\"a \\\\ \\\"quoted\\\"\\nname\"} 1\n") !=
+        std::string::npos);
   CHECK(get("/healthz").first == 200);
   const auto [not_ready, why] = get("/readyz");
   CHECK(not_ready == 503);

@@ -1,9 +1,9 @@
-#include "apiclient/metrics.h"
+#include "common/metrics.h"
 
 #include <cmath>
 #include <cstdio>
 
-namespace ephemera::apiclient {
+namespace ephemera::metrics {
 namespace {
 
 std::string FormatValue(double v) {
@@ -225,4 +225,4 @@ std::string MetricsRegistry::Render() const {
   return out;
 }
 
-}  // namespace ephemera::apiclient
+}  // namespace ephemera::metrics
