@@ -2,6 +2,8 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
+#include <cctype>
 #include <cstdlib>
 #include <functional>
 #include <map>
@@ -354,7 +356,13 @@ StatusOr<std::chrono::milliseconds> ParseDuration(const std::string& text) {
     while (j < text.size() && (std::isdigit(static_cast<unsigned char>(text[j])) || text[j] == '.'))
       ++j;
     if (j == i) break;
-    const double value = std::stod(text.substr(i, j - i));
+    // Digits with at most one point, and at least one digit: ".", "1..5" and "." are no numbers.
+    const std::string number = text.substr(i, j - i);
+    if (number.find_first_of("0123456789") == std::string::npos ||
+        std::count(number.begin(), number.end(), '.') > 1 || number.size() > 32) {
+      break;
+    }
+    const double value = std::strtod(number.c_str(), nullptr);
     size_t k = j;
     while (k < text.size() && std::isalpha(static_cast<unsigned char>(text[k])))
       ++k;
@@ -377,6 +385,11 @@ StatusOr<std::chrono::milliseconds> ParseDuration(const std::string& text) {
   if (i != text.size()) {
     return Status::InvalidArgument("\"" + text.substr(0, 32) +
                                    "\" is not a duration such as 15s, 1m30s or 500ms");
+  }
+  // Beyond about 30 years a duration means a typo, and would overflow what it is added to.
+  constexpr double kMaxMs = 1e12;
+  if (total_ms > kMaxMs) {
+    return Status::InvalidArgument("\"" + text.substr(0, 32) + "\" is too long a duration");
   }
   return std::chrono::milliseconds(static_cast<int64_t>(total_ms));
 }
