@@ -34,6 +34,8 @@ if [ $? = 0 ]; then
     size=$(blockdev --getsize64 "$dev")
     [ "$size" -ge 67108864 ] && pass "FileIO device has $size bytes" || fail "FileIO device: $size bytes"
     grep ' /tmp/s1 ' /proc/mounts | grep -q dax && fail "FileIO volume mounted with dax" || pass "FileIO volume without dax"
+    grep -q "^node: volume $id mounted at /tmp/s1: .*(DAX: not asked)$" /tmp/driver.log &&
+      pass "the driver logged the FileIO mount without DAX" || fail "no driver log line of $id without DAX"
     $CLIENT $SOCK unstage "$id" /tmp/s1 || fail "unstage FileIO"
   else
     fail "stage FileIO $id"
