@@ -11,6 +11,7 @@
 #include <cstring>
 #include <filesystem>
 #include <iostream>
+#include <sstream>
 
 #include "csi/backends/loop_device.h"
 #include "csi/grpc_status.h"
@@ -54,6 +55,34 @@ std::vector<std::string> MountOptions(const VolumeCapability& capability, const 
                                    capability.mount().mount_flags().end());
   if (device.supports_dax) options.push_back("dax");
   return options;
+}
+
+// Logs what the kernel made of a filesystem mount: whether DAX is in effect according to the
+// filesystem options /proc/self/mountinfo reports for it. One line per mount, written while the
+// mount surely exists, so that a missing DAX shows (the guest tests check these lines for every
+// volume csi-sanity stages).
+void LogMount(const std::string& id, const Device& device, const std::string& target) {
+  StatusOr<std::optional<MountEntry>> mounted = FindMount(target);
+  std::ostringstream line;  // written at once, so that lines of concurrent calls do not mix
+  line << "node: volume " << id << " mounted at " << target << ": ";
+  if (!mounted.ok()) {
+    line << "mount table unreadable (" << mounted.status().ToString() << ")";
+  } else if (!mounted->has_value()) {
+    line << "not in the mount table";
+  } else {
+    const MountEntry& entry = **mounted;
+    const char* dax = "not asked";
+    if (DaxInEffect(entry)) {
+      dax = "on";
+    } else if (device.supports_dax) {
+      dax = "asked but off";
+    }
+    // Not the options themselves: they include the request's mount flags, which are not logged.
+    line << entry.fstype << " on " << device.path << (IsReadOnly(entry) ? ", read-only" : "")
+         << " (DAX: " << dax << ")";
+  }
+  line << "\n";
+  std::cerr << line.str() << std::flush;
 }
 
 // The volume_id and volume_path of NodeGetVolumeStats and NodeExpandVolume. A relative path
@@ -140,8 +169,10 @@ Status NodeService::DoStage(const NodeStageVolumeRequest& request) {
   }
   EPHEMERA_RETURN_IF_ERROR(EnsureFormatted(*record, *device, *fs_type));
   EPHEMERA_RETURN_IF_ERROR(EnsureDirectory(staging));
-  return MountFilesystem(device->path, staging, *fs_type,
-                         MountOptions(request.volume_capability(), *device));
+  EPHEMERA_RETURN_IF_ERROR(MountFilesystem(device->path, staging, *fs_type,
+                                           MountOptions(request.volume_capability(), *device)));
+  LogMount(id, *device, staging);
+  return Status::Ok();
 }
 
 grpc::Status NodeService::NodeUnstageVolume(grpc::ServerContext*,
@@ -263,7 +294,9 @@ Status NodeService::DoPublishEphemeral(const NodePublishVolumeRequest& request) 
       EPHEMERA_RETURN_IF_ERROR(EnsureDirectory(target));
       std::vector<std::string> options = MountOptions(request.volume_capability(), *device);
       if (read_only) options.push_back("ro");
-      return MountFilesystem(device->path, target, *fs_type, options);
+      EPHEMERA_RETURN_IF_ERROR(MountFilesystem(device->path, target, *fs_type, options));
+      LogMount(record->id, *device, target);
+      return Status::Ok();
     }();
   }
   if (!status.ok()) {
