@@ -101,7 +101,9 @@ TEST_CASE("Ephemeral volumes: one owned PVC per ephemeral volume, as the templat
   CHECK(Field(*scratch, "spec", "storageClassName") == "ephemera-pmem-ext4");
   CHECK((*scratch)["spec"]["resources"]["requests"]["storage"] == "1Gi");
   CHECK(Field(*f.Claim("web-cache"), "spec", "resources", "requests", "storage") == "2Gi");
-  // Settled: nothing more is written.
+  // Settled: nothing more is written (the two Events of the creates included).
+  const auto reasons = f.EventReasons();
+  CHECK(std::count(reasons.begin(), reasons.end(), "ProvisioningClaimCreated") == 2);
   const int writes = f.api->writes();
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
   CHECK(f.api->writes() == writes);
