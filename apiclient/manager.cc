@@ -230,39 +230,12 @@ Status Manager::Run(std::stop_token stop) {
   }
 
   if (lost) {
-    // The lease may pass to another replica once its margin is gone: the work stops before.
-    const auto margin =
-        config_.leader_election->lease_duration - config_.leader_election->renew_deadline;
-    log::Error("lost the leader lease: stopping the leader's work",
-               Status::Aborted("leader election lost"),
-               {{"within", std::to_string(margin.count()) + "ms"}});
-    std::atomic<bool> stopped{false};
-    std::mutex overrun_mu;
-    std::condition_variable overrun_cv;
-    std::thread watchdog([&] {
-      std::unique_lock<std::mutex> lock(overrun_mu);
-      if (overrun_cv.wait_for(lock, margin, [&] { return stopped.load(); })) return;
-      log::Error("the leader's work did not stop in time: exiting",
-                 Status::DeadlineExceeded("stop after lost lease"));
-      if (config_.on_stop_overrun) {
-        config_.on_stop_overrun();
-      } else {
-        std::_Exit(1);
-      }
-    });
-    leader_only_->Stop();
-    {
-      std::lock_guard<std::mutex> lock(overrun_mu);
-      stopped = true;
-    }
-    overrun_cv.notify_all();
-    watchdog.join();
-    leading_ = false;
+    StopLeaderWorkAfterLoss();
     result = Status::Aborted("leader election lost");
   } else {
     leader_only_->Stop();  // before the lease is released: a successor never overlaps us
-    leading_ = false;
   }
+  leading_ = false;
   if (elector_) {
     elector_->Stop();
     election.join();
@@ -275,6 +248,37 @@ Status Manager::Run(std::stop_token stop) {
   }
   if (endpoint_) endpoint_->Stop();
   return result;
+}
+
+void Manager::StopLeaderWorkAfterLoss() {
+  // The lease may pass to another replica once its margin is gone: the work stops before, or the
+  // process ends.
+  const auto margin =
+      config_.leader_election->lease_duration - config_.leader_election->renew_deadline;
+  log::Error("lost the leader lease: stopping the leader's work",
+             Status::Aborted("leader election lost"),
+             {{"within", std::to_string(margin.count()) + "ms"}});
+  bool stopped = false;
+  std::mutex mu;
+  std::condition_variable cv;
+  std::thread watchdog([&] {
+    std::unique_lock<std::mutex> lock(mu);
+    if (cv.wait_for(lock, margin, [&] { return stopped; })) return;
+    log::Error("the leader's work did not stop in time: exiting",
+               Status::DeadlineExceeded("stop after lost lease"));
+    if (config_.on_stop_overrun) {
+      config_.on_stop_overrun();
+    } else {
+      std::_Exit(1);
+    }
+  });
+  leader_only_->Stop();
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    stopped = true;
+  }
+  cv.notify_all();
+  watchdog.join();
 }
 
 SignalStop::SignalStop() {

@@ -96,6 +96,9 @@ class Manager {
   enum class Event { kLeading, kLost, kFailed };
   void Post(Event event, Status status = Status::Ok());
   Status Serve();
+  // After a lost lease: stops the leader-only runnables within lease duration - renew deadline,
+  // or calls on_stop_overrun.
+  void StopLeaderWorkAfterLoss();
 
   const ApiClientPtr client_;
   const ApiClientPtr event_client_;

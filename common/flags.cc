@@ -220,6 +220,9 @@ StatusOr<std::chrono::milliseconds> ParseDuration(const std::string& text) {
     total_ms += value * unit->second;
     p = after_unit;
   }
+  // Beyond about 30 years a duration means a typo, and would overflow what it is added to.
+  constexpr double kMaxMs = 1e12;
+  if (total_ms > kMaxMs) return Status::InvalidArgument(Quoted(text) + " is too long a duration");
   return std::chrono::milliseconds(static_cast<int64_t>(total_ms));
 }
 

@@ -57,10 +57,10 @@ StatusOr<std::vector<MountEntry>> ReadMountInfo() {
     // Optional fields end with a lone "-".
     while (fields >> word && word != "-") {
     }
-    std::string fstype, source;
-    fields >> fstype >> source;
+    std::string fstype, source, super_options;
+    fields >> fstype >> source >> super_options;
     entries.push_back(MountEntry{major_minor, Unescape(root), Unescape(mount_point), options,
-                                 fstype, Unescape(source)});
+                                 fstype, Unescape(source), super_options});
   }
   return entries;
 }
@@ -100,6 +100,15 @@ bool DeviceSupportsDax(const std::string& device) {
                    std::to_string(minor(st.st_rdev)) + "/queue/dax");
   std::string value;
   return in && std::getline(in, value) && value == "1";
+}
+
+bool DaxInEffect(const MountEntry& entry) {
+  std::istringstream options(entry.super_options);
+  std::string option;
+  while (std::getline(options, option, ',')) {
+    if (option == "dax" || option == "dax=always") return true;
+  }
+  return false;
 }
 
 Status MountFilesystem(const std::string& device, const std::string& target,

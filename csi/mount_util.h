@@ -22,6 +22,7 @@ struct MountEntry {
   std::string options;  // per-mount options, "rw,relatime"
   std::string fstype;
   std::string source;
+  std::string super_options;  // the filesystem's options, "rw,dax=always"
 };
 
 StatusOr<std::vector<MountEntry>> ReadMountInfo();
@@ -37,6 +38,11 @@ StatusOr<std::string> DeviceMajorMinor(const std::string& device);
 
 // Whether /sys/block/<device>/queue/dax says the device supports DAX.
 bool DeviceSupportsDax(const std::string& device);
+
+// Whether the kernel reports the mounted filesystem as using DAX for every file: "dax" or
+// "dax=always" among its super options (ext4 and xfs write one of these; "dax=inode" leaves it to
+// each file, "dax=never" is off).
+bool DaxInEffect(const MountEntry& entry);
 
 // mount(2) of a filesystem. `options` are mount(8)-style: ro, rw, noexec, nosuid, nodev, noatime,
 // relatime, nodiratime, sync, dirsync become MS_* flags; the rest go to the filesystem as data.

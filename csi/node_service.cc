@@ -56,6 +56,36 @@ std::vector<std::string> MountOptions(const VolumeCapability& capability, const 
   return options;
 }
 
+// Logs what the kernel made of a filesystem mount: whether DAX is in effect according to the
+// filesystem options /proc/self/mountinfo reports for it. One line per mount, written while the
+// mount surely exists, so that a missing DAX shows (the guest tests check these lines for every
+// volume csi-sanity stages).
+void LogMount(const std::string& id, const Device& device, const std::string& target) {
+  StatusOr<std::optional<MountEntry>> mounted = FindMount(target);
+  log::Fields fields = {{"volume", id}, {"target", target}};
+  if (!mounted.ok()) {
+    log::Error("mounted, but the mount table is unreadable", mounted.status(), fields);
+    return;
+  }
+  if (!mounted->has_value()) {
+    log::Warning("mounted, but not in the mount table", fields);
+    return;
+  }
+  const MountEntry& entry = **mounted;
+  const char* dax = "not asked";
+  if (DaxInEffect(entry)) {
+    dax = "on";
+  } else if (device.supports_dax) {
+    dax = "asked but off";
+  }
+  // Not the options themselves: they include the request's mount flags, which are not logged.
+  fields.emplace_back("fstype", entry.fstype);
+  fields.emplace_back("device", device.path);
+  if (IsReadOnly(entry)) fields.emplace_back("readOnly", "true");
+  fields.emplace_back("dax", dax);  // last: the guest tests match dax="..." at the end of the line
+  log::Info("mounted", fields);
+}
+
 // The volume_id and volume_path of NodeGetVolumeStats and NodeExpandVolume. A relative path
 // cannot be where a volume is published: the volume is NOT_FOUND there (not INVALID_ARGUMENT).
 Status ValidateVolumeAndPath(const std::string& volume_id, const std::string& volume_path) {
@@ -140,8 +170,10 @@ Status NodeService::DoStage(const NodeStageVolumeRequest& request) {
   }
   EPHEMERA_RETURN_IF_ERROR(EnsureFormatted(*record, *device, *fs_type));
   EPHEMERA_RETURN_IF_ERROR(EnsureDirectory(staging));
-  return MountFilesystem(device->path, staging, *fs_type,
-                         MountOptions(request.volume_capability(), *device));
+  EPHEMERA_RETURN_IF_ERROR(MountFilesystem(device->path, staging, *fs_type,
+                                           MountOptions(request.volume_capability(), *device)));
+  LogMount(id, *device, staging);
+  return Status::Ok();
 }
 
 grpc::Status NodeService::NodeUnstageVolume(grpc::ServerContext*,
@@ -263,7 +295,9 @@ Status NodeService::DoPublishEphemeral(const NodePublishVolumeRequest& request) 
       EPHEMERA_RETURN_IF_ERROR(EnsureDirectory(target));
       std::vector<std::string> options = MountOptions(request.volume_capability(), *device);
       if (read_only) options.push_back("ro");
-      return MountFilesystem(device->path, target, *fs_type, options);
+      EPHEMERA_RETURN_IF_ERROR(MountFilesystem(device->path, target, *fs_type, options));
+      LogMount(record->id, *device, target);
+      return Status::Ok();
     }();
   }
   if (!status.ok()) {

@@ -77,7 +77,12 @@ StatusOr<EphemeralParameters> ParseEphemeralParameters(
       out.size = *size;
       have_size = true;
     } else if (key == kParamEraseAfter) {
-      EPHEMERA_RETURN_IF_ERROR(ParseBool(field, value, &out.volume.erase_after));
+      // The attributes of an inline volume come from the pod: a pod that could turn erasing off
+      // would leave its data to the next tenant of the space. Inline volumes are always erased.
+      return Status::InvalidArgument(
+          field +
+          ": not allowed for an inline ephemeral volume (its data is always erased; "
+          "erasing is the administrator's decision, never the pod's)");
     } else if (key == kParamUsage) {
       EPHEMERA_RETURN_IF_ERROR(ParseUsage(field, value, &out.volume.usage));
     } else if (!HasKubernetesPrefix(key)) {

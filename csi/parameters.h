@@ -40,8 +40,8 @@ struct EphemeralParameters {
 };
 
 // The volume_context of an inline ephemeral volume: "size" (a Kubernetes quantity, required,
-// > 0), "eraseafter", "usage", and csi.storage.k8s.io/* keys. INVALID_ARGUMENT naming the key
-// otherwise.
+// > 0), "usage", and csi.storage.k8s.io/* keys. INVALID_ARGUMENT naming the key otherwise; also
+// for "eraseafter": the context is the pod's, and an inline volume is always erased.
 StatusOr<EphemeralParameters> ParseEphemeralParameters(
     const std::map<std::string, std::string>& volume_context);
 

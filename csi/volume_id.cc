@@ -95,6 +95,11 @@ Status ValidatePath(std::string_view field, std::string_view path) {
     if (component == "." || component == "..") {
       return Status::InvalidArgument(Field(field) + "must not contain \".\" or \"..\" components");
     }
+    // "/a/" or "/a//b" name the same directory as "/a" and "/a/b" but are other strings: the
+    // mount table lists the canonical one, so a publish would not find its own mount again.
+    if (component.empty() && path.size() > 1) {
+      return Status::InvalidArgument(Field(field) + "must not end in \"/\" or contain \"//\"");
+    }
     start = end + 1;
   }
   return Status::Ok();

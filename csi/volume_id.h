@@ -37,8 +37,9 @@ Status ValidateVolumeId(std::string_view field, std::string_view id);
 // otherwise. Names are only ever hashed, never used as a path.
 Status ValidateVolumeName(std::string_view field, std::string_view name);
 
-// OK when `path` is an absolute path of at most 4096 bytes without NUL bytes and without "." or
-// ".." components. INVALID_ARGUMENT naming `field` otherwise (also when it is empty).
+// OK when `path` is an absolute path of at most 4096 bytes without NUL bytes, without "." or ".."
+// components and in canonical form (no trailing "/", no "//"). INVALID_ARGUMENT naming `field`
+// otherwise (also when it is empty).
 Status ValidatePath(std::string_view field, std::string_view path);
 
 }  // namespace ephemera::csi

@@ -1,5 +1,6 @@
 #include "controllers/capacity/bootstrap_tls.h"
 
+#include <fcntl.h>
 #include <openssl/bio.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
@@ -7,7 +8,10 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
 #include <fstream>
 #include <functional>
 #include <map>
@@ -138,13 +142,28 @@ StatusOr<apiclient::ObjectPtr> Ensure(
   return created.status();
 }
 
+// Writes `data` to a file that is never readable by others, not even for a moment: created with
+// mode 0600 (the key is secret), its mode forced again if it existed.
 Status WriteFile(const std::string& path, const std::string& data) {
-  std::ofstream out(path, std::ios::trunc);
-  if (!out) return Status::Internal("cannot write " + path);
-  out << data;
-  out.close();
-  chmod(path.c_str(), 0600);
-  return out ? Status::Ok() : Status::Internal("cannot write " + path);
+  const int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (fd < 0) return Status::Internal("cannot write " + path + ": " + std::strerror(errno));
+  Status status;
+  if (fchmod(fd, 0600) != 0) {
+    status = Status::Internal("cannot restrict " + path + ": " + std::strerror(errno));
+  }
+  for (size_t done = 0; status.ok() && done < data.size();) {
+    const ssize_t n = write(fd, data.data() + done, data.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      status = Status::Internal("cannot write " + path + ": " + std::strerror(errno));
+      break;
+    }
+    done += static_cast<size_t>(n);
+  }
+  if (close(fd) != 0 && status.ok()) {
+    status = Status::Internal("cannot write " + path + ": " + std::strerror(errno));
+  }
+  return status;
 }
 
 }  // namespace

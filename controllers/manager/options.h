@@ -8,6 +8,7 @@
 #include <utility>
 #include <vector>
 
+#include "common/flags.h"
 #include "common/status.h"
 
 namespace ephemera::controllers {
@@ -66,6 +67,9 @@ Status ParseManagerOptions(const std::vector<std::string>& args, ManagerOptions*
 Status LoadManagerConfigFile(const std::string& path, ManagerOptions* options);
 // Checks values that depend on each other.
 Status ValidateManagerOptions(const ManagerOptions& options);
+
+// "15s", "1m30s", "500ms", "2h" (common/flags.h).
+using flags::ParseDuration;
 
 std::string ManagerUsage();
 

@@ -39,6 +39,11 @@ Status ZeroBlockDevice(const std::string& path, int64_t size) {
       status = Status::Internal(ErrnoMessage("zeroing " + path));
       break;
     }
+    if (n == 0) {  // the device ended before `size` (it shrank, or the size was wrong)
+      status = Status::Internal("zeroing " + path + ": no progress at byte " + std::to_string(pos) +
+                                " of " + std::to_string(size));
+      break;
+    }
     pos += n;
   }
   if (status.ok() && fdatasync(fd) != 0) status = Status::Internal(ErrnoMessage("fdatasync"));

@@ -59,16 +59,31 @@ int64_t UsableSize(int64_t raw, PmemMode mode) {
 }
 
 StatusOr<int64_t> RawSizeFor(int64_t usable, PmemMode mode, int64_t alignment) {
-  StatusOr<int64_t> raw = RoundUp(std::max<int64_t>(usable, 1), alignment);
-  if (!raw.ok()) return raw.status();
-  int64_t size = *raw;
-  while (UsableSize(size, mode) < usable) {
-    if (size > std::numeric_limits<int64_t>::max() - alignment) {
-      return Status::OutOfRange(std::to_string(usable) + " bytes: too large a namespace");
+  const auto too_large = [usable] {
+    return Status::OutOfRange(std::to_string(usable) + " bytes: too large a namespace");
+  };
+  usable = std::max<int64_t>(usable, 1);
+  // Either mode's metadata takes less than 1/32 of the namespace plus 64 MiB: the answer lies
+  // between `usable` and that much more. Found by bisection, never by stepping: a pod may ask for
+  // exabytes, and the backend's lock is held meanwhile.
+  const int64_t slack = usable / 32 + (int64_t{64} << 20);
+  if (usable > std::numeric_limits<int64_t>::max() - slack) return too_large();
+  StatusOr<int64_t> low = RoundUp(usable, alignment);
+  StatusOr<int64_t> high = RoundUp(usable + slack, alignment);
+  if (!low.ok() || !high.ok() || UsableSize(*high, mode) < usable) return too_large();
+  // The smallest multiple whose usable size suffices. UsableSize grows with the size except by a
+  // few KiB where a BTT gets another arena; `hi` always suffices, so the answer does too.
+  int64_t lo = *low / alignment;
+  int64_t hi = *high / alignment;
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    if (UsableSize(mid * alignment, mode) >= usable) {
+      hi = mid;
+    } else {
+      lo = mid + 1;
     }
-    size += alignment;
   }
-  return size;
+  return hi * alignment;
 }
 
 int64_t LargestVolumeIn(int64_t extent, int64_t alignment) {

@@ -42,8 +42,9 @@ int64_t NamespaceAlignment(const PmemRegion& region);
 // exactly (for a namespace starting at a 2 MiB boundary), sector a lower bound.
 int64_t UsableSize(int64_t raw, PmemMode mode);
 
-// The smallest multiple of `alignment` whose UsableSize() is at least `usable`. OUT_OF_RANGE on
-// overflow.
+// The smallest multiple of `alignment` whose UsableSize() is at least `usable` (for sector mode,
+// at a BTT arena boundary, possibly one multiple more), computed in O(log size) steps.
+// OUT_OF_RANGE when no int64 size would do.
 StatusOr<int64_t> RawSizeFor(int64_t usable, PmemMode mode, int64_t alignment);
 
 // The largest multiple of `alignment` that RawSizeFor() fits into `extent` bytes (0 if none).

@@ -2,6 +2,15 @@
 // kernel's sysfs protocol: the region's namespace seed gets a UUID, a name, a size and the mode
 // it is meant for; then the region's pfn (fsdax) or btt (sector) seed is configured, pointed at
 // the namespace and enabled, which makes the block device.
+//
+// Each step is one sysfs write, so a process killed during a create leaves the seed part-way
+// configured. Once it has a size the namespace is listed (with our name) and recovery deletes it;
+// before that, a seed holding only a UUID (and a name) is invisible to Namespaces(), and the
+// kernel refuses to give it another UUID (EBUSY, "renaming" a namespace whose labels do not exist)
+// while the region holds no other labelled namespace. So CreateNamespace() first clears such a
+// leftover: writing size 0, which is what ndctl_namespace_delete() does, drops the seed's UUID.
+// The pfn and btt seeds need no such care: their UUID and settings may be written again, and they
+// can only point at a namespace that has a size.
 #include "csi/backends/libndctl_pmem_api.h"
 
 #include <linux/ndctl.h>
@@ -11,6 +20,8 @@
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+
+#include "common/log.h"
 
 namespace ephemera::csi {
 
@@ -38,6 +49,23 @@ int64_t BlockDeviceSize(const std::string& blockdev) {
 bool IsPmemRegion(ndctl_region* region) {
   return ndctl_region_get_type(region) == ND_DEVICE_REGION_PMEM &&
          ndctl_region_is_enabled(region) != 0;
+}
+
+ndctl_region* FindPmemRegion(ndctl_ctx* ctx, const std::string& name) {
+  ndctl_bus* bus = nullptr;
+  ndctl_bus_foreach(ctx, bus) {
+    ndctl_region* region = nullptr;
+    ndctl_region_foreach(bus, region) {
+      if (IsPmemRegion(region) && Str(ndctl_region_get_devname(region)) == name) return region;
+    }
+  }
+  return nullptr;
+}
+
+bool HasUuid(ndctl_namespace* ndns) {
+  uuid_t uuid;
+  ndctl_namespace_get_uuid(ndns, uuid);
+  return uuid_is_null(uuid) == 0;
 }
 
 PmemNamespace Describe(ndctl_namespace* ndns) {
@@ -122,20 +150,27 @@ StatusOr<PmemNamespace> LibndctlPmemApi::CreateNamespace(const std::string& regi
                                                          const std::string& alt_name,
                                                          int64_t raw_size, PmemMode mode,
                                                          int64_t fsdax_align) {
-  ndctl_invalidate(ctx_);
   ndctl_region* region = nullptr;
-  ndctl_bus* bus = nullptr;
-  ndctl_bus_foreach(ctx_, bus) {
-    ndctl_region* r = nullptr;
-    ndctl_region_foreach(bus, r) {
-      if (IsPmemRegion(r) && Str(ndctl_region_get_devname(r)) == region_name) region = r;
+  ndctl_namespace* ndns = nullptr;
+  // At most twice: a seed left with a UUID by an interrupted create is cleared, then read again.
+  for (int pass = 0; pass < 2; ++pass) {
+    ndctl_invalidate(ctx_);
+    region = FindPmemRegion(ctx_, region_name);
+    if (region == nullptr) return Status::Internal("no enabled PMEM region " + region_name);
+    ndns = ndctl_region_get_namespace_seed(region);
+    if (ndns == nullptr || ndctl_namespace_get_size(ndns) != 0) {
+      return Status::Internal(region_name +
+                              " has no namespace seed (is the label area initialized?)");
     }
-  }
-  if (region == nullptr) return Status::Internal("no enabled PMEM region " + region_name);
-  ndctl_namespace* ndns = ndctl_region_get_namespace_seed(region);
-  if (ndns == nullptr || ndctl_namespace_get_size(ndns) != 0) {
-    return Status::Internal(region_name +
-                            " has no namespace seed (is the label area initialized?)");
+    if (!HasUuid(ndns)) break;
+    std::string seed = Str(ndctl_namespace_get_devname(ndns));
+    if (pass == 1) return Status::Internal("namespace seed " + seed + " keeps its UUID");
+    log::Warning(
+        "direct backend: the namespace seed has a UUID but no size (an interrupted "
+        "create); clearing it",
+        {{"seed", seed}, {"region", region_name}});
+    int rc = ndctl_namespace_delete(ndns);  // frees ndns
+    if (rc < 0) return Failed("clear the UUID of the namespace seed " + seed, rc);
   }
 
   uuid_t uuid;
@@ -143,7 +178,10 @@ StatusOr<PmemNamespace> LibndctlPmemApi::CreateNamespace(const std::string& regi
   int rc = ndctl_namespace_set_uuid(ndns, uuid);
   if (rc < 0) return Failed("set namespace uuid", rc);
   rc = ndctl_namespace_set_alt_name(ndns, alt_name.c_str());
-  if (rc < 0) return Failed("set namespace name", rc);
+  if (rc < 0) {
+    (void)ndctl_namespace_delete(ndns);  // drops the UUID again
+    return Failed("set namespace name", rc);
+  }
   rc = ndctl_namespace_set_size(ndns, static_cast<unsigned long long>(raw_size));
   if (rc < 0) {
     (void)ndctl_namespace_delete(ndns);

@@ -7,6 +7,8 @@
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <cstdio>
+#include <fstream>
 #include <functional>
 #include <map>
 #include <memory>
@@ -476,6 +478,92 @@ TEST_CASE("Ephemeral volumes: restarted while 500 pods are created / every pod g
       CHECK(Field(*e, "type") == "Normal");
     }
   }
+}
+
+std::string ReadLog(const std::string& path) {
+  std::ifstream in(path);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+// The time of day (seconds since midnight, with microseconds) of the first klog line that holds
+// `needle`, or -1.
+double LogTime(const std::string& log, const std::string& needle) {
+  const size_t at = log.find(needle);
+  if (at == std::string::npos) return -1;
+  const size_t line = log.rfind('\n', at) == std::string::npos ? 0 : log.rfind('\n', at) + 1;
+  // "I1127 15:16:40.123456 ..."
+  int h = 0, m = 0;
+  double sec = 0;
+  if (std::sscanf(log.c_str() + line + 6, "%d:%d:%lf", &h, &m, &sec) != 3) return -1;
+  return h * 3600 + m * 60 + sec;
+}
+
+TEST_CASE(
+    "Leader election: kube-apiserver frozen longer than the lease / the leader steps down, "
+    "no two leaders, the standby converges",
+    "[cluster][ephemeral][leader]") {
+  const TestCluster cluster = TestCluster::FromEnvironment();
+  auto client = cluster.AdminClient();
+  EnsureLateBindingClass(*client);
+  const std::string ns = cluster.CreateNamespace("freeze");
+  std::vector<std::string> flags = {"--leader-elect=true",
+                                    "--leader-elect-lease-name=freeze",
+                                    "--leader-elect-namespace=" + ns,
+                                    "--leader-elect-lease-duration=3s",
+                                    "--leader-elect-renew-deadline=2s",
+                                    "--leader-elect-retry-period=500ms"};
+  auto holder = [&]() -> std::string {
+    auto lease = client->Get(apiclient::resources::kLeases, ns, "freeze");
+    return lease.ok() ? Field(**lease, "spec", "holderIdentity") : "";
+  };
+  ControllerProcess first(cluster, flags);
+  std::string first_identity;
+  REQUIRE(Eventually([&] {
+    first_identity = holder();
+    return !first_identity.empty();
+  }));
+  ControllerProcess second(cluster, flags);
+  REQUIRE(client->Create(kPods, ns, Pod(ns, "before", {EphemeralVolume("v", "1Gi")})).ok());
+  REQUIRE(Eventually([&] { return GetClaim(*client, ns, "before-v") != nullptr; }));
+
+  // Freeze the API server for more than two lease durations.
+  std::ifstream pid_file(cluster.dir() + "/pids/kube-apiserver");
+  pid_t apiserver = 0;
+  pid_file >> apiserver;
+  REQUIRE(apiserver > 0);
+  REQUIRE(kill(apiserver, SIGSTOP) == 0);
+  std::this_thread::sleep_for(seconds(8));
+  REQUIRE(kill(apiserver, SIGCONT) == 0);
+
+  // The leader could not renew: it stopped and exited (the Deployment would restart it).
+  CHECK(Eventually([&] { return !first.Running(); }, seconds(40)));
+  // The standby takes over once the lease has run out after the thaw, and does the work.
+  std::string second_identity;
+  REQUIRE(Eventually(
+      [&] {
+        second_identity = holder();
+        return !second_identity.empty() && second_identity != first_identity;
+      },
+      seconds(30)));
+  REQUIRE(client->Create(kPods, ns, Pod(ns, "after", {EphemeralVolume("v", "1Gi")})).ok());
+  CHECK(Eventually([&] { return GetClaim(*client, ns, "after-v") != nullptr; }));
+
+  // Never two leaders: the first one's work had stopped before the second one became leader.
+  const std::string first_log = ReadLog(first.log());
+  const std::string second_log = ReadLog(second.log());
+  const double first_stopped = LogTime(first_log, "\"stopped\" runnable=\"ephemeral-volume\"");
+  const double first_lost =
+      LogTime(first_log, "leader lease not renewed within the renew deadline");
+  const double second_leads = LogTime(second_log, "\"became leader\"");
+  WARN("first lost at " << first_lost << ", stopped at " << first_stopped << ", second leads at "
+                        << second_leads);
+  REQUIRE(first_lost > 0);
+  REQUIRE(second_leads > 0);
+  // Its controller stopped, or the process was ended at once when it could not stop in time.
+  const bool ended_at_once = first_log.find("did not stop in time: exiting") != std::string::npos;
+  CHECK((first_stopped > 0 || ended_at_once));
+  if (first_stopped > 0) CHECK(first_stopped < second_leads);
+  CHECK(first_lost < second_leads);
 }
 
 }  // namespace

@@ -87,6 +87,14 @@ TEST_CASE("inline ephemeral volume context", "[csi][parameters]") {
   REQUIRE(params.ok());
   CHECK(params->size == 2LL * 1024 * 1024 * 1024);
   CHECK(params->volume.erase_after);
+  // The pod cannot turn erasing off (nor say "true": the key is the administrator's).
+  for (const char* value : {"false", "true"}) {
+    auto with_erase = context;
+    with_erase["eraseafter"] = value;
+    const Status refused = ParseEphemeralParameters(with_erase).status();
+    CHECK(refused.code() == Code::kInvalidArgument);
+    CHECK(refused.message().starts_with("volume_context[\"eraseafter\"]: not allowed"));
+  }
 
   context.erase("size");
   Status missing = ParseEphemeralParameters(context).status();

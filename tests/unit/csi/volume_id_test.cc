@@ -63,7 +63,8 @@ TEST_CASE("paths must be absolute and normalized", "[csi][volume_id]") {
   for (const std::string& bad :
        {std::string(""), std::string("relative/path"), std::string("/a/../etc"),
         std::string("/a/./b"), std::string("/a/.."), std::string("/a\0b", 4),
-        std::string(5000, '/')}) {
+        std::string(5000, '/'), std::string("/var/lib/target/"), std::string("/var//lib"),
+        std::string("//var")}) {
     INFO("path: " << bad);
     Status status = ValidatePath("target_path", bad);
     CHECK(status.code() == Code::kInvalidArgument);

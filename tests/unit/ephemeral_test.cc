@@ -1,0 +1,198 @@
+// Unit tests of the ephemeral-volume controller against an API server in memory (MemoryApi):
+// the controller runs as the Manager runs it (Start, workers, informers with watches), and the
+// tests look at what it wrote.
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <thread>
+
+#include "apiclient/errors.h"
+#include "apiclient/events.h"
+#include "controllers/ephemeral/controller.h"
+#include "tests/unit/memory_api.h"
+
+namespace ephemera::controllers {
+namespace {
+
+using apiclient::Field;
+using apiclient::Object;
+using apiclient::resources::kEvents;
+using apiclient::resources::kPersistentVolumeClaims;
+using apiclient::resources::kPods;
+using testing::MemoryApi;
+
+bool Eventually(const std::function<bool()>& condition,
+                std::chrono::milliseconds timeout = std::chrono::seconds(10)) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (!condition()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return true;
+}
+
+Object EphemeralVolume(const std::string& name, const std::string& size) {
+  return {{"name", name},
+          {"ephemeral",
+           {{"volumeClaimTemplate",
+             {{"metadata", {{"labels", {{"app", "db"}}}, {"annotations", {{"note", "x"}}}}},
+              {"spec",
+               {{"accessModes", {"ReadWriteOnce"}},
+                {"storageClassName", "ephemera-pmem-ext4"},
+                {"resources", {{"requests", {{"storage", size}}}}}}}}}}}};
+}
+
+Object Pod(const std::string& name, Object volumes) {
+  return {{"apiVersion", "v1"},
+          {"kind", "Pod"},
+          {"metadata", {{"name", name}, {"namespace", "ns"}, {"uid", "uid-pod-" + name}}},
+          {"spec", {{"volumes", std::move(volumes)}}}};
+}
+
+struct Fixture {
+  std::shared_ptr<MemoryApi> api = std::make_shared<MemoryApi>();
+  apiclient::MetricsRegistry metrics;
+  std::shared_ptr<apiclient::EventRecorder> events =
+      std::make_shared<apiclient::EventRecorder>(api, apiclient::EventSource{"test", "test"});
+  std::unique_ptr<EphemeralVolumeController> controller;
+
+  void Start(bool release_terminated_pods = false) {
+    controller = std::make_unique<EphemeralVolumeController>(
+        api, events, metrics,
+        EphemeralVolumeOptions{.workers = 2, .release_terminated_pods = release_terminated_pods});
+    REQUIRE(controller->Start(std::stop_token{}).ok());
+  }
+  ~Fixture() {
+    if (controller) controller->Stop();
+  }
+  apiclient::ObjectPtr Claim(const std::string& name) {
+    auto c = api->Get(kPersistentVolumeClaims, "ns", name);
+    return c.ok() ? *c : nullptr;
+  }
+  // The reasons of the Events written so far.
+  std::vector<std::string> EventReasons() {
+    events->Flush();
+    std::vector<std::string> out;
+    for (const auto& e : api->All(kEvents))
+      out.push_back(Field(*e, "reason"));
+    return out;
+  }
+};
+
+TEST_CASE("Ephemeral volumes: one owned PVC per ephemeral volume, as the template says",
+          "[unit][ephemeral]") {
+  Fixture f;
+  f.api->Put(kPods, Pod("web", {EphemeralVolume("scratch", "1Gi"),
+                                EphemeralVolume("cache", "2Gi"),
+                                {{"name", "config"}, {"configMap", {{"name", "c"}}}}}));
+  f.Start();
+  REQUIRE(Eventually([&] { return f.api->All(kPersistentVolumeClaims).size() == 2; }));
+  const auto scratch = f.Claim("web-scratch");
+  REQUIRE(scratch != nullptr);
+  REQUIRE(f.Claim("web-cache") != nullptr);
+  CHECK(f.Claim("web-config") == nullptr);
+  const Object& ref = (*scratch)["metadata"]["ownerReferences"][0];
+  CHECK(Field(ref, "kind") == "Pod");
+  CHECK(Field(ref, "name") == "web");
+  CHECK(Field(ref, "uid") == "uid-pod-web");
+  CHECK(ref["controller"] == true);
+  CHECK(ref["blockOwnerDeletion"] == true);
+  CHECK(Field(*scratch, "metadata", "labels", "app") == "db");
+  CHECK(Field(*scratch, "metadata", "annotations", "note") == "x");
+  CHECK(Field(*scratch, "spec", "storageClassName") == "ephemera-pmem-ext4");
+  CHECK((*scratch)["spec"]["resources"]["requests"]["storage"] == "1Gi");
+  CHECK(Field(*f.Claim("web-cache"), "spec", "resources", "requests", "storage") == "2Gi");
+  // Settled: nothing more is written (the two Events of the creates included).
+  const auto reasons = f.EventReasons();
+  CHECK(std::count(reasons.begin(), reasons.end(), "ProvisioningClaimCreated") == 2);
+  const int writes = f.api->writes();
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  CHECK(f.api->writes() == writes);
+}
+
+TEST_CASE("Ephemeral volumes: a PVC deleted while its pod lives is created again",
+          "[unit][ephemeral]") {
+  Fixture f;
+  f.api->Put(kPods, Pod("web", {EphemeralVolume("scratch", "1Gi")}));
+  f.Start();
+  REQUIRE(Eventually([&] { return f.Claim("web-scratch") != nullptr; }));
+  const std::string first_version = Field(*f.Claim("web-scratch"), "metadata", "resourceVersion");
+  REQUIRE(f.api->Delete(kPersistentVolumeClaims, "ns", "web-scratch", {}).ok());
+  REQUIRE(Eventually([&] {
+    auto c = f.Claim("web-scratch");
+    return c != nullptr && Field(*c, "metadata", "resourceVersion") != first_version;
+  }));
+}
+
+TEST_CASE("Ephemeral volumes: a PVC of the name that the pod does not own is left alone",
+          "[unit][ephemeral]") {
+  Fixture f;
+  Object foreign = {
+      {"apiVersion", "v1"},
+      {"kind", "PersistentVolumeClaim"},
+      {"metadata",
+       {{"name", "web-scratch"},
+        {"namespace", "ns"},
+        {"uid", "uid-foreign"},
+        {"ownerReferences",
+         {{{"kind", "Pod"}, {"name", "other"}, {"uid", "u2"}, {"controller", true}}}}}},
+      {"spec", {{"storageClassName", "precious"}}}};
+  f.api->Put(kPersistentVolumeClaims, foreign);
+  f.api->Put(kPods, Pod("web", {EphemeralVolume("scratch", "1Gi")}));
+  f.Start();
+  REQUIRE(Eventually([&] {
+    const auto reasons = f.EventReasons();
+    return std::find(reasons.begin(), reasons.end(), "FailedBinding") != reasons.end();
+  }));
+  const auto claim = f.Claim("web-scratch");
+  REQUIRE(claim != nullptr);
+  CHECK(Field(*claim, "metadata", "uid") == "uid-foreign");
+  CHECK(Field(*claim, "spec", "storageClassName") == "precious");
+}
+
+TEST_CASE("Ephemeral volumes: a pod being deleted gets no PVC", "[unit][ephemeral]") {
+  Fixture f;
+  Object pod = Pod("leaving", {EphemeralVolume("scratch", "1Gi")});
+  pod["metadata"]["deletionTimestamp"] = "2026-11-27T10:00:00Z";
+  f.api->Put(kPods, pod);
+  f.api->Put(kPods, Pod("staying", {EphemeralVolume("scratch", "1Gi")}));
+  f.Start();
+  REQUIRE(Eventually([&] { return f.Claim("staying-scratch") != nullptr; }));
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  CHECK(f.Claim("leaving-scratch") == nullptr);
+}
+
+TEST_CASE("Ephemeral volumes: --release-terminated-pods deletes the PVCs of a finished pod",
+          "[unit][ephemeral]") {
+  Fixture f;
+  f.api->Put(kPods, Pod("job", {EphemeralVolume("scratch", "1Gi")}));
+  f.Start(/*release_terminated_pods=*/true);
+  REQUIRE(Eventually([&] { return f.Claim("job-scratch") != nullptr; }));
+  auto pod = f.api->Get(kPods, "ns", "job");
+  REQUIRE(pod.ok());
+  Object done = **pod;
+  done["status"]["phase"] = "Succeeded";
+  REQUIRE(f.api->UpdateStatus(kPods, "ns", done).ok());
+  REQUIRE(Eventually([&] { return f.Claim("job-scratch") == nullptr; }));
+  const auto reasons = f.EventReasons();
+  CHECK(std::find(reasons.begin(), reasons.end(), "ReleasedClaim") != reasons.end());
+  // Not created again for the finished pod.
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  CHECK(f.Claim("job-scratch") == nullptr);
+}
+
+TEST_CASE("Ephemeral volumes: hostile pods do not stop the others", "[unit][ephemeral]") {
+  Fixture f;
+  // A volume list that is no list, a template that is no object, a name too long for a PVC.
+  Object odd = Pod("odd", Object::array());
+  odd["spec"]["volumes"] = "not a list";
+  f.api->Put(kPods, odd);
+  Object bad_template = Pod("bad", {{{"name", "x"}, {"ephemeral", {{"volumeClaimTemplate", 7}}}}});
+  f.api->Put(kPods, bad_template);
+  f.api->Put(kPods, Pod(std::string(250, 'p'), {EphemeralVolume("scratch", "1Gi")}));
+  f.api->Put(kPods, Pod("fine", {EphemeralVolume("scratch", "1Gi")}));
+  f.Start();
+  REQUIRE(Eventually([&] { return f.Claim("fine-scratch") != nullptr; }));
+}
+
+}  // namespace
+}  // namespace ephemera::controllers
