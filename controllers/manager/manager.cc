@@ -242,7 +242,8 @@ int RunManager(const ManagerOptions& options) {
                             .poll_interval = options.capacity_poll_interval,
                             .immediate_binding = options.capacity_for_immediate_binding,
                             .write_qps = options.kube_api_capacity_qps,
-                            .write_burst = options.kube_api_capacity_burst};
+                            .write_burst = options.kube_api_capacity_burst,
+                            .threads = options.capacity_threads};
       copts.events = std::make_shared<apiclient::EventRecorder>(
           *event_client, apiclient::EventSource{"ephemera.io/storage-capacity", le.identity});
       if (options.capacity_ownerref_level > 0) {

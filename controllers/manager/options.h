@@ -51,6 +51,7 @@ struct ManagerOptions {
   int capacity_ownerref_level = 0;  // 0 = no owner; 1 = Pod, 2 = ReplicaSet, 3 = Deployment
   double kube_api_capacity_qps = 1;
   int kube_api_capacity_burst = 5;
+  int capacity_threads = 4;  // --capacity-threads
   std::string config_file;
   bool help = false;
 };
