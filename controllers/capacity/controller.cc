@@ -547,9 +547,9 @@ void CapacityController::Worker() {
     bool pending = false;
     Status s;
     if (key == kPollKey) {
+      queue_->AddAfter(kPollKey, options_.poll_interval);  // first: the interval starts now
       RefreshAll();
       queue_->Add(kResyncKey);
-      queue_->AddAfter(kPollKey, options_.poll_interval);
     } else if (key == kResyncKey) {
       s = Resync();
     } else {
@@ -578,6 +578,7 @@ std::map<std::string, CapacityController::Wanted> CapacityController::WantedItem
   std::map<std::vector<std::string>, std::map<Segment, std::vector<std::string>>> by_keys;
   for (const auto& segment : segments) {
     std::vector<std::string> keys;
+    keys.reserve(segment.size());
     for (const auto& [k, v] : segment)
       keys.push_back(k);
     by_keys[keys][segment];
@@ -713,7 +714,7 @@ Status CapacityController::SyncItem(const std::string& key, bool* pending) {
     if (!due) RemoveWaitingLocked(key);
   }
   if (!due) {
-    const Status s = Publish(key, wanted.item);
+    Status s = Publish(key, wanted.item);
     item_syncs_++;
     return s;
   }
@@ -813,16 +814,17 @@ void CapacityController::Answered(const std::string& key, const std::string& end
           "answer is logged)",
           status, {{"segment", segment}});
     }
+    // A failure counts as an item sync once its retry is scheduled.
     if (result.ok()) {
       queue_->Add(key);  // to publish
     } else {
-      item_syncs_++;
       queue_->AddRateLimited(key);
+      item_syncs_++;
     }
     if (!next.empty()) queue_->Add(next);
     for (const auto& k : failed) {
-      item_syncs_++;
       queue_->AddRateLimited(k);
+      item_syncs_++;
     }
   }
   std::lock_guard<std::mutex> lock(mu_);

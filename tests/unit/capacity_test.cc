@@ -631,16 +631,22 @@ TEST_CASE("Capacity controller retries a failed item with its own doubling backo
       client, source, metrics,
       {.ns = "ns", .poll_interval = std::chrono::hours(1), .write_qps = 0, .clock = &clock});
   REQUIRE(controller.Start(std::chrono::seconds(10)));
-  REQUIRE(Eventually([&] { return Published(*client).size() == 1 && source->Calls("n2") == 1; }));
+  // n1 published, n2's failure handled (its retry scheduled: the backoff counts from then).
+  REQUIRE(
+      Eventually([&] { return Published(*client).size() == 1 && controller.ItemSyncs() == 2; }));
+  REQUIRE(source->Calls("n2") == 1);
   // 0.5 s, then 1 s, then 2 s; n1 is not asked again meanwhile.
   int expected = 1;
+  uint64_t syncs = controller.ItemSyncs();
   for (auto delay : {std::chrono::milliseconds(500), std::chrono::milliseconds(1000),
                      std::chrono::milliseconds(2000)}) {
     clock.Advance(delay - std::chrono::milliseconds(1));
     CHECK(Stays([&] { return source->Calls("n2") == expected; }));
     clock.Advance(std::chrono::milliseconds(1));
     ++expected;
-    CHECK(Eventually([&] { return source->Calls("n2") == expected; }));
+    CHECK(Eventually(
+        [&] { return source->Calls("n2") == expected && controller.ItemSyncs() == syncs + 1; }));
+    syncs = controller.ItemSyncs();
   }
   CHECK(source->Calls("n1") == 1);
   CHECK(Published(*client) == std::map<std::string, std::string>{{"n1", "1Gi"}});
