@@ -287,6 +287,13 @@ const std::map<std::string, Setter>& Setters() {
          o->kube_api_capacity_burst = *n;
          return Status::Ok();
        }},
+      {"capacity-threads",
+       [](ManagerOptions* o, const std::string& v) {
+         auto n = ParseInt("--capacity-threads", v, 1);
+         if (!n.ok()) return n.status();
+         o->capacity_threads = *n;
+         return Status::Ok();
+       }},
       {"v",
        [](ManagerOptions* o, const std::string& v) {
          auto n = ParseInt("-v", v, 0);
@@ -329,6 +336,7 @@ const std::map<std::string, std::string>& FileKeys() {
       {"capacityOwnerrefLevel", "capacity-ownerref-level"},
       {"kubeAPICapacityQPS", "kube-api-capacity-qps"},
       {"kubeAPICapacityBurst", "kube-api-capacity-burst"},
+      {"capacityThreads", "capacity-threads"},
   };
   return kKeys;
 }
@@ -607,6 +615,8 @@ storage-capacity (CSIStorageCapacity objects from the CSI driver's GetCapacity):
                                           Deployment), ... (default -1)
   --kube-api-capacity-qps Q               rate limit of capacity writes (default 1)
   --kube-api-capacity-burst B             (default 5)
+  --capacity-threads N                    workers publishing CSIStorageCapacity objects, and
+                                          GetCapacity calls at once to a central driver (default 4)
 )";
 }
 
