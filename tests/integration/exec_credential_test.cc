@@ -2,6 +2,7 @@
 // prints an ExecCredential with a service account's token from the TokenRequest API, or the
 // admin's client certificate. Checks who the server thinks we are, how often the plugin runs
 // (cached while valid, again after expiry and after a 401), and the errors of broken plugins.
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <fstream>
@@ -131,7 +132,7 @@ class TokenPlugin {
   std::string dir_;
 };
 
-TEST_CASE("exec plugin: requests carry its token; it runs once while the token is valid",
+TEST_CASE("exec plugin: requests carry its token, it runs once while the token is valid",
           "[cluster][exec]") {
   const TestCluster cluster = TestCluster::FromEnvironment();
   const ServiceAccount sa = MakeServiceAccount(cluster);

@@ -115,7 +115,7 @@ std::string WithExec(const std::string& exec_yaml) {
          exec_yaml + "}}]\n";
 }
 
-TEST_CASE("exec kubeconfig: every field is read; the command is resolved against the file",
+TEST_CASE("exec kubeconfig: every field is read, the command resolved against the file",
           "[apiclient][exec]") {
   auto config = ParseKubeconfig(kExecKubeconfig, "/etc/kube");
   INFO(config.status().ToString());
@@ -475,7 +475,7 @@ TEST_CASE("RunCommand: a hung plugin is killed with what it started, and reaped"
   CHECK(NoChildren());
 }
 
-TEST_CASE("RunCommand: output over the limit is refused; stderr keeps its end",
+TEST_CASE("RunCommand: output over the limit is refused / stderr keeps its end",
           "[apiclient][exec]") {
   Script big("head -c 3000000 /dev/zero");
   CommandSpec spec;
