@@ -97,7 +97,7 @@ StatusOr<ExecConfig> ParseExec(const YAML::Node& node, const std::string& base_d
   exec.install_hint = Str(node, "installHint");
   exec.provide_cluster_info = Str(node, "provideClusterInfo") == "true";
   exec.interactive_mode = Str(node, "interactiveMode");
-  if (exec.interactive_mode != "" && exec.interactive_mode != "Never" &&
+  if (!exec.interactive_mode.empty() && exec.interactive_mode != "Never" &&
       exec.interactive_mode != "IfAvailable" && exec.interactive_mode != "Always") {
     return Status::InvalidArgument("exec interactiveMode \"" + exec.interactive_mode.substr(0, 50) +
                                    "\" is not one of Never, IfAvailable, Always");

@@ -9,9 +9,9 @@
 
 #include <array>
 #include <cerrno>
-#include <cstring>
 #include <ctime>
 #include <nlohmann/json.hpp>
+#include <system_error>
 #include <thread>
 
 #include "apiclient/log.h"
@@ -34,10 +34,8 @@ std::string Printable(std::string_view text, size_t max) {
     const auto u = static_cast<unsigned char>(c);
     if (c == '\n' || c == '\t') {
       if (!out.empty() && out.back() != ' ') out += ' ';
-    } else if (u >= 0x20 && u < 0x7f) {
-      out += c;
-    } else if (u >= 0x80) {
-      out += c;  // UTF-8 passes; other control characters do not
+    } else if (u >= 0x20 && u != 0x7f) {
+      out += c;  // printable ASCII and UTF-8; other control characters are dropped
     }
   }
   while (!out.empty() && out.back() == ' ')
@@ -71,6 +69,11 @@ std::string Base64Encode(std::string_view in) {
   return out;
 }
 
+// The text of an errno value (thread-safe, unlike strerror).
+std::string ErrnoText(int error) {
+  return std::generic_category().message(error);
+}
+
 // Closes a descriptor once.
 class Fd {
  public:
@@ -102,8 +105,12 @@ std::vector<std::string> BuildEnvironment(
     }
     if (!replaced) env.emplace_back(entry);
   }
-  for (const auto& [key, value] : extra)
-    env.push_back(key + "=" + value);
+  for (const auto& [key, value] : extra) {
+    std::string entry = key;
+    entry += '=';
+    entry += value;
+    env.push_back(std::move(entry));
+  }
   return env;
 }
 
@@ -124,12 +131,12 @@ StatusOr<CommandResult> RunCommand(const CommandSpec& spec) {
   std::array<int, 2> out_pipe{-1, -1};
   std::array<int, 2> err_pipe{-1, -1};
   if (::pipe2(out_pipe.data(), O_CLOEXEC) != 0) {
-    return Status::Internal(std::string("pipe: ") + std::strerror(errno));
+    return Status::Internal("pipe: " + ErrnoText(errno));
   }
   Fd out_read(out_pipe[0]);
   Fd out_write(out_pipe[1]);
   if (::pipe2(err_pipe.data(), O_CLOEXEC) != 0) {
-    return Status::Internal(std::string("pipe: ") + std::strerror(errno));
+    return Status::Internal("pipe: " + ErrnoText(errno));
   }
   Fd err_read(err_pipe[0]);
   Fd err_write(err_pipe[1]);
@@ -162,11 +169,13 @@ StatusOr<CommandResult> RunCommand(const CommandSpec& spec) {
   std::vector<std::string> args = {spec.path};
   args.insert(args.end(), spec.args.begin(), spec.args.end());
   std::vector<char*> argv;
+  argv.reserve(args.size() + 1);
   for (auto& a : args)
     argv.push_back(a.data());
   argv.push_back(nullptr);
   std::vector<std::string> env = BuildEnvironment(spec.env);
   std::vector<char*> envp;
+  envp.reserve(env.size() + 1);
   for (auto& e : env)
     envp.push_back(e.data());
   envp.push_back(nullptr);
@@ -179,7 +188,7 @@ StatusOr<CommandResult> RunCommand(const CommandSpec& spec) {
   posix_spawn_file_actions_destroy(&actions);
   posix_spawnattr_destroy(&attr);
   if (spawn_error != 0) {
-    const std::string why = std::strerror(spawn_error);
+    const std::string why = ErrnoText(spawn_error);
     if (spawn_error == ENOENT) {
       return Status::NotFound(search ? "not found in $PATH" : "no such file");
     }
@@ -193,7 +202,7 @@ StatusOr<CommandResult> RunCommand(const CommandSpec& spec) {
   bool out_open = true;
   bool err_open = true;
   Status failure;
-  std::array<char, 16 * 1024> buf{};
+  std::array<char, size_t{16} * 1024> buf{};
   while (out_open || err_open) {
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
                           deadline - std::chrono::steady_clock::now())
@@ -207,7 +216,7 @@ StatusOr<CommandResult> RunCommand(const CommandSpec& spec) {
                               pollfd{err_open ? err_read.get() : -1, POLLIN, 0}};
     const int n = ::poll(fds.data(), fds.size(), static_cast<int>(std::min<int64_t>(left, 1000)));
     if (n < 0 && errno != EINTR) {
-      failure = Status::Internal(std::string("poll: ") + std::strerror(errno));
+      failure = Status::Internal("poll: " + ErrnoText(errno));
       break;
     }
     if (n <= 0) continue;
@@ -246,7 +255,7 @@ StatusOr<CommandResult> RunCommand(const CommandSpec& spec) {
       break;
     }
     if (done < 0 && errno != EINTR) {
-      failure = Status::Internal(std::string("waitpid: ") + std::strerror(errno));
+      failure = Status::Internal("waitpid: " + ErrnoText(errno));
       break;
     }
     if (std::chrono::steady_clock::now() >= deadline) {
