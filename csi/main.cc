@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "common/quantity.h"
+#include "csi/command_runner.h"
 #include "csi/config.h"
 #include "csi/driver.h"
 
@@ -26,6 +27,8 @@ constexpr const char* kUsage =
   --file-capacity=QUANTITY       file backend: pool size, e.g. 10Gi
   --default-volume-size=QUANTITY size when CreateVolume gives no range (default 1Gi)
   --remove-orphans               delete devices without a record at start
+  --command-timeout=DURATION     limit of every external command, e.g. 5m (default: 2m for
+                                 LVM and ndctl, 10m for mkfs and filesystem growth)
   --http-endpoint=HOST:PORT      /metrics, /healthz, /livez, /readyz (port 0: any free one)
   --capacity-listen=HOST:PORT    mTLS listener for Identity, GetCapacity, NodeGetInfo
   --tls-ca=FILE --tls-cert=FILE --tls-key=FILE   certificates of that listener
@@ -42,6 +45,15 @@ bool ParseArgs(int argc, char** argv, ephemera::csi::Config* config, bool* help)
     }
     if (arg == "--remove-orphans") {
       config->remove_orphans = true;
+      continue;
+    }
+    if (arg.starts_with("--command-timeout=")) {
+      auto timeout = ephemera::csi::ParseCommandTimeout(arg.substr(18));
+      if (!timeout.ok()) {
+        std::cerr << "--command-timeout: " << timeout.status().ToString() << "\n";
+        return false;
+      }
+      config->command_timeout = *timeout;
       continue;
     }
     if (arg.starts_with("--pmem-percentage=")) {
