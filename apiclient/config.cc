@@ -63,6 +63,56 @@ StatusOr<std::string> DataOrFile(const YAML::Node& map, const std::string& key,
   return ReadFile(Resolve(base_dir, file), key);
 }
 
+// A user's `exec` section, as client-go reads it.
+StatusOr<ExecConfig> ParseExec(const YAML::Node& node, const std::string& base_dir) {
+  if (!node.IsMap()) return Status::InvalidArgument("exec is not a map");
+  ExecConfig exec;
+  exec.command = Str(node, "command");
+  if (exec.command.empty()) return Status::InvalidArgument("exec has no command");
+  // A command with a '/' is a path, relative ones to the kubeconfig's folder; others are looked
+  // up in $PATH when run.
+  if (exec.command.find('/') != std::string::npos) exec.command = Resolve(base_dir, exec.command);
+  exec.api_version = Str(node, "apiVersion");
+  if (exec.api_version != kExecApiV1 && exec.api_version != kExecApiV1beta1) {
+    return Status::InvalidArgument("exec apiVersion \"" + exec.api_version.substr(0, 100) +
+                                   "\" is not supported; use " + std::string(kExecApiV1) + " or " +
+                                   std::string(kExecApiV1beta1));
+  }
+  if (const YAML::Node args = node["args"]; args && !args.IsNull()) {
+    if (!args.IsSequence()) return Status::InvalidArgument("exec args is not a list");
+    for (const auto& arg : args) {
+      if (!arg.IsScalar())
+        return Status::InvalidArgument("exec args has an entry that is no string");
+      exec.args.push_back(arg.as<std::string>());
+    }
+  }
+  if (const YAML::Node env = node["env"]; env && !env.IsNull()) {
+    if (!env.IsSequence()) return Status::InvalidArgument("exec env is not a list");
+    for (const auto& var : env) {
+      const std::string name = var.IsMap() ? Str(var, "name") : "";
+      if (name.empty() || name.find('=') != std::string::npos) {
+        return Status::InvalidArgument("exec env has an entry without a valid name");
+      }
+      exec.env.emplace_back(name, Str(var, "value"));
+    }
+  }
+  exec.install_hint = Str(node, "installHint");
+  exec.provide_cluster_info = Str(node, "provideClusterInfo") == "true";
+  exec.interactive_mode = Str(node, "interactiveMode");
+  if (!exec.interactive_mode.empty() && exec.interactive_mode != "Never" &&
+      exec.interactive_mode != "IfAvailable" && exec.interactive_mode != "Always") {
+    return Status::InvalidArgument("exec interactiveMode \"" + exec.interactive_mode.substr(0, 50) +
+                                   "\" is not one of Never, IfAvailable, Always");
+  }
+  if (exec.interactive_mode == "Always") {
+    return Status::FailedPrecondition(
+        "exec plugin \"" + exec.command.substr(0, 200) +
+        "\" has interactiveMode Always, but ephemera never runs it with a terminal; use Never or "
+        "IfAvailable");
+  }
+  return exec;
+}
+
 }  // namespace
 
 StatusOr<std::string> TokenFile::Token() {
@@ -92,6 +142,11 @@ StatusOr<std::string> TokenFile::Token() {
 }
 
 StatusOr<std::string> RestConfig::CurrentToken() const {
+  if (exec) {
+    auto credential = exec->Get();
+    if (!credential.ok()) return credential.status();
+    if (!(*credential)->token.empty()) return (*credential)->token;
+  }
   if (token_file) return token_file->Token();
   return bearer_token;
 }
@@ -101,6 +156,10 @@ std::string RestConfig::DescribeForLog() const {
   if (!client_cert_pem.empty()) auth = "client certificate";
   if (!bearer_token.empty()) auth += auth.empty() ? "bearer token" : " + bearer token";
   if (token_file) auth += (auth.empty() ? "token file " : " + token file ") + token_file->path();
+  if (exec) {
+    auth += (auth.empty() ? "exec plugin " : " + exec plugin ") + exec->config().command + " (" +
+            exec->config().api_version + ")";
+  }
   if (auth.empty()) auth = "anonymous";
   return "server " + server + ", auth: " + auth + (ca_pem.empty() ? ", system CAs" : ", custom CA");
 }
@@ -151,9 +210,11 @@ StatusOr<RestConfig> ParseKubeconfig(const std::string& text, const std::string&
       if (!user.ok()) return user.status().WithContext("kubeconfig");
       const std::string where = "kubeconfig user \"" + user_name + "\"";
       if ((*user)["exec"]) {
-        return Status::Unimplemented(where +
-                                     " uses an exec credential plugin, which ephemera does not "
-                                     "run; use a token, a token file or a client certificate");
+        auto exec = ParseExec((*user)["exec"], base_dir);
+        if (!exec.ok()) return exec.status().WithContext(where);
+        config.exec = std::make_shared<ExecCredentialProvider>(
+            std::move(*exec),
+            ExecClusterInfo{config.server, config.tls_server_name, config.ca_pem});
       }
       if ((*user)["auth-provider"]) {
         return Status::Unimplemented(where + " uses an auth-provider, which is not supported");

@@ -2,11 +2,12 @@
 // from the in-cluster service account.
 //
 // Server certificates are always verified: a kubeconfig with insecure-skip-tls-verify is refused,
-// and so are authentication methods we do not implement (exec plugins, auth providers, basic
-// auth), each with a message that says so. Credentials are never logged; DescribeForLog() shows
-// what a config is without them.
+// and so are authentication methods we do not implement (auth providers, basic auth), each with a
+// message that says so. Exec credential plugins are run as kubectl runs them (exec_credential.h).
+// Credentials are never logged; DescribeForLog() shows what a config is without them.
 //
-// Thread safety: RestConfig is a value. CurrentToken() may be called from any thread.
+// Thread safety: RestConfig is a value (copies share one token file and one exec plugin's cached
+// credential). CurrentToken() may be called from any thread.
 #pragma once
 
 #include <chrono>
@@ -14,6 +15,7 @@
 #include <mutex>
 #include <string>
 
+#include "apiclient/exec_credential.h"
 #include "common/status.h"
 
 namespace ephemera::apiclient {
@@ -44,12 +46,14 @@ struct RestConfig {
   std::string client_key_pem;
   std::string bearer_token;               // static token
   std::shared_ptr<TokenFile> token_file;  // or a token file (in-cluster, tokenFile)
+  // or an exec credential plugin (a token, or a client certificate that replaces the static one)
+  std::shared_ptr<ExecCredentialProvider> exec;
   std::string user_agent = "ephemera/0.1";
   double qps = 20;  // client-side rate limit; <= 0 disables it
   int burst = 30;
   std::chrono::seconds request_timeout{30};
 
-  // The bearer token to send now ("" for none).
+  // The bearer token to send now ("" for none); runs the exec plugin when its credential is due.
   StatusOr<std::string> CurrentToken() const;
   // "server https://..., auth: client certificate" — safe to log.
   std::string DescribeForLog() const;

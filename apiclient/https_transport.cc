@@ -1,6 +1,8 @@
 #include "apiclient/https_transport.h"
 
 #include <fcntl.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
 #include <openssl/ssl.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -167,7 +169,23 @@ class HttpsConnection {
   ssl::stream<beast::tcp_stream> stream_;
   beast::flat_buffer buffer_;
   Clock::time_point idle_since_;
+  uint64_t cert_generation_ = 0;  // the client certificate it presented (see SetClientCertificate)
   std::optional<http::response_parser<http::buffer_body>> streaming_;  // Open()'s response
+};
+
+// A client certificate chain and key loaded from PEM.
+struct ClientCertificate {
+  ClientCertificate() = default;
+  ClientCertificate(const ClientCertificate&) = delete;
+  ClientCertificate& operator=(const ClientCertificate&) = delete;
+  ~ClientCertificate() {
+    X509_free(leaf);
+    EVP_PKEY_free(key);
+    if (chain != nullptr) sk_X509_pop_free(chain, X509_free);
+  }
+  X509* leaf = nullptr;
+  STACK_OF(X509) * chain = nullptr;
+  EVP_PKEY* key = nullptr;
 };
 
 struct HttpsTransport::Impl {
@@ -175,7 +193,62 @@ struct HttpsTransport::Impl {
   ssl::context ctx;
   std::string verify_name;
   size_t max_body_bytes = 0;
+  std::mutex cert_mu;
+  std::shared_ptr<const ClientCertificate> cert;  // GUARDED_BY(cert_mu); null: the context's
+  std::atomic<uint64_t> cert_generation{0};
 };
+
+namespace {
+
+StatusOr<std::shared_ptr<const ClientCertificate>> LoadClientCertificate(
+    const std::string& cert_pem, const std::string& key_pem) {
+  auto cert = std::make_shared<ClientCertificate>();
+  {
+    BIO* bio = BIO_new_mem_buf(cert_pem.data(), static_cast<int>(cert_pem.size()));
+    if (bio == nullptr) return Status::Internal("BIO_new_mem_buf failed");
+    cert->leaf = PEM_read_bio_X509(bio, nullptr, nullptr, nullptr);
+    cert->chain = sk_X509_new_null();
+    while (cert->leaf != nullptr && cert->chain != nullptr) {
+      X509* more = PEM_read_bio_X509(bio, nullptr, nullptr, nullptr);
+      if (more == nullptr) break;
+      sk_X509_push(cert->chain, more);
+    }
+    BIO_free(bio);
+  }
+  {
+    BIO* bio = BIO_new_mem_buf(key_pem.data(), static_cast<int>(key_pem.size()));
+    if (bio == nullptr) return Status::Internal("BIO_new_mem_buf failed");
+    cert->key = PEM_read_bio_PrivateKey(bio, nullptr, nullptr, nullptr);
+    BIO_free(bio);
+  }
+  ERR_clear_error();
+  if (cert->leaf == nullptr) return Status::InvalidArgument("the client certificate is not PEM");
+  if (cert->key == nullptr) return Status::InvalidArgument("the client key is not a PEM key");
+  if (X509_check_private_key(cert->leaf, cert->key) != 1) {
+    ERR_clear_error();
+    return Status::InvalidArgument("the client key does not belong to the client certificate");
+  }
+  return std::shared_ptr<const ClientCertificate>(std::move(cert));
+}
+
+}  // namespace
+
+Status HttpsTransport::SetClientCertificate(const std::string& cert_pem,
+                                            const std::string& key_pem) {
+  auto cert = LoadClientCertificate(cert_pem, key_pem);
+  if (!cert.ok()) return cert.status();
+  {
+    std::lock_guard<std::mutex> lock(impl_->cert_mu);
+    impl_->cert = std::move(*cert);
+    ++impl_->cert_generation;
+  }
+  std::vector<std::unique_ptr<HttpsConnection>> old;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    old.swap(idle_);
+  }
+  return Status::Ok();
+}
 
 HttpsTransport::HttpsTransport(HttpsTarget target, std::unique_ptr<Impl> impl)
     : target_(std::move(target)), impl_(std::move(impl)) {}
@@ -216,7 +289,9 @@ StatusOr<std::unique_ptr<HttpsConnection>> HttpsTransport::Acquire(Clock::time_p
     while (!idle_.empty()) {
       std::unique_ptr<HttpsConnection> connection = std::move(idle_.back());
       idle_.pop_back();
-      if (now - connection->idle_since_ < kIdleTimeout && connection->StillUsable()) {
+      if (now - connection->idle_since_ < kIdleTimeout &&
+          connection->cert_generation_ == impl_->cert_generation.load() &&
+          connection->StillUsable()) {
         *reused = true;
         return connection;
       }
@@ -224,6 +299,17 @@ StatusOr<std::unique_ptr<HttpsConnection>> HttpsTransport::Acquire(Clock::time_p
   }
   *reused = false;
   auto connection = std::make_unique<HttpsConnection>(impl_->ctx);
+  std::shared_ptr<const ClientCertificate> cert;
+  {
+    std::lock_guard<std::mutex> lock(impl_->cert_mu);
+    cert = impl_->cert;
+    connection->cert_generation_ = impl_->cert_generation.load();
+  }
+  if (cert != nullptr && SSL_use_cert_and_key(connection->stream_.native_handle(), cert->leaf,
+                                              cert->key, cert->chain, /*override=*/1) != 1) {
+    ERR_clear_error();
+    return Status::InvalidArgument("cannot use the client certificate");
+  }
   EPHEMERA_RETURN_IF_ERROR(connection->Connect(target_, impl_->verify_name, deadline));
   ++opened_;
   return connection;
@@ -231,6 +317,7 @@ StatusOr<std::unique_ptr<HttpsConnection>> HttpsTransport::Acquire(Clock::time_p
 
 void HttpsTransport::Release(std::unique_ptr<HttpsConnection> connection) {
   connection->idle_since_ = Clock::now();
+  if (connection->cert_generation_ != impl_->cert_generation.load()) return;  // an old identity
   std::lock_guard<std::mutex> lock(mu_);
   if (idle_.size() < kMaxIdle) idle_.push_back(std::move(connection));
 }

@@ -7,7 +7,8 @@
 //
 // - TLS: the server certificate is verified against the CA (or the system's roots) for the host
 //   of the server URL, or for `verify_name` when set (tls-server-name); SNI names the same host
-//   when it is a DNS name. A client certificate is sent when one is configured.
+//   when it is a DNS name. A client certificate is sent when one is configured; it can be replaced
+//   later (SetClientCertificate), and only connections made with the current one are reused.
 // - Keep-alive: at most kMaxIdle idle connections are kept; one idle for longer than kIdleTimeout
 //   or closed by the server is dropped before it is used. A request that fails on a reused
 //   connection before any answer arrived is sent once more on a fresh connection when that is safe
@@ -116,6 +117,11 @@ class HttpsTransport {
   StatusOr<std::unique_ptr<StreamingResponse>> Open(const HttpRequestSpec& request,
                                                     std::chrono::milliseconds header_timeout,
                                                     std::chrono::steady_clock::time_point deadline);
+
+  // Replaces the client certificate (and key) that new connections present, e.g. one from an exec
+  // credential plugin; idle connections made with the old one are not used again. INVALID_ARGUMENT
+  // when the PEM data cannot be loaded or the key does not belong to the certificate.
+  Status SetClientCertificate(const std::string& cert_pem, const std::string& key_pem);
 
   const HttpsTarget& target() const { return target_; }
   // Connections opened so far (for tests and benchmarks).

@@ -207,10 +207,35 @@ size_t RestClient::connections_opened() const {
   return transport_->connections_opened();
 }
 
-StatusOr<std::string> RestClient::Authorization() const {
-  auto token = config_.CurrentToken();
-  if (!token.ok()) return token.status();
-  return token->empty() ? std::string() : "Bearer " + *token;
+StatusOr<std::string> RestClient::Authorization(std::shared_ptr<const ExecCredential>* used) {
+  if (config_.exec != nullptr) {
+    auto credential = config_.exec->Get();
+    if (!credential.ok()) return credential.status().WithContext("getting credentials");
+    *used = *credential;
+    const ExecCredential& c = **credential;
+    if (!c.client_cert_pem.empty()) {
+      std::lock_guard<std::mutex> lock(cert_mu_);
+      if (c.client_cert_pem != exec_cert_pem_) {
+        const Status set = transport_->SetClientCertificate(c.client_cert_pem, c.client_key_pem);
+        if (!set.ok()) {
+          config_.exec->Invalidate(*used);
+          return set.WithContext("getting credentials: exec credential plugin \"" +
+                                 config_.exec->config().command + "\"");
+        }
+        exec_cert_pem_ = c.client_cert_pem;
+      }
+    }
+    if (!c.token.empty()) return "Bearer " + c.token;
+  }
+  std::string token;
+  if (config_.token_file) {
+    auto from_file = config_.token_file->Token();
+    if (!from_file.ok()) return from_file.status();
+    token = std::move(*from_file);
+  } else {
+    token = config_.bearer_token;
+  }
+  return token.empty() ? std::string() : "Bearer " + token;
 }
 
 StatusOr<RestClient::RawResponse> RestClient::Do(std::string_view method, std::string_view verb,
@@ -234,6 +259,7 @@ StatusOr<RestClient::RawResponse> RestClient::Do(std::string_view method, std::s
                                      *deadline - std::chrono::steady_clock::now()));
   };
   auto past_deadline = [&what] { return Status::DeadlineExceeded(what + ": deadline passed"); };
+  bool reauthenticated = false;
   while (true) {
     if (deadline) {
       const auto wait = limiter_.Reserve();
@@ -244,8 +270,10 @@ StatusOr<RestClient::RawResponse> RestClient::Do(std::string_view method, std::s
     }
     const auto timeout = time_left();
     if (timeout <= std::chrono::milliseconds(0)) return past_deadline();
-    auto authorization = Authorization();
-    if (!authorization.ok()) return authorization.status();
+    std::shared_ptr<const ExecCredential> credential;
+    auto authorization = Authorization(&credential);
+    if (!authorization.ok())
+      return Status(authorization.status().code(), what + ": " + authorization.status().message());
     const HttpRequestSpec request{.method = method,
                                   .target = path,
                                   .user_agent = config_.user_agent,
@@ -269,6 +297,12 @@ StatusOr<RestClient::RawResponse> RestClient::Do(std::string_view method, std::s
       return Status(result.status().code(), what + ": " + result.status().message());
     }
     if (observer_) observer_(verb, result->code, elapsed());
+    if (result->code == 401 && credential != nullptr && !reauthenticated) {
+      // The plugin's credential was refused (revoked, or expired early): a new one, once.
+      reauthenticated = true;
+      config_.exec->Invalidate(credential);
+      continue;
+    }
     const bool throttled =
         result->code == 429 || (result->code >= 500 && !result->retry_after.empty());
     if (throttled && throttle_retries < kMaxThrottleRetries) {
@@ -456,24 +490,35 @@ StatusOr<WatchStreamPtr> RestClient::Watch(const Resource& resource, const std::
                                   {"allowWatchBookmarks", options.allow_bookmarks ? "true" : ""},
                                   {"timeoutSeconds", std::to_string(timeout)}});
   const std::string what = "WATCH " + resource.CollectionPath(ns);
-  limiter_.Wait();
-  auto authorization = Authorization();
-  if (!authorization.ok()) return authorization.status();
-  const HttpRequestSpec request{.method = "GET",
-                                .target = path,
-                                .user_agent = config_.user_agent,
-                                .authorization = *authorization};
-  const auto start = std::chrono::steady_clock::now();
-  // The connection is held for the whole watch, until a little after the server's own timeout.
-  auto response = transport_->Open(request, config_.request_timeout,
-                                   start + std::chrono::seconds(timeout + 30));
-  const double seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  if (!response.ok()) {
-    if (observer_) observer_("WATCH", 0, seconds);
-    return Status(response.status().code(), what + ": " + response.status().message());
+  StatusOr<std::unique_ptr<StreamingResponse>> response = Status::Unknown("");
+  for (int attempt = 0;; ++attempt) {
+    limiter_.Wait();
+    std::shared_ptr<const ExecCredential> credential;
+    auto authorization = Authorization(&credential);
+    if (!authorization.ok()) {
+      return Status(authorization.status().code(), what + ": " + authorization.status().message());
+    }
+    const HttpRequestSpec request{.method = "GET",
+                                  .target = path,
+                                  .user_agent = config_.user_agent,
+                                  .authorization = *authorization};
+    const auto start = std::chrono::steady_clock::now();
+    // The connection is held for the whole watch, until a little after the server's own timeout.
+    response = transport_->Open(request, config_.request_timeout,
+                                start + std::chrono::seconds(timeout + 30));
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (!response.ok()) {
+      if (observer_) observer_("WATCH", 0, seconds);
+      return Status(response.status().code(), what + ": " + response.status().message());
+    }
+    if (observer_) observer_("WATCH", (*response)->code(), seconds);
+    if ((*response)->code() == 401 && credential != nullptr && attempt == 0) {
+      config_.exec->Invalidate(credential);  // as in Do(): a new credential, once
+      continue;
+    }
+    break;
   }
-  if (observer_) observer_("WATCH", (*response)->code(), seconds);
   if ((*response)->code() != 200) {
     std::string body;
     while (body.size() < 64 * 1024) {

@@ -8,6 +8,9 @@
 //   the server asks for (at most 10 times, each wait capped at 10 s); transport failures of reads
 //   (GET, LIST) are retried 3 times with backoff. Writes are not retried on transport failures,
 //   since they may have been applied.
+// - Exec credential plugins: the credential is asked for before every request (the provider
+//   caches it until it expires); a 401 answer makes the plugin run again and the request is sent
+//   once more with the new credential (once per request, watches included).
 // - Connections are kept alive and pooled by the transport; the calling thread does the I/O.
 // - Watches are streamed: each event reaches WatchStream::Next() as soon as its line arrives.
 //
@@ -17,6 +20,8 @@
 #include <atomic>
 #include <functional>
 #include <memory>
+#include <mutex>
+#include <string>
 
 #include "apiclient/client.h"
 #include "apiclient/config.h"
@@ -75,8 +80,10 @@ class RestClient final : public ApiClient {
   // Do() and then the JSON of a 2xx body, or the mapped error.
   StatusOr<Object> DoJson(std::string_view method, std::string_view verb, const std::string& path,
                           const std::string* body, std::string_view content_type);
-  // The Authorization header's value for the current token ("" without one).
-  StatusOr<std::string> Authorization() const;
+  // The Authorization header's value for the current token ("" without one). With an exec
+  // plugin, *used is the credential it came from (for Invalidate() after a 401), and a client
+  // certificate from the plugin is given to the transport.
+  StatusOr<std::string> Authorization(std::shared_ptr<const ExecCredential>* used);
   // DoJson() as a shared object.
   StatusOr<ObjectPtr> DoObject(std::string_view method, std::string_view verb,
                                const std::string& path, const std::string* body,
@@ -86,6 +93,8 @@ class RestClient final : public ApiClient {
   const RequestObserver observer_;
   TokenBucket limiter_;
   const std::unique_ptr<HttpsTransport> transport_;
+  std::mutex cert_mu_;
+  std::string exec_cert_pem_;  // GUARDED_BY(cert_mu_): the plugin's certificate in the transport
 };
 
 }  // namespace ephemera::apiclient

@@ -1,5 +1,7 @@
 #include "csi/config.h"
 
+#include "csi/command_runner.h"
+
 namespace ephemera::csi {
 
 std::vector<flags::Flag> DriverFlags(Config& c) {
@@ -15,6 +17,13 @@ std::vector<flags::Flag> DriverFlags(Config& c) {
       Bytes("file-capacity", &c.file_capacity),
       Bytes("default-volume-size", &c.default_volume_size),
       Bool("remove-orphans", &c.remove_orphans),
+      Custom("command-timeout",
+             [&c](const std::string& v) -> Status {
+               auto timeout = ParseCommandTimeout(v);
+               if (!timeout.ok()) return timeout.status();
+               c.command_timeout = *timeout;
+               return Status::Ok();
+             }),
       String("http-endpoint", &c.http_endpoint),
       String("capacity-listen", &c.capacity_listen),
       String("tls-ca", &c.tls_ca),

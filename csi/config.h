@@ -4,7 +4,9 @@
 // Thread safety: a value; read-only once the driver runs.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -25,6 +27,8 @@ struct Config {
   int pmem_percentage = 100;
   int64_t default_volume_size = 1LL << 30;
   bool remove_orphans = false;
+  // The time limit of every external command; unset: each kind's default (command_runner.h).
+  std::optional<std::chrono::milliseconds> command_timeout;
   // observability
   std::string http_endpoint;  // HOST:PORT for /metrics, /healthz, /readyz; off when empty
   // read-only capacity listener with mutual TLS; off when empty

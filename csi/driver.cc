@@ -207,6 +207,9 @@ Status Driver::Impl::StartHttpEndpoint() {
 
 Driver::Driver(Config config) : impl_(std::make_unique<Impl>()) {
   impl_->config = std::move(config);
+  ExecCommandRunner::Options runner_options;
+  runner_options.timeout_override = impl_->config.command_timeout;
+  impl_->runner = ExecCommandRunner(runner_options);
 }
 
 Driver::~Driver() {

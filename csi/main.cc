@@ -24,6 +24,8 @@ constexpr const char* kUsage =
   --file-capacity=QUANTITY       file backend: pool size, e.g. 10Gi
   --default-volume-size=QUANTITY size when CreateVolume gives no range (default 1Gi)
   --remove-orphans[=true|false]  delete devices without a record at start
+  --command-timeout=DURATION     limit of every external command, e.g. 5m (default: 2m for
+                                 LVM and ndctl, 10m for mkfs and filesystem growth)
   --http-endpoint=HOST:PORT      /metrics, /healthz, /livez, /readyz (port 0: any free one)
   --capacity-listen=HOST:PORT    mTLS listener for Identity, GetCapacity, NodeGetInfo
   --tls-ca=FILE --tls-cert=FILE --tls-key=FILE   certificates of that listener

@@ -118,11 +118,12 @@ Status NodeService::EnsureFormatted(const VolumeRecord& record, const Device& de
   }
   if (fs_type == "xfs") {
     // reflink=0: DAX and reflink exclude each other on XFS.
-    EPHEMERA_RETURN_IF_ERROR(
-        RunChecked(runner_, {"mkfs.xfs", "-q", "-f", "-m", "reflink=0", device.path}));
+    EPHEMERA_RETURN_IF_ERROR(RunChecked(runner_,
+                                        {"mkfs.xfs", "-q", "-f", "-m", "reflink=0", device.path},
+                                        kFilesystemCommandTimeout));
   } else {
-    EPHEMERA_RETURN_IF_ERROR(
-        RunChecked(runner_, {"mkfs.ext4", "-q", "-F", "-b", "4096", device.path}));
+    EPHEMERA_RETURN_IF_ERROR(RunChecked(
+        runner_, {"mkfs.ext4", "-q", "-F", "-b", "4096", device.path}, kFilesystemCommandTimeout));
   }
   return volumes_.SetFsType(record.id, fs_type);
 }
@@ -471,10 +472,10 @@ Status NodeService::DoExpand(const NodeExpandVolumeRequest& request,
     return Status::FailedPrecondition("volume_path: " + path + " is not mounted");
   }
   if ((*mounted)->fstype == "xfs") {
-    return RunChecked(runner_, {"xfs_growfs", path});
+    return RunChecked(runner_, {"xfs_growfs", path}, kFilesystemCommandTimeout);
   }
   if ((*mounted)->fstype == "ext4") {
-    return RunChecked(runner_, {"resize2fs", device->path});
+    return RunChecked(runner_, {"resize2fs", device->path}, kFilesystemCommandTimeout);
   }
   return Status::FailedPrecondition("volume_path: cannot grow a " + (*mounted)->fstype +
                                     " filesystem");

@@ -7,6 +7,9 @@
 // Recover() (at start) and the next call for the same volume repair whatever a crash interrupted:
 // a `creating` record is rolled back, a `deleting` one is finished, a `ready` record whose device
 // is gone is dropped, and a device without a record is reported (and removed when configured).
+// A create that fails removes its record, except when the backend timed out (DEADLINE_EXCEEDED: a
+// command was killed) and the device cannot be shown to be gone: then the `creating` record stays
+// for that repair.
 //
 // Thread safety: all methods may be called concurrently; operations on one volume ID are
 // serialized by VolumeLocks (a second concurrent operation on the same ID gets ABORTED, as the CSI

@@ -12,24 +12,39 @@
 //     changes; and staleness: C capacity changes, one per second, each the way a volume creation
 //     looks from outside (the driver's value drops, then a PV of the driver naming that node
 //     appears), timed from the change to the object showing the new value.
+//   With --unreachable U, U of the nodes (every N/U-th) do not answer: on the unix socket their
+//   GetCapacity calls are held until the caller gives up (a central driver that hangs for those
+//   segments), and with --tls-dir the same driver also serves mutual TLS on 127.0.0.1 for a
+//   per-node controller, while each unreachable node gets its own loopback address
+//   (127.0.2.x) with a socket that listens and never accepts: the connection is made by the
+//   kernel, no byte ever comes back. "@ENDPOINTS@" in COMMAND becomes NODE=HOST:PORT,... for
+//   --csi-node-endpoint. Completion then counts the answering nodes only.
 //   capacity_bench --kubeconfig K --namespace NS --nodes N --socket PATH --poll-s P
-//                  [--window-s 60] [--changes 20] [--log FILE] -- COMMAND...
+//                  [--window-s 60] [--changes 20] [--log FILE] [--unreachable U]
+//                  [--tls-dir DIR (ca.crt, server.crt, server.key)] -- COMMAND...
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <grpcpp/grpcpp.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
+#include <fstream>
 #include <iostream>
 #include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <set>
+#include <sstream>
 #include <thread>
 #include <vector>
 
@@ -85,11 +100,19 @@ class Controller final : public ::csi::v1::Controller::Service {
     }
     return grpc::Status::OK;
   }
-  grpc::Status GetCapacity(grpc::ServerContext*, const ::csi::v1::GetCapacityRequest* request,
+  grpc::Status GetCapacity(grpc::ServerContext* context,
+                           const ::csi::v1::GetCapacityRequest* request,
                            ::csi::v1::GetCapacityResponse* response) override {
     calls++;
     const auto& segments = request->accessible_topology().segments();
     auto it = segments.find(kKey);
+    if (it != segments.end() && hung.count(it->second) > 0) {
+      // A node that does not answer: hold the call until the caller gives up.
+      held_calls++;
+      while (!context->IsCancelled())
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      return grpc::Status(grpc::StatusCode::CANCELLED, "never answered");
+    }
     std::lock_guard<std::mutex> lock(mu);
     const int64_t bytes =
         it == segments.end() || per_node.count(it->second) == 0 ? 0 : per_node.at(it->second);
@@ -97,6 +120,8 @@ class Controller final : public ::csi::v1::Controller::Service {
     return grpc::Status::OK;
   }
   std::atomic<uint64_t> calls{0};
+  std::atomic<uint64_t> held_calls{0};
+  std::set<std::string> hung;  // set before serving
   std::mutex mu;
   std::map<std::string, int64_t> per_node;  // GUARDED_BY(mu)
 };
@@ -153,6 +178,30 @@ void DeleteBenchVolumes(ApiClient& client) {
     (void)client.Delete(resources::kPersistentVolumes, "", Field(*pv, "metadata", "name"), {});
 }
 
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream out;
+  out << in.rdbuf();
+  return out.str();
+}
+
+// A socket on `ip` (loopback) that listens and never accepts; its port, or -1. The fd stays open.
+int BlackHole(const std::string& ip) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return -1;
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = 0;
+  if (inet_pton(AF_INET, ip.c_str(), &addr.sin_addr) != 1 ||
+      bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 || listen(fd, 16) != 0) {
+    close(fd);
+    return -1;
+  }
+  socklen_t len = sizeof(addr);
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) return -1;
+  return ntohs(addr.sin_port);
+}
+
 double Quantile(std::vector<double> v, double q) {
   if (v.empty()) return 0;
   std::sort(v.begin(), v.end());
@@ -191,8 +240,16 @@ int main(int argc, char** argv) {
   const int nodes = std::stoi(flags["nodes"]);
   const double poll_s = std::stod(flags["poll-s"]);
   const int window_s = std::stoi(flags["window-s"]);
-  const int changes = std::min(std::stoi(flags["changes"]), nodes);
+  int changes = std::min(std::stoi(flags["changes"]), nodes);
   const auto timeout = std::chrono::seconds(std::stoi(flags["timeout-s"]));
+  const int unreachable =
+      std::min(nodes, flags.count("unreachable") ? std::stoi(flags["unreachable"]) : 0);
+  std::set<std::string> hung;
+  for (int k = 0; k < unreachable; ++k) {
+    // Spread over the list, never the first node (per-node sources ask it first at start).
+    const int stride = nodes / unreachable;
+    hung.insert(NodeName(k * stride + stride - 1));
+  }
 
   if (!Setup(*client, nodes)) {
     std::cerr << "setup failed\n";
@@ -205,14 +262,48 @@ int main(int argc, char** argv) {
   for (int i = 0; i < nodes; ++i)
     driver.per_node[NodeName(i)] = (1 + i % 7) * (1LL << 30);
   ::unlink(flags["socket"].c_str());
+  driver.hung = hung;
   grpc::ServerBuilder builder;
   builder.AddListeningPort("unix://" + flags["socket"], grpc::InsecureServerCredentials());
+  int tls_port = 0;
+  if (!flags["tls-dir"].empty()) {
+    const std::string dir = flags["tls-dir"];
+    grpc::SslServerCredentialsOptions tls(
+        GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+    tls.pem_root_certs = ReadFile(dir + "/ca.crt");
+    tls.pem_key_cert_pairs.push_back(
+        {ReadFile(dir + "/server.key"), ReadFile(dir + "/server.crt")});
+    builder.AddListeningPort("127.0.0.1:0", grpc::SslServerCredentials(tls), &tls_port);
+  }
   builder.RegisterService(&identity);
   builder.RegisterService(&driver);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (!server) {
+  if (!server || (!flags["tls-dir"].empty() && tls_port <= 0)) {
     std::cerr << "cannot serve " << flags["socket"] << "\n";
     return 1;
+  }
+  // Per-node endpoints: the answering nodes share the TLS listener; each unreachable node has
+  // its own black hole on 127.0.2.x / 127.0.3.x ...
+  std::string endpoints;
+  for (int i = 0, holes = 0; i < nodes; ++i) {
+    const std::string name = NodeName(i);
+    std::string address = "127.0.0.1:" + std::to_string(tls_port);
+    if (hung.count(name) > 0) {
+      const std::string ip =
+          "127.0." + std::to_string(2 + holes / 250) + "." + std::to_string(1 + holes % 250);
+      ++holes;
+      const int port = BlackHole(ip);
+      if (port < 0) {
+        std::cerr << "cannot listen on " << ip << "\n";
+        return 1;
+      }
+      address = ip + ":" + std::to_string(port);
+    }
+    endpoints += (endpoints.empty() ? "" : ",") + name + "=" + address;
+  }
+  for (auto& arg : command) {
+    const auto at = arg.find("@ENDPOINTS@");
+    if (at != std::string::npos) arg.replace(at, 11, endpoints);
   }
 
   // What the controller published: "class/node" -> bytes; every watch event counted as a write.
@@ -282,12 +373,16 @@ int main(int argc, char** argv) {
     }
   };
 
-  nlohmann::json out = {{"nodes", nodes}, {"items", nodes * static_cast<int>(kClasses.size())}};
-  std::map<std::string, int64_t> initial;
+  nlohmann::json out = {{"nodes", nodes},
+                        {"unreachable", unreachable},
+                        {"items", (nodes - unreachable) * static_cast<int>(kClasses.size())}};
+  std::map<std::string, int64_t> initial;  // the answering nodes'
   {
     std::lock_guard<std::mutex> driver_lock(driver.mu);
     initial = driver.per_node;
   }
+  for (const auto& name : hung)
+    initial.erase(name);
   auto complete = [&] {  // under mu
     for (const auto& [node, want] : initial) {
       for (const auto& c : kClasses) {
@@ -302,11 +397,16 @@ int main(int argc, char** argv) {
     if (!cv.wait_until(lock, start + timeout, complete)) {
       stop();
       std::cerr << "not everything published before the timeout (" << published.size() << " of "
-                << nodes * kClasses.size() << ")\n";
+                << initial.size() * kClasses.size() << ")\n";
       return 1;
     }
     out["publish_s"] = std::chrono::duration<double>(Steady::now() - start).count();
+    int of_unreachable = 0;
+    for (const auto& [key, bytes] : published)
+      of_unreachable += hung.count(key.substr(key.find('/') + 1)) > 0 ? 1 : 0;
+    out["unreachable_published"] = of_unreachable;
   }
+  out["held_calls_at_publish"] = driver.held_calls.load();
 
   // Steady state: nothing changes.
   uint64_t w0 = 0;
@@ -315,19 +415,20 @@ int main(int argc, char** argv) {
     w0 = writes;
   }
   const uint64_t c0 = driver.calls.load();
-  std::this_thread::sleep_for(std::chrono::seconds(window_s));
-  {
+  if (window_s > 0) {
+    std::this_thread::sleep_for(std::chrono::seconds(window_s));
     std::lock_guard<std::mutex> lock(mu);
     out["writes_per_min"] = static_cast<double>(writes - w0) * 60.0 / window_s;
+    out["getcapacity_per_min"] = static_cast<double>(driver.calls.load() - c0) * 60.0 / window_s;
   }
-  out["getcapacity_per_min"] = static_cast<double>(driver.calls.load() - c0) * 60.0 / window_s;
 
   // Staleness: one change per second on distinct nodes, spread over the node list.
   std::mt19937 rng(42);
-  std::vector<int> order(nodes);
+  std::vector<int> order;
   for (int i = 0; i < nodes; ++i)
-    order[i] = i;
+    if (hung.count(NodeName(i)) == 0) order.push_back(i);
   std::shuffle(order.begin(), order.end(), rng);
+  changes = std::min(changes, static_cast<int>(order.size()));
   for (int c = 0; c < changes; ++c) {
     const std::string node = NodeName(order[c]);
     int64_t want = 0;

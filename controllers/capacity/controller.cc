@@ -21,6 +21,9 @@ using apiclient::resources::kStorageClasses;
 
 constexpr char kDriverLabel[] = "csi.storage.k8s.io/drivername";
 constexpr char kManagedByLabel[] = "csi.storage.k8s.io/managed-by";
+// Queue keys besides the items' (which are JSON arrays).
+constexpr char kResyncKey[] = "resync";
+constexpr char kPollKey[] = "poll";
 
 // A string member of an object, or "" (hostile objects may carry anything).
 const Object* Member(const Object& o, const char* key) {
@@ -229,7 +232,8 @@ CapacityController::CapacityController(apiclient::ApiClientPtr client,
     : client_(std::move(client)),
       source_(std::move(source)),
       options_(std::move(options)),
-      write_limit_(options_.write_qps, std::max(1, options_.write_burst)),
+      clock_(options_.clock != nullptr ? *options_.clock : apiclient::SystemClock()),
+      write_limit_(options_.write_qps, std::max(1, options_.write_burst), clock_),
       goal_(metrics.Gauge("csistoragecapacities_desired_goal",
                           "Number of CSIStorageCapacity objects that should exist.")),
       current_(metrics.Gauge("csistoragecapacities_desired_current",
@@ -251,10 +255,27 @@ CapacityController::CapacityController(apiclient::ApiClientPtr client,
                         "Nodes whose own capacity endpoint did not answer the last GetCapacity.")),
       node_errors_(metrics.Counter("csistoragecapacity_node_getcapacity_errors_total",
                                    "Failed GetCapacity calls to a node's own endpoint, by node.",
-                                   {"node"})) {}
+                                   {"node"})) {
+  // Only the per-item backoff limits retries: items are independent (their own node or class),
+  // GetCapacity calls are bounded per endpoint and writes have their own token bucket.
+  queue_ = std::make_unique<apiclient::WorkQueue>(
+      apiclient::WorkQueueOptions{.name = "storage_capacity",
+                                  .base_delay = options_.retry_base,
+                                  .max_delay = options_.retry_max,
+                                  .qps = 0},
+      clock_);
+}
 
 CapacityController::~CapacityController() {
   Stop();
+}
+
+std::string CapacityController::KeyOf(const CapacityItem& item) {
+  Object segment = Object::object();
+  for (const auto& [k, v] : item.segment)
+    segment[k] = v;
+  // A JSON array: never one of the reserved keys below, and unambiguous whatever the names hold.
+  return Object::array({item.storage_class, std::move(segment)}).dump();
 }
 
 Status CapacityController::Prepare() {
@@ -268,21 +289,35 @@ Status CapacityController::Prepare() {
   return source_->CheckGetCapacity();
 }
 
+bool CapacityController::SleepFor(apiclient::Clock::Duration d) {
+  const auto until = clock_.Now() + d;
+  // In steps, so that Stop() is not kept waiting.
+  for (auto now = clock_.Now(); !stopped_ && now < until; now = clock_.Now()) {
+    clock_.SleepFor(
+        std::min<apiclient::Clock::Duration>(until - now, std::chrono::milliseconds(100)));
+  }
+  return !stopped_;
+}
+
 Status CapacityController::Start(std::stop_token stop) {
-  const auto deadline = std::chrono::steady_clock::now() + options_.start_timeout;
+  const auto deadline = clock_.Now() + options_.start_timeout;
   Status s = Prepare();
   while (!s.ok() && s.code() != Code::kFailedPrecondition) {
-    if (stop.stop_requested() || stopped_)
+    if (stop.stop_requested() || stopped_) {
       return Status::Cancelled("stopped before the driver answered");
-    if (std::chrono::steady_clock::now() >= deadline) {
+    }
+    if (clock_.Now() >= deadline) {
       return s.WithContext("the CSI driver did not answer within " +
                            std::to_string(options_.start_timeout.count()) + " s");
     }
     log::Error("cannot reach the CSI driver; retrying", s);
-    std::mutex mu;
-    std::condition_variable_any wake;
-    std::unique_lock<std::mutex> lock(mu);
-    wake.wait_for(lock, stop, std::chrono::seconds(2), [] { return false; });
+    // 2 s, in steps, so that a stop is not kept waiting.
+    const auto until = clock_.Now() + std::chrono::seconds(2);
+    for (auto now = clock_.Now(); !stop.stop_requested() && !stopped_ && now < until;
+         now = clock_.Now()) {
+      clock_.SleepFor(
+          std::min<apiclient::Clock::Duration>(until - now, std::chrono::milliseconds(100)));
+    }
     s = Prepare();
   }
   if (s.code() == Code::kFailedPrecondition) {
@@ -335,19 +370,13 @@ Status CapacityController::Start(std::stop_token stop) {
                            },
                        .on_delete = any});
   auto class_changed = [this](const ObjectPtr& sc) {
-    const std::string name = Field(*sc, "metadata", "name");
-    MarkStale([&](const CapacityItem& item) { return item.storage_class == name; });
-    Trigger();
+    ClassChanged(Field(*sc, "metadata", "name"));
   };
   classes_->AddHandlers(
       {.on_add = class_changed,
        .on_update = [class_changed](const ObjectPtr&, const ObjectPtr& sc) { class_changed(sc); },
        .on_delete = class_changed});
-  auto volume_changed = [this](const ObjectPtr& pv) {
-    if (PvDriver(*pv) != driver_) return;
-    MarkStale([&](const CapacityItem& item) { return AffinityMatches(*pv, item.segment); });
-    Trigger();
-  };
+  auto volume_changed = [this](const ObjectPtr& pv) { VolumeChanged(*pv); };
   volumes_->AddHandlers({.on_add = volume_changed,
                          .on_update =
                              [volume_changed](const ObjectPtr& old_pv, const ObjectPtr& pv) {
@@ -366,7 +395,6 @@ Status CapacityController::Start(std::stop_token stop) {
     ObjectPtr node = nodes_->store().Get(node_name);
     if (node == nullptr) return;
     MarkStale([&](const CapacityItem& item) { return NodeInSegment(*node, item.segment); });
-    Trigger();
   };
   pods_->AddHandlers({.on_update =
                           [pod_changed](const ObjectPtr& old_pod, const ObjectPtr& pod) {
@@ -376,6 +404,8 @@ Status CapacityController::Start(std::stop_token stop) {
                             }
                           },
                       .on_delete = pod_changed});
+  // A change of one of our objects by someone else (or its deletion) is undone by its item; any
+  // new object may be a duplicate or obsolete, which the resync deletes.
   capacities_->AddHandlers({.on_add =
                                 [this](const ObjectPtr& o) {
                                   ObjectSeen(o);
@@ -384,132 +414,483 @@ Status CapacityController::Start(std::stop_token stop) {
                             .on_update =
                                 [this](const ObjectPtr&, const ObjectPtr& o) {
                                   ObjectSeen(o);
+                                  RecheckItemOf(o);
                                   Trigger();
                                 },
                             .on_delete =
                                 [this](const ObjectPtr& o) {
                                   ObjectGone(o);
+                                  RecheckItemOf(o);
                                   Trigger();
                                 }});
   for (auto* inf : {csinodes_.get(), nodes_.get(), classes_.get(), volumes_.get(), pods_.get(),
                     capacities_.get()}) {
     inf->Start();
   }
-  EPHEMERA_RETURN_IF_ERROR(
-      apiclient::WaitForCacheSync(stop,
-                                  std::max(std::chrono::duration_cast<std::chrono::milliseconds>(
-                                               deadline - std::chrono::steady_clock::now()),
-                                           std::chrono::milliseconds(1)),
-                                  {csinodes_.get(), nodes_.get(), classes_.get(), volumes_.get(),
-                                   pods_.get(), capacities_.get()}));
-  loop_ = std::thread([this] { Loop(); });
-  Trigger(true);
+  EPHEMERA_RETURN_IF_ERROR(apiclient::WaitForCacheSync(
+      stop,
+      std::max(std::chrono::duration_cast<std::chrono::milliseconds>(deadline - clock_.Now()),
+               std::chrono::milliseconds(1)),
+      {csinodes_.get(), nodes_.get(), classes_.get(), volumes_.get(), pods_.get(),
+       capacities_.get()}));
+  const int threads = std::max(1, options_.threads);
+  for (int i = 0; i < threads; ++i)
+    workers_.emplace_back([this] { Worker(); });
+  queue_->Add(kResyncKey);
+  queue_->AddAfter(kPollKey, options_.poll_interval);
   log::Info("storage-capacity controller started",
             {{"driver", driver_},
              {"namespace", options_.ns},
              {"pollInterval", std::to_string(options_.poll_interval.count()) + "ms"},
+             {"threads", std::to_string(threads)},
              {"immediateBinding", options_.immediate_binding ? "true" : "false"}});
   return Status::Ok();
 }
 
 void CapacityController::Stop() {
   if (stopped_.exchange(true)) return;
-  cv_.notify_all();
-  if (loop_.joinable()) loop_.join();
+  queue_->ShutDown();
+  for (auto& t : workers_)
+    t.join();
+  workers_.clear();
+  // No call starts any more: cancel those in flight and wait for their answers, which use `this`.
+  std::vector<CapacitySource::Cancel> cancels;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& [key, cancel] : in_flight_)
+      if (cancel) cancels.push_back(cancel);
+  }
+  for (const auto& cancel : cancels)
+    cancel();
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    calls_done_.wait(lock, [this] { return in_flight_.empty() && answering_ == 0; });
+  }
   for (auto* inf : {csinodes_.get(), nodes_.get(), classes_.get(), volumes_.get(), pods_.get(),
                     capacities_.get()}) {
     if (inf != nullptr) inf->Stop();
   }
 }
 
-void CapacityController::Trigger(bool immediately) {
-  std::lock_guard<std::mutex> lock(mu_);
-  const auto now = std::chrono::steady_clock::now();
-  if (immediately) {
-    triggered_ = true;
-    trigger_at_ = now;
-  } else if (!triggered_) {
-    // Debounce: the first change starts the timer, later ones ride along.
-    triggered_ = true;
-    trigger_at_ = now + options_.debounce;
-  }
-  cv_.notify_all();
+void CapacityController::Trigger() {
+  // Debounce: AddAfter keeps the earliest pending time, so the first change starts the timer and
+  // later ones ride along.
+  queue_->AddAfter(kResyncKey, options_.debounce);
 }
 
 void CapacityController::MarkStale(const std::function<bool(const CapacityItem&)>& which) {
-  std::lock_guard<std::mutex> lock(mu_);
-  for (const auto& [item, result] : known_) {
-    if (which(item)) stale_.insert(item);
+  std::vector<std::string> keys;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& [key, wanted] : wanted_) {
+      if (!which(wanted.item)) continue;
+      stale_.insert(key);
+      keys.push_back(key);
+    }
   }
+  for (const auto& key : keys)
+    queue_->AddAfter(key, options_.debounce);
 }
 
 void CapacityController::RefreshAll() {
-  std::lock_guard<std::mutex> lock(mu_);
-  all_stale_ = true;
+  std::vector<std::string> keys;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& [key, wanted] : wanted_) {
+      stale_.insert(key);
+      keys.push_back(key);
+    }
+  }
+  for (const auto& key : keys)
+    queue_->Add(key);
+}
+
+void CapacityController::VolumeChanged(const Object& pv) {
+  if (PvDriver(pv) != driver_) return;
+  MarkStale([&](const CapacityItem& item) { return AffinityMatches(pv, item.segment); });
+}
+
+void CapacityController::ClassChanged(const std::string& name) {
+  // Its parameters may have changed; and a new or deleted class adds or removes items.
+  MarkStale([&](const CapacityItem& item) { return item.storage_class == name; });
+  Trigger();
 }
 
 void CapacityController::ObjectSeen(const ObjectPtr& object) {
+  const std::string name = Field(*object, "metadata", "name");
+  auto item = ItemOf(*object);
+  const std::string key = item ? KeyOf(*item) : "";
   std::lock_guard<std::mutex> lock(mu_);
-  objects_[Field(*object, "metadata", "name")] = object;
+  auto old = object_keys_.find(name);
+  if (old != object_keys_.end() && old->second != key) {
+    by_item_[old->second].erase(name);
+    if (by_item_[old->second].empty()) by_item_.erase(old->second);
+  }
+  objects_[name] = object;
+  object_keys_[name] = key;
+  by_item_[key].insert(name);
 }
 
 void CapacityController::ObjectGone(const ObjectPtr& object) {
+  const std::string name = Field(*object, "metadata", "name");
   std::lock_guard<std::mutex> lock(mu_);
-  objects_.erase(Field(*object, "metadata", "name"));
+  objects_.erase(name);
+  auto old = object_keys_.find(name);
+  if (old == object_keys_.end()) return;
+  by_item_[old->second].erase(name);
+  if (by_item_[old->second].empty()) by_item_.erase(old->second);
+  object_keys_.erase(old);
 }
 
-void CapacityController::Loop() {
-  auto next_poll = std::chrono::steady_clock::now() + options_.poll_interval;
-  int failures = 0;
-  while (!stopped_) {
-    {
-      std::unique_lock<std::mutex> lock(mu_);
-      while (!stopped_) {
-        const auto now = std::chrono::steady_clock::now();
-        if (now >= next_poll) {
-          all_stale_ = true;
-          next_poll = now + options_.poll_interval;
-          break;
-        }
-        if (triggered_ && now >= trigger_at_) break;
-        auto until = next_poll;
-        if (triggered_) until = std::min(until, trigger_at_);
-        cv_.wait_until(lock, until);
-      }
-      triggered_ = false;
-    }
-    if (stopped_) break;
-    const Status s = Sync();
-    if (s.ok()) {
-      failures = 0;
-      continue;
-    }
-    log::Error("storage-capacity sync failed; will retry", s);
-    // Retry with backoff (0.5 s .. 30 s), unless something else triggers first.
-    const auto delay = std::chrono::milliseconds(std::min(30000, 500 << std::min(failures, 6)));
-    ++failures;
+void CapacityController::RecheckItemOf(const ObjectPtr& object) {
+  auto item = ItemOf(*object);
+  if (!item) return;
+  const std::string key = KeyOf(*item);
+  {
     std::lock_guard<std::mutex> lock(mu_);
-    if (!triggered_) {
-      triggered_ = true;
-      trigger_at_ = std::chrono::steady_clock::now() + delay;
+    if (wanted_.count(key) == 0) return;
+  }
+  queue_->AddAfter(key, options_.debounce);
+}
+
+void CapacityController::Worker() {
+  std::string key;
+  while (queue_->Get(&key)) {
+    bool pending = false;
+    Status s;
+    if (key == kPollKey) {
+      queue_->AddAfter(kPollKey, options_.poll_interval);  // first: the interval starts now
+      RefreshAll();
+      queue_->Add(kResyncKey);
+    } else if (key == kResyncKey) {
+      s = Resync();
+    } else {
+      s = SyncItem(key, &pending);
     }
+    if (!pending) {
+      if (s.ok()) {
+        queue_->Forget(key);
+      } else {
+        if (log::V(2) || queue_->NumRequeues(key) == 0) {
+          log::Error("storage-capacity sync failed; will retry", s);
+        }
+        queue_->AddRateLimited(key);
+      }
+    }
+    queue_->Done(key);
   }
 }
 
-std::vector<CapacityItem> CapacityController::WantedItems() {
+std::map<std::string, CapacityController::Wanted> CapacityController::WantedItems() {
   std::map<std::string, ObjectPtr> nodes;
   for (const auto& node : nodes_->store().List())
     nodes[Field(*node, "metadata", "name")] = node;
   const auto segments = ComputeSegments(csinodes_->store().List(), nodes, driver_);
-  std::vector<CapacityItem> items;
-  for (const auto& sc : classes_->store().List()) {
-    if (!ClassWanted(*sc, driver_, options_.immediate_binding)) continue;
-    for (const auto& segment : segments) {
-      items.push_back({.segment = segment, .storage_class = Field(*sc, "metadata", "name")});
+  // The nodes of each segment, in one pass over the nodes per set of topology keys.
+  std::map<std::vector<std::string>, std::map<Segment, std::vector<std::string>>> by_keys;
+  for (const auto& segment : segments) {
+    std::vector<std::string> keys;
+    keys.reserve(segment.size());
+    for (const auto& [k, v] : segment)
+      keys.push_back(k);
+    by_keys[keys][segment];
+  }
+  for (const auto& [name, node] : nodes) {
+    const Object* md = Member(*node, "metadata");
+    const Object* labels = md ? Member(*md, "labels") : nullptr;
+    for (auto& [keys, members] : by_keys) {
+      Segment projected;
+      bool complete = true;
+      for (const auto& key : keys) {
+        const Object* value = labels ? Member(*labels, key.c_str()) : nullptr;
+        if (value == nullptr || !value->is_string()) {
+          complete = false;
+          break;
+        }
+        projected[key] = value->get<std::string>();
+      }
+      if (!complete) continue;
+      auto it = members.find(projected);
+      if (it != members.end()) it->second.push_back(name);
     }
   }
-  std::sort(items.begin(), items.end());
-  return items;
+  std::map<std::string, Wanted> out;
+  for (const auto& sc : classes_->store().List()) {
+    if (!ClassWanted(*sc, driver_, options_.immediate_binding)) continue;
+    const std::string name = Field(*sc, "metadata", "name");
+    for (const auto& [keys, members] : by_keys) {
+      for (const auto& [segment, in_segment] : members) {
+        CapacityItem item{.segment = segment, .storage_class = name};
+        out[KeyOf(item)] = Wanted{.item = item, .nodes = in_segment};
+      }
+    }
+  }
+  return out;
+}
+
+Status CapacityController::Resync() {
+  std::map<std::string, Wanted> items = WantedItems();
+  std::vector<std::string> added;
+  std::vector<ObjectPtr> obsolete;
+  int current = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& [key, wanted] : items) {
+      if (wanted_.count(key) == 0) added.push_back(key);
+      if (by_item_.count(key) > 0) ++current;
+    }
+    // Forget items that are no longer wanted.
+    for (auto it = known_.begin(); it != known_.end();) {
+      it = items.count(it->first) > 0 ? std::next(it) : known_.erase(it);
+    }
+    for (auto it = stale_.begin(); it != stale_.end();) {
+      it = items.count(*it) > 0 ? std::next(it) : stale_.erase(it);
+    }
+    wanted_ = std::move(items);
+    // Objects of no wanted item, and all but the first (by name) of an item.
+    for (const auto& [key, names] : by_item_) {
+      const bool wanted = wanted_.count(key) > 0;
+      for (auto name = names.begin(); name != names.end(); ++name) {
+        if (wanted && name == names.begin()) continue;
+        obsolete.push_back(objects_.at(*name));
+      }
+    }
+    // Published gauges of items that are gone.
+    for (auto it = published_labels_.begin(); it != published_labels_.end();) {
+      if (known_.count(it->first) > 0) {
+        ++it;
+        continue;
+      }
+      published_.Remove({it->second.first, it->second.second});
+      it = published_labels_.erase(it);
+    }
+    // Nodes that are gone are no longer reported as unreachable.
+    for (auto it = unreachable_.begin(); it != unreachable_.end();) {
+      it = nodes_->store().Get(it->first) ? std::next(it) : unreachable_.erase(it);
+    }
+    unreachable_metric_.With({}).Set(static_cast<double>(unreachable_.size()));
+    goal_.With({}).Set(static_cast<double>(wanted_.size()));
+  }
+  current_.With({}).Set(current);
+  obsolete_.With({}).Set(static_cast<double>(obsolete.size()));
+  for (const auto& key : added)
+    queue_->Add(key);
+
+  Status first_error;
+  for (const auto& object : obsolete) {
+    const std::string name = Field(*object, "metadata", "name");
+    const Status s = Write([&] {
+      Status d = client_->Delete(kCSIStorageCapacities, options_.ns, name,
+                                 {.precondition_uid = Field(*object, "metadata", "uid")});
+      if (d.ok() || apiclient::IsNotFound(d)) {
+        writes_metric_.With({"delete"}).Inc();
+        ObjectGone(object);
+        log::Info("deleted obsolete CSIStorageCapacity", {{"name", name}});
+        return Status::Ok();
+      }
+      return d;
+    });
+    if (!s.ok() && first_error.ok()) first_error = s;
+  }
+  return first_error;
+}
+
+void CapacityController::RemoveWaitingLocked(const std::string& key) {
+  auto w = waiting_keys_.find(key);
+  if (w == waiting_keys_.end()) return;
+  auto queue = waiting_.find(w->second);
+  if (queue != waiting_.end()) {
+    queue->second.erase(std::remove(queue->second.begin(), queue->second.end(), key),
+                        queue->second.end());
+    if (queue->second.empty()) waiting_.erase(queue);
+  }
+  waiting_keys_.erase(w);
+}
+
+Status CapacityController::SyncItem(const std::string& key, bool* pending) {
+  Wanted wanted;
+  bool due = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = wanted_.find(key);
+    if (it == wanted_.end()) {  // gone; the resync deletes its object
+      RemoveWaitingLocked(key);
+      return Status::Ok();
+    }
+    wanted = it->second;
+    if (in_flight_.count(key) > 0) {
+      *pending = true;  // its answer queues it again
+      return Status::Ok();
+    }
+    due = stale_.count(key) > 0 || known_.count(key) == 0;
+    if (!due) RemoveWaitingLocked(key);
+  }
+  if (!due) {
+    Status s = Publish(key, wanted.item);
+    item_syncs_++;
+    return s;
+  }
+
+  // Ask the driver, without holding this worker.
+  const std::string endpoint = source_->NodeFor(wanted.nodes);
+  const int limit = endpoint.empty() ? std::max(1, options_.threads) : 1;
+  *pending = true;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    int& calls = endpoint_calls_[endpoint];
+    if (calls >= limit) {
+      // Its turn comes with an answer from the endpoint.
+      auto w = waiting_keys_.find(key);
+      if (w != waiting_keys_.end() && w->second == endpoint) return Status::Ok();
+      RemoveWaitingLocked(key);  // it waited for another endpoint (its segment's nodes changed)
+      waiting_keys_[key] = endpoint;
+      waiting_[endpoint].push_back(key);
+      return Status::Ok();
+    }
+    RemoveWaitingLocked(key);
+    ++calls;
+    in_flight_[key] = nullptr;
+    stale_.erase(key);  // a change from now on marks it again
+  }
+  std::map<std::string, std::string> params;
+  if (ObjectPtr sc = classes_->store().Get(wanted.item.storage_class)) {
+    const Object* p = Member(*sc, "parameters");
+    if (p != nullptr && p->is_object()) {
+      for (const auto& [k, v] : p->items())
+        if (v.is_string()) params[k] = v.get<std::string>();
+    }
+  }
+  const auto start = clock_.Now();
+  CapacitySource::Cancel cancel =
+      source_->GetCapacityAsync(wanted.item.segment, params, wanted.nodes,
+                                [this, key, endpoint, start](StatusOr<CapacityResult> result) {
+                                  Answered(key, endpoint, start, std::move(result));
+                                });
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = in_flight_.find(key);
+  if (it != in_flight_.end()) it->second = std::move(cancel);  // not answered yet
+  return Status::Ok();
+}
+
+void CapacityController::Answered(const std::string& key, const std::string& endpoint,
+                                  apiclient::Clock::TimePoint start,
+                                  StatusOr<CapacityResult> result) {
+  const Status status = result.status();
+  const bool stopping = status.code() == Code::kCancelled && stopped_;
+  // Only a transport failure means "cannot be reached"; a driver that answers with an error is
+  // reachable.
+  const bool unreachable = !endpoint.empty() && (status.code() == Code::kUnavailable ||
+                                                 status.code() == Code::kDeadlineExceeded);
+  std::vector<std::string> failed;
+  std::string next, segment;
+  bool log_error = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    // From here until the end Stop() waits for this callback (answering_), not for the call.
+    in_flight_.erase(key);
+    ++answering_;
+    if (--endpoint_calls_[endpoint] <= 0) endpoint_calls_.erase(endpoint);
+    auto wanted = wanted_.find(key);
+    if (wanted != wanted_.end()) segment = DescribeSegment(wanted->second.item.segment);
+    if (result.ok()) {
+      failing_ = false;
+      if (wanted != wanted_.end()) known_[key] = *result;
+    } else if (!stopping) {
+      errors_.With({std::string(CodeName(status.code()))}).Inc();
+      stale_.insert(key);  // asked again at the retry; the old value (if any) stays
+      log_error = !failing_ && !unreachable;
+      failing_ = true;
+    }
+    // The endpoint's next item. After a node that cannot be reached, all its waiting items fail
+    // too (each with its own backoff) instead of waiting out the same timeout one by one.
+    auto queue = waiting_.find(endpoint);
+    while (queue != waiting_.end() && !queue->second.empty() && next.empty()) {
+      std::string k = std::move(queue->second.front());
+      queue->second.pop_front();
+      waiting_keys_.erase(k);
+      if (wanted_.count(k) == 0) continue;
+      if (unreachable && !stopping) {
+        failed.push_back(std::move(k));
+      } else {
+        next = std::move(k);
+      }
+    }
+    if (queue != waiting_.end() && queue->second.empty()) waiting_.erase(queue);
+  }
+  if (!stopping) {
+    latency_.With({}).Observe(std::chrono::duration<double>(clock_.Now() - start).count());
+    if (!endpoint.empty()) NodeAnswered(endpoint, status);
+    if (log_error) {
+      log::Error(
+          "GetCapacity failed; will retry with backoff (only the first failure after a good "
+          "answer is logged)",
+          status, {{"segment", segment}});
+    }
+    // A failure counts as an item sync once its retry is scheduled.
+    if (result.ok()) {
+      queue_->Add(key);  // to publish
+    } else {
+      queue_->AddRateLimited(key);
+      item_syncs_++;
+    }
+    if (!next.empty()) queue_->Add(next);
+    for (const auto& k : failed) {
+      queue_->AddRateLimited(k);
+      item_syncs_++;
+    }
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  --answering_;
+  calls_done_.notify_all();  // under the lock: Stop() may destroy us as soon as it is released
+}
+
+Status CapacityController::Publish(const std::string& key, const CapacityItem& item) {
+  CapacityResult value;
+  ObjectPtr have;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto known = known_.find(key);
+    if (known == known_.end()) return Status::Ok();  // never answered: nothing (not even zero)
+    value = known->second;
+    auto names = by_item_.find(key);
+    if (names != by_item_.end() && !names->second.empty()) {
+      have = objects_.at(*names->second.begin());  // by name order: the first one is kept
+    }
+    const std::string segment = DescribeSegment(item.segment);
+    published_.With({segment, item.storage_class}).Set(static_cast<double>(value.available));
+    published_labels_[key] = {segment, item.storage_class};
+  }
+  if (have == nullptr) {
+    return Write([&] {
+      auto created = client_->Create(kCSIStorageCapacities, options_.ns,
+                                     DesiredCapacityObject(item, value, options_, driver_));
+      if (!created.ok()) return created.status();
+      writes_metric_.With({"create"}).Inc();
+      ObjectSeen(*created);
+      log::Info("created CSIStorageCapacity", {{"name", Field(**created, "metadata", "name")},
+                                               {"storageClass", item.storage_class},
+                                               {"segment", DescribeSegment(item.segment)},
+                                               {"capacity", Field(**created, "capacity")}});
+      return Status::Ok();
+    });
+  }
+  if (CapacityUpToDate(*have, value)) return Status::Ok();
+  Object updated = *have;  // a copy: the cached object stays untouched
+  updated["capacity"] = FormatBinaryQuantity(value.available);
+  if (value.maximum_volume_size) {
+    updated["maximumVolumeSize"] = FormatBinaryQuantity(*value.maximum_volume_size);
+  } else {
+    updated.erase("maximumVolumeSize");
+  }
+  return Write([&] {
+    auto result = client_->Update(kCSIStorageCapacities, options_.ns, updated);
+    if (!result.ok()) return result.status();
+    writes_metric_.With({"update"}).Inc();
+    ObjectSeen(*result);
+    log::Info("updated CSIStorageCapacity", {{"name", Field(**result, "metadata", "name")},
+                                             {"capacity", Field(**result, "capacity")}});
+    return Status::Ok();
+  });
 }
 
 std::set<std::string> CapacityController::UnreachableNodes() {
@@ -522,7 +903,7 @@ std::set<std::string> CapacityController::UnreachableNodes() {
 
 void CapacityController::NodeAnswered(const std::string& node, const Status& status) {
   // Only a transport failure means "cannot be reached"; a driver that answers with an error is
-  // reachable (its error is counted, and logged by the sync).
+  // reachable (its error is counted, and logged).
   const bool unreachable =
       status.code() == Code::kUnavailable || status.code() == Code::kDeadlineExceeded;
   if (!status.ok()) node_errors_.With({node}).Inc();
@@ -557,178 +938,9 @@ void CapacityController::NodeAnswered(const std::string& node, const Status& sta
 }
 
 Status CapacityController::Write(const std::function<Status()>& call) {
-  write_limit_.Wait();
+  if (!SleepFor(write_limit_.Reserve())) return Status::Cancelled("stopping");
   writes_++;
   return call();
-}
-
-Status CapacityController::Sync() {
-  if (disabled_ || !capacities_) return Status::Ok();
-  std::lock_guard<std::mutex> sync_lock(sync_mu_);
-  const std::vector<CapacityItem> items = WantedItems();
-
-  // 1. Capacities that are due.
-  std::vector<CapacityItem> due;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    for (const auto& item : items) {
-      if (all_stale_ || stale_.count(item) > 0 || known_.count(item) == 0) due.push_back(item);
-    }
-    all_stale_ = false;
-    stale_.clear();
-    // Forget items that are no longer wanted.
-    for (auto it = known_.begin(); it != known_.end();) {
-      it = std::binary_search(items.begin(), items.end(), it->first) ? std::next(it)
-                                                                     : known_.erase(it);
-    }
-  }
-  Status first_error;
-  std::map<std::string, Object> class_params;
-  for (const auto& sc : classes_->store().List()) {
-    Object params = Object::object();
-    const Object* p = Member(*sc, "parameters");
-    if (p != nullptr && p->is_object()) params = *p;
-    class_params[Field(*sc, "metadata", "name")] = params;
-  }
-  for (const auto& item : due) {
-    std::map<std::string, std::string> params;
-    for (const auto& [k, v] : class_params[item.storage_class].items()) {
-      if (v.is_string()) params[k] = v.get<std::string>();
-    }
-    std::vector<std::string> in_segment;
-    for (const auto& node : nodes_->store().List()) {
-      const Object* md = Member(*node, "metadata");
-      const Object* labels = md ? Member(*md, "labels") : nullptr;
-      bool match = true;
-      for (const auto& [k, v] : item.segment) {
-        const Object* value = labels ? Member(*labels, k.c_str()) : nullptr;
-        match = match && value != nullptr && value->is_string() && value->get<std::string>() == v;
-      }
-      if (match) in_segment.push_back(Field(*node, "metadata", "name"));
-    }
-    std::sort(in_segment.begin(), in_segment.end());
-    const std::string node = source_->NodeFor(in_segment);
-    const auto start = std::chrono::steady_clock::now();
-    auto result = source_->GetCapacity(item.segment, params, in_segment);
-    latency_.With({}).Observe(
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
-    if (!node.empty()) NodeAnswered(node, result.status());
-    std::lock_guard<std::mutex> lock(mu_);
-    if (result.ok()) {
-      known_[item] = *result;
-    } else {
-      errors_.With({std::string(CodeName(result.status().code()))}).Inc();
-      stale_.insert(item);  // retried with the next sync; the old value (if any) stays
-      if (first_error.ok()) {
-        first_error = result.status().WithContext("GetCapacity for class " + item.storage_class +
-                                                  ", segment " + DescribeSegment(item.segment));
-      }
-    }
-  }
-
-  // 2. The objects.
-  std::map<CapacityItem, CapacityResult> known;
-  std::map<std::string, ObjectPtr> objects;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    known = known_;
-    objects = objects_;
-  }
-  std::map<CapacityItem, std::vector<ObjectPtr>> by_item;
-  std::vector<ObjectPtr> obsolete;
-  for (const auto& [name, object] : objects) {
-    auto item = ItemOf(*object);
-    if (item && std::binary_search(items.begin(), items.end(), *item)) {
-      by_item[*item].push_back(object);  // by name order: the first one is kept
-    } else {
-      obsolete.push_back(object);
-    }
-  }
-  for (auto& [item, list] : by_item) {
-    for (size_t i = 1; i < list.size(); ++i)
-      obsolete.push_back(list[i]);  // duplicates
-  }
-  int current = 0;
-  for (const auto& item : items) {
-    auto have = by_item.find(item);
-    auto value = known.find(item);
-    if (have != by_item.end()) ++current;
-    if (value == known.end()) continue;  // never answered: nothing to publish (not even zero)
-    published_.With({DescribeSegment(item.segment), item.storage_class})
-        .Set(static_cast<double>(value->second.available));
-    Status s;
-    if (have == by_item.end()) {
-      s = Write([&] {
-        auto created =
-            client_->Create(kCSIStorageCapacities, options_.ns,
-                            DesiredCapacityObject(item, value->second, options_, driver_));
-        if (!created.ok()) return created.status();
-        writes_metric_.With({"create"}).Inc();
-        ObjectSeen(*created);
-        log::Info("created CSIStorageCapacity", {{"name", Field(**created, "metadata", "name")},
-                                                 {"storageClass", item.storage_class},
-                                                 {"segment", DescribeSegment(item.segment)},
-                                                 {"capacity", Field(**created, "capacity")}});
-        return Status::Ok();
-      });
-    } else if (!CapacityUpToDate(*have->second.front(), value->second)) {
-      Object updated = *have->second.front();  // a copy: the cached object stays untouched
-      updated["capacity"] = FormatBinaryQuantity(value->second.available);
-      if (value->second.maximum_volume_size) {
-        updated["maximumVolumeSize"] = FormatBinaryQuantity(*value->second.maximum_volume_size);
-      } else {
-        updated.erase("maximumVolumeSize");
-      }
-      s = Write([&] {
-        auto result = client_->Update(kCSIStorageCapacities, options_.ns, updated);
-        if (!result.ok()) return result.status();
-        writes_metric_.With({"update"}).Inc();
-        ObjectSeen(*result);
-        log::Info("updated CSIStorageCapacity", {{"name", Field(**result, "metadata", "name")},
-                                                 {"capacity", Field(**result, "capacity")}});
-        return Status::Ok();
-      });
-    }
-    if (!s.ok() && first_error.ok()) first_error = s;
-  }
-  for (const auto& object : obsolete) {
-    const std::string name = Field(*object, "metadata", "name");
-    const Status s = Write([&] {
-      Status d = client_->Delete(kCSIStorageCapacities, options_.ns, name,
-                                 {.precondition_uid = Field(*object, "metadata", "uid")});
-      if (d.ok() || apiclient::IsNotFound(d)) {
-        writes_metric_.With({"delete"}).Inc();
-        ObjectGone(object);
-        log::Info("deleted obsolete CSIStorageCapacity", {{"name", name}});
-        return Status::Ok();
-      }
-      return d;
-    });
-    if (!s.ok() && first_error.ok()) first_error = s;
-  }
-  // Published gauges of items that are gone.
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    std::set<std::pair<std::string, std::string>> now;
-    for (const auto& [item, result] : known)
-      now.emplace(DescribeSegment(item.segment), item.storage_class);
-    for (const auto& old : published_labels_) {
-      if (now.count(old) == 0) published_.Remove({old.first, old.second});
-    }
-    published_labels_ = std::move(now);
-  }
-  // Nodes that are gone are no longer reported as unreachable.
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    for (auto it = unreachable_.begin(); it != unreachable_.end();) {
-      it = nodes_->store().Get(it->first) ? std::next(it) : unreachable_.erase(it);
-    }
-    unreachable_metric_.With({}).Set(static_cast<double>(unreachable_.size()));
-  }
-  goal_.With({}).Set(static_cast<double>(items.size()));
-  current_.With({}).Set(current);
-  obsolete_.With({}).Set(static_cast<double>(obsolete.size()));
-  return first_error;
 }
 
 }  // namespace ephemera::controllers

@@ -7,12 +7,23 @@
 // missing a label is skipped; equal segments merge; no keys = one empty segment for all nodes).
 // Only WaitForFirstConsumer classes count unless immediate binding is enabled.
 //
-// The reconciler is level-based and runs on one thread: it computes the wanted items, refreshes
-// the capacities that are due (poll interval, or marked stale by a PV, class or topology change,
-// debounced), and makes the CSIStorageCapacity objects match: create the missing, update the
-// changed (nothing written when nothing changed), delete the obsolete and the duplicates. Objects
-// with our labels that exist at start are adopted (matched on class and topology). Cached
-// objects are never modified.
+// The reconciler is level-based and runs on a work queue (apiclient/workqueue.h) whose keys are
+// the items (segment x class), plus "resync" (work out the wanted items, delete obsolete and
+// duplicate objects) and "poll" (mark every item stale, every poll interval). Working on an item:
+// if its capacity is due (never asked, poll, or marked stale by a PV, class, pod or topology
+// change, debounced), ask the driver; then make its CSIStorageCapacity match: create it if
+// missing, update it if changed, nothing when nothing changed. A failure re-queues the item with
+// its own exponential backoff; other items go on. Objects with our labels that exist at start
+// are adopted (matched on class and topology). Cached objects are never modified.
+//
+// GetCapacity calls do not hold a worker: they are asynchronous (CapacitySource's
+// GetCapacityAsync), at most one in flight per node endpoint (per-node sources) and at most
+// `threads` at once to a central driver. An item whose call is in flight or waiting for its
+// endpoint is queued again when the answer comes. So a node endpoint that does not answer
+// delays only that node's items, whatever the number of workers. The workers (`threads`) do the
+// writes, through one token bucket (write_qps / write_burst).
+//
+// All timing (poll, debounce, backoff, write rate) uses the injected Clock.
 //
 // A driver without GET_CAPACITY: one clear error (log and Event-free), no objects, no exit.
 #pragma once
@@ -20,6 +31,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -32,11 +44,13 @@
 #include <vector>
 
 #include "apiclient/client.h"
+#include "apiclient/clock.h"
 #include "apiclient/events.h"
 #include "apiclient/informer.h"
 #include "apiclient/manager.h"
 #include "apiclient/metrics.h"
 #include "apiclient/rate_limiter.h"
+#include "apiclient/workqueue.h"
 #include "controllers/capacity/source.h"
 
 namespace ephemera::controllers {
@@ -48,13 +62,20 @@ struct CapacityOptions {
   std::chrono::milliseconds poll_interval{60000};
   std::chrono::milliseconds debounce{200};
   bool immediate_binding = false;
-  double write_qps = 1;     // --kube-api-capacity-qps
-  int write_burst = 5;      // --kube-api-capacity-burst
+  double write_qps = 1;  // --kube-api-capacity-qps
+  int write_burst = 5;   // --kube-api-capacity-burst
+  // --capacity-threads: workers, and GetCapacity calls at once to a central driver.
+  int threads = 4;
   apiclient::Object owner;  // owner reference, or null
   // Where "node endpoint unreachable" / "reachable again" Events go; null = no Events.
   std::shared_ptr<apiclient::EventRecorder> events;
   // How long Start() waits for the driver to answer and for the caches to sync.
   std::chrono::seconds start_timeout{120};
+  // The clock of every timer (poll, debounce, backoff, write rate); null = the real one.
+  const apiclient::Clock* clock = nullptr;
+  // Backoff of a failed item: base, doubling with every failure, up to max.
+  std::chrono::milliseconds retry_base{500};
+  std::chrono::milliseconds retry_max{30000};
 };
 
 // One (segment, class) pair. Ordered so it can key maps.
@@ -107,33 +128,58 @@ class CapacityController final : public apiclient::Runnable {
   Status Start(std::stop_token stop) override;
   void Stop() override;
 
-  // One reconciliation (public for tests): refresh due capacities, then write.
-  Status Sync();
-  // Marks every capacity stale (as the poll does).
+  // Marks every capacity stale and queues every item (as the poll does).
   void RefreshAll();
+  // What the informers' handlers call on a change (public for tests): the items the change can
+  // affect are marked stale and queued after the debounce.
+  void VolumeChanged(const apiclient::Object& pv);
+  void ClassChanged(const std::string& name);
+
   const std::string& driver() const { return driver_; }
   // Writes (create, update, delete) done so far.
   uint64_t Writes() const { return writes_.load(); }
+  // Item syncs finished so far: published (or found up to date) or failed.
+  uint64_t ItemSyncs() const { return item_syncs_.load(); }
   // The driver refused to serve GET_CAPACITY: the controller publishes nothing.
   bool Disabled() const { return disabled_.load(); }
   // Nodes whose own endpoint did not answer the last GetCapacity (per-node source only).
   std::set<std::string> UnreachableNodes();
 
+  // The queue key of an item.
+  static std::string KeyOf(const CapacityItem& item);
+
  private:
-  void Loop();
-  void Trigger(bool immediately = false);
+  struct Wanted {
+    CapacityItem item;
+    std::vector<std::string> nodes;  // the nodes of the segment, by name
+  };
+  void Worker();
+  // One item: ask the driver if due, else publish. *pending: a call was started (or the item
+  // waits for its endpoint); its answer queues the item again.
+  Status SyncItem(const std::string& key, bool* pending);
+  void RemoveWaitingLocked(const std::string& key);
+  Status Publish(const std::string& key, const CapacityItem& item);
+  void Answered(const std::string& key, const std::string& endpoint,
+                apiclient::Clock::TimePoint start, StatusOr<CapacityResult> result);
+  Status Resync();
+  void Trigger();  // a debounced resync
   void MarkStale(const std::function<bool(const CapacityItem&)>& which);
   Status Prepare();  // driver name and capability
-  std::vector<CapacityItem> WantedItems();
+  std::map<std::string, Wanted> WantedItems();
   void ObjectSeen(const apiclient::ObjectPtr& object);
   void ObjectGone(const apiclient::ObjectPtr& object);
+  // The wanted item an object of ours stands for, to be looked at again (after the debounce).
+  void RecheckItemOf(const apiclient::ObjectPtr& object);
   Status Write(const std::function<Status()>& call);
+  // Sleeps on the clock; false when stopped meanwhile.
+  bool SleepFor(apiclient::Clock::Duration d);
   // Records how `node`'s endpoint answered; Events and metrics on a change of reachability.
   void NodeAnswered(const std::string& node, const Status& status);
 
   const apiclient::ApiClientPtr client_;
   const std::shared_ptr<CapacitySource> source_;
   CapacityOptions options_;
+  const apiclient::Clock& clock_;
   std::string driver_;
   apiclient::TokenBucket write_limit_;
   apiclient::GaugeFamily& goal_;
@@ -145,6 +191,7 @@ class CapacityController final : public apiclient::Runnable {
   apiclient::CounterFamily& writes_metric_;
   apiclient::GaugeFamily& unreachable_metric_;
   apiclient::CounterFamily& node_errors_;
+  std::unique_ptr<apiclient::WorkQueue> queue_;
   std::unique_ptr<apiclient::Informer> csinodes_;
   std::unique_ptr<apiclient::Informer> nodes_;
   std::unique_ptr<apiclient::Informer> classes_;
@@ -152,24 +199,33 @@ class CapacityController final : public apiclient::Runnable {
   std::unique_ptr<apiclient::Informer> volumes_;
   // Pods, trimmed to what tells where an inline volume of the driver came or went.
   std::unique_ptr<apiclient::Informer> pods_;
+  std::vector<std::thread> workers_;
 
-  std::mutex sync_mu_;  // one Sync at a time
   std::mutex mu_;
-  std::condition_variable cv_;
-  bool triggered_ = false;                            // GUARDED_BY(mu_)
-  std::chrono::steady_clock::time_point trigger_at_;  // GUARDED_BY(mu_)
-  std::map<CapacityItem, CapacityResult> known_;      // GUARDED_BY(mu_): last GetCapacity answers
-  std::set<CapacityItem> stale_;                      // GUARDED_BY(mu_)
-  bool all_stale_ = true;                             // GUARDED_BY(mu_)
-  // The objects as we know them: the informer's, overlaid with our own writes. name -> object.
-  std::map<std::string, apiclient::ObjectPtr> objects_;             // GUARDED_BY(mu_)
-  std::set<std::pair<std::string, std::string>> published_labels_;  // GUARDED_BY(mu_)
+  std::condition_variable calls_done_;
+  std::map<std::string, Wanted> wanted_;         // GUARDED_BY(mu_): key -> item
+  std::map<std::string, CapacityResult> known_;  // GUARDED_BY(mu_): last GetCapacity answers
+  std::set<std::string> stale_;                  // GUARDED_BY(mu_)
+  // Calls in flight: key -> how to cancel; per endpoint ("" = central) their number, and the
+  // items waiting for a free slot.
+  std::map<std::string, CapacitySource::Cancel> in_flight_;  // GUARDED_BY(mu_)
+  std::map<std::string, int> endpoint_calls_;                // GUARDED_BY(mu_)
+  std::map<std::string, std::deque<std::string>> waiting_;   // GUARDED_BY(mu_)
+  std::map<std::string, std::string> waiting_keys_;          // GUARDED_BY(mu_): key -> endpoint
+  int answering_ = 0;     // GUARDED_BY(mu_): answer callbacks running
+  bool failing_ = false;  // GUARDED_BY(mu_): a call failed since the last good answer
+  // The objects as we know them: the informer's, overlaid with our own writes. name -> object,
+  // name -> item key ("" when it matches no item), item key -> names.
+  std::map<std::string, apiclient::ObjectPtr> objects_;                          // GUARDED_BY(mu_)
+  std::map<std::string, std::string> object_keys_;                               // GUARDED_BY(mu_)
+  std::map<std::string, std::set<std::string>> by_item_;                         // GUARDED_BY(mu_)
+  std::map<std::string, std::pair<std::string, std::string>> published_labels_;  // GUARDED_BY(mu_)
   std::map<std::string, std::string> unreachable_;  // GUARDED_BY(mu_): node -> last error
 
   std::atomic<bool> stopped_{false};
   std::atomic<bool> disabled_{false};
   std::atomic<uint64_t> writes_{0};
-  std::thread loop_;
+  std::atomic<uint64_t> item_syncs_{0};
 };
 
 }  // namespace ephemera::controllers

@@ -130,25 +130,39 @@ StatusOr<std::string> PodEndpointSource::DriverName() {
   return last;
 }
 
+std::pair<std::string, std::shared_ptr<CapacitySource>> PodEndpointSource::SourceFor(
+    const std::vector<std::string>& nodes) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& n : nodes) {
+    auto it = by_node_.find(n);
+    if (it != by_node_.end()) return {n, it->second.source};
+  }
+  return {"", nullptr};
+}
+
 StatusOr<CapacityResult> PodEndpointSource::GetCapacity(
     const Segment& segment, const std::map<std::string, std::string>& params,
     const std::vector<std::string>& nodes) {
-  std::string node;
-  std::shared_ptr<CapacitySource> source;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    for (const auto& n : nodes) {
-      auto it = by_node_.find(n);
-      if (it == by_node_.end()) continue;
-      node = n;
-      source = it->second.source;
-      break;
-    }
-  }
+  auto [node, source] = SourceFor(nodes);
   if (!source) return Status::NotFound("no driver pod with an IP on any node of the segment");
   auto result = source->GetCapacity(segment, params, {node});
   if (!result.ok()) return result.status().WithContext("node " + node);
   return result;
+}
+
+CapacitySource::Cancel PodEndpointSource::GetCapacityAsync(
+    const Segment& segment, const std::map<std::string, std::string>& params,
+    const std::vector<std::string>& nodes, CapacityCallback done) {
+  auto [node, source] = SourceFor(nodes);
+  if (!source) {
+    done(Status::NotFound("no driver pod with an IP on any node of the segment"));
+    return {};
+  }
+  return source->GetCapacityAsync(
+      segment, params, {node}, [node = node, done = std::move(done)](StatusOr<CapacityResult> r) {
+        if (!r.ok()) r = r.status().WithContext("node " + node);
+        done(std::move(r));
+      });
 }
 
 std::string PodEndpointSource::NodeFor(const std::vector<std::string>& nodes) const {

@@ -13,6 +13,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "apiclient/client.h"
@@ -51,6 +52,8 @@ class PodEndpointSource final : public CapacitySource, public apiclient::Runnabl
   StatusOr<CapacityResult> GetCapacity(const Segment& segment,
                                        const std::map<std::string, std::string>& params,
                                        const std::vector<std::string>& nodes) override;
+  Cancel GetCapacityAsync(const Segment& segment, const std::map<std::string, std::string>& params,
+                          const std::vector<std::string>& nodes, CapacityCallback done) override;
   std::string NodeFor(const std::vector<std::string>& nodes) const override;
 
  private:
@@ -59,6 +62,9 @@ class PodEndpointSource final : public CapacitySource, public apiclient::Runnabl
     std::shared_ptr<CapacitySource> source;
   };
   void Rebuild();
+  // The first of `nodes` with an endpoint, or "" and null.
+  std::pair<std::string, std::shared_ptr<CapacitySource>> SourceFor(
+      const std::vector<std::string>& nodes) const;
 
   apiclient::Informer pods_;
   const int port_;

@@ -64,6 +64,38 @@ class GrpcCapacitySource : public CapacitySource {
                                        const std::vector<std::string>& /*nodes*/) override {
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + timeout_);
+    ::csi::v1::GetCapacityResponse resp;
+    return Answer(controller_->GetCapacity(&ctx, Request(segment, params), &resp), resp);
+  }
+
+  Cancel GetCapacityAsync(const Segment& segment, const std::map<std::string, std::string>& params,
+                          const std::vector<std::string>& /*nodes*/,
+                          CapacityCallback done) override {
+    // The call's state lives until gRPC has run (and dropped) the completion callback.
+    struct Call {
+      grpc::ClientContext ctx;
+      ::csi::v1::GetCapacityRequest req;
+      ::csi::v1::GetCapacityResponse resp;
+      CapacityCallback done;
+    };
+    auto call = std::make_shared<Call>();
+    call->ctx.set_deadline(std::chrono::system_clock::now() + timeout_);
+    call->req = Request(segment, params);
+    call->done = std::move(done);
+    controller_->async()->GetCapacity(&call->ctx, &call->req, &call->resp,
+                                      [call](const grpc::Status& status) {
+                                        CapacityCallback done = std::move(call->done);
+                                        done(Answer(status, call->resp));
+                                      });
+    std::weak_ptr<Call> weak = call;
+    return [weak] {
+      if (auto c = weak.lock()) c->ctx.TryCancel();
+    };
+  }
+
+ private:
+  static ::csi::v1::GetCapacityRequest Request(const Segment& segment,
+                                               const std::map<std::string, std::string>& params) {
     ::csi::v1::GetCapacityRequest req;
     for (const auto& [k, v] : params)
       (*req.mutable_parameters())[k] = v;
@@ -71,8 +103,12 @@ class GrpcCapacitySource : public CapacitySource {
       for (const auto& [k, v] : segment)
         (*req.mutable_accessible_topology()->mutable_segments())[k] = v;
     }
-    ::csi::v1::GetCapacityResponse resp;
-    EPHEMERA_RETURN_IF_ERROR(FromGrpc(controller_->GetCapacity(&ctx, req, &resp), "GetCapacity"));
+    return req;
+  }
+
+  static StatusOr<CapacityResult> Answer(const grpc::Status& status,
+                                         const ::csi::v1::GetCapacityResponse& resp) {
+    EPHEMERA_RETURN_IF_ERROR(FromGrpc(status, "GetCapacity"));
     if (resp.available_capacity() < 0) {
       return Status::InvalidArgument("GetCapacity: negative available_capacity");
     }
@@ -126,6 +162,21 @@ class PerNodeCapacitySource : public CapacitySource {
       return result;
     }
     return Status::NotFound("no --csi-node-endpoint for any node of the segment");
+  }
+
+  Cancel GetCapacityAsync(const Segment& segment, const std::map<std::string, std::string>& params,
+                          const std::vector<std::string>& nodes, CapacityCallback done) override {
+    for (const auto& node : nodes) {
+      auto it = by_node_.find(node);
+      if (it == by_node_.end()) continue;
+      return it->second->GetCapacityAsync(
+          segment, params, {node}, [node, done = std::move(done)](StatusOr<CapacityResult> result) {
+            if (!result.ok()) result = result.status().WithContext("node " + node);
+            done(std::move(result));
+          });
+    }
+    done(Status::NotFound("no --csi-node-endpoint for any node of the segment"));
+    return {};
   }
 
   std::string NodeFor(const std::vector<std::string>& nodes) const override {

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -40,6 +41,19 @@ class CapacitySource {
   virtual StatusOr<CapacityResult> GetCapacity(const Segment& segment,
                                                const std::map<std::string, std::string>& params,
                                                const std::vector<std::string>& nodes) = 0;
+  // The same call without blocking the caller: `done` runs exactly once with the answer, on the
+  // caller's thread or on another one. The returned function (may be empty) cancels the call:
+  // `done` then runs soon with CANCELLED, if it has not yet. It may be called after `done` ran.
+  // The default calls GetCapacity inline; the gRPC sources do not block: a node that does not
+  // answer holds no thread of the caller's.
+  using CapacityCallback = std::function<void(StatusOr<CapacityResult>)>;
+  using Cancel = std::function<void()>;
+  virtual Cancel GetCapacityAsync(const Segment& segment,
+                                  const std::map<std::string, std::string>& params,
+                                  const std::vector<std::string>& nodes, CapacityCallback done) {
+    done(GetCapacity(segment, params, nodes));
+    return {};
+  }
   // The node whose own endpoint GetCapacity(…, nodes) asks, or "" when the answer does not come
   // from one node (a central source, or no node of `nodes` has an endpoint). The controller
   // reports an endpoint that cannot be reached on this node.

@@ -140,7 +140,8 @@ Status AddCapacity(const ManagerOptions& options, apiclient::Manager& manager) {
                         .poll_interval = options.capacity_poll_interval,
                         .immediate_binding = options.capacity_for_immediate_binding,
                         .write_qps = options.kube_api_capacity_qps,
-                        .write_burst = options.kube_api_capacity_burst};
+                        .write_burst = options.kube_api_capacity_burst,
+                        .threads = options.capacity_threads};
   copts.events = manager.EventRecorderFor("ephemera.io/storage-capacity");
   if (options.capacity_ownerref_level >= 0) {
     auto owner = ResolveOwner(*manager.client(), options.capacity_ownerref_level);

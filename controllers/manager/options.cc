@@ -91,6 +91,7 @@ std::vector<flags::Flag> ManagerFlags(ManagerOptions& o) {
       Double("kube-api-capacity-qps", &o.kube_api_capacity_qps, "kubeAPICapacityQPS"),
       Int("kube-api-capacity-burst", &o.kube_api_capacity_burst, {.min = 1},
           "kubeAPICapacityBurst"),
+      Int("capacity-threads", &o.capacity_threads, {.min = 1}, "capacityThreads"),
   };
 }
 
@@ -230,6 +231,8 @@ storage-capacity (CSIStorageCapacity objects from the CSI driver's GetCapacity):
                                           Deployment), ... (default -1)
   --kube-api-capacity-qps Q               rate limit of capacity writes (default 1)
   --kube-api-capacity-burst B             (default 5)
+  --capacity-threads N                    workers publishing CSIStorageCapacity objects, and
+                                          GetCapacity calls at once to a central driver (default 4)
 )";
 }
 

@@ -57,6 +57,7 @@ struct ManagerOptions {
   int capacity_ownerref_level = -1;
   double kube_api_capacity_qps = 1;
   int kube_api_capacity_burst = 5;
+  int capacity_threads = 4;  // --capacity-threads
   std::string config_file;
   bool help = false;
 };

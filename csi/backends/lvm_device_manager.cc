@@ -79,7 +79,7 @@ StatusOr<json> ReportRows(const std::string& what, const std::string& text, cons
 }
 
 StatusOr<CommandResult> RunOk(CommandRunner& runner, const std::vector<std::string>& argv) {
-  StatusOr<CommandResult> result = runner.Run(argv);
+  StatusOr<CommandResult> result = runner.Run(argv, kDeviceCommandTimeout);
   if (!result.ok()) return result.status();
   if (result->exit_code != 0) {
     return Status::Internal(argv[0] + " " + (argv.size() > 1 ? argv[1] : "") + " exited with " +
@@ -185,8 +185,10 @@ Status LvmDeviceManager::SetUpRegion(const std::string& region, int64_t region_s
                             [&](const LvmVolumeGroup& g) { return g.name == vg; });
   if (!exists) {
     log::Info("lvm backend: creating a volume group", {{"vg", vg}, {"device", device}});
-    EPHEMERA_RETURN_IF_ERROR(RunChecked(runner_, {"pvcreate", "-y", "-ff", device}));
-    EPHEMERA_RETURN_IF_ERROR(RunChecked(runner_, {"vgcreate", "-y", vg, device}));
+    EPHEMERA_RETURN_IF_ERROR(
+        RunChecked(runner_, {"pvcreate", "-y", "-ff", device}, kDeviceCommandTimeout));
+    EPHEMERA_RETURN_IF_ERROR(
+        RunChecked(runner_, {"vgcreate", "-y", vg, device}, kDeviceCommandTimeout));
   }
   vgs_.push_back(vg);
   return Status::Ok();
@@ -219,7 +221,7 @@ Status LvmDeviceManager::Init() {
     alignment_ = std::max(alignment_, g.extent_size);
   // Volumes left inactive (after a reboot without udev) are activated here.
   for (const std::string& vg : vgs_) {
-    EPHEMERA_RETURN_IF_ERROR(RunChecked(runner_, {"vgchange", "-ay", vg}));
+    EPHEMERA_RETURN_IF_ERROR(RunChecked(runner_, {"vgchange", "-ay", vg}, kDeviceCommandTimeout));
   }
   return Status::Ok();
 }
@@ -256,7 +258,8 @@ StatusOr<LvmLogicalVolume> LvmDeviceManager::FindLocked(const std::string& id) {
 StatusOr<Device> LvmDeviceManager::ToDevice(const LvmLogicalVolume& lv) {
   // lv_attr: the fifth character is 'a' when the volume is active.
   if (lv.attr.size() >= 5 && lv.attr[4] != 'a') {
-    EPHEMERA_RETURN_IF_ERROR(RunChecked(runner_, {"lvchange", "-ay", lv.vg + "/" + lv.name}));
+    EPHEMERA_RETURN_IF_ERROR(
+        RunChecked(runner_, {"lvchange", "-ay", lv.vg + "/" + lv.name}, kDeviceCommandTimeout));
   }
   return Device{lv.name, lv.size, lv.path, DeviceSupportsDax(lv.path)};
 }
@@ -301,7 +304,20 @@ StatusOr<Device> LvmDeviceManager::Create(const std::string& id, int64_t size,
   // -Zy -Wy: the start of the volume is zeroed and old signatures wiped, so that no filesystem of
   // an earlier volume shows through.
   StatusOr<CommandResult> result = runner_.Run(
-      {"lvcreate", "-y", "-Zy", "-Wy", "-n", id, "-L", std::to_string(size) + "B", vg_name});
+      {"lvcreate", "-y", "-Zy", "-Wy", "-n", id, "-L", std::to_string(size) + "B", vg_name},
+      kDeviceCommandTimeout);
+  if (result.status().code() == Code::kDeadlineExceeded) {
+    // Killed at its time limit, lvcreate may have left the volume, whole or in part (the metadata
+    // is committed before the start is zeroed and wiped): removed as after any other failure. Had
+    // the name existed before, lvcreate would have refused it at once, not hung (unless it hung on
+    // the group's lock, and then lvs hangs too and removes nothing). Should lvs or lvremove fail
+    // here, the caller's `creating` record remains and recovery removes the volume.
+    StatusOr<LvmLogicalVolume> partial = FindLocked(id);
+    if (partial.ok()) {
+      (void)runner_.Run({"lvremove", "-y", partial->vg + "/" + id}, kDeviceCommandTimeout);
+    }
+    return result.status();
+  }
   if (!result.ok()) return result.status();
   if (result->exit_code != 0) {
     // lvcreate checks the name before anything else: the volume is the existing one, not ours to
@@ -311,7 +327,8 @@ StatusOr<Device> LvmDeviceManager::Create(const std::string& id, int64_t size,
     }
     // Nothing may be left behind.
     StatusOr<LvmLogicalVolume> partial = FindLocked(id);
-    if (partial.ok()) (void)runner_.Run({"lvremove", "-y", partial->vg + "/" + id});
+    if (partial.ok())
+      (void)runner_.Run({"lvremove", "-y", partial->vg + "/" + id}, kDeviceCommandTimeout);
     if (result->output.find("insufficient free space") != std::string::npos ||
         result->output.find("Insufficient free space") != std::string::npos) {
       return Status::ResourceExhausted("lvcreate: " + result->output);
@@ -365,7 +382,8 @@ Status LvmDeviceManager::Delete(const std::string& id, bool erase) {
   if (open) return Status::FailedPrecondition("device " + id + " (" + lv->path + ") is in use");
   if (erase) {
     if (lv->attr.size() >= 5 && lv->attr[4] != 'a') {
-      EPHEMERA_RETURN_IF_ERROR(RunChecked(runner_, {"lvchange", "-ay", lv->vg + "/" + id}));
+      EPHEMERA_RETURN_IF_ERROR(
+          RunChecked(runner_, {"lvchange", "-ay", lv->vg + "/" + id}, kDeviceCommandTimeout));
     }
     EPHEMERA_RETURN_IF_ERROR(ZeroBlockDevice(lv->path, lv->size));
   }
@@ -373,7 +391,8 @@ Status LvmDeviceManager::Delete(const std::string& id, bool erase) {
 }
 
 Status LvmDeviceManager::RemoveLocked(const std::string& vg, const std::string& id) {
-  StatusOr<CommandResult> result = runner_.Run({"lvremove", "-y", vg + "/" + id});
+  StatusOr<CommandResult> result =
+      runner_.Run({"lvremove", "-y", vg + "/" + id}, kDeviceCommandTimeout);
   if (!result.ok()) return result.status();
   if (result->exit_code != 0) {
     if (result->output.find("in use") != std::string::npos) {
@@ -442,7 +461,8 @@ StatusOr<Device> LvmDeviceManager::Expand(const std::string& id, int64_t new_siz
     }
   }
   EPHEMERA_RETURN_IF_ERROR(RunChecked(
-      runner_, {"lvextend", "-y", "-L", std::to_string(new_size) + "B", lv->vg + "/" + id}));
+      runner_, {"lvextend", "-y", "-L", std::to_string(new_size) + "B", lv->vg + "/" + id},
+      kDeviceCommandTimeout));
   StatusOr<LvmLogicalVolume> grown = FindLocked(id);
   if (!grown.ok()) return grown.status();
   return ToDevice(*grown);

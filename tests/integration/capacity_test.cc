@@ -592,7 +592,7 @@ TEST_CASE(
 void MakeCertificates(const std::string& dir) {
   csi::ExecCommandRunner runner;
   auto run = [&](std::vector<std::string> argv) {
-    auto r = runner.Run(argv);
+    auto r = runner.Run(argv, std::chrono::minutes(2));
     REQUIRE(r.ok());
     INFO(r->output);
     REQUIRE(r->exit_code == 0);

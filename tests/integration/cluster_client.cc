@@ -1,6 +1,9 @@
 #include "tests/integration/cluster_client.h"
 
+#include <sys/stat.h>
+
 #include <cstdlib>
+#include <fstream>
 #include <random>
 #include <stdexcept>
 
@@ -55,6 +58,32 @@ std::string RandomSuffix() {
   for (int i = 0; i < 6; ++i)
     s += kChars[rng() % 36];
   return s;
+}
+
+std::string ExecKubeconfig(const TestCluster& cluster, const std::string& command,
+                           const std::string& exec_fields) {
+  const auto admin = cluster.AdminConfig();
+  return "apiVersion: v1\nkind: Config\ncurrent-context: exec\n"
+         "clusters:\n- name: c\n  cluster:\n    server: " +
+         admin.server + "\n    certificate-authority: " + cluster.dir() +
+         "/pki/ca.crt\n"
+         "contexts:\n- name: exec\n  context: {cluster: c, user: plugin}\n"
+         "users:\n- name: plugin\n  user:\n    exec: {apiVersion: "
+         "client.authentication.k8s.io/v1, interactiveMode: Never, command: '" +
+         command + "'" + (exec_fields.empty() ? "" : ", " + exec_fields) + "}\n";
+}
+
+void WriteScript(const std::string& path, const std::string& body) {
+  {
+    std::ofstream out(path + ".tmp");
+    out << "#!/bin/sh\n" << body << "\n";
+    if (!out) throw std::runtime_error("cannot write " + path);
+  }
+  chmod((path + ".tmp").c_str(), 0700);
+  // Renamed into place: a script being executed is never rewritten in place (ETXTBSY).
+  if (std::rename((path + ".tmp").c_str(), path.c_str()) != 0) {
+    throw std::runtime_error("cannot rename to " + path);
+  }
 }
 
 }  // namespace ephemera::testing

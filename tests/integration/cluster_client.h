@@ -34,4 +34,12 @@ class TestCluster {
 
 std::string RandomSuffix();
 
+// A kubeconfig for `cluster` (its server and CA) whose user gets credentials from an exec plugin:
+// `exec_fields` is the rest of the exec map in YAML flow style, e.g. "args: [a], installHint: x".
+std::string ExecKubeconfig(const TestCluster& cluster, const std::string& command,
+                           const std::string& exec_fields = "");
+
+// An executable /bin/sh script at `path` with `body`.
+void WriteScript(const std::string& path, const std::string& body);
+
 }  // namespace ephemera::testing

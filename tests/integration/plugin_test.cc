@@ -309,5 +309,47 @@ TEST_CASE("kubectl ephemera fails clearly on bad flags and an unreachable cluste
   std::remove(dead.c_str());
 }
 
+TEST_CASE("kubectl ephemera authenticates with a kubeconfig exec plugin", "[plugin]") {
+  const auto cluster = TestCluster::FromEnvironment();
+  const std::string ns = cluster.CreateNamespace("plugin-exec");
+  const std::string dir = cluster.dir() + "/exec-" + RandomSuffix();
+  REQUIRE(std::system(("mkdir -p '" + dir + "'").c_str()) == 0);  // NOLINT(cert-env33-c)
+  // A plugin that hands out the admin's client certificate, as a cloud's plugin hands out a token.
+  const Object credential = {{"apiVersion", "client.authentication.k8s.io/v1"},
+                             {"kind", "ExecCredential"},
+                             {"status",
+                              {{"clientCertificateData", ReadAll(cluster.dir() + "/pki/admin.crt")},
+                               {"clientKeyData", ReadAll(cluster.dir() + "/pki/admin.key")}}}};
+  std::ofstream(dir + "/credential.json") << credential.dump();
+  WriteScript(dir + "/good",
+              "echo run >> \"$(dirname \"$0\")/runs\"\n"
+              "cat \"$(dirname \"$0\")/credential.json\"");
+  WriteScript(dir + "/bad", "echo 'token cache is empty: run cloud-login' >&2; exit 1");
+  std::ofstream(dir + "/kubeconfig-good") << ExecKubeconfig(cluster, dir + "/good");
+  std::ofstream(dir + "/kubeconfig-bad") << ExecKubeconfig(cluster, dir + "/bad");
+  std::ofstream(dir + "/kubeconfig-missing") << ExecKubeconfig(
+      cluster, "no-such-cloud-plugin", "installHint: 'get it from the cloud CLI'");
+
+  auto r = Plugin(cluster, {"volumes", "-n", ns, "--kubeconfig", dir + "/kubeconfig-good"});
+  INFO(r.err);
+  CHECK(r.code == 0);
+  CHECK(ReadAll(dir + "/runs") == "run\n");  // once for all the plugin's requests
+
+  r = Plugin(cluster, {"volumes", "-n", ns, "--kubeconfig", dir + "/kubeconfig-bad"});
+  INFO(r.err);
+  CHECK(r.code == 1);
+  CHECK(r.out.empty());
+  CHECK(r.err.find("exec credential plugin \"" + dir + "/bad\" exited with status 1") !=
+        std::string::npos);
+  CHECK(r.err.find("token cache is empty: run cloud-login") != std::string::npos);
+
+  r = Plugin(cluster, {"capacity", "--kubeconfig", dir + "/kubeconfig-missing"});
+  INFO(r.err);
+  CHECK(r.code == 1);
+  CHECK(r.err.find("\"no-such-cloud-plugin\" cannot be run: not found in $PATH") !=
+        std::string::npos);
+  CHECK(r.err.find("get it from the cloud CLI") != std::string::npos);
+}
+
 }  // namespace
 }  // namespace ephemera::testing

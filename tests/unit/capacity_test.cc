@@ -285,6 +285,17 @@ TEST_CASE("Manager options accept the storage-capacity flags", "[unit][capacity]
               &o2)
               .code() == Code::kInvalidArgument);
   }
+  CHECK(ok.capacity_threads == 4);  // the default
+  ManagerOptions threads;
+  REQUIRE(ParseManagerOptions({"--controllers=storage-capacity", "--csi-address=unix:///x.sock",
+                               "--capacity-namespace=ns", "--capacity-threads=16"},
+                              &threads)
+              .ok());
+  CHECK(threads.capacity_threads == 16);
+  CHECK_FALSE(ParseManagerOptions({"--controllers=storage-capacity", "--csi-address=unix:///x",
+                                   "--capacity-namespace=ns", "--capacity-threads=0"},
+                                  &threads)
+                  .ok());
   ManagerOptions bad;
   CHECK_FALSE(ParseManagerOptions({"--controllers=storage-capacity", "--csi-address=unix:///x",
                                    "--capacity-namespace=ns", "--capacity-poll-interval=10ms"},
@@ -414,34 +425,167 @@ class FakeSource final : public CapacitySource {
                                        const std::vector<std::string>&) override {
     std::lock_guard<std::mutex> lock(mu);
     ++calls;
-    if (fail) return Status::Unavailable("driver down");
     auto it = segment.find(kKey);
+    if (it != segment.end()) ++node_calls[it->second];
+    if (fail) return Status::Unavailable("driver down");
     if (it != segment.end() && down.count(it->second) > 0) {
       return Status::Unavailable("connection refused");
     }
     return CapacityResult{.available = it == segment.end() ? 0 : capacity[it->second]};
   }
+  // Calls for a node in `hang` (or any, with hang_all) are held until Release() or a cancel, like
+  // an endpoint that accepts the connection and never answers.
+  Cancel GetCapacityAsync(const Segment& segment, const std::map<std::string, std::string>& params,
+                          const std::vector<std::string>& nodes, CapacityCallback done) override {
+    auto it = segment.find(kKey);
+    const std::string node = it == segment.end() ? "" : it->second;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      if (hang_all || hang.count(node) > 0) {
+        ++calls;
+        ++node_calls[node];
+        auto call = std::make_shared<HeldCall>(HeldCall{node, std::move(done)});
+        held.push_back(call);
+        return [this, call] { Finish({call}, Status::Cancelled("cancelled")); };
+      }
+    }
+    done(GetCapacity(segment, params, nodes));
+    return {};
+  }
+  // Answers the held calls of `node` ("" = all) with `result`; returns how many there were.
+  size_t Release(const std::string& node, const StatusOr<CapacityResult>& result) {
+    std::vector<std::shared_ptr<HeldCall>> calls_of;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      for (const auto& call : held)
+        if (node.empty() || call->node == node) calls_of.push_back(call);
+    }
+    Finish(calls_of, result);
+    return calls_of.size();
+  }
+  size_t Held(const std::string& node = "") {
+    std::lock_guard<std::mutex> lock(mu);
+    return static_cast<size_t>(std::count_if(held.begin(), held.end(), [&](const auto& call) {
+      return node.empty() || call->node == node;
+    }));
+  }
+  int Calls(const std::string& node = "") {
+    std::lock_guard<std::mutex> lock(mu);
+    return node.empty() ? calls : node_calls[node];
+  }
+
   std::mutex mu;
   std::map<std::string, int64_t> capacity;
   bool has_capability = true;
   bool fail = false;
   int calls = 0;
+  std::map<std::string, int> node_calls;
   // As a per-node source: a segment's first node is asked; nodes in `down` do not answer.
   bool per_node = false;
   std::set<std::string> down;
+  std::set<std::string> hang;
+  bool hang_all = false;
   std::string NodeFor(const std::vector<std::string>& nodes) const override {
     return per_node && !nodes.empty() ? nodes.front() : "";
   }
+
+ private:
+  struct HeldCall {
+    std::string node;
+    CapacityCallback done;
+  };
+  void Finish(const std::vector<std::shared_ptr<HeldCall>>& calls_to_end,
+              const StatusOr<CapacityResult>& result) {
+    std::vector<std::shared_ptr<HeldCall>> ended;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      for (const auto& call : calls_to_end) {
+        auto it = std::find(held.begin(), held.end(), call);
+        if (it == held.end()) continue;  // already answered
+        held.erase(it);
+        ended.push_back(call);
+      }
+    }
+    for (const auto& call : ended)
+      call->done(result);
+  }
+  std::vector<std::shared_ptr<HeldCall>> held;
 };
 
-void Populate(MemoryClient& client) {
-  for (const std::string n : {"n1", "n2"}) {
+// A clock that moves only when told to. SleepFor returns once the clock has moved on far enough,
+// or after a moment of real time (callers re-check the time, as the controller does).
+class FakeClock final : public apiclient::Clock {
+ public:
+  TimePoint Now() const override {
+    std::lock_guard<std::mutex> lock(mu_);
+    return now_;
+  }
+  std::chrono::system_clock::time_point WallNow() const override {
+    return std::chrono::system_clock::time_point(
+        std::chrono::duration_cast<std::chrono::system_clock::duration>(Now().time_since_epoch()));
+  }
+  void SleepFor(Duration d) const override {
+    std::unique_lock<std::mutex> lock(mu_);
+    const auto until = now_ + d;
+    cv_.wait_for(lock, std::chrono::milliseconds(10), [&] { return now_ >= until; });
+  }
+  void Advance(Duration d) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      now_ += d;
+    }
+    cv_.notify_all();
+  }
+
+ private:
+  mutable std::mutex mu_;
+  mutable std::condition_variable cv_;
+  TimePoint now_{std::chrono::hours(1000)};
+};
+
+// True when `condition` holds for the whole of a short real-time wait: for what must NOT happen
+// before the fake clock reaches a time. (On a slow machine this may miss a wrong early action,
+// never report a false one.)
+bool Stays(const std::function<bool()>& condition) {
+  for (int i = 0; i < 30; ++i) {
+    if (!condition()) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return condition();
+}
+
+void Populate(MemoryClient& client, int nodes = 2,
+              const std::vector<std::string>& classes = {"late"}) {
+  for (int i = 1; i <= nodes; ++i) {
+    const std::string n = "n" + std::to_string(i);
     client.Put("nodes", *Node(n, {{kKey, n}}));
     client.Put("csinodes", *CSINode(n, {kKey}));
   }
-  client.Put("storageclasses", {{"metadata", {{"name", "late"}}},
-                                {"provisioner", kDriver},
-                                {"volumeBindingMode", "WaitForFirstConsumer"}});
+  for (const auto& name : classes) {
+    client.Put("storageclasses", {{"metadata", {{"name", name}}},
+                                  {"provisioner", kDriver},
+                                  {"volumeBindingMode", "WaitForFirstConsumer"}});
+  }
+}
+
+// node -> capacity of the published objects of `storage_class`.
+std::map<std::string, std::string> Published(MemoryClient& client,
+                                             const std::string& storage_class = "late") {
+  std::map<std::string, std::string> out;
+  for (const auto& o : client.All("csistoragecapacities")) {
+    if (Field(*o, "storageClassName") != storage_class) continue;
+    out[Field(*o, "nodeTopology", "matchLabels", kKey)] = Field(*o, "capacity");
+  }
+  return out;
+}
+
+// A PV of the driver whose node affinity names `node`.
+Object VolumeOn(const std::string& node) {
+  Object pv = {{"metadata", {{"name", "pv-" + node}}}, {"spec", {{"csi", {{"driver", kDriver}}}}}};
+  pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"] =
+      Object::array({{{"matchExpressions",
+                       Object::array({{{"key", kKey}, {"operator", "In"}, {"values", {node}}}})}}});
+  return pv;
 }
 
 TEST_CASE("Capacity controller creates updates only on change and keeps the last value on errors",
@@ -451,52 +595,286 @@ TEST_CASE("Capacity controller creates updates only on change and keeps the last
   auto source = std::make_shared<FakeSource>();
   source->capacity = {{"n1", 1LL << 30}, {"n2", 2LL << 30}};
   apiclient::MetricsRegistry metrics;
+  FakeClock clock;
   CapacityController controller(
       client, source, metrics,
-      {.ns = "ns", .poll_interval = std::chrono::hours(1), .write_qps = 0});
+      {.ns = "ns", .poll_interval = std::chrono::hours(1), .write_qps = 0, .clock = &clock});
   REQUIRE(controller.Start(std::stop_token{}).ok());
-  REQUIRE(Eventually([&] { return client->All("csistoragecapacities").size() == 2; }));
-  for (const auto& o : client->All("csistoragecapacities")) {
-    const std::string node = Field(*o, "nodeTopology", "matchLabels", kKey);
-    CHECK(Field(*o, "capacity") == (node == "n1" ? "1Gi" : "2Gi"));
-  }
-  REQUIRE(controller.Sync().ok());
+  REQUIRE(Eventually([&] { return Published(*client).size() == 2; }));
+  CHECK(Published(*client) == std::map<std::string, std::string>{{"n1", "1Gi"}, {"n2", "2Gi"}});
   const int writes = client->writes();
   CHECK(writes == 2);
-  controller.RefreshAll();
-  REQUIRE(controller.Sync().ok());
+  auto refresh = [&] {
+    const uint64_t before = controller.ItemSyncs();
+    controller.RefreshAll();
+    return Eventually([&] { return controller.ItemSyncs() >= before + 2; });
+  };
+  REQUIRE(refresh());
+  CHECK(source->Calls() == 4);
   CHECK(client->writes() == writes);  // nothing changed: nothing written
 
   {
     std::lock_guard<std::mutex> lock(source->mu);
     source->capacity["n1"] = 512LL << 20;
   }
-  controller.RefreshAll();
-  REQUIRE(controller.Sync().ok());
+  REQUIRE(refresh());
   CHECK(client->writes() == writes + 1);
-  bool seen = false;
-  for (const auto& o : client->All("csistoragecapacities")) {
-    if (Field(*o, "nodeTopology", "matchLabels", kKey) == "n1") {
-      seen = true;
-      CHECK(Field(*o, "capacity") == "512Mi");
-    }
-  }
-  CHECK(seen);
+  CHECK(Published(*client) == std::map<std::string, std::string>{{"n1", "512Mi"}, {"n2", "2Gi"}});
 
   // The driver fails: the last values stay, nothing is published as zero.
   {
     std::lock_guard<std::mutex> lock(source->mu);
     source->fail = true;
   }
-  controller.RefreshAll();
-  CHECK_FALSE(controller.Sync().ok());
+  REQUIRE(refresh());
   CHECK(client->writes() == writes + 1);
-  CHECK(client->All("csistoragecapacities").size() == 2);
+  CHECK(Published(*client) == std::map<std::string, std::string>{{"n1", "512Mi"}, {"n2", "2Gi"}});
   CHECK(
       metrics.Render().find("csistoragecapacity_getcapacity_errors_total{code=\"UNAVAILABLE\"}") !=
       std::string::npos);
   CHECK(metrics.Render().find("csistoragecapacities_desired_goal 2") != std::string::npos);
   controller.Stop();
+}
+
+TEST_CASE("Capacity controller retries a failed item with its own doubling backoff on the clock",
+          "[unit][capacity]") {
+  auto client = std::make_shared<MemoryClient>();
+  Populate(*client);
+  auto source = std::make_shared<FakeSource>();
+  source->capacity = {{"n1", 1LL << 30}, {"n2", 2LL << 30}};
+  source->per_node = true;
+  source->down = {"n2"};  // never answered yet: no object for n2
+  apiclient::MetricsRegistry metrics;
+  FakeClock clock;
+  CapacityController controller(
+      client, source, metrics,
+      {.ns = "ns", .poll_interval = std::chrono::hours(1), .write_qps = 0, .clock = &clock});
+  REQUIRE(controller.Start(std::stop_token{}).ok());
+  // n1 published, n2's failure handled (its retry scheduled: the backoff counts from then).
+  REQUIRE(
+      Eventually([&] { return Published(*client).size() == 1 && controller.ItemSyncs() == 2; }));
+  REQUIRE(source->Calls("n2") == 1);
+  // 0.5 s, then 1 s, then 2 s; n1 is not asked again meanwhile.
+  int expected = 1;
+  uint64_t syncs = controller.ItemSyncs();
+  for (auto delay : {std::chrono::milliseconds(500), std::chrono::milliseconds(1000),
+                     std::chrono::milliseconds(2000)}) {
+    clock.Advance(delay - std::chrono::milliseconds(1));
+    CHECK(Stays([&] { return source->Calls("n2") == expected; }));
+    clock.Advance(std::chrono::milliseconds(1));
+    ++expected;
+    CHECK(Eventually(
+        [&] { return source->Calls("n2") == expected && controller.ItemSyncs() == syncs + 1; }));
+    syncs = controller.ItemSyncs();
+  }
+  CHECK(source->Calls("n1") == 1);
+  CHECK(Published(*client) == std::map<std::string, std::string>{{"n1", "1Gi"}});
+  // It answers at the next retry (4 s) and is published; success resets the backoff.
+  {
+    std::lock_guard<std::mutex> lock(source->mu);
+    source->down.clear();
+  }
+  clock.Advance(std::chrono::seconds(4));
+  REQUIRE(Eventually([&] { return Published(*client).size() == 2; }));
+  {
+    std::lock_guard<std::mutex> lock(source->mu);
+    source->down = {"n2"};
+  }
+  const uint64_t before = controller.ItemSyncs();
+  controller.RefreshAll();
+  REQUIRE(Eventually([&] { return controller.ItemSyncs() >= before + 2; }));
+  const int calls = source->Calls("n2");
+  clock.Advance(std::chrono::milliseconds(500));
+  CHECK(Eventually([&] { return source->Calls("n2") == calls + 1; }));
+  CHECK(Published(*client)["n2"] == "2Gi");  // the last value stays
+  controller.Stop();
+}
+
+TEST_CASE("Capacity controller asks every item again each poll interval of the clock",
+          "[unit][capacity]") {
+  auto client = std::make_shared<MemoryClient>();
+  Populate(*client);
+  auto source = std::make_shared<FakeSource>();
+  source->capacity = {{"n1", 1LL << 30}, {"n2", 2LL << 30}};
+  apiclient::MetricsRegistry metrics;
+  FakeClock clock;
+  CapacityController controller(
+      client, source, metrics,
+      {.ns = "ns", .poll_interval = std::chrono::seconds(60), .write_qps = 0, .clock = &clock});
+  REQUIRE(controller.Start(std::stop_token{}).ok());
+  REQUIRE(Eventually([&] { return Published(*client).size() == 2; }));
+  CHECK(source->Calls() == 2);
+  for (int poll = 1; poll <= 2; ++poll) {
+    clock.Advance(std::chrono::seconds(59));
+    CHECK(Stays([&] { return source->Calls() == 2 * poll; }));
+    clock.Advance(std::chrono::seconds(1));
+    CHECK(Eventually([&] { return source->Calls() == 2 * (poll + 1); }));
+  }
+  {
+    std::lock_guard<std::mutex> lock(source->mu);
+    source->capacity["n2"] = 3LL << 30;
+  }
+  clock.Advance(std::chrono::seconds(60));
+  CHECK(Eventually([&] { return Published(*client)["n2"] == "3Gi"; }));
+  CHECK(client->writes() == 3);
+  controller.Stop();
+}
+
+TEST_CASE("Capacity controller refreshes a changed segment once after the debounce",
+          "[unit][capacity]") {
+  auto client = std::make_shared<MemoryClient>();
+  Populate(*client, 2, {"late", "late2"});
+  auto source = std::make_shared<FakeSource>();
+  source->capacity = {{"n1", 1LL << 30}, {"n2", 2LL << 30}};
+  apiclient::MetricsRegistry metrics;
+  FakeClock clock;
+  CapacityController controller(client, source, metrics,
+                                {.ns = "ns",
+                                 .poll_interval = std::chrono::hours(1),
+                                 .debounce = std::chrono::milliseconds(200),
+                                 .write_qps = 0,
+                                 .clock = &clock});
+  REQUIRE(controller.Start(std::stop_token{}).ok());
+  REQUIRE(Eventually([&] { return client->All("csistoragecapacities").size() == 4; }));
+  REQUIRE(source->Calls("n1") == 2);
+  {
+    std::lock_guard<std::mutex> lock(source->mu);
+    source->capacity["n1"] = 768LL << 20;
+  }
+  // Five changes within the debounce: n1's two items are asked once each; n2 not at all.
+  for (int i = 0; i < 5; ++i) {
+    controller.VolumeChanged(VolumeOn("n1"));
+    clock.Advance(std::chrono::milliseconds(30));
+  }
+  clock.Advance(std::chrono::milliseconds(49));  // 199 ms after the first change
+  CHECK(Stays([&] { return source->Calls("n1") == 2; }));
+  clock.Advance(std::chrono::milliseconds(1));
+  CHECK(Eventually([&] {
+    return Published(*client, "late")["n1"] == "768Mi" &&
+           Published(*client, "late2")["n1"] == "768Mi";
+  }));
+  CHECK(Stays([&] { return source->Calls("n1") == 4; }));
+  CHECK(source->Calls("n2") == 2);
+  // A PV of another driver changes nothing.
+  Object other = VolumeOn("n2");
+  other["spec"]["csi"]["driver"] = "other.driver";
+  controller.VolumeChanged(other);
+  clock.Advance(std::chrono::seconds(1));
+  CHECK(Stays([&] { return source->Calls("n2") == 2; }));
+  controller.Stop();
+}
+
+TEST_CASE("Capacity controller writes at the capacity QPS of the clock", "[unit][capacity]") {
+  auto client = std::make_shared<MemoryClient>();
+  Populate(*client, 3);
+  auto source = std::make_shared<FakeSource>();
+  source->capacity = {{"n1", 1LL << 30}, {"n2", 2LL << 30}, {"n3", 3LL << 30}};
+  apiclient::MetricsRegistry metrics;
+  FakeClock clock;
+  CapacityController controller(client, source, metrics,
+                                {.ns = "ns",
+                                 .poll_interval = std::chrono::hours(1),
+                                 .write_qps = 1,
+                                 .write_burst = 1,
+                                 .clock = &clock});
+  REQUIRE(controller.Start(std::stop_token{}).ok());
+  REQUIRE(Eventually([&] { return client->writes() == 1; }));
+  for (int second = 1; second <= 2; ++second) {
+    CHECK(Stays([&] { return client->writes() == second; }));
+    clock.Advance(std::chrono::seconds(1));
+    CHECK(Eventually([&] { return client->writes() == second + 1; }));
+  }
+  CHECK(Published(*client).size() == 3);
+  controller.Stop();
+}
+
+TEST_CASE("Capacity controller: a node that does not answer delays only its own items",
+          "[unit][capacity]") {
+  auto client = std::make_shared<MemoryClient>();
+  Populate(*client, 3, {"late", "late2"});
+  auto source = std::make_shared<FakeSource>();
+  source->capacity = {{"n1", 1LL << 30}, {"n2", 2LL << 30}, {"n3", 3LL << 30}};
+  source->per_node = true;
+  source->hang = {"n2"};
+  apiclient::MetricsRegistry metrics;
+  FakeClock clock;
+  // One worker: a call that held it would stop everything.
+  CapacityController controller(client, source, metrics,
+                                {.ns = "ns",
+                                 .poll_interval = std::chrono::hours(1),
+                                 .write_qps = 0,
+                                 .threads = 1,
+                                 .clock = &clock});
+  REQUIRE(controller.Start(std::stop_token{}).ok());
+  const std::map<std::string, std::string> others = {{"n1", "1Gi"}, {"n3", "3Gi"}};
+  REQUIRE(Eventually([&] {
+    return Published(*client, "late") == others && Published(*client, "late2") == others;
+  }));
+  // One call at a time per node: n2's second item waits for the first.
+  CHECK(source->Held("n2") == 1);
+  CHECK(source->Calls("n2") == 1);
+  // The call times out: both of n2's items fail (the waiting one without a call of its own), n2
+  // is reported, and nothing is published for it.
+  REQUIRE(source->Release("n2", Status::DeadlineExceeded("deadline exceeded")) == 1);
+  CHECK(Eventually([&] { return controller.UnreachableNodes() == std::set<std::string>{"n2"}; }));
+  CHECK(Stays([&] { return source->Calls("n2") == 1; }));
+  CHECK(client->All("csistoragecapacities").size() == 4);
+  // The retries after the backoff: the endpoint answers now.
+  {
+    std::lock_guard<std::mutex> lock(source->mu);
+    source->hang.clear();
+  }
+  clock.Advance(std::chrono::milliseconds(500));
+  CHECK(Eventually([&] { return client->All("csistoragecapacities").size() == 6; }));
+  CHECK(Published(*client, "late")["n2"] == "2Gi");
+  CHECK(controller.UnreachableNodes().empty());
+  controller.Stop();
+}
+
+TEST_CASE("Capacity controller asks a central driver at most --capacity-threads at once",
+          "[unit][capacity]") {
+  auto client = std::make_shared<MemoryClient>();
+  Populate(*client, 3);
+  auto source = std::make_shared<FakeSource>();
+  source->capacity = {{"n1", 1LL << 30}, {"n2", 2LL << 30}, {"n3", 3LL << 30}};
+  source->hang_all = true;
+  apiclient::MetricsRegistry metrics;
+  FakeClock clock;
+  CapacityController controller(client, source, metrics,
+                                {.ns = "ns",
+                                 .poll_interval = std::chrono::hours(1),
+                                 .write_qps = 0,
+                                 .threads = 2,
+                                 .clock = &clock});
+  REQUIRE(controller.Start(std::stop_token{}).ok());
+  REQUIRE(Eventually([&] { return source->Held() == 2; }));
+  CHECK(Stays([&] { return source->Held() == 2 && source->Calls() == 2; }));
+  {
+    std::lock_guard<std::mutex> lock(source->mu);
+    source->hang_all = false;
+  }
+  // An answer frees a slot for the waiting item.
+  source->Release("", CapacityResult{.available = 5LL << 30});
+  CHECK(Eventually([&] { return Published(*client).size() == 3; }));
+  CHECK(source->Calls() == 3);
+  controller.Stop();
+}
+
+TEST_CASE("Capacity controller stops with a call in flight", "[unit][capacity]") {
+  auto client = std::make_shared<MemoryClient>();
+  Populate(*client);
+  auto source = std::make_shared<FakeSource>();
+  source->per_node = true;
+  source->hang = {"n1", "n2"};
+  apiclient::MetricsRegistry metrics;
+  FakeClock clock;
+  CapacityController controller(client, source, metrics,
+                                {.ns = "ns", .write_qps = 0, .clock = &clock});
+  REQUIRE(controller.Start(std::stop_token{}).ok());
+  REQUIRE(Eventually([&] { return source->Held() == 2; }));
+  controller.Stop();  // cancels both and waits for their answers
+  CHECK(source->Held() == 0);
+  CHECK(controller.UnreachableNodes().empty());  // a cancel is no unreachable node
 }
 
 TEST_CASE("Capacity controller reports an unreachable node endpoint by Event and metric",
@@ -507,23 +885,30 @@ TEST_CASE("Capacity controller reports an unreachable node endpoint by Event and
   source->capacity = {{"n1", 1LL << 30}, {"n2", 2LL << 30}};
   source->per_node = true;
   apiclient::MetricsRegistry metrics;
+  FakeClock clock;
   auto events = std::make_shared<apiclient::EventRecorder>(
       client, apiclient::EventSource{"ephemera.io/storage-capacity", "test"});
-  CapacityController controller(
-      client, source, metrics,
-      {.ns = "ns", .poll_interval = std::chrono::hours(1), .write_qps = 0, .events = events});
+  CapacityController controller(client, source, metrics,
+                                {.ns = "ns",
+                                 .poll_interval = std::chrono::hours(1),
+                                 .write_qps = 0,
+                                 .events = events,
+                                 .clock = &clock});
   REQUIRE(controller.Start(std::stop_token{}).ok());
   REQUIRE(Eventually([&] { return client->All("csistoragecapacities").size() == 2; }));
-  REQUIRE(controller.Sync().ok());
   const uint64_t writes = controller.Writes();
+  auto refresh = [&] {
+    const uint64_t before = controller.ItemSyncs();
+    controller.RefreshAll();
+    return Eventually([&] { return controller.ItemSyncs() >= before + 2; });
+  };
 
   {
     std::lock_guard<std::mutex> lock(source->mu);
     source->down = {"n2"};
     source->capacity["n1"] = 512LL << 20;
   }
-  controller.RefreshAll();
-  CHECK_FALSE(controller.Sync().ok());
+  REQUIRE(refresh());
   CHECK(controller.UnreachableNodes() == std::set<std::string>{"n2"});
   const std::string rendered = metrics.Render();
   CHECK(rendered.find("csistoragecapacity_unreachable_nodes 1") != std::string::npos);
@@ -531,13 +916,9 @@ TEST_CASE("Capacity controller reports an unreachable node endpoint by Event and
         std::string::npos);
   // n1 was updated, n2 kept its 2Gi: one write only.
   CHECK(controller.Writes() == writes + 1);
-  for (const auto& o : client->All("csistoragecapacities")) {
-    const std::string node = Field(*o, "nodeTopology", "matchLabels", kKey);
-    CHECK(Field(*o, "capacity") == (node == "n1" ? "512Mi" : "2Gi"));
-  }
+  CHECK(Published(*client) == std::map<std::string, std::string>{{"n1", "512Mi"}, {"n2", "2Gi"}});
   // A second failure is no new Event.
-  controller.RefreshAll();
-  CHECK_FALSE(controller.Sync().ok());
+  REQUIRE(refresh());
   events->Flush();
   auto reasons = [&] {
     std::vector<std::string> out;
@@ -554,8 +935,7 @@ TEST_CASE("Capacity controller reports an unreachable node endpoint by Event and
     std::lock_guard<std::mutex> lock(source->mu);
     source->down.clear();
   }
-  controller.RefreshAll();
-  REQUIRE(controller.Sync().ok());
+  REQUIRE(refresh());
   events->Flush();
   CHECK(controller.UnreachableNodes().empty());
   CHECK(metrics.Render().find("csistoragecapacity_unreachable_nodes 0") != std::string::npos);
@@ -572,7 +952,9 @@ TEST_CASE("Capacity controller adopts existing objects and deletes obsolete and 
   Populate(*client);
   auto source = std::make_shared<FakeSource>();
   source->capacity = {{"n1", 1LL << 30}, {"n2", 2LL << 30}};
-  CapacityOptions options{.ns = "ns", .poll_interval = std::chrono::hours(1), .write_qps = 0};
+  FakeClock clock;
+  CapacityOptions options{
+      .ns = "ns", .poll_interval = std::chrono::hours(1), .write_qps = 0, .clock = &clock};
   auto put = [&](const std::string& name, const std::string& cls, const std::string& node,
                  const std::string& capacity) {
     Object o = DesiredCapacityObject({.segment = {{kKey, node}}, .storage_class = cls},
@@ -589,7 +971,9 @@ TEST_CASE("Capacity controller adopts existing objects and deletes obsolete and 
   apiclient::MetricsRegistry metrics;
   CapacityController controller(client, source, metrics, options);
   REQUIRE(controller.Start(std::stop_token{}).ok());
-  REQUIRE(Eventually([&] { return client->All("csistoragecapacities").size() == 2; }));
+  REQUIRE(Eventually([&] {
+    return client->All("csistoragecapacities").size() == 2 && controller.ItemSyncs() >= 2;
+  }));
   CHECK(client->writes() == 3);  // three deletes, no create, no update
   std::set<std::string> names;
   for (const auto& o : client->All("csistoragecapacities"))
@@ -608,8 +992,8 @@ TEST_CASE("Capacity controller without GET_CAPACITY publishes nothing and keeps 
   CapacityController controller(client, source, metrics, {.ns = "ns", .write_qps = 0});
   REQUIRE(controller.Start(std::stop_token{}).ok());
   CHECK(controller.Disabled());
-  CHECK(controller.Sync().ok());
-  CHECK(client->All("csistoragecapacities").empty());
+  controller.RefreshAll();
+  CHECK(Stays([&] { return client->All("csistoragecapacities").empty(); }));
   CHECK(source->calls == 0);
   controller.Stop();
 }

@@ -330,6 +330,37 @@ TEST_CASE("expansion of a mounted xfs volume grows the filesystem", "[csi][integ
   ExpandMounted("xfs", 320 * kMi, 512 * kMi);
 }
 
+// mkfs past --command-timeout (1 ms: no mkfs gets its work done that fast) is killed: the stage
+// fails with DEADLINE_EXCEEDED naming it, the volume's lock is free again (the retry is not
+// ABORTED), nothing is mounted and the volume can be deleted.
+TEST_CASE("a mkfs past --command-timeout fails the stage and holds nothing", "[csi][integration]") {
+  DriverFixture driver("1Gi", {"--command-timeout=1ms"});
+  CreateVolumeRequest create;
+  create.set_name("pvc-slow-mkfs");
+  create.mutable_capacity_range()->set_required_bytes(32 * kMi);
+  *create.add_volume_capabilities() = MountCapability();
+  CreateVolumeResponse created;
+  REQUIRE(CALL(driver.controller(), CreateVolume, create, &created).ok());
+  NodeStageVolumeRequest stage;
+  stage.set_volume_id(created.volume().volume_id());
+  stage.set_staging_target_path(driver.work() + "/staging");
+  *stage.mutable_volume_capability() = MountCapability();
+  NodeStageVolumeResponse staged;
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    grpc::Status status = CALL(driver.node(), NodeStageVolume, stage, &staged);
+    INFO(status.error_message());
+    CHECK(status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED);
+    CHECK(status.error_message().find("mkfs.ext4 did not finish within 1ms") != std::string::npos);
+  }
+  CHECK(driver.Mounts().empty());
+  DeleteVolumeRequest del;
+  del.set_volume_id(created.volume().volume_id());
+  DeleteVolumeResponse deleted;
+  CHECK(CALL(driver.controller(), DeleteVolume, del, &deleted).ok());
+  CHECK(driver.Records().empty());
+  CHECK(driver.PoolFiles().empty());
+}
+
 TEST_CASE("capacity is bounded by the pool directory's filesystem / not just the pool",
           "[csi][integration]") {
   // A 64 MiB tmpfs as the file directory under a 1 GiB pool: the driver must not promise more
@@ -431,8 +462,8 @@ TEST_CASE("HTTP endpoint: port 0 / metrics pass promtool / readyz follows the CS
   const std::string file = driver.work() + "/metrics.txt";
   std::ofstream(file) << metrics;
   ExecCommandRunner runner;
-  StatusOr<CommandResult> promtool =
-      runner.Run({"sh", "-c", "promtool check metrics < " + file + " 2>&1"});
+  StatusOr<CommandResult> promtool = runner.Run(
+      {"sh", "-c", "promtool check metrics < " + file + " 2>&1"}, std::chrono::minutes(2));
   REQUIRE(promtool.ok());
   INFO(promtool->output);
   CHECK(promtool->exit_code == 0);
@@ -455,7 +486,7 @@ TEST_CASE("HTTP endpoint: port 0 / metrics pass promtool / readyz follows the CS
 void MakeCertificates(const std::string& dir) {
   ExecCommandRunner runner;
   auto run = [&](std::vector<std::string> argv) {
-    StatusOr<CommandResult> r = runner.Run(argv);
+    StatusOr<CommandResult> r = runner.Run(argv, std::chrono::minutes(2));
     REQUIRE(r.ok());
     INFO(r->output);
     REQUIRE(r->exit_code == 0);

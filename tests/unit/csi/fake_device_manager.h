@@ -30,7 +30,8 @@ class FakeDeviceManager : public DeviceManager {
     devices_[id] = Device{id, size, "/dev/fake-" + id, false};
     if (die_in_create) {
       die_in_create = false;
-      return Status::Internal("killed inside Create");
+      if (!keep_on_failure) devices_.erase(id);
+      return die_status;
     }
     return devices_[id];
   }
@@ -79,6 +80,9 @@ class FakeDeviceManager : public DeviceManager {
   bool Has(const std::string& id) const { return devices_.count(id) != 0; }
 
   bool die_in_create = false;
+  // What the dying Create returns, and whether it leaves the device behind.
+  Status die_status = Status::Internal("killed inside Create");
+  bool keep_on_failure = true;
   DeviceUsage last_usage = DeviceUsage::kAppDirect;
   std::map<std::string, bool> in_use;
   struct DeleteCall {

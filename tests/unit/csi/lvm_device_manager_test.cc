@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <catch2/catch.hpp>
+#include <chrono>
 #include <map>
 
 namespace ephemera::csi {
@@ -33,14 +34,25 @@ constexpr const char* kLvs = R"({
   }
 )";
 
-// Answers by the program name (argv[0] and, for ndctl, argv[1]); records every call.
+// Answers by the program name (argv[0] and, for ndctl, argv[1]); records every call and its time
+// limit. A program in `errors` fails to run with that status (DEADLINE_EXCEEDED: it hung and was
+// killed) once, then is answered again.
 class ScriptedRunner : public CommandRunner {
  public:
   std::map<std::string, CommandResult> answers;
+  std::map<std::string, Status> errors;
   std::vector<std::vector<std::string>> calls;
-  StatusOr<CommandResult> Run(const std::vector<std::string>& argv) override {
+  std::vector<std::chrono::milliseconds> timeouts;
+  StatusOr<CommandResult> Run(const std::vector<std::string>& argv,
+                              std::chrono::milliseconds timeout) override {
+    timeouts.push_back(timeout);
     calls.push_back(argv);
     std::string key = argv[0] == "ndctl" ? argv[0] + " " + argv[1] + " " + argv[2] : argv[0];
+    if (auto error = errors.find(key); error != errors.end()) {
+      Status status = error->second;
+      errors.erase(error);
+      return status;
+    }
     auto it = answers.find(key);
     if (it == answers.end()) return CommandResult{0, ""};
     return it->second;
@@ -184,6 +196,61 @@ TEST_CASE("lvm: with one group Create runs lvcreate alone and maps its refusals"
   for (const auto& c : runner.calls)
     removed = removed || (c[0] == "lvremove" && c.back() == "ephemera-region0/eph-half");
   CHECK(removed);
+}
+
+// lvcreate hung and was killed at its time limit: the create fails with DEADLINE_EXCEEDED and a
+// volume it left is removed, as after lvcreate's other failures. Every LVM command has a limit.
+TEST_CASE("lvm: a timed-out lvcreate fails and its volume is removed", "[lvm]") {
+  ScriptedRunner runner;
+  runner.answers["ndctl list -R"] = {0, R"({"dev":"region0","size":4292870144,"align":16777216,
+    "max_available_extent":4278190080,"type":"pmem"})"};
+  runner.answers["ndctl list -N"] = {
+      0, R"([{"dev":"namespace0.0","mode":"fsdax","name":"ephemera-lvm","blockdev":"pmem0"}])"};
+  runner.answers["vgs"] = {0, kVgs};
+  LvmDeviceManager lvm(runner, 100);
+  REQUIRE(lvm.Init().ok());
+  const Status killed = Status::DeadlineExceeded("lvcreate did not finish within 2m0s");
+
+  SECTION("the volume was made before the kill: lvremove") {
+    runner.answers["lvs"] = {
+        0, R"({"report":[{"lv":[{"lv_name":"eph-hung", "vg_name":"ephemera-region0",
+        "lv_size":"8388608", "lv_attr":"-wi-a-----"}]}]})"};
+    runner.errors["lvcreate"] = killed;
+    runner.calls.clear();
+    StatusOr<Device> created = lvm.Create("eph-hung", 8388608, DeviceUsage::kAppDirect);
+    CHECK(created.status().code() == Code::kDeadlineExceeded);
+    CHECK(created.status().message().find("lvcreate did not finish") != std::string::npos);
+    REQUIRE(runner.calls.size() == 3);
+    CHECK(runner.calls[0][0] == "lvcreate");
+    CHECK(runner.calls[1][0] == "lvs");
+    CHECK(runner.calls[2] ==
+          std::vector<std::string>{"lvremove", "-y", "ephemera-region0/eph-hung"});
+  }
+  SECTION("no volume was made: nothing is removed") {
+    runner.answers["lvs"] = {0, R"({"report":[{"lv":[]}]})"};
+    runner.errors["lvcreate"] = killed;
+    runner.calls.clear();
+    CHECK(lvm.Create("eph-hung", 8388608, DeviceUsage::kAppDirect).status().code() ==
+          Code::kDeadlineExceeded);
+    for (const auto& c : runner.calls)
+      CHECK(c[0] != "lvremove");
+  }
+  SECTION("lvs hangs too: DEADLINE_EXCEEDED, nothing removed blindly") {
+    runner.errors["lvcreate"] = killed;
+    runner.errors["lvs"] = Status::DeadlineExceeded("lvs did not finish within 2m0s");
+    runner.calls.clear();
+    CHECK(lvm.Create("eph-hung", 8388608, DeviceUsage::kAppDirect).status().code() ==
+          Code::kDeadlineExceeded);
+    for (const auto& c : runner.calls)
+      CHECK(c[0] != "lvremove");
+  }
+  SECTION("a timed-out lvs fails a delete: the volume is not taken for gone") {
+    runner.errors["lvs"] = Status::DeadlineExceeded("lvs did not finish within 2m0s");
+    CHECK(lvm.Delete("eph-gone", false).code() == Code::kDeadlineExceeded);
+  }
+  REQUIRE_FALSE(runner.timeouts.empty());
+  for (const std::chrono::milliseconds t : runner.timeouts)
+    CHECK(t == kDeviceCommandTimeout);
 }
 
 }  // namespace

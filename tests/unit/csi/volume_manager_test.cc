@@ -198,6 +198,52 @@ TEST_CASE("a crash inside the backend's create leaves no leak", "[csi][volumes][
   }
 }
 
+// A backend command hung and was killed (DEADLINE_EXCEEDED): the device may be there. Then the
+// `creating` record stays, so that the device is never without a record, and is rolled back.
+TEST_CASE("a timed-out backend create keeps its record for the rollback", "[csi][volumes][crash]") {
+  Fixture f;
+  f.devices.die_in_create = true;
+  f.devices.die_status = Status::DeadlineExceeded("lvcreate did not finish within 2m0s");
+  SECTION("the device was left: the record stays creating, recovery removes both") {
+    {
+      auto vm = f.Restart();
+      CHECK(vm->CreateVolume("pvc-a", 0, 0, {}).status().code() == Code::kDeadlineExceeded);
+      StatusOr<std::vector<VolumeRecord>> records = f.store.List();
+      REQUIRE(records.ok());
+      REQUIRE(records->size() == 1);
+      CHECK((*records)[0].phase == Phase::kCreating);
+      CHECK(f.devices.size() == 1);
+      // Not a volume to anyone asking.
+      CHECK(vm->GetVolume((*records)[0].id).status().code() == Code::kNotFound);
+    }
+    auto vm = f.Restart();
+    StatusOr<VolumeManager::RecoveryReport> report = vm->Recover();
+    REQUIRE(report.ok());
+    CHECK(report->rolled_back.size() == 1);
+    CHECK(report->orphans.empty());
+    CHECK(f.devices.size() == 0);
+    f.CheckConsistent();
+  }
+  SECTION("the device was left: the retried create replaces it") {
+    auto vm = f.Restart();
+    CHECK(vm->CreateVolume("pvc-a", 0, 0, {}).status().code() == Code::kDeadlineExceeded);
+    StatusOr<VolumeRecord> again = vm->CreateVolume("pvc-a", 0, 0, {});
+    REQUIRE(again.ok());
+    CHECK(f.devices.size() == 1);
+    CHECK(f.devices.deletes.size() == 1);
+    f.CheckConsistent();
+  }
+  SECTION("no device was left: no record either, as after other failures") {
+    f.devices.keep_on_failure = false;
+    auto vm = f.Restart();
+    CHECK(vm->CreateVolume("pvc-a", 0, 0, {}).status().code() == Code::kDeadlineExceeded);
+    CHECK(f.devices.size() == 0);
+    StatusOr<std::vector<VolumeRecord>> records = f.store.List();
+    REQUIRE(records.ok());
+    CHECK(records->empty());
+  }
+}
+
 TEST_CASE("a crash at any step of delete is repaired", "[csi][volumes][crash]") {
   for (const std::string& point : kDeletePoints) {
     DYNAMIC_SECTION("crash at " << point) {
