@@ -142,13 +142,14 @@ StatusOr<VolumeRecord> VolumeManager::CreateLocked(const std::string& id, const 
     EPHEMERA_RETURN_IF_ERROR(devices_.Delete(id, /*erase=*/true));
     device = devices_.Create(id, size, params.usage);
   }
-  if (device.status().code() == Code::kDeadlineExceeded) {
-    // A backend command hung and was killed: the device may exist, whole or in part, although the
-    // backend tried to remove it. The record goes only when the backend says there is no device;
-    // otherwise it stays `creating`, and the next call for this volume or Recover() removes it.
+  if (!device.ok()) {
+    // The backend failed (a command hung and was killed, its own cleanup failed, ...): the device
+    // may exist, whole or in part. The record goes only when the backend says there is no device;
+    // otherwise it stays `creating`, and the next call for this volume or Recover() removes it, so
+    // a device never lives without a record and its space is never lost.
     StatusOr<Device> left = devices_.Get(id);
     if (left.status().code() != Code::kNotFound) {
-      log::Warning("create timed out; the record stays for the removal of the device",
+      log::Warning("create failed; the record stays for the removal of the device",
                    {{"volume", id},
                     {"device", left.ok() ? "exists" : "in doubt: " + left.status().ToString()}});
       return device.status();

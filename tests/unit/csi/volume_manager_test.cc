@@ -178,17 +178,17 @@ TEST_CASE("a crash inside the backend's create leaves no leak", "[csi][volumes][
   {
     auto vm = f.Restart();
     f.devices.die_in_create = true;
-    // The error path removes the record; the half-made device is what a crash leaves.
+    // The backend failed and left a half-made device: the `creating` record stays with it.
     CHECK_FALSE(vm->CreateVolume("pvc-a", 0, 0, {}).ok());
   }
-  SECTION("recovery reports the device as an orphan and removes it when configured") {
-    f.options.remove_orphans = true;
+  SECTION("recovery rolls the device back, without --remove-orphans (the shipped default)") {
     auto vm = f.Restart();
     StatusOr<VolumeManager::RecoveryReport> report = vm->Recover();
     REQUIRE(report.ok());
-    CHECK(report->orphans.size() == 1);
-    CHECK(report->removed_orphans.size() == 1);
+    CHECK(report->rolled_back.size() == 1);
+    CHECK(report->orphans.empty());
     CHECK(f.devices.size() == 0);
+    CHECK(f.store.List()->empty());
   }
   SECTION("the retried create replaces the leftover device") {
     auto vm = f.Restart();
@@ -198,16 +198,20 @@ TEST_CASE("a crash inside the backend's create leaves no leak", "[csi][volumes][
   }
 }
 
-// A backend command hung and was killed (DEADLINE_EXCEEDED): the device may be there. Then the
-// `creating` record stays, so that the device is never without a record, and is rolled back.
-TEST_CASE("a timed-out backend create keeps its record for the rollback", "[csi][volumes][crash]") {
+// A backend create that failed and left its device behind (a command hung and was killed, or its
+// cleanup failed): the `creating` record stays, so that the device is never without a record, and
+// is rolled back.
+TEST_CASE("a failed backend create that left its device keeps its record for the rollback",
+          "[csi][volumes][crash]") {
   Fixture f;
   f.devices.die_in_create = true;
-  f.devices.die_status = Status::DeadlineExceeded("lvcreate did not finish within 2m0s");
+  const Status failure = GENERATE(Status::DeadlineExceeded("lvcreate did not finish within 2m0s"),
+                                  Status::Internal("lvcreate exited with 5; lvremove failed"));
+  f.devices.die_status = failure;
   SECTION("the device was left: the record stays creating, recovery removes both") {
     {
       auto vm = f.Restart();
-      CHECK(vm->CreateVolume("pvc-a", 0, 0, {}).status().code() == Code::kDeadlineExceeded);
+      CHECK(vm->CreateVolume("pvc-a", 0, 0, {}).status().code() == failure.code());
       StatusOr<std::vector<VolumeRecord>> records = f.store.List();
       REQUIRE(records.ok());
       REQUIRE(records->size() == 1);
@@ -226,7 +230,7 @@ TEST_CASE("a timed-out backend create keeps its record for the rollback", "[csi]
   }
   SECTION("the device was left: the retried create replaces it") {
     auto vm = f.Restart();
-    CHECK(vm->CreateVolume("pvc-a", 0, 0, {}).status().code() == Code::kDeadlineExceeded);
+    CHECK(vm->CreateVolume("pvc-a", 0, 0, {}).status().code() == failure.code());
     StatusOr<VolumeRecord> again = vm->CreateVolume("pvc-a", 0, 0, {});
     REQUIRE(again.ok());
     CHECK(f.devices.size() == 1);
@@ -236,7 +240,7 @@ TEST_CASE("a timed-out backend create keeps its record for the rollback", "[csi]
   SECTION("no device was left: no record either, as after other failures") {
     f.devices.keep_on_failure = false;
     auto vm = f.Restart();
-    CHECK(vm->CreateVolume("pvc-a", 0, 0, {}).status().code() == Code::kDeadlineExceeded);
+    CHECK(vm->CreateVolume("pvc-a", 0, 0, {}).status().code() == failure.code());
     CHECK(f.devices.size() == 0);
     StatusOr<std::vector<VolumeRecord>> records = f.store.List();
     REQUIRE(records.ok());
