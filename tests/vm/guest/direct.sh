@@ -112,7 +112,7 @@ check_interrupted_create() {
       "$id" "$name" > "/tmp/state/$id.json"
     interrupt_create $step "$name" || fail "could not leave region0 as an interrupted create would ($step)"
     start_driver || { fail "restart after an interrupted create ($step)"; return; }
-    grep -q "^recovery: rolled back interrupted create of $id" /tmp/driver.log || fail "create interrupted after $step: not rolled back"
+    grep -q "\"recovery\" action=\"rolled back interrupted create of\" volume=\"$id\"" /tmp/driver.log || fail "create interrupted after $step: not rolled back"
     out=$($CLIENT $SOCK create "$name" 33554432 2>&1)
     if [ $? = 0 ]; then pass "create after one interrupted after $step"; else fail "create after one interrupted after $step: $out"; fi
     $CLIENT $SOCK delete "$id" > /dev/null || fail "delete $name"
