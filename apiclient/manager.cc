@@ -189,7 +189,11 @@ Status Manager::Run(std::stop_token stop) {
     elector_.reset();
     return result.WithContext("HTTP endpoint");
   }
-  std::stop_callback on_stop(stop, [this] { cv_.notify_all(); });
+  std::stop_callback on_stop(stop, [this] {
+    // Through the mutex, so that the wake-up cannot fall between the loop's check and its wait.
+    { const std::lock_guard<std::mutex> lock(mu_); }
+    cv_.notify_all();
+  });
   always_->Start();
   std::thread election;
   if (elector_) {
