@@ -178,6 +178,7 @@ EphemeralVolumeController::EphemeralVolumeController(
     : client_(std::move(client)),
       events_(std::move(events)),
       options_(options),
+      clock_(options.clock != nullptr ? *options.clock : apiclient::SystemClock()),
       creates_(metrics
                    .Counter("ephemeral_volume_controller_create_total",
                             "Number of PersistentVolumeClaims created for ephemeral volumes.")
@@ -214,7 +215,7 @@ EphemeralVolumeController::EphemeralVolumeController(
                                   .max_delay = std::chrono::seconds(1000),
                                   .qps = 10,
                                   .burst = 100},
-      apiclient::SystemClock(),
+      clock_,
       apiclient::WorkQueueObserver{
           .on_depth = [&d = depth.With(name)](size_t n) { d.Set(static_cast<double>(n)); },
           .on_add = [&a = adds.With(name)] { a.Inc(); },
@@ -223,14 +224,18 @@ EphemeralVolumeController::EphemeralVolumeController(
           .on_work_duration = [&w = work.With(name)](double s) { w.Observe(s); }});
 
   pods_ = std::make_unique<apiclient::Informer>(
-      client_, apiclient::InformerOptions{.resource = kPods,
-                                          .indexers = {{kClaimIndex, ClaimKeys}},
-                                          .transform = TrimPod,
-                                          .decode_filter = PodFilter()});
+      client_,
+      apiclient::InformerOptions{.resource = kPods,
+                                 .indexers = {{kClaimIndex, ClaimKeys}},
+                                 .transform = TrimPod,
+                                 .decode_filter = PodFilter()},
+      clock_);
   claims_ = std::make_unique<apiclient::Informer>(
-      client_, apiclient::InformerOptions{.resource = kPersistentVolumeClaims,
-                                          .transform = TrimClaim,
-                                          .decode_filter = ClaimFilter()});
+      client_,
+      apiclient::InformerOptions{.resource = kPersistentVolumeClaims,
+                                 .transform = TrimClaim,
+                                 .decode_filter = ClaimFilter()},
+      clock_);
 
   pods_->AddHandlers({.on_add = [this](const ObjectPtr& pod) { EnqueuePod(pod); },
                       .on_update =
@@ -247,12 +252,25 @@ EphemeralVolumeController::EphemeralVolumeController(
                             std::lock_guard<std::mutex> lock(seen_mu_);
                             seen_.erase(apiclient::Store::KeyOf(*pod));
                           }});
-  claims_->AddHandlers({.on_delete = [this](const ObjectPtr& pvc) {
-    // A PVC deleted while its pod lives is recreated: find the pods that want it.
-    for (const auto& pod : pods_->store().ByIndex(kClaimIndex, apiclient::Store::KeyOf(*pvc))) {
-      queue_->Add(apiclient::Store::KeyOf(*pod));
-    }
-  }});
+  claims_->AddHandlers({.on_add =
+                            [this](const ObjectPtr& pvc) {
+                              // A pod that finished before its PVC reached this cache was synced
+                              // without it: the PVC is released now.
+                              if (!options_.release_terminated_pods) return;
+                              for (const auto& pod : pods_->store().ByIndex(
+                                       kClaimIndex, apiclient::Store::KeyOf(*pvc))) {
+                                if (IsTerminated(*pod)) queue_->Add(apiclient::Store::KeyOf(*pod));
+                              }
+                            },
+                        .on_delete =
+                            [this](const ObjectPtr& pvc) {
+                              // A PVC deleted while its pod lives is recreated: find the pods that
+                              // want it.
+                              for (const auto& pod : pods_->store().ByIndex(
+                                       kClaimIndex, apiclient::Store::KeyOf(*pvc))) {
+                                queue_->Add(apiclient::Store::KeyOf(*pod));
+                              }
+                            }});
 }
 
 EphemeralVolumeController::~EphemeralVolumeController() {
@@ -264,7 +282,7 @@ void EphemeralVolumeController::EnqueuePod(const ObjectPtr& pod) {
   const std::string key = apiclient::Store::KeyOf(*pod);
   {
     std::lock_guard<std::mutex> lock(seen_mu_);
-    seen_.emplace(key, std::chrono::steady_clock::now());
+    seen_.emplace(key, clock_.Now());
   }
   queue_->Add(key);
 }
@@ -375,8 +393,7 @@ Status EphemeralVolumeController::EnsureClaim(const Object& pod, const Object& v
       std::lock_guard<std::mutex> lock(seen_mu_);
       auto it = seen_.find(ns + "/" + pod_name);
       if (it != seen_.end()) {
-        create_latency_.Observe(
-            std::chrono::duration<double>(std::chrono::steady_clock::now() - it->second).count());
+        create_latency_.Observe(std::chrono::duration<double>(clock_.Now() - it->second).count());
       }
     }
     if (events_) {

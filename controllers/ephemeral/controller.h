@@ -37,6 +37,8 @@ struct EphemeralVolumeOptions {
   int workers = 5;                       // --concurrent-ephemeralvolume-syncs
   bool release_terminated_pods = false;  // --release-terminated-pods
   std::chrono::seconds cache_sync_timeout{120};
+  // The clock of the work queue, the informers and the latency metric; null = the real one.
+  const apiclient::Clock* clock = nullptr;
 };
 
 // The name of the PVC of a pod's ephemeral volume: "<pod>-<volume>".
@@ -79,6 +81,7 @@ class EphemeralVolumeController final : public apiclient::Runnable {
   const apiclient::ApiClientPtr client_;
   const std::shared_ptr<apiclient::EventRecorder> events_;
   const EphemeralVolumeOptions options_;
+  const apiclient::Clock& clock_;
   apiclient::CounterCell& creates_;
   apiclient::CounterCell& create_failures_;
   apiclient::CounterCell& releases_;
@@ -91,8 +94,7 @@ class EphemeralVolumeController final : public apiclient::Runnable {
   std::mutex seen_mu_;
   // When a pod was first seen, for the pod-seen-to-PVC-created latency. Entries go when all of
   // the pod's PVCs exist.
-  std::unordered_map<std::string, std::chrono::steady_clock::time_point>
-      seen_;  // GUARDED_BY(seen_mu_)
+  std::unordered_map<std::string, apiclient::Clock::TimePoint> seen_;  // GUARDED_BY(seen_mu_)
 };
 
 }  // namespace ephemera::controllers

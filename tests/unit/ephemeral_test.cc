@@ -101,9 +101,12 @@ TEST_CASE("Ephemeral volumes: one owned PVC per ephemeral volume, as the templat
   CHECK(Field(*scratch, "spec", "storageClassName") == "ephemera-pmem-ext4");
   CHECK((*scratch)["spec"]["resources"]["requests"]["storage"] == "1Gi");
   CHECK(Field(*f.Claim("web-cache"), "spec", "resources", "requests", "storage") == "2Gi");
-  // Settled: nothing more is written (the two Events of the creates included).
-  const auto reasons = f.EventReasons();
-  CHECK(std::count(reasons.begin(), reasons.end(), "ProvisioningClaimCreated") == 2);
+  // Settled: nothing more is written (the two Events of the creates included; each is recorded
+  // just after its create returns).
+  CHECK(Eventually([&] {
+    const auto reasons = f.EventReasons();
+    return std::count(reasons.begin(), reasons.end(), "ProvisioningClaimCreated") == 2;
+  }));
   const int writes = f.api->writes();
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
   CHECK(f.api->writes() == writes);
@@ -173,8 +176,10 @@ TEST_CASE("Ephemeral volumes: --release-terminated-pods deletes the PVCs of a fi
   done["status"]["phase"] = "Succeeded";
   REQUIRE(f.api->UpdateStatus(kPods, "ns", done).ok());
   REQUIRE(Eventually([&] { return f.Claim("job-scratch") == nullptr; }));
-  const auto reasons = f.EventReasons();
-  CHECK(std::find(reasons.begin(), reasons.end(), "ReleasedClaim") != reasons.end());
+  CHECK(Eventually([&] {  // recorded just after the delete returns
+    const auto reasons = f.EventReasons();
+    return std::find(reasons.begin(), reasons.end(), "ReleasedClaim") != reasons.end();
+  }));
   // Not created again for the finished pod.
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
   CHECK(f.Claim("job-scratch") == nullptr);

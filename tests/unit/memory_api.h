@@ -1,7 +1,8 @@
 // MemoryApi: an API server in memory for unit tests of controllers: objects by resource,
 // namespace and name, resourceVersions with conflicts on update, AlreadyExists on create, and
-// watches that deliver every later change, so that informers work against it as against the real
-// one. Label and field selectors are not applied. Every write is counted.
+// watches that deliver every change after the resourceVersion they start from (a list's), so that
+// informers work against it as against the real one. Label and field selectors are not applied.
+// Every write is counted.
 #pragma once
 
 #include <condition_variable>
@@ -51,9 +52,12 @@ class MemoryApi final : public apiclient::ApiClient {
   StatusOr<apiclient::ListResult> List(const Resource& r, const std::string& ns,
                                        const apiclient::ListOptions&) override {
     apiclient::ListResult out;
-    for (const auto& o : All(r, ns))
-      out.items.push_back(std::make_shared<Object>(*o));
-    std::lock_guard<std::mutex> lock(mu_);
+    std::lock_guard<std::mutex> lock(mu_);  // the items and their version at one moment
+    for (const auto& [key, o] : objects_) {
+      if (std::get<0>(key) == r.plural && (ns.empty() || std::get<1>(key) == ns)) {
+        out.items.push_back(std::make_shared<Object>(*o));
+      }
+    }
     out.resource_version = std::to_string(version_);
     return out;
   }
@@ -113,9 +117,18 @@ class MemoryApi final : public apiclient::ApiClient {
     return Status::Ok();
   }
   StatusOr<apiclient::WatchStreamPtr> Watch(const Resource& r, const std::string& ns,
-                                            const apiclient::WatchOptions&) override {
+                                            const apiclient::WatchOptions& options) override {
     auto stream = std::make_shared<Stream>();
     std::lock_guard<std::mutex> lock(mu_);
+    // What happened since the version the watch starts from (a list's): nothing falls between the
+    // list and the watch.
+    const int64_t from =
+        options.resource_version.empty() ? version_ : std::stoll(options.resource_version);
+    for (const auto& h : history_) {
+      if (h.version > from && h.plural == r.plural && (ns.empty() || h.ns == ns)) {
+        stream->events.push_back({h.type, std::make_shared<Object>(*h.object)});
+      }
+    }
     watchers_.push_back({r.plural, ns, stream});
     return apiclient::WatchStreamPtr(new StreamHandle(stream));
   }
@@ -155,6 +168,12 @@ class MemoryApi final : public apiclient::ApiClient {
     std::string plural, ns;
     std::weak_ptr<Stream> stream;
   };
+  struct Change {
+    int64_t version;
+    std::string plural, ns;
+    apiclient::WatchEvent::Type type;
+    ObjectPtr object;
+  };
 
   ObjectPtr StoreLocked(const Resource& r, Object o, apiclient::WatchEvent::Type type) {
     o["metadata"]["resourceVersion"] = std::to_string(++version_);
@@ -166,6 +185,7 @@ class MemoryApi final : public apiclient::ApiClient {
   }
   void Publish(const std::string& plural, const std::string& ns, apiclient::WatchEvent::Type type,
                const ObjectPtr& o) {
+    history_.push_back({version_, plural, ns, type, o});
     for (auto& w : watchers_) {
       auto s = w.stream.lock();
       if (!s || w.plural != plural || (!w.ns.empty() && w.ns != ns)) continue;
@@ -178,6 +198,7 @@ class MemoryApi final : public apiclient::ApiClient {
   std::mutex mu_;
   std::map<std::tuple<std::string, std::string, std::string>, ObjectPtr> objects_;
   std::vector<Watcher> watchers_;
+  std::vector<Change> history_;
   int64_t version_ = 0;
   int writes_ = 0;
 };
