@@ -187,6 +187,7 @@ StatusOr<RestConfig> ParseKubeconfig(const std::string& text, const std::string&
     if (!cluster.ok()) return cluster.status().WithContext("kubeconfig");
 
     RestConfig config;
+    config.default_namespace = Str(*context, "namespace");
     config.server = Str(*cluster, "server");
     if (config.server.rfind("https://", 0) != 0) {
       return Status::InvalidArgument("kubeconfig: cluster \"" + cluster_name +
@@ -270,6 +271,13 @@ StatusOr<RestConfig> InClusterConfig(const std::string& sa_dir) {
   config.token_file = std::make_shared<TokenFile>(sa_dir + "/token");
   auto token = config.token_file->Token();
   if (!token.ok()) return token.status();
+  if (auto ns = ReadFile(sa_dir + "/namespace", "service account namespace"); ns.ok()) {
+    config.default_namespace = *ns;
+    while (!config.default_namespace.empty() &&
+           std::isspace(static_cast<unsigned char>(config.default_namespace.back())) != 0) {
+      config.default_namespace.pop_back();
+    }
+  }
   return config;
 }
 

@@ -48,6 +48,9 @@ struct RestConfig {
   std::shared_ptr<TokenFile> token_file;  // or a token file (in-cluster, tokenFile)
   // or an exec credential plugin (a token, or a client certificate that replaces the static one)
   std::shared_ptr<ExecCredentialProvider> exec;
+  // The context's namespace (kubeconfig), or the service account's (in a pod); "" when none is
+  // set. What kubectl calls the default namespace.
+  std::string default_namespace;
   std::string user_agent = "ephemera/0.1";
   double qps = 20;  // client-side rate limit; <= 0 disables it
   int burst = 30;

@@ -1,12 +1,8 @@
 #include "plugin/cli.h"
 
-#include <yaml-cpp/yaml.h>
-
 #include <cstdlib>
-#include <fstream>
 #include <map>
 #include <optional>
-#include <sstream>
 
 #include "apiclient/config.h"
 #include "apiclient/rest_client.h"
@@ -166,14 +162,6 @@ int Volumes(const Options& o, const Connection& c, std::ostream& out, std::ostre
   return 0;
 }
 
-std::optional<std::string> ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return std::nullopt;
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  return buffer.str();
-}
-
 }  // namespace
 
 std::string Usage() {
@@ -211,32 +199,6 @@ StatusOr<Options> ParseArgs(const std::vector<std::string>& args) {
   return o;
 }
 
-std::string KubeconfigNamespace(const std::string& text, const std::string& context) {
-  try {
-    const YAML::Node root = YAML::Load(text);
-    if (!root.IsMap()) return "";
-    std::string name = context;
-    if (name.empty() && root["current-context"] && root["current-context"].IsScalar()) {
-      name = root["current-context"].as<std::string>();
-    }
-    const YAML::Node contexts = root["contexts"];
-    if (name.empty() || !contexts || !contexts.IsSequence()) return "";
-    for (const auto& entry : contexts) {
-      if (!entry.IsMap() || !entry["name"] || !entry["name"].IsScalar() ||
-          entry["name"].as<std::string>() != name) {
-        continue;
-      }
-      const YAML::Node ctx = entry["context"];
-      if (ctx && ctx.IsMap() && ctx["namespace"] && ctx["namespace"].IsScalar()) {
-        return ctx["namespace"].as<std::string>();
-      }
-      return "";
-    }
-  } catch (const YAML::Exception&) {
-  }
-  return "";
-}
-
 StatusOr<Connection> ConnectToCluster(const Options& options) {
   auto config = apiclient::LoadConfig(options.kubeconfig, options.context);
   if (!config.ok()) return config.status().WithContext("kubeconfig");
@@ -244,25 +206,9 @@ StatusOr<Connection> ConnectToCluster(const Options& options) {
   config->request_timeout = std::chrono::seconds(15);
   config->qps = 0;  // a handful of requests
 
-  // The namespace of the context, from the same file LoadConfig read.
-  const char* env = std::getenv("KUBECONFIG");  // NOLINT(concurrency-mt-unsafe)
-  const char* home = std::getenv("HOME");       // NOLINT(concurrency-mt-unsafe)
-  const bool in_cluster = std::getenv("KUBERNETES_SERVICE_HOST") != nullptr;  // NOLINT
-  std::string path = options.kubeconfig;
-  if (path.empty() && env != nullptr && *env != '\0') {
-    path = std::string(env).substr(0, std::string(env).find(':'));
-  } else if (path.empty() && !in_cluster && home != nullptr) {
-    path = std::string(home) + "/.kube/config";
-  }
   Connection c;
   c.server = config->server;
-  if (!path.empty()) {
-    if (auto text = ReadFile(path))
-      c.default_namespace = KubeconfigNamespace(*text, options.context);
-  } else if (auto ns = ReadFile("/var/run/secrets/kubernetes.io/serviceaccount/namespace")) {
-    c.default_namespace = *ns;
-  }
-  if (c.default_namespace.empty()) c.default_namespace = "default";
+  c.default_namespace = config->default_namespace.empty() ? "default" : config->default_namespace;
   auto client = apiclient::RestClient::New(*config);
   if (!client.ok()) return client.status().WithContext("kubeconfig");
   c.client = std::move(*client);

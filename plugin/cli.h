@@ -35,14 +35,10 @@ StatusOr<Options> ParseArgs(const std::vector<std::string>& args);
 
 std::string Usage();
 
-// The namespace of a kubeconfig's context (`context` empty: current-context); "" when it names
-// none or the text does not parse.
-std::string KubeconfigNamespace(const std::string& kubeconfig_text, const std::string& context);
-
 // A connection to the cluster for the given options.
 struct Connection {
   apiclient::ApiClientPtr client;
-  std::string default_namespace;  // from the kubeconfig context, else "default"
+  std::string default_namespace;  // the kubeconfig context's (or the pod's), else "default"
   std::string server;             // for messages
 };
 using Connector = std::function<StatusOr<Connection>(const Options&)>;

@@ -77,6 +77,28 @@ TEST_CASE("kubeconfig: current context with embedded data", "[apiclient][config]
   CHECK(config->DescribeForLog().find("client certificate") != std::string::npos);
 }
 
+TEST_CASE("kubeconfig: the context's namespace is the default namespace", "[apiclient][config]") {
+  const std::string text = R"(
+apiVersion: v1
+kind: Config
+current-context: one
+clusters:
+- name: c
+  cluster: {server: "https://127.0.0.1:6443"}
+users:
+- name: u
+  user: {token: t}
+contexts:
+- name: one
+  context: {cluster: c, user: u, namespace: team-a}
+- name: two
+  context: {cluster: c, user: u}
+)";
+  CHECK(ParseKubeconfig(text, "/x")->default_namespace == "team-a");
+  CHECK(ParseKubeconfig(text, "/x", "two")->default_namespace.empty());
+  CHECK(ParseKubeconfig(text, "/x", "three").status().code() == Code::kInvalidArgument);
+}
+
 TEST_CASE("kubeconfig: a token is used but never described", "[apiclient][config]") {
   auto config = ParseKubeconfig(kKubeconfig, "/nonexistent", "robot@test");
   REQUIRE(config.ok());

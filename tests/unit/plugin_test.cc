@@ -349,24 +349,6 @@ TEST_CASE("The command line takes kubectl-style flags anywhere", "[plugin]") {
   }
 }
 
-TEST_CASE("The namespace of a kubeconfig context is found", "[plugin]") {
-  const std::string text = R"(
-apiVersion: v1
-kind: Config
-current-context: one
-contexts:
-- name: one
-  context: {cluster: c, user: u, namespace: team-a}
-- name: two
-  context: {cluster: c, user: u}
-)";
-  CHECK(KubeconfigNamespace(text, "") == "team-a");
-  CHECK(KubeconfigNamespace(text, "two").empty());
-  CHECK(KubeconfigNamespace(text, "three").empty());
-  CHECK(KubeconfigNamespace("{{{ not yaml", "").empty());
-  CHECK(KubeconfigNamespace("- a list", "").empty());
-}
-
 // An API client that answers lists from fixed objects, or with a fixed error.
 class FakeClient : public apiclient::ApiClient {
  public:
