@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <ctime>
 
+#include "apiclient/exec_credential.h"
 #include "common/quantity.h"
 
 namespace ephemera::plugin {
@@ -92,27 +93,7 @@ std::string FormatAge(std::chrono::seconds age) {
 }
 
 std::optional<std::chrono::system_clock::time_point> ParseTimestamp(const std::string& text) {
-  int year = 0, month = 0, day = 0, hour = 0, minute = 0, second = 0;
-  char tail = 0;
-  // The API server writes whole seconds in UTC: 2026-11-22T07:09:09Z.
-  if (text.size() != 20 ||
-      std::sscanf(text.c_str(), "%4d-%2d-%2dT%2d:%2d:%2d%c", &year, &month, &day, &hour, &minute,
-                  &second, &tail) != 7 ||
-      tail != 'Z') {
-    return std::nullopt;
-  }
-  if (month < 1 || month > 12 || day < 1 || day > 31 || hour > 23 || minute > 59 || second > 60) {
-    return std::nullopt;
-  }
-  std::tm tm{};
-  tm.tm_year = year - 1900;
-  tm.tm_mon = month - 1;
-  tm.tm_mday = day;
-  tm.tm_hour = hour;
-  tm.tm_min = minute;
-  tm.tm_sec = second;
-  const time_t t = timegm(&tm);
-  return std::chrono::system_clock::from_time_t(t);
+  return apiclient::ParseRfc3339(text);
 }
 
 std::string AgeCell(const std::string& timestamp, std::chrono::system_clock::time_point now) {

@@ -29,7 +29,8 @@ std::string FormatQuantityCell(const std::optional<std::string>& quantity,
 // "30d", "2y10d", "9y". Negative ages (clock skew) print as "0s", beyond a second as "<invalid>".
 std::string FormatAge(std::chrono::seconds age);
 
-// RFC 3339 "2026-11-22T07:09:09Z" (what the API server writes) to a time point.
+// RFC 3339 "2026-11-22T07:09:09Z" (what the API server writes) to a time point: apiclient's
+// parser, shared with the exec credential plugins.
 std::optional<std::chrono::system_clock::time_point> ParseTimestamp(const std::string& text);
 
 // The AGE cell of an object created at `timestamp` ("<unknown>" when it does not parse).
