@@ -436,11 +436,6 @@ class NoCapacityController final : public ::csi::v1::Controller::Service {
   std::atomic<int> calls{0};
 };
 
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
 TEST_CASE(
     "Storage capacity: a driver without GET_CAPACITY gets one clear error and no objects "
     "and no crash loop",

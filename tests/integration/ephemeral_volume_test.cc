@@ -480,11 +480,6 @@ TEST_CASE("Ephemeral volumes: restarted while 500 pods are created / every pod g
   }
 }
 
-std::string ReadLog(const std::string& path) {
-  std::ifstream in(path);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
 // The time of day (seconds since midnight, with microseconds) of the first klog line that holds
 // `needle`, or -1.
 double LogTime(const std::string& log, const std::string& needle) {
@@ -549,8 +544,8 @@ TEST_CASE(
   CHECK(Eventually([&] { return GetClaim(*client, ns, "after-v") != nullptr; }));
 
   // Never two leaders: the first one's work had stopped before the second one became leader.
-  const std::string first_log = ReadLog(first.log());
-  const std::string second_log = ReadLog(second.log());
+  const std::string first_log = ReadFile(first.log());
+  const std::string second_log = ReadFile(second.log());
   const double first_stopped = LogTime(first_log, "\"stopped\" runnable=\"ephemeral-volume\"");
   const double first_lost =
       LogTime(first_log, "leader lease not renewed within the renew deadline");

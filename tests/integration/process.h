@@ -8,7 +8,9 @@
 
 #include <chrono>
 #include <cstdio>
+#include <fstream>
 #include <functional>
+#include <iterator>
 #include <string>
 #include <thread>
 #include <vector>
@@ -73,6 +75,12 @@ inline std::vector<std::string> ManagerFlags(const TestCluster& cluster,
                                     "-v", "2"};
   flags.insert(flags.end(), extra.begin(), extra.end());
   return flags;
+}
+
+// The whole content of a file ("" when it cannot be read), e.g. a TestProcess's log.
+inline std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
 }
 
 // Polls `condition` every 50 ms until it holds or `timeout` passes; returns its last value.
