@@ -213,6 +213,16 @@ size2=$(mount_bytes)
 echo "mount: $size1 -> $size2 bytes"
 [ "$size2" -gt $((size1 + 70 * 1024 * 1024)) ] || fail "the filesystem did not grow by 80Mi (less 10%)"
 
+# The grants were enough, and no more than that: what csi-resizer does not need is refused.
+if grep -i forbidden "$WORK/resizer.log" "$WORK/provisioner.log"; then fail "'forbidden' in a sidecar's log"; fi
+can() { k auth can-i --as="system:serviceaccount:$NS:$SA" "$@" >/dev/null; }
+can patch persistentvolumeclaims --subresource=status -n default || fail "cannot patch PVC status"
+can update leases -n "$NS" || fail "cannot update its Lease"
+for denied in "list pods" "get secrets" "update leases -n kube-system" "list volumeattributesclasses"; do
+  # shellcheck disable=SC2086
+  if can $denied; then fail "the driver's service account may $denied"; fi
+done
+
 # 5. Teardown through the stand-in and the provisioner.
 k -n "$NS" delete pod "$POD" --wait=false >/dev/null
 wait_for 30 "the pod gone" bash -c "! $TOOLS/kubectl --kubeconfig $CLUSTER/kubeconfig -n $NS get pod $POD"
