@@ -565,8 +565,10 @@ bool Standin::Expand(const Mount& m) {
   message += infeasible ? " " : " : ";
   message += GrpcErrorText(s);
   const auto t = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
+  std::tm utc{};
+  gmtime_r(&t, &utc);
   char stamp[32];
-  std::strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
+  std::strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%SZ", &utc);
   // Keep the other resize conditions (keepOldResizeConditions), replace NodeResizeError.
   Object merged = Object::array();
   if (updated["status"].contains("conditions")) {
