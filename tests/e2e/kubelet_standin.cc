@@ -381,6 +381,7 @@ void Standin::Unmount(const Mount& m) {
       return;
     }
     staged_.erase(m.staging);
+    expand_backoff_.erase(m.staging);
     std::error_code ignored;
     fs::remove(m.staging, ignored);
   }
