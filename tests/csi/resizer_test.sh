@@ -40,6 +40,9 @@ PIDS=()
 CREATED_CSINODE=0
 cleanup_cluster() {
   local rc=$?
+  # No errexit here: the (exit "$rc") below must hand the status on, not end the trap before
+  # driver_cleanup (which would leave the driver, its loop devices and mounts behind).
+  set +e
   k -n "$NS" delete pod "$POD" --grace-period=0 --force >/dev/null 2>&1 || true
   k -n "$NS" delete pvc "$PVC" --wait=false >/dev/null 2>&1 || true
   local pid
@@ -215,7 +218,7 @@ echo "mount: $size1 -> $size2 bytes"
 
 # The grants were enough, and no more than that: what csi-resizer does not need is refused.
 if grep -i forbidden "$WORK/resizer.log" "$WORK/provisioner.log"; then fail "'forbidden' in a sidecar's log"; fi
-can() { k auth can-i --as="system:serviceaccount:$NS:$SA" "$@" >/dev/null; }
+can() { k auth can-i --as="system:serviceaccount:$NS:$SA" "$@" >/dev/null 2>&1; }
 can patch persistentvolumeclaims --subresource=status -n default || fail "cannot patch PVC status"
 can update leases -n "$NS" || fail "cannot update its Lease"
 for denied in "list pods" "get secrets" "update leases -n kube-system" "list volumeattributesclasses"; do
