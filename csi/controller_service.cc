@@ -192,42 +192,21 @@ Status ControllerService::DoGetCapacity(const GetCapacityRequest& request,
 grpc::Status ControllerService::ControllerGetCapabilities(
     grpc::ServerContext*, const ControllerGetCapabilitiesRequest*,
     ControllerGetCapabilitiesResponse* response) {
+  // No EXPAND_VOLUME: a volume grows on its node, in NodeExpandVolume (docs/csi-driver.md, "Volume
+  // expansion"). csi-resizer then marks the PV as grown and leaves the work to kubelet.
   for (auto type : {ControllerServiceCapability::RPC::CREATE_DELETE_VOLUME,
                     ControllerServiceCapability::RPC::GET_CAPACITY,
                     ControllerServiceCapability::RPC::LIST_VOLUMES}) {
     response->add_capabilities()->mutable_rpc()->set_type(type);
   }
-  if (volumes_.devices().SupportsExpansion()) {
-    response->add_capabilities()->mutable_rpc()->set_type(
-        ControllerServiceCapability::RPC::EXPAND_VOLUME);
-  }
   return grpc::Status::OK;
 }
 
 grpc::Status ControllerService::ControllerExpandVolume(grpc::ServerContext*,
-                                                       const ControllerExpandVolumeRequest* request,
-                                                       ControllerExpandVolumeResponse* response) {
-  return Handle([&] { return DoExpandVolume(*request, response); });
-}
-
-Status ControllerService::DoExpandVolume(const ControllerExpandVolumeRequest& request,
-                                         ControllerExpandVolumeResponse* response) {
-  EPHEMERA_RETURN_IF_ERROR(ValidateVolumeId("volume_id", request.volume_id()));
-  if (!request.has_capacity_range()) {
-    return Status::InvalidArgument("capacity_range: required");
-  }
-  if (request.has_volume_capability()) {
-    EPHEMERA_RETURN_IF_ERROR(ValidateCapability("volume_capability", request.volume_capability()));
-  }
-  StatusOr<VolumeRecord> record =
-      volumes_.ExpandVolume(request.volume_id(), request.capacity_range().required_bytes(),
-                            request.capacity_range().limit_bytes());
-  if (!record.ok()) return record.status();
-  response->set_capacity_bytes(record->size);
-  // A raw block volume needs nothing on the node; a filesystem must be grown there.
-  response->set_node_expansion_required(
-      !(request.has_volume_capability() && request.volume_capability().has_block()));
-  return Status::Ok();
+                                                       const ControllerExpandVolumeRequest*,
+                                                       ControllerExpandVolumeResponse*) {
+  return ToGrpcStatus(Status::Unimplemented(
+      "ControllerExpandVolume: volumes grow on their node, through NodeExpandVolume"));
 }
 
 }  // namespace ephemera::csi

@@ -1,6 +1,6 @@
-// The CSI Controller service: create, delete, list, expand volumes and report capacity, for the
+// The CSI Controller service: create, delete and list volumes and report capacity, for the
 // volumes of this node (the driver runs per node, beside an external-provisioner started with
-// --node-deployment).
+// --node-deployment). Expansion is the Node service's: ControllerExpandVolume is UNIMPLEMENTED.
 //
 // Thread safety: handlers run concurrently; VolumeManager serializes work per volume.
 #pragma once
@@ -51,8 +51,6 @@ class ControllerService final : public ::csi::v1::Controller::Service {
                                       ::csi::v1::ValidateVolumeCapabilitiesResponse* response);
   Status DoListVolumes(const ::csi::v1::ListVolumesRequest& request,
                        ::csi::v1::ListVolumesResponse* response);
-  Status DoExpandVolume(const ::csi::v1::ControllerExpandVolumeRequest& request,
-                        ::csi::v1::ControllerExpandVolumeResponse* response);
   void FillVolume(const VolumeRecord& record, ::csi::v1::Volume* volume) const;
 
   VolumeManager& volumes_;

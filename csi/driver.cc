@@ -160,7 +160,7 @@ Status Driver::Impl::StartCapacityListener() {
       GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
   options.pem_root_certs = *ca;
   options.pem_key_cert_pairs.push_back({*key, *cert});
-  capacity_identity = std::make_unique<IdentityService>();
+  capacity_identity = std::make_unique<IdentityService>(devices->SupportsExpansion());
   capacity_controller = std::make_unique<CapacityControllerService>(*controller);
   capacity_node = std::make_unique<CapacityNodeService>(*node);
   grpc::ServerBuilder builder;
@@ -250,7 +250,7 @@ Status Driver::Start() {
   if (!capacity.ok()) return capacity.status();
   d.metrics.SetCapacity(capacity->total, capacity->available, capacity->max_volume_size);
 
-  d.identity = std::make_unique<IdentityService>();
+  d.identity = std::make_unique<IdentityService>(d.devices->SupportsExpansion());
   d.controller = std::make_unique<ControllerService>(*d.volumes, d.config.node_id, &d.metrics);
   d.node = std::make_unique<NodeService>(*d.volumes, d.runner, d.config.node_id);
 

@@ -21,8 +21,11 @@ grpc::Status IdentityService::GetPluginCapabilities(grpc::ServerContext*,
       PluginCapability::Service::CONTROLLER_SERVICE);
   response->add_capabilities()->mutable_service()->set_type(
       PluginCapability::Service::VOLUME_ACCESSIBILITY_CONSTRAINTS);
-  response->add_capabilities()->mutable_volume_expansion()->set_type(
-      PluginCapability::VolumeExpansion::ONLINE);
+  // Online: NodeExpandVolume grows the device and the filesystem while the volume is mounted.
+  if (volume_expansion_) {
+    response->add_capabilities()->mutable_volume_expansion()->set_type(
+        PluginCapability::VolumeExpansion::ONLINE);
+  }
   return grpc::Status::OK;
 }
 

@@ -443,6 +443,7 @@ Status NodeService::DoExpand(const NodeExpandVolumeRequest& request,
   }
   StatusOr<VolumeRecord> record = FindVolume(request.volume_id());
   if (!record.ok()) return record.status();
+  // Device and filesystem grow under one lock, so no stage, unstage or delete comes between.
   StatusOr<VolumeLocks::Guard> guard = volumes_.locks().TryLock(record->id);
   if (!guard.ok()) return guard.status();
   const std::string& path = request.volume_path();
@@ -453,32 +454,70 @@ Status NodeService::DoExpand(const NodeExpandVolumeRequest& request,
   }
   StatusOr<Device> device = volumes_.GetDevice(record->id);
   if (!device.ok()) return device.status();
+  StatusOr<std::string> major_minor = DeviceMajorMinor(device->path);
+  if (!major_minor.ok()) return major_minor.status();
+
+  // The path must hold this volume before anything grows: a misdirected call changes nothing.
+  const bool block = S_ISBLK(st.st_mode) ||
+                     (request.has_volume_capability() && request.volume_capability().has_block());
+  std::string fstype;
+  if (block) {
+    if (!S_ISBLK(st.st_mode) ||
+        std::to_string(major(st.st_rdev)) + ":" + std::to_string(minor(st.st_rdev)) !=
+            *major_minor) {
+      return Status::FailedPrecondition("volume_path: " + path + " is not the device of volume " +
+                                        record->id);
+    }
+  } else {
+    StatusOr<std::optional<MountEntry>> mounted = FindMount(path);
+    if (!mounted.ok()) return mounted.status();
+    if (!mounted->has_value()) {
+      return Status::FailedPrecondition("volume_path: " + path + " is not mounted");
+    }
+    if ((*mounted)->major_minor != *major_minor) {
+      return Status::FailedPrecondition("volume_path: " + path +
+                                        " holds another filesystem than the one of volume " +
+                                        record->id);
+    }
+    fstype = (*mounted)->fstype;
+  }
+
+  // The device grows here, on the node that holds it: the cluster-wide csi-resizer cannot reach
+  // this node's pool (see docs/csi-driver.md, "Volume expansion"). A pool that cannot hold the
+  // growth is OUT_OF_RANGE, which kubelet takes as final and infeasible: it records the message in
+  // the PVC's NodeResizeError condition, and a smaller request recovers.
+  int64_t required = request.capacity_range().required_bytes();
+  StatusOr<VolumeRecord> grown =
+      volumes_.ExpandLocked(record->id, required, request.capacity_range().limit_bytes());
+  if (grown.status().code() == Code::kResourceExhausted) {
+    return Status::OutOfRange("capacity_range.required_bytes: volume " + record->id +
+                              " cannot grow to " + std::to_string(required) + " bytes on node " +
+                              node_id_ + ": " + std::string(grown.status().message()));
+  }
+  if (!grown.ok()) return grown.status();
   StatusOr<int64_t> size = BlockDeviceSize(device->path);
   if (!size.ok()) return size.status();
-  int64_t required = request.capacity_range().required_bytes();
-  if (required > *size) {
-    return Status::OutOfRange("capacity_range.required_bytes: " + std::to_string(required) +
-                              " exceeds the device size " + std::to_string(*size) +
-                              "; call ControllerExpandVolume first");
-  }
   response->set_capacity_bytes(*size);
-  if (S_ISBLK(st.st_mode) ||
-      (request.has_volume_capability() && request.volume_capability().has_block())) {
-    return Status::Ok();  // raw block: the device already has its new size
-  }
-  StatusOr<std::optional<MountEntry>> mounted = FindMount(path);
-  if (!mounted.ok()) return mounted.status();
-  if (!mounted->has_value()) {
-    return Status::FailedPrecondition("volume_path: " + path + " is not mounted");
-  }
-  if ((*mounted)->fstype == "xfs") {
+  if (block) return Status::Ok();  // raw block: the device has its new size, nothing else grows
+
+  // Both tools grow the filesystem to the device's size, and do nothing when it already has it:
+  // a retry after a crash between the device's growth and this step completes it.
+  if (fstype == "xfs") {
     return RunChecked(runner_, {"xfs_growfs", path}, kFilesystemCommandTimeout);
   }
-  if ((*mounted)->fstype == "ext4") {
-    return RunChecked(runner_, {"resize2fs", device->path}, kFilesystemCommandTimeout);
+  if (fstype == "ext4") {
+    Status resized = RunChecked(runner_, {"resize2fs", device->path}, kFilesystemCommandTimeout);
+    // resize2fs 1.47 says "Permission denied to resize filesystem" when the kernel refuses.
+    if (!resized.ok() && (resized.message().find("Permission denied") != std::string::npos ||
+                          resized.message().find("not permitted") != std::string::npos)) {
+      return Status(resized.code(), resized.message() +
+                                        " (online ext4 growth needs CAP_SYS_RESOURCE in the"
+                                        " driver's container; the device has grown, a retry"
+                                        " with the capability grows the filesystem)");
+    }
+    return resized;
   }
-  return Status::FailedPrecondition("volume_path: cannot grow a " + (*mounted)->fstype +
-                                    " filesystem");
+  return Status::FailedPrecondition("volume_path: cannot grow a " + fstype + " filesystem");
 }
 
 grpc::Status NodeService::NodeGetCapabilities(grpc::ServerContext*,

@@ -226,6 +226,11 @@ StatusOr<VolumeRecord> VolumeManager::ExpandVolume(const std::string& id, int64_
                                                    int64_t limit_bytes) {
   StatusOr<VolumeLocks::Guard> guard = locks_.TryLock(id);
   if (!guard.ok()) return guard.status();
+  return ExpandLocked(id, required_bytes, limit_bytes);
+}
+
+StatusOr<VolumeRecord> VolumeManager::ExpandLocked(const std::string& id, int64_t required_bytes,
+                                                   int64_t limit_bytes) {
   StatusOr<VolumeRecord> record = GetVolume(id);
   if (!record.ok()) return record.status();
   StatusOr<int64_t> size =
@@ -237,8 +242,11 @@ StatusOr<VolumeRecord> VolumeManager::ExpandVolume(const std::string& id, int64_
     }
     return record;
   }
+  // The backend answers with the device as it is when it is already at least this large (a grow
+  // whose record was not written before a crash): the record takes the device's size.
   StatusOr<Device> device = devices_.Expand(id, *size);
   if (!device.ok()) return device.status();
+  EPHEMERA_RETURN_IF_ERROR(Fault("expand:device-grown"));
   record->size = device->size;
   EPHEMERA_RETURN_IF_ERROR(store_.Put(*record));
   return record;

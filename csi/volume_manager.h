@@ -68,9 +68,9 @@ class VolumeManager {
   };
 
   // Called at the named points of create and delete ("create:record-written",
-  // "create:device-created", "create:ready", "delete:marked", "delete:device-deleted"). A non-OK
-  // result stops the operation right there and is returned, as if the process had died: the test
-  // seam for crash recovery. Never set in production.
+  // "create:device-created", "create:ready", "delete:marked", "delete:device-deleted",
+  // "expand:device-grown"). A non-OK result stops the operation right there and is returned, as if
+  // the process had died: the test seam for crash recovery. Never set in production.
   using FaultHook = std::function<Status(std::string_view point)>;
 
   struct RecoveryReport {
@@ -116,10 +116,16 @@ class VolumeManager {
 
   StatusOr<Capacity> GetCapacity() { return devices_.GetCapacity(); }
 
-  // Grows the volume to SizeForRange(required, limit); a no-op when it is already as large.
+  // Grows the volume's device to SizeForRange(required, limit) (without a range: to the size the
+  // record has); a no-op when the device is already as large. Idempotent after a crash: a device
+  // that was grown before its record was written is taken as it is and the record catches up.
   // Errors: NOT_FOUND; INVALID_ARGUMENT / OUT_OF_RANGE for the range; RESOURCE_EXHAUSTED;
   // UNIMPLEMENTED when the backend cannot grow devices; ABORTED; INTERNAL.
   StatusOr<VolumeRecord> ExpandVolume(const std::string& id, int64_t required_bytes,
+                                      int64_t limit_bytes);
+  // The same for a caller that holds the volume's lock (NodeExpandVolume grows the device and
+  // then the filesystem under one lock).
+  StatusOr<VolumeRecord> ExpandLocked(const std::string& id, int64_t required_bytes,
                                       int64_t limit_bytes);
 
   // Whether a record of `id` exists in any phase.

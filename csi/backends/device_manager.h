@@ -77,10 +77,11 @@ class DeviceManager {
   // The state of the pool. Errors: INTERNAL.
   virtual StatusOr<Capacity> GetCapacity() = 0;
 
-  // Grows the device `id` to `new_size` bytes (a multiple of Alignment(), larger than the current
-  // size) while it may be in use. Errors: UNIMPLEMENTED when the backend cannot grow devices;
-  // NOT_FOUND; RESOURCE_EXHAUSTED when the pool cannot hold the growth; INVALID_ARGUMENT for a
-  // size that is not aligned or smaller than the current one; INTERNAL.
+  // Grows the device `id` to `new_size` bytes (a multiple of Alignment()) while it may be in use;
+  // a device that is already at least that large is returned as it is (a retry after a crash).
+  // Errors: UNIMPLEMENTED when the backend cannot grow devices; NOT_FOUND; RESOURCE_EXHAUSTED
+  // when the pool cannot hold the growth; INVALID_ARGUMENT for a size that is not aligned;
+  // INTERNAL.
   virtual StatusOr<Device> Expand(const std::string& id, int64_t new_size) = 0;
 };
 

@@ -274,10 +274,14 @@ StatusOr<Device> FileDeviceManager::Expand(const std::string& id, int64_t new_si
   std::lock_guard<std::mutex> lock(mu_);
   StatusOr<Device> device = GetLocked(id, /*attach=*/true);
   if (!device.ok()) return device.status();
-  if (new_size < device->size) {
-    return Status::InvalidArgument("cannot shrink device " + id);
+  if (new_size <= device->size) {
+    // Never shrinks. Already grown: a crash may have come between the truncate and the loop
+    // device's refresh, so the loop device learns the file's size here too.
+    StatusOr<int64_t> seen = BlockDeviceSize(device->path);
+    if (!seen.ok()) return seen.status();
+    if (*seen < device->size) EPHEMERA_RETURN_IF_ERROR(RefreshLoopCapacity(device->path));
+    return device;
   }
-  if (new_size == device->size) return device;
   StatusOr<int64_t> free = FreeLocked();
   if (!free.ok()) return free.status();
   if (new_size - device->size > *free) {

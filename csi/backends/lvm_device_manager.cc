@@ -449,8 +449,7 @@ StatusOr<Device> LvmDeviceManager::Expand(const std::string& id, int64_t new_siz
   }
   StatusOr<LvmLogicalVolume> lv = FindLocked(id);
   if (!lv.ok()) return lv.status();
-  if (new_size < lv->size) return Status::InvalidArgument("cannot shrink device " + id);
-  if (new_size == lv->size) return ToDevice(*lv);
+  if (new_size <= lv->size) return ToDevice(*lv);  // never shrinks; already grown
   StatusOr<std::vector<LvmVolumeGroup>> groups = VolumeGroupsLocked();
   if (!groups.ok()) return groups.status();
   for (const LvmVolumeGroup& g : *groups) {

@@ -7,6 +7,17 @@ set -euo pipefail
 # mounts, so the test did not run (and did not pass).
 if [ "$(id -u)" != 0 ]; then echo "SKIP: needs root (loop devices and mounts)" >&2; exit 77; fi
 
+# The args of one container of the shipped DaemonSet (manifests/driver.yaml), one per line, so that
+# a test runs a sidecar as the manifests do (the same parsing as tests/e2e/stack.sh).
+manifest_args() {  # CONTAINER
+  awk -v c="$1" '
+    $0 ~ "- name: " c "$" { inside = 1; next }
+    inside && /^ *args:/ { args = 1; next }
+    inside && args && /^ *#/ { next }
+    inside && args && /^ *- --/ { sub(/^ *- /, ""); print; next }
+    inside && args { exit }' "$(dirname "${BASH_SOURCE[0]}")/../../manifests/driver.yaml"
+}
+
 driver_setup() {
   WORK=$(mktemp -d /tmp/ephemera-csi-test.XXXXXX)
   SOCK=$WORK/csi.sock

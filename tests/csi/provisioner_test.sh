@@ -19,6 +19,9 @@ PROVISIONER_PID=
 CREATED_CSINODE=0
 cleanup_cluster() {
   local rc=$?
+  # No errexit here: the (exit "$rc") below must hand the status on, not end the trap before
+  # driver_cleanup (which would leave the driver, its loop devices and mounts behind).
+  set +e
   k delete pvc "$PVC" --wait=false >/dev/null 2>&1 || true
   k delete storageclass "$SC" >/dev/null 2>&1 || true
   if [ "$CREATED_CSINODE" = 1 ]; then

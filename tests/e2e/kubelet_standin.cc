@@ -9,7 +9,16 @@
 //    into each volume and reads it back; then it reports the pod Running and Ready (and the pod IP
 //    given by --pod-ip), like kubelet's status manager;
 //  - for a pod being deleted: NodeUnpublishVolume + NodeUnstageVolume, then it deletes the pod for
-//    good (grace period 0, the pod's UID as precondition), as kubelet does when containers stopped.
+//    good (grace period 0, the pod's UID as precondition), as kubelet does when containers stopped;
+//  - online expansion of the PVCs mounted here, as kubelet's NodeExpander
+//    (pkg/volume/util/operationexecutor/node_expander.go, pkg/volume/csi/expander.go) does it: when
+//    the PV is larger than the PVC's status.capacity and csi-resizer left the claim in
+//    NodeResizePending (or NodeResizeInProgress), it marks NodeResizeInProgress, calls
+//    NodeExpandVolume (publish path, staging path, required_bytes = status.allocatedResources, the
+//    mount capability), and on success sets status.capacity and drops the resize status and
+//    conditions; an infeasible error (INVALID_ARGUMENT, OUT_OF_RANGE, NOT_FOUND) makes it
+//    NodeResizeInfeasible with a NodeResizeError condition, another final error only adds the
+//    condition; failures back off exponentially (1 s to 32 s), as kubelet's operations do.
 //
 // It reconciles level-based: every pod event, and every second, it compares what is mounted with
 // what the node's pods need. It is a test tool: it runs as the cluster admin, not as a node.
@@ -36,6 +45,7 @@
 #include "apiclient/informer.h"
 #include "apiclient/resource.h"
 #include "apiclient/rest_client.h"
+#include "common/quantity.h"
 #include "csi/proto/csi.grpc.pb.h"
 
 namespace {
@@ -81,6 +91,7 @@ struct Flags {
   std::string csi_address;  // unix:///path
   std::string root;         // where staging and target paths live
   std::string pod_ip;       // reported for every pod of the node (loopback address per node)
+  std::string ns;           // only the pods of this namespace ("": all)
 };
 
 // One volume of one pod as kubelet would mount it.
@@ -91,7 +102,24 @@ struct Mount {
   std::string volume_id;
   std::string staging;  // empty for inline volumes
   std::string target;
+  // PVC-backed volumes (expansion): the claim, its PV, the filesystem.
+  std::string claim_ns;
+  std::string claim;
+  std::string pv;
+  std::string fs_type;
 };
+
+// kubelet's gRPC error text: "rpc error: code = OutOfRange desc = ...".
+std::string GrpcErrorText(const grpc::Status& s) {
+  static const char* const kNames[] = {
+      "OK",       "Canceled",       "Unknown",          "InvalidArgument",   "DeadlineExceeded",
+      "NotFound", "AlreadyExists",  "PermissionDenied", "ResourceExhausted", "FailedPrecondition",
+      "Aborted",  "OutOfRange",     "Unimplemented",    "Internal",          "Unavailable",
+      "DataLoss", "Unauthenticated"};
+  const int code = s.error_code();
+  const std::string name = code >= 0 && code <= 16 ? kNames[code] : std::to_string(code);
+  return "rpc error: code = " + name + " desc = " + s.error_message();
+}
 
 class Standin {
  public:
@@ -116,6 +144,10 @@ class Standin {
   bool MountPod(const Object& pod);
   void Unmount(const Mount& mount);
   void ReportRunning(const Object& pod);
+  // kubelet's online expansion for the PVC-backed volumes mounted here (see the top).
+  void ExpandVolumes();
+  // true: nothing to do or done; false: failed (backs off).
+  bool Expand(const Mount& mount);
 
   const Flags flags_;
   const ApiClientPtr client_;
@@ -129,6 +161,11 @@ class Standin {
   std::map<std::string, Mount> mounts_;  // key: pod uid + "/" + volume
   std::map<std::string, int> staged_;    // staging path -> publications
   std::set<std::string> reported_;       // pod uids reported Running
+  struct Backoff {
+    std::chrono::steady_clock::time_point next;
+    std::chrono::seconds delay{0};
+  };
+  std::map<std::string, Backoff> expand_backoff_;  // staging path -> after a failed expansion
 };
 
 Status Standin::Register() {
@@ -253,6 +290,10 @@ bool Standin::MountPod(const Object& pod) {
       if (Field(spec, "csi", "driver") != driver_) continue;  // another driver's volume
       m.volume_id = Field(spec, "csi", "volumeHandle");
       MountCapability(Field(spec, "csi", "fsType"), &cap);
+      m.claim_ns = ns;
+      m.claim = claim;
+      m.pv = Field(**pv, "metadata", "name");
+      m.fs_type = Field(spec, "csi", "fsType");
       if (spec["csi"].contains("volumeAttributes")) {
         for (const auto& [k, v] : spec["csi"]["volumeAttributes"].items()) {
           if (v.is_string()) context[k] = v.get<std::string>();
@@ -340,6 +381,7 @@ void Standin::Unmount(const Mount& m) {
       return;
     }
     staged_.erase(m.staging);
+    expand_backoff_.erase(m.staging);
     std::error_code ignored;
     fs::remove(m.staging, ignored);
   }
@@ -433,12 +475,125 @@ void Standin::Sync() {
   }
   for (const Mount& m : orphans)
     Unmount(m);
+  ExpandVolumes();
+}
+
+void Standin::ExpandVolumes() {
+  std::set<std::string> seen;  // one expansion per staged volume, through its first publication
+  const auto now = std::chrono::steady_clock::now();
+  for (const auto& [key, m] : mounts_) {
+    if (m.claim.empty() || !seen.insert(m.staging).second) continue;
+    Backoff& backoff = expand_backoff_[m.staging];
+    if (now < backoff.next) continue;
+    if (Expand(m)) {
+      expand_backoff_.erase(m.staging);
+    } else {
+      backoff.delay =
+          std::min(std::chrono::seconds(32), std::max(std::chrono::seconds(1), backoff.delay * 2));
+      backoff.next = now + backoff.delay;
+    }
+  }
+}
+
+bool Standin::Expand(const Mount& m) {
+  auto pvc = client_->Get(resources::kPersistentVolumeClaims, m.claim_ns, m.claim);
+  auto pv = client_->Get(resources::kPersistentVolumes, "", m.pv);
+  if (!pvc.ok() || !pv.ok()) return true;  // gone: the pod's teardown follows
+  const Object& claim = **pvc;
+  auto pv_size = ephemera::ParseQuantity(Field(**pv, "spec", "capacity", "storage"));
+  auto status_size = ephemera::ParseQuantity(Field(claim, "status", "capacity", "storage"));
+  if (!pv_size.ok() || !status_size.ok() || *pv_size <= *status_size) return true;
+  // kubelet's runPreCheck: only a claim that csi-resizer handed to the node.
+  const std::string resize_status = Field(claim, "status", "allocatedResourceStatuses", "storage");
+  if (resize_status != "NodeResizePending" && resize_status != "NodeResizeInProgress") return true;
+  const std::string allocated = Field(claim, "status", "allocatedResources", "storage");
+  auto new_size = ephemera::ParseQuantity(allocated);
+  if (!new_size.ok()) return true;
+
+  Object updated = claim;
+  if (resize_status == "NodeResizePending") {
+    updated["status"]["allocatedResourceStatuses"]["storage"] = "NodeResizeInProgress";
+    auto marked = client_->UpdateStatus(resources::kPersistentVolumeClaims, m.claim_ns, updated);
+    if (!marked.ok()) return false;  // a conflict: the next round reads the claim again
+    updated = **marked;
+  }
+  csi::v1::NodeExpandVolumeRequest expand;
+  expand.set_volume_id(m.volume_id);
+  expand.set_volume_path(m.target);
+  expand.set_staging_target_path(m.staging);
+  expand.mutable_capacity_range()->set_required_bytes(*new_size);
+  MountCapability(m.fs_type, expand.mutable_volume_capability());
+  csi::v1::NodeExpandVolumeResponse expanded;
+  grpc::Status s =
+      Rpc([&](grpc::ClientContext* c) { return node_->NodeExpandVolume(c, expand, &expanded); });
+  if (s.ok()) {
+    Object conditions = Object::array();  // the claim's conditions that are not about resizing
+    if (updated["status"].contains("conditions")) {
+      for (const auto& condition : updated["status"]["conditions"]) {
+        const std::string type = Field(condition, "type");
+        if (type != "FileSystemResizePending" && type != "Resizing" &&
+            type != "ControllerResizeError" && type != "NodeResizeError") {
+          conditions.push_back(condition);
+        }
+      }
+    }
+    // MarkNodeExpansionFinishedWithRecovery.
+    updated["status"]["capacity"]["storage"] = allocated;
+    updated["status"]["allocatedResourceStatuses"].erase("storage");
+    if (updated["status"]["allocatedResourceStatuses"].empty()) {
+      updated["status"].erase("allocatedResourceStatuses");
+    }
+    updated["status"]["conditions"] = conditions;
+    auto done = client_->UpdateStatus(resources::kPersistentVolumeClaims, m.claim_ns, updated);
+    Log(flags_.node, "PVC " + m.claim_ns + "/" + m.claim + " expanded to " + allocated +
+                         " (NodeExpandVolume: " + std::to_string(expanded.capacity_bytes()) +
+                         " bytes)" + (done.ok() ? "" : "; status: " + done.status().ToString()));
+    return done.ok();
+  }
+  Log(flags_.node, "NodeExpandVolume " + m.volume_id + " for PVC " + m.claim_ns + "/" + m.claim +
+                       ": " + s.error_message());
+  const auto code = s.error_code();
+  // Not final (kubelet's isFinalError): the operation may still be running; retry later.
+  if (code == grpc::StatusCode::CANCELLED || code == grpc::StatusCode::DEADLINE_EXCEEDED ||
+      code == grpc::StatusCode::UNAVAILABLE || code == grpc::StatusCode::RESOURCE_EXHAUSTED ||
+      code == grpc::StatusCode::ABORTED) {
+    return false;
+  }
+  const bool infeasible = code == grpc::StatusCode::INVALID_ARGUMENT ||
+                          code == grpc::StatusCode::OUT_OF_RANGE ||
+                          code == grpc::StatusCode::NOT_FOUND;
+  std::string message = "failed to expand pvc with Expander.NodeExpand failed to expand the volume";
+  message += infeasible ? " " : " : ";
+  message += GrpcErrorText(s);
+  const auto t = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
+  std::tm utc{};
+  gmtime_r(&t, &utc);
+  char stamp[32];
+  std::strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%SZ", &utc);
+  // Keep the other resize conditions (keepOldResizeConditions), replace NodeResizeError.
+  Object merged = Object::array();
+  if (updated["status"].contains("conditions")) {
+    for (const auto& condition : updated["status"]["conditions"]) {
+      if (Field(condition, "type") != "NodeResizeError") merged.push_back(condition);
+    }
+  }
+  merged.push_back({{"type", "NodeResizeError"},
+                    {"status", "True"},
+                    {"lastTransitionTime", stamp},
+                    {"message", message}});
+  updated["status"]["conditions"] = merged;
+  if (infeasible)
+    updated["status"]["allocatedResourceStatuses"]["storage"] = "NodeResizeInfeasible";
+  auto marked = client_->UpdateStatus(resources::kPersistentVolumeClaims, m.claim_ns, updated);
+  if (!marked.ok()) Log(flags_.node, "PVC status: " + marked.status().ToString());
+  return false;
 }
 
 void Standin::Run() {
   ephemera::apiclient::InformerOptions options;
   options.resource = resources::kPods;
   options.field_selector = "spec.nodeName=" + flags_.node;
+  options.ns = flags_.ns;
   options.transform = ephemera::apiclient::DropManagedFields;
   pods_ = std::make_unique<ephemera::apiclient::Informer>(client_, options);
   auto poke = [this] {
@@ -465,7 +620,7 @@ void Standin::Run() {
 
 int Usage() {
   std::cerr << "usage: ephemera-kubelet-standin --kubeconfig=PATH --node=NAME "
-               "--csi-address=unix:///PATH --root=DIR [--pod-ip=IP]\n";
+               "--csi-address=unix:///PATH --root=DIR [--pod-ip=IP] [--namespace=NS]\n";
   return 2;
 }
 
@@ -483,7 +638,7 @@ int main(int argc, char** argv) {
     };
     if (!value("kubeconfig", &flags.kubeconfig) && !value("node", &flags.node) &&
         !value("csi-address", &flags.csi_address) && !value("root", &flags.root) &&
-        !value("pod-ip", &flags.pod_ip)) {
+        !value("pod-ip", &flags.pod_ip) && !value("namespace", &flags.ns)) {
       std::cerr << "unknown argument " << arg << "\n";
       return Usage();
     }

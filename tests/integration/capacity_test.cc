@@ -278,14 +278,37 @@ TEST_CASE(
   WARN("PV created -> CSIStorageCapacity updated in " << took.count() << " ms");
   CHECK(took < seconds(2));
 
-  // The volume expanded, then its PV's size updated (as external-resizer does): node-1's
-  // objects follow within 2 s, still without a poll.
-  ::csi::v1::ControllerExpandVolumeRequest expand;
-  expand.set_volume_id(created.volume().volume_id());
-  expand.mutable_capacity_range()->set_required_bytes(128LL << 20);
-  ::csi::v1::ControllerExpandVolumeResponse expanded;
+  // The volume expanded on its node (published as a raw block volume, NodeExpandVolume as kubelet
+  // calls it), then its PV's size updated (as external-resizer does): node-1's objects follow
+  // within 2 s, still without a poll.
+  ::csi::v1::VolumeCapability block;
+  block.mutable_block();
+  block.mutable_access_mode()->set_mode(
+      ::csi::v1::VolumeCapability::AccessMode::SINGLE_NODE_WRITER);
+  const std::string target = driver.work() + "/block-target";
+  ::csi::v1::NodePublishVolumeRequest publish;
+  publish.set_volume_id(created.volume().volume_id());
+  publish.set_target_path(target);
+  *publish.mutable_volume_capability() = block;
+  ::csi::v1::NodePublishVolumeResponse published;
   grpc::ClientContext ctx3;
-  REQUIRE(driver.controller().ControllerExpandVolume(&ctx3, expand, &expanded).ok());
+  REQUIRE(driver.node().NodePublishVolume(&ctx3, publish, &published).ok());
+  ::csi::v1::NodeExpandVolumeRequest expand;
+  expand.set_volume_id(created.volume().volume_id());
+  expand.set_volume_path(target);
+  expand.mutable_capacity_range()->set_required_bytes(128LL << 20);
+  *expand.mutable_volume_capability() = block;
+  ::csi::v1::NodeExpandVolumeResponse expanded;
+  grpc::ClientContext ctx4;
+  grpc::Status grown = driver.node().NodeExpandVolume(&ctx4, expand, &expanded);
+  REQUIRE(grown.error_message() == "");
+  CHECK(expanded.capacity_bytes() == (128LL << 20));
+  ::csi::v1::NodeUnpublishVolumeRequest unpublish;
+  unpublish.set_volume_id(created.volume().volume_id());
+  unpublish.set_target_path(target);
+  ::csi::v1::NodeUnpublishVolumeResponse unpublished;
+  grpc::ClientContext ctx5;
+  REQUIRE(driver.node().NodeUnpublishVolume(&ctx5, unpublish, &unpublished).ok());
   const int64_t after_expansion = driver.AvailableCapacity();
   REQUIRE(after_expansion < after);
   const auto expand_start = std::chrono::steady_clock::now();

@@ -66,6 +66,7 @@ class FakeDeviceManager : public DeviceManager {
   StatusOr<Device> Expand(const std::string& id, int64_t new_size) override {
     auto it = devices_.find(id);
     if (it == devices_.end()) return Status::NotFound(id);
+    if (new_size <= it->second.size) return it->second;  // never shrinks; already grown
     if (new_size - it->second.size > pool_ - Used()) return Status::ResourceExhausted("full");
     it->second.size = new_size;
     return it->second;

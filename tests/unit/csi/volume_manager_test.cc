@@ -353,6 +353,34 @@ TEST_CASE("expansion grows the device and the record / never shrinks", "[csi][vo
   f.CheckConsistent();
 }
 
+TEST_CASE("a crash between the device's growth and its record is completed by the retry",
+          "[csi][volumes][crash]") {
+  Fixture f;
+  auto vm = f.Restart();
+  std::string id = vm->CreateVolume("pvc-a", 8 * kMi, 0, {})->id;
+  vm->SetFaultHook([](std::string_view p) { return CrashAt(p, "expand:device-grown"); });
+  CHECK(vm->ExpandVolume(id, 24 * kMi, 0).status().code() == Code::kUnavailable);
+  CHECK(f.devices.Get(id)->size == 24 * kMi);
+  CHECK(f.store.Get(id)->size == 8 * kMi);  // the record lags the device
+
+  vm = f.Restart();
+  REQUIRE(vm->Recover().ok());
+  // The retry of the same request, and one that asks less than the device already has (the user
+  // lowered the request meanwhile): both leave the device as it is and the record catches up.
+  SECTION("same request") {
+    StatusOr<VolumeRecord> grown = vm->ExpandVolume(id, 24 * kMi, 0);
+    REQUIRE(grown.ok());
+    CHECK(grown->size == 24 * kMi);
+  }
+  SECTION("smaller request") {
+    StatusOr<VolumeRecord> grown = vm->ExpandVolume(id, 16 * kMi, 0);
+    REQUIRE(grown.ok());
+    CHECK(grown->size == 24 * kMi);
+  }
+  CHECK(f.devices.Get(id)->size == 24 * kMi);
+  f.CheckConsistent();
+}
+
 TEST_CASE("a second operation on a busy volume is ABORTED", "[csi][volumes]") {
   Fixture f;
   auto vm = f.Restart();
