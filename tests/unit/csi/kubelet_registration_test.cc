@@ -121,7 +121,7 @@ TEST_CASE("kubelet registration: GetInfo names the driver, its CSI socket and CS
   registration.Stop();  // idempotent
 }
 
-TEST_CASE("kubelet registration: a refusal is kept, shown and counted; success makes it ready",
+TEST_CASE("kubelet registration: a refusal is kept, shown and counted / success makes it ready",
           "[csi][registration]") {
   TempDir dir;
   Metrics metrics;
