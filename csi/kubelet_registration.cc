@@ -19,6 +19,8 @@ namespace {
 
 // Larger than any PluginInfo or RegistrationStatus the kubelet sends or needs.
 constexpr int kMaxMessageBytes = 64 * 1024;
+// The temporary name Listen() binds is the socket's with "." before and ".N" (N < 10^6) after.
+constexpr size_t kTempExtra = 8;
 
 }  // namespace
 
@@ -87,13 +89,16 @@ Status KubeletRegistration::Validate(const Options& options) {
                                    std::to_string(kMaxSocketPath) +
                                    " bytes, the limit of a Unix socket path");
   }
-  // The longest name bound: DIR/.NAME-reg.<up to 20 digits>.sock (see Listen()).
-  const size_t socket_length = options.socket_dir.size() + 2 + options.driver_name.size() +
-                               std::string("-reg..sock").size() + 20;
-  if (socket_length > kMaxSocketPath) {
-    return Status::InvalidArgument("--plugin-registration-path: the socket path in it would be " +
-                                   std::to_string(socket_length) + " bytes, more than " +
-                                   std::to_string(kMaxSocketPath));
+  // Listen() first binds DIR/.NAME-reg.sock.N (N < 10^6): kTempExtra bytes more than the socket.
+  const size_t socket_length =
+      options.socket_dir.size() + 1 + options.driver_name.size() + std::string("-reg.sock").size();
+  if (socket_length + kTempExtra > kMaxSocketPath) {
+    return Status::InvalidArgument(
+        "--plugin-registration-path: the registration socket's path would be " +
+        std::to_string(socket_length) + " bytes; at most " +
+        std::to_string(kMaxSocketPath - kTempExtra) + " work (a Unix socket path has at most " +
+        std::to_string(kMaxSocketPath) + " bytes, and a temporary name " +
+        std::to_string(kTempExtra) + " bytes longer is bound first)");
   }
   if (options.driver_name.empty() || options.supported_versions.empty()) {
     return Status::InvalidArgument("kubelet registration: driver name and versions are required");
@@ -150,8 +155,9 @@ void KubeletRegistration::OnStatus(bool registered, const std::string& error) {
 // bound when the server shuts down, and that must never be socket_path_, which by then may be a
 // newer socket of ours or a successor's.
 Status KubeletRegistration::Listen() {
-  const std::string bound = options_.socket_dir + "/." + options_.driver_name + "-reg." +
-                            std::to_string(++listen_count_) + ".sock";
+  listen_count_ = (listen_count_ + 1) % 1000000;
+  const std::string bound = options_.socket_dir + "/." + options_.driver_name + "-reg.sock." +
+                            std::to_string(listen_count_);
   auto service = std::make_unique<Service>(*this);
   grpc::ServerBuilder builder;
   builder.AddListeningPort("unix:" + bound, grpc::InsecureServerCredentials());
