@@ -29,6 +29,8 @@ std::vector<flags::Flag> DriverFlags(Config& c) {
       String("tls-ca", &c.tls_ca),
       String("tls-cert", &c.tls_cert),
       String("tls-key", &c.tls_key),
+      String("kubelet-registration-path", &c.kubelet_registration_path),
+      String("plugin-registration-path", &c.plugin_registration_path),
       OneOf("logging-format", &c.logging_format, {"text", "json"}),
       Int("v", &c.verbosity, {.min = 0}),
   };

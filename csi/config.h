@@ -34,6 +34,9 @@ struct Config {
   // read-only capacity listener with mutual TLS; off when empty
   std::string capacity_listen;  // HOST:PORT
   std::string tls_ca, tls_cert, tls_key;
+  // Registration with the kubelet (csi/kubelet_registration.h); off when the first is empty.
+  std::string kubelet_registration_path;  // the CSI socket's path on the host, as kubelet dials it
+  std::string plugin_registration_path = "/registration";  // directory of the registration socket
   // logging (common/log.h)
   std::string logging_format = "text";  // text | json
   int verbosity = 0;

@@ -16,9 +16,11 @@
 #include "csi/backends/libndctl_pmem_api.h"
 #include "csi/backends/lvm_device_manager.h"
 #include "csi/controller_service.h"
+#include "csi/csi_probe.h"
 #include "csi/exec_command_runner.h"
 #include "csi/grpc_status.h"
 #include "csi/identity_service.h"
+#include "csi/kubelet_registration.h"
 #include "csi/logging_interceptor.h"
 #include "csi/metrics.h"
 #include "csi/node_service.h"
@@ -67,6 +69,9 @@ class CapacityNodeService final : public Node::Service {
   NodeService& node_;
 };
 
+// Below the probe's timeoutSeconds in manifests/driver.yaml.
+constexpr std::chrono::milliseconds kProbeTimeout{2000};
+
 void LogReport(const VolumeManager::RecoveryReport& report) {
   auto print = [](const char* what, const std::vector<std::string>& ids) {
     for (const std::string& id : ids)
@@ -100,13 +105,17 @@ struct Driver::Impl {
   std::unique_ptr<grpc::Server> server;
   std::unique_ptr<grpc::Server> capacity_server;
   std::unique_ptr<HttpEndpoint> http;
+  std::unique_ptr<KubeletRegistration>
+      registration;  // null when --kubelet-registration-path is off
   std::string socket_path;
   // True from the moment the CSI gRPC server serves until Shutdown() begins: /readyz.
   std::atomic<bool> serving{false};
 
   Status Validate() const;
+  KubeletRegistration::Options RegistrationOptions() const;
   Status StartCapacityListener();
   Status StartHttpEndpoint();
+  Status StartRegistration();
   Status CsiSocketCheck() const;
 };
 
@@ -139,6 +148,9 @@ Status Driver::Impl::Validate() const {
   }
   if (config.capacity_listen.empty() && any_tls) {
     return Status::InvalidArgument("--tls-* given without --capacity-listen");
+  }
+  if (!config.kubelet_registration_path.empty()) {
+    EPHEMERA_RETURN_IF_ERROR(KubeletRegistration::Validate(RegistrationOptions()));
   }
   if (!config.http_endpoint.empty()) {
     std::string host;
@@ -179,6 +191,31 @@ Status Driver::Impl::StartCapacityListener() {
   return Status::Ok();
 }
 
+KubeletRegistration::Options Driver::Impl::RegistrationOptions() const {
+  KubeletRegistration::Options options;
+  options.socket_dir = config.plugin_registration_path;
+  options.driver_name = std::string(kDriverName);
+  options.kubelet_endpoint = config.kubelet_registration_path;
+  return options;
+}
+
+// After the CSI server serves: the kubelet calls NodeGetInfo on the CSI socket while it
+// registers the driver.
+Status Driver::Impl::StartRegistration() {
+  // The kubelet's path and ours name the same file through different mounts; different file
+  // names are a likely mistake in the manifest, but not certainly one.
+  const std::string ours = socket_path.substr(socket_path.rfind('/') + 1);
+  const std::string kubelets =
+      config.kubelet_registration_path.substr(config.kubelet_registration_path.rfind('/') + 1);
+  if (ours != kubelets) {
+    log::Warning("--kubelet-registration-path and --endpoint name different files",
+                 {{"kubelet-registration-path", config.kubelet_registration_path},
+                  {"endpoint", config.endpoint}});
+  }
+  registration = std::make_unique<KubeletRegistration>(RegistrationOptions(), &metrics);
+  return registration->Start().WithContext("kubelet registration");
+}
+
 // Ready while the CSI server serves and its socket is in place: kubelet and the sidecars reach
 // the driver through that file only.
 Status Driver::Impl::CsiSocketCheck() const {
@@ -191,14 +228,24 @@ Status Driver::Impl::CsiSocketCheck() const {
 }
 
 // /metrics refreshes the capacity gauges first (the pool changes outside the driver too);
-// /healthz is 200 while the process answers; /readyz adds CsiSocketCheck().
+// /healthz is 200 while Identity.Probe answers through the CSI socket file (check csi-probe, what
+// the livenessprobe sidecar would check); /readyz adds CsiSocketCheck() and, with registration
+// on, that the kubelet registered the driver.
 Status Driver::Impl::StartHttpEndpoint() {
   http = std::make_unique<HttpEndpoint>([this] {
     StatusOr<Capacity> now = volumes->GetCapacity();
     if (now.ok()) metrics.SetCapacity(now->total, now->available, now->max_volume_size);
     return metrics.Render();
   });
+  http->AddLivenessCheck("csi-probe", [this] {
+    if (!serving) return Status::Unavailable("the CSI server is not serving");
+    return ProbeCsiSocket(socket_path, kProbeTimeout);
+  });
   http->AddReadinessCheck("csi-socket", [this] { return CsiSocketCheck(); });
+  if (registration) {
+    http->AddReadinessCheck("kubelet-registration",
+                            [this] { return registration->ReadinessCheck(); });
+  }
   EPHEMERA_RETURN_IF_ERROR(http->Start(config.http_endpoint).WithContext("--http-endpoint"));
   log::Info("metrics and health",
             {{"address", config.http_endpoint}, {"port", std::to_string(http->port())}});
@@ -273,6 +320,7 @@ Status Driver::Start() {
                         {"node", d.config.node_id},
                         {"backend", d.devices->Name()}});
 
+  if (!d.config.kubelet_registration_path.empty()) EPHEMERA_RETURN_IF_ERROR(d.StartRegistration());
   if (!d.config.capacity_listen.empty()) EPHEMERA_RETURN_IF_ERROR(d.StartCapacityListener());
   if (!d.config.http_endpoint.empty()) EPHEMERA_RETURN_IF_ERROR(d.StartHttpEndpoint());
   return Status::Ok();
@@ -285,6 +333,8 @@ void Driver::Wait() {
 void Driver::Shutdown() {
   Impl& d = *impl_;
   d.serving = false;
+  // First the registration socket: the kubelet unregisters the driver before its socket goes.
+  if (d.registration) d.registration->Stop();
   if (d.http) d.http->Stop();
   if (d.capacity_server) d.capacity_server->Shutdown();
   if (d.server) {

@@ -29,6 +29,11 @@ constexpr const char* kUsage =
   --http-endpoint=HOST:PORT      /metrics, /healthz, /livez, /readyz (port 0: any free one)
   --capacity-listen=HOST:PORT    mTLS listener for Identity, GetCapacity, NodeGetInfo
   --tls-ca=FILE --tls-cert=FILE --tls-key=FILE   certificates of that listener
+  --kubelet-registration-path=PATH  register with the kubelet: the CSI socket's path on the
+                                 host, as the kubelet dials it (off when not given)
+  --plugin-registration-path=DIR the kubelet's plugins_registry as mounted here; the
+                                 registration socket is DIR/pmem-csi.ephemera.io-reg.sock
+                                 (default /registration)
   --logging-format=text|json     klog-style text lines (default) or JSON
   -v=N                           log verbosity (default 0)
 Values may also follow as the next word (--endpoint unix:///PATH).

@@ -19,7 +19,11 @@ Metrics::Metrics()
               .With({})),
       operations_(registry_.Histogram("ephemera_pmem_operation_duration_seconds",
                                       "Latency of CSI calls.", {"method", "code"},
-                                      {kBuckets.begin(), kBuckets.end()})) {}
+                                      {kBuckets.begin(), kBuckets.end()})),
+      kubelet_registered_(registry_.Gauge("ephemera_pmem_kubelet_registered",
+                                          "1 while the kubelet has registered the driver.")),
+      kubelet_refusals_(registry_.Counter("ephemera_pmem_kubelet_registration_refusals_total",
+                                          "Registrations the kubelet refused.")) {}
 
 void Metrics::SetCapacity(int64_t total, int64_t available, int64_t max_volume_size) {
   total_.Set(static_cast<double>(total));
@@ -33,6 +37,15 @@ void Metrics::SetOrphans(int64_t count) {
 
 void Metrics::ObserveOperation(const std::string& method, const std::string& code, double seconds) {
   operations_.With({method, code}).Observe(seconds);
+}
+
+void Metrics::SetKubeletRegistered(bool registered) {
+  kubelet_registered_.With({}).Set(registered ? 1 : 0);
+  kubelet_refusals_.With({});  // the counter's sample exists (at 0) from the start
+}
+
+void Metrics::CountKubeletRefusal() {
+  kubelet_refusals_.With({}).Inc();
 }
 
 std::string Metrics::Render() const {

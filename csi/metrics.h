@@ -26,6 +26,11 @@ class Metrics {
   // Orphaned devices found at start (reported, not silently leaked).
   void SetOrphans(int64_t count);
 
+  // The kubelet's answer on the registration socket (csi/kubelet_registration.h): 1 while it has
+  // registered the driver. No samples while registration is off.
+  void SetKubeletRegistered(bool registered);
+  void CountKubeletRefusal();
+
   std::string Render() const;
 
  private:
@@ -35,6 +40,8 @@ class Metrics {
   metrics::GaugeCell& max_volume_size_;
   metrics::GaugeCell& orphans_;
   metrics::HistogramFamily& operations_;
+  metrics::GaugeFamily& kubelet_registered_;
+  metrics::CounterFamily& kubelet_refusals_;
 };
 
 }  // namespace ephemera::csi

@@ -3,6 +3,7 @@
 // metrics and health endpoint and the mTLS capacity listener.
 #include <signal.h>
 #include <sys/mount.h>
+#include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
 
@@ -19,6 +20,7 @@
 
 #include "csi/backends/loop_device.h"
 #include "csi/exec_command_runner.h"
+#include "csi/proto/pluginregistration.grpc.pb.h"
 #include "csi/volume_id.h"
 #include "driver_fixture.h"
 #include "tests/integration/http_get.h"
@@ -583,8 +585,9 @@ int HttpPort(const DriverFixture& driver) {
   return port;
 }
 
-TEST_CASE("HTTP endpoint: port 0 / metrics pass promtool / readyz follows the CSI socket",
-          "[csi][integration]") {
+TEST_CASE(
+    "HTTP endpoint: port 0 / metrics pass promtool / healthz and readyz follow the CSI socket",
+    "[csi][integration]") {
   DriverFixture driver("512Mi", {"--http-endpoint=127.0.0.1:0"});
   // The endpoint starts after the CSI socket appears: wait for its log line.
   int port = 0;
@@ -603,12 +606,13 @@ TEST_CASE("HTTP endpoint: port 0 / metrics pass promtool / readyz follows the CS
     REQUIRE(reply.ok());
     return *reply;
   };
+  // Liveness: Identity.Probe through the socket file, as the livenessprobe sidecar would.
   const auto health = get("/healthz");
   CHECK(health.status == 200);
-  CHECK(health.body == "ok\n");
+  CHECK(health.body == "[+]csi-probe ok\nok\n");
   const auto ready = get("/readyz");
   CHECK(ready.status == 200);
-  CHECK(ready.body.find("[+]csi-socket ok") != std::string::npos);
+  CHECK(ready.body == "[+]csi-probe ok\n[+]csi-socket ok\nok\n");
   CHECK(get("/nothing").status == 404);
 
   driver.AvailableCapacity();
@@ -630,17 +634,159 @@ TEST_CASE("HTTP endpoint: port 0 / metrics pass promtool / readyz follows the CS
   INFO(promtool->output);
   CHECK(promtool->exit_code == 0);
 
-  // Without its socket file the driver cannot be reached: not ready, still alive. The listening
-  // socket stays bound to the moved file, so moving it back makes the driver ready again.
+  // Without its socket file nobody can reach the driver: neither ready nor alive (the kubelet
+  // restarts the container, which makes a new socket). The listening socket stays bound to the
+  // moved file, so moving it back makes the driver alive and ready again.
   const std::string socket = driver.work() + "/csi.sock";
   REQUIRE(std::rename(socket.c_str(), (socket + ".moved").c_str()) == 0);
   const auto unready = get("/readyz");
   CHECK(unready.status == 503);
   CHECK(unready.body.find("[-]csi-socket failed: the CSI socket " + socket + " is missing") !=
         std::string::npos);
-  CHECK(get("/healthz").status == 200);
+  const auto dead = get("/healthz");
+  CHECK(dead.status == 503);
+  CHECK(dead.body.find("[-]csi-probe failed: Probe on the CSI socket " + socket + ": ") !=
+        std::string::npos);
   REQUIRE(std::rename((socket + ".moved").c_str(), socket.c_str()) == 0);
+  CHECK(get("/healthz").status == 200);
   CHECK(get("/readyz").status == 200);
+}
+
+// What the kubelet does on the registration socket, one connection per call.
+grpc::Status KubeletCall(const std::string& socket, auto&& call) {
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  auto stub = ::pluginregistration::Registration::NewStub(
+      grpc::CreateCustomChannel("unix:" + socket, grpc::InsecureChannelCredentials(), args));
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  return call(*stub, &context);
+}
+
+grpc::Status Notify(const std::string& socket, bool registered, const std::string& error) {
+  return KubeletCall(socket, [&](auto& stub, grpc::ClientContext* context) {
+    ::pluginregistration::RegistrationStatus status;
+    status.set_plugin_registered(registered);
+    status.set_error(error);
+    ::pluginregistration::RegistrationStatusResponse response;
+    return stub.NotifyRegistrationStatus(context, status, &response);
+  });
+}
+
+std::string ReadAll(const std::string& path) {
+  std::ifstream in(path);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+TEST_CASE(
+    "kubelet registration: the flags of manifests/driver.yaml / refusal shown / socket "
+    "re-created / removed at exit",
+    "[csi][integration][registration]") {
+  // The kubelet's plugins_registry, as the DaemonSet mounts it at /registration.
+  std::string pattern = "/tmp/ephemera-registry-XXXXXX";
+  REQUIRE(mkdtemp(pattern.data()) != nullptr);
+  const std::string registry = pattern;
+  struct Cleanup {
+    std::string dir;
+    ~Cleanup() {
+      std::error_code ec;
+      std::filesystem::remove_all(dir, ec);
+    }
+  } cleanup{registry};
+  const std::string kubelet_path = "/var/lib/kubelet/plugins/pmem-csi.ephemera.io/csi.sock";
+  DriverFixture driver("256Mi",
+                       {"--kubelet-registration-path=" + kubelet_path,
+                        "--plugin-registration-path=" + registry, "--http-endpoint=127.0.0.1:0"});
+  int port = 0;
+  for (int i = 0; i < 600 && port == 0; ++i) {
+    port = HttpPort(driver);
+    if (port == 0) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  REQUIRE(port > 0);
+  auto get = [&](const std::string& path) {
+    StatusOr<ephemera::testing::HttpReply> reply =
+        ephemera::testing::HttpGet("127.0.0.1", port, path);
+    INFO(path << ": " << reply.status().ToString());
+    REQUIRE(reply.ok());
+    return *reply;
+  };
+  auto metric = [&](const std::string& name) {
+    const std::string text = get("/metrics").body;
+    const size_t at = text.find("\n" + name + " ");
+    return at == std::string::npos
+               ? std::string("none")
+               : text.substr(at + name.size() + 2, text.find('\n', at + 1) - at - name.size() - 2);
+  };
+  const std::string socket = registry + "/pmem-csi.ephemera.io-reg.sock";
+  struct stat st {};
+  REQUIRE(stat(socket.c_str(), &st) == 0);
+  CHECK(S_ISSOCK(st.st_mode));
+  CHECK((st.st_mode & 0777) == 0600);
+
+  // Started, but the kubelet has not registered it: alive, not ready.
+  CHECK(get("/healthz").status == 200);
+  auto ready = get("/readyz");
+  CHECK(ready.status == 503);
+  CHECK(ready.body.find("[-]kubelet-registration failed: the kubelet has not registered the "
+                        "driver yet") != std::string::npos);
+
+  // The kubelet's calls: GetInfo here, NodeGetInfo on the endpoint it names, then the verdict.
+  ::pluginregistration::PluginInfo info;
+  REQUIRE(KubeletCall(socket, [&](auto& stub, grpc::ClientContext* context) {
+            return stub.GetInfo(context, ::pluginregistration::InfoRequest(), &info);
+          }).ok());
+  CHECK(info.type() == "CSIPlugin");
+  CHECK(info.name() == "pmem-csi.ephemera.io");
+  CHECK(info.endpoint() == kubelet_path);
+  CHECK(std::vector<std::string>(info.supported_versions().begin(),
+                                 info.supported_versions().end()) ==
+        std::vector<std::string>{"1.0.0"});
+  NodeGetInfoResponse node_info;
+  REQUIRE(CALL(driver.node(), NodeGetInfo, NodeGetInfoRequest(), &node_info).ok());
+  CHECK(node_info.node_id() == "it-node");
+
+  REQUIRE(Notify(socket, false, "x").ok());
+  ready = get("/readyz");
+  CHECK(ready.status == 503);
+  CHECK(ready.body.find("[-]kubelet-registration failed: the kubelet refused the registration: "
+                        "x\n") != std::string::npos);
+  CHECK(get("/healthz").status == 200);  // kept serving for the kubelet's retries
+  CHECK(metric("ephemera_pmem_kubelet_registered") == "0");
+  CHECK(metric("ephemera_pmem_kubelet_registration_refusals_total") == "1");
+  CHECK(ReadAll(driver.log_path())
+            .find("] \"the kubelet refused the registration; still serving for its retries\" "
+                  "err=\"FAILED_PRECONDITION: x\"") != std::string::npos);
+
+  REQUIRE(Notify(socket, true, "").ok());
+  ready = get("/readyz");
+  CHECK(ready.status == 200);
+  CHECK(ready.body.find("[+]kubelet-registration ok\n") != std::string::npos);
+  CHECK(metric("ephemera_pmem_kubelet_registered") == "1");
+
+  // The kubelet wiped its directory: the socket is back within the 10 s check interval.
+  REQUIRE(unlink(socket.c_str()) == 0);
+  const auto removed = std::chrono::steady_clock::now();
+  while (stat(socket.c_str(), &st) != 0 &&
+         std::chrono::steady_clock::now() - removed < std::chrono::seconds(40)) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  REQUIRE(stat(socket.c_str(), &st) == 0);
+  CHECK(S_ISSOCK(st.st_mode));
+  CHECK(ReadAll(driver.log_path()).find("the registration socket is gone; re-creating it") !=
+        std::string::npos);
+  CHECK(get("/readyz").body.find(
+            "[-]kubelet-registration failed: the kubelet has not registered") != std::string::npos);
+  REQUIRE(KubeletCall(socket, [&](auto& stub, grpc::ClientContext* context) {
+            return stub.GetInfo(context, ::pluginregistration::InfoRequest(), &info);
+          }).ok());
+  REQUIRE(Notify(socket, true, "").ok());
+  CHECK(get("/readyz").status == 200);
+
+  // SIGTERM: the socket goes, so the kubelet unregisters the driver.
+  driver.Kill(SIGTERM);
+  CHECK(access(socket.c_str(), F_OK) != 0);
+  CHECK(access((driver.work() + "/csi.sock").c_str(), F_OK) != 0);
+  CHECK(std::filesystem::is_empty(registry));
 }
 
 // Makes a CA and a server and a client certificate signed by it, and a stranger's client
