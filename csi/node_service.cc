@@ -191,7 +191,10 @@ Status NodeService::DoUnstage(const NodeUnstageVolumeRequest& request) {
   StatusOr<VolumeRecord> record = volumes_.GetVolume(request.volume_id());
   StatusOr<std::optional<MountEntry>> mounted = FindMount(request.staging_target_path());
   if (!mounted.ok()) return mounted.status();
-  if (!record.ok() && !mounted->has_value()) return record.status();
+  if (!record.ok() && !mounted->has_value()) {
+    // Unknown and not staged there: done (the kubelet repeats an unstage until it succeeds).
+    return record.status().code() == Code::kNotFound ? Status::Ok() : record.status();
+  }
   // Unmount every layer a repeated or interrupted stage may have left.
   while (mounted->has_value()) {
     EPHEMERA_RETURN_IF_ERROR(Unmount(request.staging_target_path()));
@@ -337,7 +340,11 @@ Status NodeService::DoUnpublish(const NodeUnpublishVolumeRequest& request) {
       StatusOr<std::optional<MountEntry>> mounted = FindMount(target);
       if (!mounted.ok()) return mounted.status();
       if (!mounted->has_value()) {
-        return Status::NotFound("volume " + request.volume_id() + " not found");
+        // Unknown and not mounted: it is not published there, which is what the caller wants.
+        // The kubelet repeats an unpublish until it succeeds, also for an inline volume whose
+        // publish failed (e.g. too large for the node): NOT_FOUND here would keep the pod
+        // Terminating for ever. The directory the kubelet made for it goes.
+        return RemoveTarget(target);
       }
       // Mounted but unknown: unmount what is there so the pod's directory can go away.
     }

@@ -297,7 +297,7 @@ TEST_CASE("CSI liveness probe: answers through the socket file, fails without it
   const std::string socket = dir.path() + "/csi.sock";
   CHECK(ProbeCsiSocket(socket, std::chrono::milliseconds(500)).code() == Code::kUnavailable);
 
-  IdentityService identity;
+  IdentityService identity(/*volume_expansion=*/true);
   grpc::ServerBuilder builder;
   builder.AddListeningPort("unix:" + socket, grpc::InsecureServerCredentials());
   builder.RegisterService(&identity);
