@@ -123,7 +123,7 @@ for t in "mkfs.ext4 -V" "mkfs.xfs -V" "lvcreate --version" "ndctl --version" "lo
   tool=${t%% *}
   path=$(run "which-$tool" /bin/sh -c "command -v $tool") || fail "$tool is not in the image: $path"
   out=$(run "run-$tool" $t) || fail "'$t' in the image failed: $out"
-  log "ok: $path ($(grep -v WARNING <<< "$out" | head -1 | sed 's/^ *//'))"
+  log "ok: $path ($(grep -m1 -E '[0-9]+\.[0-9]+' <<< "$out" | sed 's/^ *//'))"
 done
 
 # --- the sidecars ------------------------------------------------------------------------------
