@@ -33,6 +33,8 @@ tmp=$(mktemp -d /tmp/ephemera-images-test.XXXXXX)
 sock=$tmp/containerd.sock
 ctrd_pid=""
 ctr() { command ctr --address "$sock" --namespace k8s.io "$@"; }
+# The containers' cgroups (cgroupfs) go under one parent of this test, removed at the end.
+cgroup_parent=ephemera-images-test.$$
 
 unshare_pid="" pause_pid=""
 cleanup() {
@@ -58,6 +60,9 @@ cleanup() {
     umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
   done
   rm -rf "$tmp"
+  for m in /sys/fs/cgroup/*/"$cgroup_parent"; do
+    [ ! -d "$m" ] || rmdir "$m"/* "$m" 2>/dev/null || true
+  done
 }
 trap cleanup EXIT
 
@@ -99,7 +104,7 @@ APP=docker.io/library/ephemera:dev
 # and the environment are the image's.
 run() {  # id command...
   local id=$1; shift
-  ctr run --rm "$APP" "$id" "$@" 2>&1 < /dev/null
+  ctr run --rm --cgroup "/$cgroup_parent/$id" "$APP" "$id" "$@" 2>&1 < /dev/null
 }
 manifest=$(ctr images ls | awk -v r="$APP" '$1 == r { print $3 }')
 config=$(ctr content get "$(ctr content get "$manifest" | jq -r .config.digest)")
@@ -131,13 +136,13 @@ while IFS=$'\t' read -r tag _ _; do
   case $tag in ephemera.local/csi-*|ephemera.local/livenessprobe:*) ;; *) continue ;; esac
   version=${tag##*:} name=${tag#ephemera.local/}
   name=${name%%:*}
-  out=$(ctr run --rm "$tag" sidecar "/$name" --version 2>&1 < /dev/null) || fail "$tag: $name --version failed: $out"
+  out=$(ctr run --rm --cgroup "/$cgroup_parent/sidecar" "$tag" sidecar "/$name" --version 2>&1 < /dev/null) || fail "$tag: $name --version failed: $out"
   grep -qF -- "$version" <<< "$out" || fail "$tag --version says '$out', not $version"
   log "ok: $tag --version: $out"
 done < "$index"
 
 # --- the pause image ---------------------------------------------------------------------------
-ctr run --rm ephemera.local/pause:1 pause > "$tmp/pause.out" 2>&1 < /dev/null &
+ctr run --rm --cgroup "/$cgroup_parent/pause" ephemera.local/pause:1 pause > "$tmp/pause.out" 2>&1 < /dev/null &
 pause_ctr=$!
 for i in $(seq 1 40); do
   [ "$(ctr tasks ls | awk '$1 == "pause" { print $3 }')" = RUNNING ] && break
