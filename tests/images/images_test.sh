@@ -28,6 +28,18 @@ fail() { log "FAIL: $*"; exit 1; }
 log "scripts/images build"
 "$ROOT/scripts/images" build
 
+# The build stopped its dockerd and everything under it (unless another build has started since:
+# then the lock is taken and this check is left out).
+exec 8> "$EPHEMERA_CACHE/images/.dockerd.lock"
+if flock -n 8; then
+  left=$(pgrep -af -- "--data-root $EPHEMERA_CACHE/images/docker" || true)
+  [ -z "$left" ] || fail "scripts/images build left its dockerd running: $left"
+  left=$(cat /sys/fs/cgroup/pids/ephemera-images/buildkit/*/cgroup.procs 2>/dev/null || true)
+  [ -z "$left" ] || fail "scripts/images build left build-step processes: $left"
+  log "ok: nothing of the build's dockerd is left"
+fi
+exec 8>&-
+
 # --- a containerd of our own, everything under one directory ----------------------------------
 tmp=$(mktemp -d /tmp/ephemera-images-test.XXXXXX)
 sock=$tmp/containerd.sock
