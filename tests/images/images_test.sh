@@ -34,7 +34,7 @@ exec 8> "$EPHEMERA_CACHE/images/.dockerd.lock"
 if flock -n 8; then
   left=$(pgrep -af -- "--data-root $EPHEMERA_CACHE/images/docker" || true)
   [ -z "$left" ] || fail "scripts/images build left its dockerd running: $left"
-  left=$(cat /sys/fs/cgroup/pids/ephemera-images/buildkit/*/cgroup.procs 2>/dev/null || true)
+  left=$(cat /sys/fs/cgroup/pids/ephemera-images.*/buildkit/*/cgroup.procs 2>/dev/null || true)
   [ -z "$left" ] || fail "scripts/images build left build-step processes: $left"
   log "ok: nothing of the build's dockerd is left"
 fi
