@@ -8,7 +8,8 @@
 #     its containers run as that uid, and its entrypoint is the controller-manager;
 #   - each sidecar image prints its version, the one in its tag;
 #   - the pause image keeps running, then exits 0 on SIGTERM; as PID 1 it reaps orphans.
-# Exit 77 (skipped) without root or when our dockerd cannot start here.
+# Exit 77 (skipped) without root or when dockerd cannot run on this machine (but a flag or
+# configuration of ours that dockerd refuses fails the test).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 source "$ROOT/scripts/lib/common.sh"
@@ -18,12 +19,18 @@ EPHEMERA_LOG_NAME=images-test
 for b in /usr/sbin/dockerd /usr/bin/docker containerd ctr runc containerd-shim-runc-v2; do
   command -v "$b" >/dev/null || { echo "SKIP: $b is not installed (scripts/setup installs it)"; exit 77; }
 done
+fail() { log "FAIL: $*"; exit 1; }
+
+# A machine where dockerd cannot run is a skip; a flag or configuration of ours that dockerd
+# refuses is a failure.
 if ! "$ROOT/scripts/images" with-dockerd true; then
-  echo "SKIP: our dockerd cannot start on this machine (see $EPHEMERA_CACHE/images/dockerd.log)"
+  dlog=$EPHEMERA_CACHE/images/dockerd.log
+  if grep -qiE 'unknown (flag|shorthand)|flag provided but not defined|unable to configure the Docker daemon|invalid' "$dlog" 2>/dev/null; then
+    fail "dockerd refused our flags or configuration: $(tail -5 "$dlog")"
+  fi
+  echo "SKIP: our dockerd cannot start on this machine: $(tail -3 "$dlog" 2>/dev/null)"
   exit 77
 fi
-
-fail() { log "FAIL: $*"; exit 1; }
 
 log "scripts/images build"
 "$ROOT/scripts/images" build
