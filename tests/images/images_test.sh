@@ -109,14 +109,18 @@ log "containerd up (pid $ctrd_pid, $sock)"
 
 "$ROOT/scripts/images" load --containerd-address "$sock" --namespace k8s.io
 
-# Every image of the index is in the node's image store, under the name a pod spec resolves to.
+# Every image of the index is in the node's image store: under its own name when that has a
+# domain (ephemera.local/...), else under containerd's full form of the name (DOMAIN/library/NAME),
+# which is also what a pod's `image: ephemera:dev` resolves to.
 index=$EPHEMERA_CACHE/images/index.tsv
 names=$(ctr images ls -q)
 while IFS=$'\t' read -r tag _ _; do
-  case $tag in */*) ref=$tag ;; *) ref=docker.io/library/$tag ;; esac
-  grep -qxF "$ref" <<< "$names" || fail "$ref is not in containerd after load (it has: $names)"
+  case $tag in
+    */*) grep -qxF "$tag" <<< "$names" ;;
+    *) grep -qE "^[a-z0-9.-]+\.[a-z]+/library/${tag//./\\.}\$" <<< "$names" ;;
+  esac || fail "$tag is not in containerd after load (it has: $names)"
 done < "$index"
-APP=docker.io/library/ephemera:dev
+APP=$(grep -E '^[a-z0-9.-]+\.[a-z]+/library/ephemera:dev$' <<< "$names")  || fail "ephemera:dev is not in containerd after load"
 
 # --- ephemera:dev ------------------------------------------------------------------------------
 # `ctr run IMAGE ID CMD...` replaces the entrypoint with CMD, as a pod's `command:` does; the user
