@@ -120,7 +120,7 @@ while IFS=$'\t' read -r tag _ _; do
     *) grep -qE "^[a-z0-9.-]+\.[a-z]+/library/${tag//./\\.}\$" <<< "$names" ;;
   esac || fail "$tag is not in containerd after load (it has: $names)"
 done < "$index"
-APP=$(grep -E '^[a-z0-9.-]+\.[a-z]+/library/ephemera:dev$' <<< "$names")  || fail "ephemera:dev is not in containerd after load"
+APP=$(grep -E '^[a-z0-9.-]+\.[a-z]+/library/ephemera:dev$' <<< "$names") || fail "ephemera:dev is not in containerd after load"
 
 # --- ephemera:dev ------------------------------------------------------------------------------
 # `ctr run IMAGE ID CMD...` replaces the entrypoint with CMD, as a pod's `command:` does; the user
