@@ -37,7 +37,7 @@ spec:
   terminationGracePeriodSeconds: 1
   containers:
     - name: c
-      image: ephemera.local/busybox:dev
+      image: ephemera.local/busybox:1
       command: [sh, -c, 'echo "written on node-$n" > /data/f && cat /data/f && nc -l -p 8000 -e echo pong & sleep 3600']
       volumeMounts: [{name: d, mountPath: /data}]
   volumes: [{name: d, emptyDir: {}}]
