@@ -1,4 +1,4 @@
-# The whole of ephemera on a local control plane, for tests/e2e/run and scripts/demo (sourced).
+# The whole of ephemera on a local control plane with fake nodes, for tests/e2e/run (sourced).
 #
 #   stack_up DIR       cluster with 3 fake nodes, manifests/ applied, capacity certificates, and per
 #                      node: ephemera-pmem-csi (file backend), external-provisioner, and the kubelet
