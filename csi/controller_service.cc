@@ -70,6 +70,16 @@ Status ControllerService::DoCreateVolume(const CreateVolumeRequest& request,
   }
   int64_t required = request.capacity_range().required_bytes();
   int64_t limit = request.capacity_range().limit_bytes();
+  for (const VolumeCapability& capability : request.volume_capabilities()) {
+    if (!capability.has_mount() || required == 0) continue;
+    StatusOr<std::string> fs_type =
+        ParseFsType("volume_capabilities.mount.fs_type", capability.mount().fs_type());
+    if (!fs_type.ok()) return fs_type.status();
+    // A PVC of 256Mi on an xfs class would be created and then never formatted.
+    StatusOr<int64_t> floor = RequiredBytesFor(*fs_type, required, limit, "capacity_range");
+    if (!floor.ok()) return floor.status();
+    required = *floor;
+  }
   StatusOr<VolumeRecord> record = volumes_.CreateVolume(request.name(), required, limit, *params);
   if (!record.ok()) return record.status();
   FillVolume(*record, response->mutable_volume());

@@ -281,8 +281,11 @@ Status NodeService::DoPublishEphemeral(const NodePublishVolumeRequest& request) 
   const std::string& target = request.target_path();
   bool read_only = request.readonly() || IsReadOnlyMode(request.volume_capability());
 
+  // An inline xfs volume asked smaller than mkfs.xfs accepts gets the smallest it accepts.
+  StatusOr<int64_t> size = RequiredBytesFor(*fs_type, params->size, 0, "volumeAttributes.size");
+  if (!size.ok()) return size.status();
   StatusOr<VolumeRecord> record =
-      volumes_.CreateVolume(request.volume_id(), params->size, 0, params->volume,
+      volumes_.CreateVolume(request.volume_id(), params->size == 0 ? 0 : *size, 0, params->volume,
                             /*ephemeral=*/true);
   if (!record.ok()) return record.status();
   Status status;

@@ -155,4 +155,21 @@ StatusOr<int64_t> SizeForRange(int64_t required_bytes, int64_t limit_bytes, int6
   return std::min(largest, *default_aligned);
 }
 
+int64_t MinimumFilesystemBytes(std::string_view fs_type) {
+  return fs_type == "xfs" ? kMinXfsBytes : 0;
+}
+
+StatusOr<int64_t> RequiredBytesFor(std::string_view fs_type, int64_t required_bytes,
+                                   int64_t limit_bytes, std::string_view field) {
+  const int64_t floor = MinimumFilesystemBytes(fs_type);
+  if (floor == 0 || required_bytes >= floor) return required_bytes;
+  if (limit_bytes > 0 && limit_bytes < floor) {
+    return Status::OutOfRange(std::string(field) + ": an " + std::string(fs_type) +
+                              " filesystem needs at least " + std::to_string(floor) +
+                              " bytes (mkfs refuses smaller devices); the limit is " +
+                              std::to_string(limit_bytes));
+  }
+  return floor;
+}
+
 }  // namespace ephemera::csi

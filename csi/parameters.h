@@ -49,6 +49,16 @@ StatusOr<EphemeralParameters> ParseEphemeralParameters(
 // (csi.storage.k8s.io/ephemeral=true).
 bool IsEphemeral(const std::map<std::string, std::string>& volume_context);
 
+// The smallest device a filesystem of `fs_type` can be made on: mkfs.xfs (xfsprogs 5.19 and later)
+// refuses data devices below 300 MiB; ext4 and raw block have no floor that matters here.
+inline constexpr int64_t kMinXfsBytes = int64_t{300} << 20;
+int64_t MinimumFilesystemBytes(std::string_view fs_type);
+
+// Raises `required_bytes` to the floor of `fs_type` (a volume may be larger than asked, CSI allows
+// it up to `limit_bytes`); OUT_OF_RANGE naming `field` when `limit_bytes` (0: none) is below it.
+StatusOr<int64_t> RequiredBytesFor(std::string_view fs_type, int64_t required_bytes,
+                                   int64_t limit_bytes, std::string_view field);
+
 // "" (meaning ext4), "ext4" or "xfs"; returns the effective type. INVALID_ARGUMENT naming `field`
 // otherwise.
 StatusOr<std::string> ParseFsType(std::string_view field, std::string_view fs_type);

@@ -149,3 +149,26 @@ TEST_CASE("the usage parameter selects AppDirect or FileIO", "[csi][parameters]"
 
 }  // namespace
 }  // namespace ephemera::csi
+
+namespace ephemera::csi {
+namespace {
+
+TEST_CASE("the smallest volume a filesystem can be made on", "[csi][parameters]") {
+  constexpr int64_t kMi = 1 << 20;
+  CHECK(MinimumFilesystemBytes("xfs") == 300 * kMi);
+  CHECK(MinimumFilesystemBytes("ext4") == 0);
+  // Raised to the floor, also up to a limit that allows it.
+  CHECK(*RequiredBytesFor("xfs", 256 * kMi, 0, "capacity_range") == 300 * kMi);
+  CHECK(*RequiredBytesFor("xfs", 256 * kMi, 300 * kMi, "capacity_range") == 300 * kMi);
+  CHECK(*RequiredBytesFor("xfs", 512 * kMi, 0, "capacity_range") == 512 * kMi);
+  CHECK(*RequiredBytesFor("ext4", 8 * kMi, 16 * kMi, "capacity_range") == 8 * kMi);
+  // A limit below the floor cannot be met: OUT_OF_RANGE naming the field and the floor.
+  StatusOr<int64_t> refused = RequiredBytesFor("xfs", 64 * kMi, 128 * kMi, "capacity_range");
+  REQUIRE_FALSE(refused.ok());
+  CHECK(refused.status().code() == Code::kOutOfRange);
+  CHECK(refused.status().message().find("capacity_range") != std::string::npos);
+  CHECK(refused.status().message().find("314572800") != std::string::npos);
+}
+
+}  // namespace
+}  // namespace ephemera::csi
