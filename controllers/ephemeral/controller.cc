@@ -435,7 +435,8 @@ Status EphemeralVolumeController::ReleaseClaims(const Object& pod) {
         events_->Record(pod, "Normal", "ReleasedClaim", "Release",
                         "pod is " + Field(pod, "status", "phase") + ": deleted PVC " + ns + "/" +
                             claim + " of ephemeral volume " + Field(volume, "name") +
-                            " to release its storage");
+                            " (its storage is freed when PVC protection lets it go: "
+                            "kube-controller-manager keeps it while the pod exists)");
       }
     } else if (first_error.ok()) {
       first_error = s;
