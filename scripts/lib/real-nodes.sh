@@ -296,6 +296,11 @@ rn_node_main() {  # I
   done
 }
 
+# Ready: the kubelet says so, and kube-proxy is healthy and has written the rule of the
+# `kubernetes` Service (10.0.0.1), so that a pod started now reaches the API through it (seen
+# without this check: a pod right after `up` could not).
 rn_node_ready() {  # I
-  [ "$(kubectl_admin get node "node-$1" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = True ]
+  [ "$(kubectl_admin get node "node-$1" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = True ] &&
+    nsenter --net="/run/netns/eph$RN_K-n$1" curl -sf --max-time 2 -o /dev/null http://127.0.0.1:10256/healthz &&
+    nsenter --net="/run/netns/eph$RN_K-n$1" iptables -w 5 -t nat -S KUBE-SERVICES 2>/dev/null | grep -q -- '-d 10.0.0.1/32'
 }
