@@ -100,8 +100,8 @@ rn_network_up() {
   done
 }
 
-rn_write_node_files() {  # I API_PORT
-  local i=$1 api_port=$2 nd=$dir/nodes/node-$1 ip p=$dir/pki
+rn_write_node_files() {  # I
+  local i=$1 nd=$dir/nodes/node-$1 ip p=$dir/pki
   ip=$(rn_node_ip "$i")
   mkdir -p "$nd"/{kubelet,containerd,run-containerd,log-pods,log-containers,cni,cni-net.d,ephemera-state,logs}
   write_kubeconfig "$nd/kubelet.kubeconfig" "system:node:node-$i" "$p/kubelet-node-$i.crt" "$p/kubelet-node-$i.key"
