@@ -9,8 +9,10 @@
 
 #include <atomic>
 #include <catch2/catch.hpp>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -580,7 +582,13 @@ TEST_CASE("capacity is bounded by the pool directory's filesystem / not just the
     std::string dir = "/tmp/ephemera-tmpfs-" + std::to_string(getpid());
     Tmpfs() {
       std::filesystem::create_directories(dir);
-      REQUIRE(mount("tmpfs", dir.c_str(), "tmpfs", 0, "size=64m") == 0);
+      if (mount("tmpfs", dir.c_str(), "tmpfs", 0, "size=64m") != 0) {
+        // The destructor of a half-made object does not run: the directory goes here (it was
+        // left in /tmp by runs without the right to mount).
+        const int error = errno;
+        std::filesystem::remove(dir);
+        FAIL("mount tmpfs on " << dir << ": " << std::strerror(error));
+      }
     }
     ~Tmpfs() {
       StatusOr<std::vector<LoopInfo>> loops = ListLoopsInDir(dir);
