@@ -224,17 +224,27 @@ rn_node_cleanup() {  # I
   find /sys/fs/cgroup/*/"$root" -depth -type d -exec rmdir {} \; 2>/dev/null || true
 }
 
+# Detaches the loop devices whose backing file is a file below DIR/nodes (the drivers' file pools).
+# By inode: the kernel names a backing file by its path inside the node's mount namespace, which
+# says nothing on the host.
+rn_detach_loops() {
+  local fsdev inodes dev mm ino
+  fsdev=$(stat -c '%Hd:%Ld' "$dir")
+  inodes=$(find "$dir/nodes" -xdev -type f -printf '%i\n' 2>/dev/null | sort -u)
+  [ -n "$inodes" ] || return 0
+  while read -r dev mm ino; do
+    [ "$mm" = "$fsdev" ] && grep -qx "$ino" <<<"$inodes" && losetup -d "$dev"
+  done < <(losetup -l -n -O NAME,BACK-MAJ:MIN,BACK-INO 2>/dev/null)
+}
+
 # Removes everything of the real nodes; safe to call twice, and after a supervisor was killed. Best
 # effort: one step that fails does not keep the others from running.
 rn_teardown() { (set +e; rn_teardown_steps); }
 rn_teardown_steps() {
   rn_load_env || return 0
-  local i dev back
+  local i
   for i in $(seq 1 "$RN_N"); do rn_node_cleanup "$i"; done
-  # Loop devices whose backing file lived in this cluster's directory (the driver's file pools).
-  while read -r dev back; do
-    case $back in "$dir"/*) losetup -d "$dev" 2>/dev/null || true ;; esac
-  done < <(losetup -l -n -O NAME,BACK-FILE 2>/dev/null)
+  rn_detach_loops
   for i in $(seq 1 "$RN_N"); do ip netns del "eph$RN_K-n$i" 2>/dev/null || true; done
   ip link del "$RN_BRIDGE" 2>/dev/null || true
   if [ "$(cat "$RN_LOCKS/$RN_K/dir" 2>/dev/null)" = "$dir" ]; then rm -rf "${RN_LOCKS:?}/$RN_K"; fi
