@@ -50,19 +50,29 @@ int64_t FsTotalBytes(const std::string& path) {
   return static_cast<int64_t>(fs.f_blocks) * static_cast<int64_t>(fs.f_frsize);
 }
 
+// A NodePublishVolume request as the kubelet makes it for a CSI inline volume (ext4); an empty
+// `size` or `pod` leaves that attribute out.
+NodePublishVolumeRequest InlinePublishRequest(const std::string& id, const std::string& target,
+                                              const std::string& size,
+                                              const std::string& pod = "") {
+  NodePublishVolumeRequest publish;
+  publish.set_volume_id(id);
+  publish.set_target_path(target);
+  *publish.mutable_volume_capability() = MountCapability("ext4");
+  auto& context = *publish.mutable_volume_context();
+  context["csi.storage.k8s.io/ephemeral"] = "true";
+  if (!pod.empty()) context["csi.storage.k8s.io/pod.name"] = pod;
+  if (!size.empty()) context["size"] = size;
+  return publish;
+}
+
 TEST_CASE("inline ephemeral volume: published / written / unpublished / space returned",
           "[csi][integration]") {
   DriverFixture driver;
   const int64_t before = driver.AvailableCapacity();
   std::string target = driver.work() + "/pods/p1/volumes/scratch/mount";
 
-  NodePublishVolumeRequest publish;
-  publish.set_volume_id("csi-4f1c2a9e0b7d");
-  publish.set_target_path(target);
-  *publish.mutable_volume_capability() = MountCapability("ext4");
-  (*publish.mutable_volume_context())["csi.storage.k8s.io/ephemeral"] = "true";
-  (*publish.mutable_volume_context())["csi.storage.k8s.io/pod.name"] = "p1";
-  (*publish.mutable_volume_context())["size"] = "30Mi";
+  NodePublishVolumeRequest publish = InlinePublishRequest("csi-4f1c2a9e0b7d", target, "30Mi", "p1");
   NodePublishVolumeResponse published;
   grpc::Status status = CALL(driver.node(), NodePublishVolume, publish, &published);
   REQUIRE(status.error_message() == "");
@@ -112,13 +122,7 @@ TEST_CASE("inline ephemeral volume too large for the pool: publish fails, unpubl
   const int64_t before = driver.AvailableCapacity();
   std::string target = driver.work() + "/pods/p9/volumes/big/mount";
   std::filesystem::create_directories(target);  // as the kubelet makes it
-  NodePublishVolumeRequest publish;
-  publish.set_volume_id("csi-too-big-1");
-  publish.set_target_path(target);
-  *publish.mutable_volume_capability() = MountCapability("ext4");
-  (*publish.mutable_volume_context())["csi.storage.k8s.io/ephemeral"] = "true";
-  (*publish.mutable_volume_context())["csi.storage.k8s.io/pod.name"] = "p9";
-  (*publish.mutable_volume_context())["size"] = "20Gi";
+  NodePublishVolumeRequest publish = InlinePublishRequest("csi-too-big-1", target, "20Gi", "p9");
   NodePublishVolumeResponse published;
   grpc::Status status = CALL(driver.node(), NodePublishVolume, publish, &published);
   CHECK(status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED);
@@ -143,12 +147,7 @@ TEST_CASE("inline ephemeral volume: a restart between create and mount is repair
   DriverFixture driver;
   const int64_t before = driver.AvailableCapacity();
   std::string target = driver.work() + "/pods/p2/volumes/scratch/mount";
-  NodePublishVolumeRequest publish;
-  publish.set_volume_id("csi-restart-1");
-  publish.set_target_path(target);
-  *publish.mutable_volume_capability() = MountCapability("ext4");
-  (*publish.mutable_volume_context())["csi.storage.k8s.io/ephemeral"] = "true";
-  (*publish.mutable_volume_context())["size"] = "16Mi";
+  NodePublishVolumeRequest publish = InlinePublishRequest("csi-restart-1", target, "16Mi");
   NodePublishVolumeResponse published;
   REQUIRE(CALL(driver.node(), NodePublishVolume, publish, &published).ok());
   // What a crash after the volume was made and formatted but before the mount leaves: the volume,
@@ -177,11 +176,7 @@ TEST_CASE("inline ephemeral volume: a restart between create and mount is repair
 TEST_CASE("inline ephemeral volume without size is INVALID_ARGUMENT and leaves nothing",
           "[csi][integration]") {
   DriverFixture driver;
-  NodePublishVolumeRequest publish;
-  publish.set_volume_id("csi-nosize");
-  publish.set_target_path(driver.work() + "/t");
-  *publish.mutable_volume_capability() = MountCapability();
-  (*publish.mutable_volume_context())["csi.storage.k8s.io/ephemeral"] = "true";
+  NodePublishVolumeRequest publish = InlinePublishRequest("csi-nosize", driver.work() + "/t", "");
   NodePublishVolumeResponse response;
   grpc::Status status = CALL(driver.node(), NodePublishVolume, publish, &response);
   CHECK(status.error_code() == grpc::StatusCode::INVALID_ARGUMENT);
