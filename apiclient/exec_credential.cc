@@ -204,9 +204,10 @@ StatusOr<CommandResult> RunCommand(const CommandSpec& spec) {
   Status failure;
   std::array<char, size_t{16} * 1024> buf{};
   while (out_open || err_open) {
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-                          deadline - std::chrono::steady_clock::now())
-                          .count();
+    // Rounded up: truncating would end the wait up to a millisecond before the deadline.
+    const auto left =
+        std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now())
+            .count();
     if (left <= 0) {
       failure = Status::DeadlineExceeded("did not finish within " +
                                          std::to_string(spec.timeout.count()) + " ms");
