@@ -112,7 +112,7 @@ log "containerd up (pid $ctrd_pid, $sock)"
 # Every image of the index is in the node's image store: under its own name when that has a
 # domain (ephemera.local/...), else under containerd's full form of the name (DOMAIN/library/NAME),
 # which is also what a pod's `image: ephemera:dev` resolves to.
-index=$EPHEMERA_CACHE/images/index.tsv
+index=$("$ROOT/scripts/images" index)
 names=$(ctr images ls -q)
 while IFS=$'\t' read -r tag _ _; do
   case $tag in
