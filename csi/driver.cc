@@ -5,8 +5,12 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <fstream>
+#include <mutex>
 #include <sstream>
+#include <thread>
 
 #include "common/http_endpoint.h"
 #include "common/log.h"
@@ -108,16 +112,30 @@ struct Driver::Impl {
   std::unique_ptr<KubeletRegistration>
       registration;  // null when --kubelet-registration-path is off
   std::string socket_path;
-  // True from the moment the CSI gRPC server serves until Shutdown() begins: /readyz.
-  std::atomic<bool> serving{false};
+  // kStarting while the backend starts and the state is recovered (erases of volumes that were
+  // being deleted may take minutes then), kServing from the moment the CSI gRPC server serves,
+  // kStopped once Shutdown() begins. Alive while starting, ready only while serving.
+  enum Phase { kStarting, kServing, kStopped };
+  std::atomic<int> phase{kStarting};
+  // Refreshes the capacity gauges, so that /metrics never waits for the backend (whose lock a
+  // long create may hold) on the endpoint's only thread, where /healthz would wait too.
+  std::thread capacity_refresher;
+  std::mutex refresher_mu;
+  std::condition_variable refresher_cv;
+  bool refresher_stop = false;  // GUARDED_BY(refresher_mu)
 
   Status Validate() const;
   KubeletRegistration::Options RegistrationOptions() const;
   Status StartCapacityListener();
   Status StartHttpEndpoint();
   Status StartRegistration();
+  void StartCapacityRefresher();
+  void StopCapacityRefresher();
   Status CsiSocketCheck() const;
 };
+
+// How often the capacity gauges are refreshed besides every GetCapacity call.
+constexpr std::chrono::seconds kCapacityRefresh{10};
 
 Status Driver::Impl::Validate() const {
   if (config.mode != "node") {
@@ -213,13 +231,46 @@ Status Driver::Impl::StartRegistration() {
                   {"endpoint", config.endpoint}});
   }
   registration = std::make_unique<KubeletRegistration>(RegistrationOptions(), &metrics);
-  return registration->Start().WithContext("kubelet registration");
+  EPHEMERA_RETURN_IF_ERROR(registration->Start().WithContext("kubelet registration"));
+  if (http) {
+    http->AddReadinessCheck("kubelet-registration",
+                            [this] { return registration->ReadinessCheck(); });
+  }
+  return Status::Ok();
+}
+
+void Driver::Impl::StartCapacityRefresher() {
+  capacity_refresher = std::thread([this] {
+    std::unique_lock<std::mutex> lock(refresher_mu);
+    while (!refresher_cv.wait_for(lock, kCapacityRefresh, [this] { return refresher_stop; })) {
+      lock.unlock();
+      StatusOr<Capacity> now = volumes->GetCapacity();
+      if (now.ok()) {
+        metrics.SetCapacity(now->total, now->available, now->max_volume_size);
+      } else {
+        log::Warning("refreshing the capacity metrics", {{"error", now.status().ToString()}});
+      }
+      lock.lock();
+    }
+  });
+}
+
+void Driver::Impl::StopCapacityRefresher() {
+  {
+    std::lock_guard<std::mutex> lock(refresher_mu);
+    refresher_stop = true;
+  }
+  refresher_cv.notify_all();
+  if (capacity_refresher.joinable()) capacity_refresher.join();
 }
 
 // Ready while the CSI server serves and its socket is in place: kubelet and the sidecars reach
 // the driver through that file only.
 Status Driver::Impl::CsiSocketCheck() const {
-  if (!serving) return Status::Unavailable("the CSI server is not serving");
+  if (phase == kStarting) {
+    return Status::Unavailable("starting: recovering the volumes' state, not serving yet");
+  }
+  if (phase != kServing) return Status::Unavailable("the CSI server is not serving");
   struct stat st {};
   if (stat(socket_path.c_str(), &st) != 0 || !S_ISSOCK(st.st_mode)) {
     return Status::Unavailable("the CSI socket " + socket_path + " is missing");
@@ -227,25 +278,22 @@ Status Driver::Impl::CsiSocketCheck() const {
   return Status::Ok();
 }
 
-// /metrics refreshes the capacity gauges first (the pool changes outside the driver too);
-// /healthz is 200 while Identity.Probe answers through the CSI socket file (check csi-probe, what
-// the livenessprobe sidecar would check); /readyz adds CsiSocketCheck() and, with registration
-// on, that the kubelet registered the driver.
+// Started first, before the backend and the recovery of the state, so that a long recovery (the
+// erase of a big volume that was being deleted) is not taken for a dead driver. /metrics renders
+// the gauges as they are (the capacity refresher and every GetCapacity keep them current);
+// /healthz is 200 while the driver starts, then while Identity.Probe answers through the CSI
+// socket file (check csi-probe, what the livenessprobe sidecar would check); /readyz adds
+// CsiSocketCheck() (not while starting) and, with registration on, that the kubelet registered
+// the driver.
 Status Driver::Impl::StartHttpEndpoint() {
-  http = std::make_unique<HttpEndpoint>([this] {
-    StatusOr<Capacity> now = volumes->GetCapacity();
-    if (now.ok()) metrics.SetCapacity(now->total, now->available, now->max_volume_size);
-    return metrics.Render();
-  });
+  http = std::make_unique<HttpEndpoint>([this] { return metrics.Render(); });
   http->AddLivenessCheck("csi-probe", [this] {
-    if (!serving) return Status::Unavailable("the CSI server is not serving");
+    // Starting is progress: every command the backend runs has a time limit.
+    if (phase == kStarting) return Status::Ok();
+    if (phase != kServing) return Status::Unavailable("the CSI server is not serving");
     return ProbeCsiSocket(socket_path, kProbeTimeout);
   });
   http->AddReadinessCheck("csi-socket", [this] { return CsiSocketCheck(); });
-  if (registration) {
-    http->AddReadinessCheck("kubelet-registration",
-                            [this] { return registration->ReadinessCheck(); });
-  }
   EPHEMERA_RETURN_IF_ERROR(http->Start(config.http_endpoint).WithContext("--http-endpoint"));
   log::Info("metrics and health",
             {{"address", config.http_endpoint}, {"port", std::to_string(http->port())}});
@@ -266,8 +314,11 @@ Driver::~Driver() {
 Status Driver::Start() {
   Impl& d = *impl_;
   EPHEMERA_RETURN_IF_ERROR(d.Validate());
+  d.socket_path = d.config.endpoint.substr(7);
+  if (!d.config.http_endpoint.empty()) EPHEMERA_RETURN_IF_ERROR(d.StartHttpEndpoint());
   if (d.config.backend == "lvm") {
-    auto lvm = std::make_unique<LvmDeviceManager>(d.runner, d.config.pmem_percentage);
+    auto lvm =
+        std::make_unique<LvmDeviceManager>(d.runner, d.config.pmem_percentage, ZeroBlockDevice);
     EPHEMERA_RETURN_IF_ERROR(lvm->Init().WithContext("lvm backend"));
     d.devices = std::move(lvm);
   } else if (d.config.backend == "direct") {
@@ -278,7 +329,8 @@ Status Driver::Start() {
     EPHEMERA_RETURN_IF_ERROR(direct->Init().WithContext("direct backend"));
     d.devices = std::move(direct);
   } else {
-    auto file = std::make_unique<FileDeviceManager>(d.config.file_dir, d.config.file_capacity);
+    auto file =
+        std::make_unique<FileDeviceManager>(d.config.file_dir, d.config.file_capacity, EraseFile);
     EPHEMERA_RETURN_IF_ERROR(file->Init());
     d.devices = std::move(file);
   }
@@ -301,7 +353,6 @@ Status Driver::Start() {
   d.controller = std::make_unique<ControllerService>(*d.volumes, d.config.node_id, &d.metrics);
   d.node = std::make_unique<NodeService>(*d.volumes, d.runner, d.config.node_id);
 
-  d.socket_path = d.config.endpoint.substr(7);
   unlink(d.socket_path.c_str());  // a socket left by a previous run
   grpc::ServerBuilder builder;
   builder.AddListeningPort(d.config.endpoint, grpc::InsecureServerCredentials());
@@ -313,7 +364,7 @@ Status Driver::Start() {
   builder.experimental().SetInterceptorCreators(std::move(factories));
   d.server = builder.BuildAndStart();
   if (!d.server) return Status::Internal("cannot listen on " + d.config.endpoint);
-  d.serving = true;
+  d.phase = Impl::kServing;
   log::Info("serving", {{"version", std::string(EPHEMERA_VERSION)},
                         {"driver", std::string(kDriverName)},
                         {"endpoint", d.config.endpoint},
@@ -322,7 +373,7 @@ Status Driver::Start() {
 
   if (!d.config.kubelet_registration_path.empty()) EPHEMERA_RETURN_IF_ERROR(d.StartRegistration());
   if (!d.config.capacity_listen.empty()) EPHEMERA_RETURN_IF_ERROR(d.StartCapacityListener());
-  if (!d.config.http_endpoint.empty()) EPHEMERA_RETURN_IF_ERROR(d.StartHttpEndpoint());
+  if (d.http) d.StartCapacityRefresher();
   return Status::Ok();
 }
 
@@ -332,7 +383,8 @@ void Driver::Wait() {
 
 void Driver::Shutdown() {
   Impl& d = *impl_;
-  d.serving = false;
+  d.phase = Impl::kStopped;
+  d.StopCapacityRefresher();
   // First the registration socket: the kubelet unregisters the driver before its socket goes.
   if (d.registration) d.registration->Stop();
   if (d.http) d.http->Stop();

@@ -14,6 +14,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -40,6 +41,11 @@ struct Capacity {
   int64_t max_volume_size = 0;  // the largest single volume that would fit now
 };
 
+// Overwrites the data of a volume so that the next one cannot read it: `path` is the device (or,
+// for the file backend, the volume's file), `size` its size in bytes. Backends take one so that a
+// test can watch or hold an erase.
+using Eraser = std::function<Status(const std::string& path, int64_t size)>;
+
 class DeviceManager {
  public:
   virtual ~DeviceManager() = default;
@@ -64,6 +70,8 @@ class DeviceManager {
 
   // Removes the device `id`; when `erase` is set, the data it held is overwritten first, so that
   // the next volume cannot read it. OK when there is no such device (deletion is idempotent).
+  // The erase (minutes for a big volume) runs without the backend's own lock, so the other
+  // volumes' calls go on meanwhile; the caller keeps every other call on `id` away until it ends.
   // Errors: FAILED_PRECONDITION when the device is in use (mounted or held open);
   // INTERNAL for a failure of the system.
   virtual Status Delete(const std::string& id, bool erase) = 0;

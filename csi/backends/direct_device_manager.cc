@@ -189,15 +189,28 @@ StatusOr<Device> DirectDeviceManager::Create(const std::string& id, int64_t size
 
 Status DirectDeviceManager::Delete(const std::string& id, bool erase) {
   EPHEMERA_RETURN_IF_ERROR(ValidateVolumeId("id", id));
+  if (erase) {
+    std::vector<PmemNamespace> found;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      StatusOr<std::vector<PmemNamespace>> namespaces = FindLocked(id);
+      if (!namespaces.ok()) return namespaces.status();
+      found = std::move(*namespaces);
+    }
+    // Without the lock: the caller keeps the other calls on this volume away, so its namespaces
+    // stay as they are while the other volumes' calls go on. The exclusive open of the eraser fails
+    // while the device is mounted: nothing is erased then, and the caller gets
+    // FAILED_PRECONDITION.
+    for (const PmemNamespace& ns : found) {
+      if (!ns.blockdev.empty()) {
+        EPHEMERA_RETURN_IF_ERROR(erase_("/dev/" + ns.blockdev, ns.usable_size));
+      }
+    }
+  }
   std::lock_guard<std::mutex> lock(mu_);
   StatusOr<std::vector<PmemNamespace>> found = FindLocked(id);
   if (!found.ok()) return found.status();
   for (const PmemNamespace& ns : *found) {
-    if (erase && !ns.blockdev.empty()) {
-      // The exclusive open of the eraser fails while the device is mounted: nothing is erased
-      // then, and the caller gets FAILED_PRECONDITION.
-      EPHEMERA_RETURN_IF_ERROR(erase_("/dev/" + ns.blockdev, ns.usable_size));
-    }
     EPHEMERA_RETURN_IF_ERROR(api_.DestroyNamespace(ns.name));
   }
   return Status::Ok();

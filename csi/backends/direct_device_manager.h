@@ -53,7 +53,6 @@ int64_t LargestVolumeIn(int64_t extent, int64_t alignment);
 class DirectDeviceManager : public DeviceManager {
  public:
   static constexpr const char* kIdPrefix = "eph-";
-  using Eraser = std::function<Status(const std::string& path, int64_t size)>;
 
   // `api` must outlive the manager. `erase` overwrites a block device (ZeroBlockDevice in
   // production).

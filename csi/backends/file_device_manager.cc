@@ -65,8 +65,21 @@ Status ZeroAllocatedExtents(int fd) {
   return Status::Ok();
 }
 
-FileDeviceManager::FileDeviceManager(std::string dir, int64_t pool_size)
-    : dir_(std::move(dir)), pool_size_(pool_size - pool_size % kAlignment) {}
+FileDeviceManager::FileDeviceManager(std::string dir, int64_t pool_size, Eraser erase)
+    : dir_(std::move(dir)),
+      pool_size_(pool_size - pool_size % kAlignment),
+      erase_(std::move(erase)) {}
+
+Status EraseFile(const std::string& path, int64_t /*size*/) {
+  int fd = open(path.c_str(), O_RDWR | O_CLOEXEC);
+  if (fd < 0) {
+    if (errno == ENOENT) return Status::Ok();
+    return Status::Internal(ErrnoMessage("open " + path));
+  }
+  Status status = ZeroAllocatedExtents(fd);
+  close(fd);
+  return status;
+}
 
 std::string FileDeviceManager::FilePath(const std::string& id) const {
   return dir_ + "/" + id + std::string(kSuffix);
@@ -174,31 +187,27 @@ StatusOr<Device> FileDeviceManager::Create(const std::string& id, int64_t size,
 
 Status FileDeviceManager::Delete(const std::string& id, bool erase) {
   EPHEMERA_RETURN_IF_ERROR(ValidateVolumeId("id", id));
-  std::lock_guard<std::mutex> lock(mu_);
   std::string path = FilePath(id);
-  StatusOr<std::vector<std::string>> loops = FindLoopsForFile(path);
-  if (!loops.ok()) return loops.status();
-  for (const std::string& loop : *loops) {
-    StatusOr<bool> in_use = LoopInUse(loop);
-    if (!in_use.ok()) return in_use.status();
-    if (*in_use) {
-      std::string message = "device " + id;
-      message.append(" (").append(loop).append(") is in use");
-      return Status::FailedPrecondition(message);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    StatusOr<std::vector<std::string>> loops = FindLoopsForFile(path);
+    if (!loops.ok()) return loops.status();
+    for (const std::string& loop : *loops) {
+      StatusOr<bool> in_use = LoopInUse(loop);
+      if (!in_use.ok()) return in_use.status();
+      if (*in_use) {
+        std::string message = "device " + id;
+        message.append(" (").append(loop).append(") is in use");
+        return Status::FailedPrecondition(message);
+      }
     }
+    for (const std::string& loop : *loops)
+      EPHEMERA_RETURN_IF_ERROR(DetachLoop(loop));
   }
-  for (const std::string& loop : *loops)
-    EPHEMERA_RETURN_IF_ERROR(DetachLoop(loop));
-  if (erase) {
-    int fd = open(path.c_str(), O_RDWR | O_CLOEXEC);
-    if (fd >= 0) {
-      Status status = ZeroAllocatedExtents(fd);
-      close(fd);
-      EPHEMERA_RETURN_IF_ERROR(status);
-    } else if (errno != ENOENT) {
-      return Status::Internal(ErrnoMessage("open " + path));
-    }
-  }
+  // Without the lock: the file has no loop device now, and the caller keeps the other calls on
+  // this volume away, so only the erase touches it.
+  if (erase) EPHEMERA_RETURN_IF_ERROR(erase_(path, 0));
+  std::lock_guard<std::mutex> lock(mu_);
   if (unlink(path.c_str()) != 0 && errno != ENOENT) {
     return Status::Internal(ErrnoMessage("unlink " + path));
   }

@@ -22,8 +22,9 @@ class FileDeviceManager : public DeviceManager {
  public:
   static constexpr int64_t kAlignment = 4 * 1024 * 1024;
 
-  // `dir` is created if missing; `pool_size` is rounded down to 4 MiB.
-  FileDeviceManager(std::string dir, int64_t pool_size);
+  // `dir` is created if missing; `pool_size` is rounded down to 4 MiB. `erase` overwrites a
+  // volume's file (EraseFile in production).
+  FileDeviceManager(std::string dir, int64_t pool_size, Eraser erase);
 
   // Creates the directory, canonicalizes its path, detaches loop devices whose file in the
   // directory was deleted, and attaches a loop device to every volume file that has none (after a
@@ -47,10 +48,14 @@ class FileDeviceManager : public DeviceManager {
 
   std::string dir_;
   const int64_t pool_size_;
+  const Eraser erase_;
   std::mutex mu_;
 };
 
 // Overwrites every allocated extent of the open file `fd` with zeros and syncs it.
 Status ZeroAllocatedExtents(int fd);
+// ZeroAllocatedExtents of the file at `path` (an Eraser; `size` is not needed). OK when the file
+// does not exist.
+Status EraseFile(const std::string& path, int64_t size);
 
 }  // namespace ephemera::csi

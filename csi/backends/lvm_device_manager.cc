@@ -135,8 +135,8 @@ StatusOr<std::vector<LvmLogicalVolume>> ParseLvsReport(const std::string& text) 
   return lvs;
 }
 
-LvmDeviceManager::LvmDeviceManager(CommandRunner& runner, int pmem_percentage)
-    : runner_(runner), pmem_percentage_(pmem_percentage) {}
+LvmDeviceManager::LvmDeviceManager(CommandRunner& runner, int pmem_percentage, Eraser erase)
+    : runner_(runner), pmem_percentage_(pmem_percentage), erase_(std::move(erase)) {}
 
 Status LvmDeviceManager::SetUpRegion(const std::string& region, int64_t region_size, int64_t align,
                                      int64_t available) {
@@ -353,41 +353,57 @@ StatusOr<Device> LvmDeviceManager::Create(const std::string& id, int64_t size,
 
 Status LvmDeviceManager::Delete(const std::string& id, bool erase) {
   EPHEMERA_RETURN_IF_ERROR(ValidateVolumeId("id", id));
+  std::string vg_name;
+  std::string path;
+  int64_t size = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    // An active volume has its node /dev/<vg>/<id>: then no lvs report is needed (it costs
+    // hundreds of milliseconds in a small guest). Otherwise (missing or inactive) the report
+    // decides.
+    for (const std::string& vg : vgs_) {
+      std::string node = "/dev/" + vg + "/" + id;
+      struct stat st {};
+      if (stat(node.c_str(), &st) != 0 || !S_ISBLK(st.st_mode)) continue;
+      StatusOr<bool> busy = BlockDeviceBusy(node);
+      if (!busy.ok()) return busy.status();
+      if (*busy) return Status::FailedPrecondition("device " + id + " (" + node + ") is in use");
+      if (erase) {
+        StatusOr<int64_t> bytes = BlockDeviceSize(node);
+        if (!bytes.ok()) return bytes.status();
+        size = *bytes;
+      }
+      vg_name = vg;
+      path = node;
+      break;
+    }
+    if (vg_name.empty()) {
+      StatusOr<LvmLogicalVolume> lv = FindLocked(id);
+      if (!lv.ok()) return lv.status().code() == Code::kNotFound ? Status::Ok() : lv.status();
+      // lv_attr: the sixth character is 'o' when the device is open (mounted or held).
+      bool open = lv->attr.size() >= 6 && lv->attr[5] == 'o';
+      if (!open && lv->attr.size() >= 5 && lv->attr[4] == 'a') {
+        StatusOr<bool> busy = BlockDeviceBusy(lv->path);
+        if (!busy.ok()) return busy.status();
+        open = *busy;
+      }
+      if (open) {
+        return Status::FailedPrecondition("device " + id + " (" + lv->path + ") is in use");
+      }
+      if (erase && lv->attr.size() >= 5 && lv->attr[4] != 'a') {
+        EPHEMERA_RETURN_IF_ERROR(
+            RunChecked(runner_, {"lvchange", "-ay", lv->vg + "/" + id}, kDeviceCommandTimeout));
+      }
+      vg_name = lv->vg;
+      path = lv->path;
+      size = lv->size;
+    }
+  }
+  // Without the lock: the caller keeps the other calls on this volume away, and LVM's own locking
+  // covers the other volumes' commands meanwhile.
+  if (erase) EPHEMERA_RETURN_IF_ERROR(erase_(path, size));
   std::lock_guard<std::mutex> lock(mu_);
-  // An active volume has its node /dev/<vg>/<id>: then no lvs report is needed (it costs hundreds
-  // of milliseconds in a small guest). Otherwise (missing or inactive) the report decides.
-  for (const std::string& vg : vgs_) {
-    std::string path = "/dev/" + vg + "/" + id;
-    struct stat st {};
-    if (stat(path.c_str(), &st) != 0 || !S_ISBLK(st.st_mode)) continue;
-    StatusOr<bool> busy = BlockDeviceBusy(path);
-    if (!busy.ok()) return busy.status();
-    if (*busy) return Status::FailedPrecondition("device " + id + " (" + path + ") is in use");
-    if (erase) {
-      StatusOr<int64_t> size = BlockDeviceSize(path);
-      if (!size.ok()) return size.status();
-      EPHEMERA_RETURN_IF_ERROR(ZeroBlockDevice(path, *size));
-    }
-    return RemoveLocked(vg, id);
-  }
-  StatusOr<LvmLogicalVolume> lv = FindLocked(id);
-  if (!lv.ok()) return lv.status().code() == Code::kNotFound ? Status::Ok() : lv.status();
-  // lv_attr: the sixth character is 'o' when the device is open (mounted or held).
-  bool open = lv->attr.size() >= 6 && lv->attr[5] == 'o';
-  if (!open && lv->attr.size() >= 5 && lv->attr[4] == 'a') {
-    StatusOr<bool> busy = BlockDeviceBusy(lv->path);
-    if (!busy.ok()) return busy.status();
-    open = *busy;
-  }
-  if (open) return Status::FailedPrecondition("device " + id + " (" + lv->path + ") is in use");
-  if (erase) {
-    if (lv->attr.size() >= 5 && lv->attr[4] != 'a') {
-      EPHEMERA_RETURN_IF_ERROR(
-          RunChecked(runner_, {"lvchange", "-ay", lv->vg + "/" + id}, kDeviceCommandTimeout));
-    }
-    EPHEMERA_RETURN_IF_ERROR(ZeroBlockDevice(lv->path, lv->size));
-  }
-  return RemoveLocked(lv->vg, id);
+  return RemoveLocked(vg_name, id);
 }
 
 Status LvmDeviceManager::RemoveLocked(const std::string& vg, const std::string& id) {

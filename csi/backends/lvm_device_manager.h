@@ -51,8 +51,9 @@ class LvmDeviceManager : public DeviceManager {
   static constexpr const char* kNamespaceName = "ephemera-lvm";
   static constexpr const char* kVgPrefix = "ephemera-";
 
-  // `runner` must outlive the manager. `pmem_percentage` in 1..100.
-  LvmDeviceManager(CommandRunner& runner, int pmem_percentage);
+  // `runner` must outlive the manager. `pmem_percentage` in 1..100. `erase` overwrites a logical
+  // volume's device (ZeroBlockDevice in production).
+  LvmDeviceManager(CommandRunner& runner, int pmem_percentage, Eraser erase);
 
   // Sets up namespaces and volume groups (see above); idempotent. Must succeed before any other
   // call. Errors: FAILED_PRECONDITION when there is no PMEM region; INTERNAL.
@@ -78,6 +79,7 @@ class LvmDeviceManager : public DeviceManager {
 
   CommandRunner& runner_;
   const int pmem_percentage_;
+  const Eraser erase_;
   int64_t alignment_ = 4 * 1024 * 1024;
   std::vector<std::string> vgs_;  // our volume groups, sorted
   std::mutex mu_;

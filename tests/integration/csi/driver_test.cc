@@ -702,6 +702,92 @@ TEST_CASE(
   CHECK(get("/readyz").status == 200);
 }
 
+// The driver recovers its state before it serves; a volume that was being deleted is erased then,
+// minutes for a big one. All that time /healthz must say alive (else the kubelet kills the driver
+// and the erase starts again from zero, for ever) and /readyz not ready.
+TEST_CASE("a long erase at start: alive and not ready while it recovers, then serving",
+          "[csi][integration]") {
+  DriverFixture driver("2Gi", {"--http-endpoint=127.0.0.1:0"});
+  CreateVolumeRequest create;
+  create.set_name("pvc-long-erase");
+  create.mutable_capacity_range()->set_required_bytes(1024 * kMi);
+  *create.add_volume_capabilities() = MountCapability("ext4");
+  CreateVolumeResponse created;
+  REQUIRE(CALL(driver.controller(), CreateVolume, create, &created).ok());
+  const std::string id = created.volume().volume_id();
+  // 1 GiB of data for the erase to overwrite, then the driver dies while deleting the volume.
+  const std::string file = driver.file_dir() + "/" + id + ".img";
+  {
+    std::ofstream out(file, std::ios::in | std::ios::out | std::ios::binary);
+    REQUIRE(out.good());
+    const std::string chunk(size_t{1} << 20, 'd');
+    for (int i = 0; i < 1024; ++i)
+      out.write(chunk.data(), static_cast<std::streamsize>(chunk.size()));
+    REQUIRE(out.good());
+  }
+  driver.Kill(SIGKILL);
+  const std::string record = driver.state_dir() + "/" + id + ".json";
+  std::string text;
+  {
+    std::ifstream in(record);
+    text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+  const size_t at = text.find("\"phase\": \"ready\"");
+  REQUIRE(at != std::string::npos);
+  text.replace(at, std::string("\"phase\": \"ready\"").size(), "\"phase\": \"deleting\"");
+  std::ofstream(record, std::ios::trunc) << text;
+
+  // What the kubelet's probes would see while the driver starts.
+  struct Sample {
+    int healthz;
+    int readyz;
+    std::string readyz_body;
+  };
+  std::vector<Sample> samples;
+  std::atomic<bool> stop{false};
+  std::thread prober([&] {
+    while (!stop) {
+      const int port = HttpPort(driver);  // the last one logged: the old driver's is dead
+      if (port > 0) {
+        auto health = ephemera::testing::HttpGet("127.0.0.1", port, "/healthz");
+        auto ready = ephemera::testing::HttpGet("127.0.0.1", port, "/readyz");
+        if (health.ok() && ready.ok())
+          samples.push_back({health->status, ready->status, ready->body});
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+  });
+  const auto start = std::chrono::steady_clock::now();
+  driver.Start();  // returns when the CSI socket is there
+  const auto took = std::chrono::steady_clock::now() - start;
+  stop = true;
+  prober.join();
+  INFO("start with the erase took "
+       << std::chrono::duration_cast<std::chrono::milliseconds>(took).count() << " ms; "
+       << samples.size() << " samples");
+  int recovering = 0;
+  for (const Sample& sample : samples) {
+    CHECK(sample.healthz == 200);
+    if (sample.readyz == 503 &&
+        sample.readyz_body.find("[-]csi-socket failed: starting: recovering the volumes' state") !=
+            std::string::npos) {
+      ++recovering;
+    }
+  }
+  CHECK(recovering > 0);
+  // Erased and gone, record too; then serving and ready.
+  CHECK(!std::filesystem::exists(file));
+  CHECK(!std::filesystem::exists(record));
+  const int port = HttpPort(driver);
+  bool ready = false;
+  for (int i = 0; i < 100 && !ready; ++i) {
+    auto reply = ephemera::testing::HttpGet("127.0.0.1", port, "/readyz");
+    ready = reply.ok() && reply->status == 200;
+    if (!ready) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  CHECK(ready);
+}
+
 // What the kubelet does on the registration socket, one connection per call.
 grpc::Status KubeletCall(const std::string& socket, auto&& call) {
   grpc::ChannelArguments args;

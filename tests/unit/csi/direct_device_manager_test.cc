@@ -6,8 +6,11 @@
 #include <algorithm>
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <future>
 #include <map>
 #include <set>
+
+#include "held_eraser.h"
 
 namespace ephemera::csi {
 namespace {
@@ -130,7 +133,7 @@ class FakePmemApi : public PmemApi {
 struct Erasures {
   FakePmemApi* api = nullptr;
   std::vector<std::string> erased;
-  DirectDeviceManager::Eraser Eraser() {
+  csi::Eraser Eraser() {
     return [this](const std::string& path, int64_t) -> Status {
       if (api->busy.count(path) != 0) return Status::FailedPrecondition(path + " in use");
       erased.push_back(path);
@@ -313,6 +316,28 @@ TEST_CASE("direct Delete of a mounted namespace is FAILED_PRECONDITION and erase
   CHECK(erasures.erased == std::vector<std::string>{device->path});
   CHECK(api.Count() == 0);
   CHECK(direct.Delete("eph-a", true).ok());  // idempotent
+}
+
+// An erase runs for minutes on a big namespace: the other volumes' calls must not wait for it.
+TEST_CASE("direct: an erase holds up no other volume's call", "[csi][direct]") {
+  FakePmemApi api(int64_t{4278190080});
+  testing::HeldEraser held;
+  DirectDeviceManager direct(api, held.eraser());
+  REQUIRE(direct.Init().ok());
+  StatusOr<Device> device = direct.Create("eph-a", 32 * kMiB, DeviceUsage::kAppDirect);
+  REQUIRE(device.ok());
+  std::future<Status> deleted =
+      std::async(std::launch::async, [&] { return direct.Delete("eph-a", true); });
+  REQUIRE(held.WaitEntered(std::chrono::seconds(10)));
+  std::future<StatusOr<Capacity>> capacity =
+      std::async(std::launch::async, [&] { return direct.GetCapacity(); });
+  const bool answered = capacity.wait_for(std::chrono::seconds(10)) == std::future_status::ready;
+  held.Release();
+  CHECK(answered);
+  CHECK(capacity.get().ok());
+  CHECK(deleted.get().ok());
+  CHECK(held.paths() == std::vector<std::string>{device->path});
+  CHECK(api.Count() == 0);
 }
 
 TEST_CASE("direct leaves namespaces that are not its own alone", "[csi][direct]") {

@@ -4,10 +4,15 @@
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <future>
 #include <string>
 #include <vector>
 
 #include "csi/backends/file_device_manager.h"
+#include "held_eraser.h"
 #include "temp_dir.h"
 
 namespace ephemera::csi {
@@ -40,6 +45,33 @@ TEST_CASE("ZeroAllocatedExtents zeroes data and keeps the file sparse", "[csi][f
   CHECK(after.st_blocks * 512 < 16 << 20);
   CHECK(after.st_blocks <= before.st_blocks + 8);
   close(fd);
+}
+
+// An erase runs for minutes on a big volume: the other volumes' calls must not wait for it, and the
+// file goes after it.
+TEST_CASE("file: an erase holds up no other volume's call", "[csi][file]") {
+  testing::TempDir dir;
+  testing::HeldEraser held;
+  FileDeviceManager file(dir.path() + "/pool", int64_t{64} << 20, held.eraser());
+  REQUIRE(file.Init().ok());
+  // The volume's file as Create leaves it (Create also attaches a loop device: that needs root).
+  const std::string path = std::filesystem::canonical(dir.path() + "/pool").string() + "/eph-a.img";
+  {
+    std::ofstream out(path);
+    out << std::string(size_t{4} << 20, 's');
+  }
+  std::future<Status> deleted =
+      std::async(std::launch::async, [&] { return file.Delete("eph-a", true); });
+  REQUIRE(held.WaitEntered(std::chrono::seconds(10)));
+  std::future<StatusOr<Capacity>> capacity =
+      std::async(std::launch::async, [&] { return file.GetCapacity(); });
+  const bool answered = capacity.wait_for(std::chrono::seconds(10)) == std::future_status::ready;
+  held.Release();
+  CHECK(answered);
+  CHECK(capacity.get().ok());
+  CHECK(deleted.get().ok());
+  CHECK(held.paths() == std::vector<std::string>{path});
+  CHECK(!std::filesystem::exists(path));
 }
 
 }  // namespace

@@ -5,7 +5,11 @@
 #include <algorithm>
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <future>
 #include <map>
+
+#include "csi/backends/block_device.h"
+#include "held_eraser.h"
 
 namespace ephemera::csi {
 namespace {
@@ -84,7 +88,7 @@ TEST_CASE("lvm: capacity sums the groups and the largest is the maximum volume",
       0, R"({"dev":"namespace0.0","mode":"fsdax","name":"ephemera-lvm","blockdev":"pmem0"})"};
   runner.answers["vgs"] = {0, kVgs};
   runner.answers["lvs"] = {0, R"({"report":[{"lv":[]}]})"};
-  LvmDeviceManager lvm(runner, 50);
+  LvmDeviceManager lvm(runner, 50, ZeroBlockDevice);
   REQUIRE(lvm.Init().ok());
   CHECK(lvm.Alignment() == 4194304);
   StatusOr<Capacity> capacity = lvm.GetCapacity();
@@ -116,7 +120,7 @@ TEST_CASE("lvm: a new volume goes to the group with the most free space", "[lvm]
       0, R"([{"dev":"namespace0.0","mode":"fsdax","name":"ephemera-lvm","blockdev":"pmem0"}])"};
   runner.answers["vgs"] = {0, kVgs};
   runner.answers["lvs"] = {0, R"({"report":[{"lv":[]}]})"};
-  LvmDeviceManager lvm(runner, 100);
+  LvmDeviceManager lvm(runner, 100, ZeroBlockDevice);
   REQUIRE(lvm.Init().ok());
   runner.calls.clear();
   StatusOr<Device> created = lvm.Create("eph-new", 8388608, DeviceUsage::kAppDirect);
@@ -150,7 +154,7 @@ TEST_CASE("lvm: with one group Create runs lvcreate alone and maps its refusals"
       0, R"([{"dev":"namespace0.0","mode":"fsdax","name":"ephemera-lvm","blockdev":"pmem0"}])"};
   runner.answers["vgs"] = {0, kVgs};
   runner.answers["lvs"] = {0, R"({"report":[{"lv":[]}]})"};
-  LvmDeviceManager lvm(runner, 100);
+  LvmDeviceManager lvm(runner, 100, ZeroBlockDevice);
   REQUIRE(lvm.Init().ok());
 
   runner.calls.clear();
@@ -207,7 +211,7 @@ TEST_CASE("lvm: a timed-out lvcreate fails and its volume is removed", "[lvm]") 
   runner.answers["ndctl list -N"] = {
       0, R"([{"dev":"namespace0.0","mode":"fsdax","name":"ephemera-lvm","blockdev":"pmem0"}])"};
   runner.answers["vgs"] = {0, kVgs};
-  LvmDeviceManager lvm(runner, 100);
+  LvmDeviceManager lvm(runner, 100, ZeroBlockDevice);
   REQUIRE(lvm.Init().ok());
   const Status killed = Status::DeadlineExceeded("lvcreate did not finish within 2m0s");
 
@@ -251,6 +255,42 @@ TEST_CASE("lvm: a timed-out lvcreate fails and its volume is removed", "[lvm]") 
   REQUIRE_FALSE(runner.timeouts.empty());
   for (const std::chrono::milliseconds t : runner.timeouts)
     CHECK(t == kDeviceCommandTimeout);
+}
+
+// An erase runs for minutes on a big volume: the other volumes' calls must not wait for it, and the
+// volume is removed after it.
+TEST_CASE("lvm: an erase holds up no other volume's call", "[lvm]") {
+  ScriptedRunner runner;
+  runner.answers["ndctl list -R"] = {0, R"({"dev":"region0","size":4292870144,"align":16777216,
+    "max_available_extent":4278190080,"type":"pmem"})"};
+  runner.answers["ndctl list -N"] = {
+      0, R"([{"dev":"namespace0.0","mode":"fsdax","name":"ephemera-lvm","blockdev":"pmem0"}])"};
+  runner.answers["vgs"] = {0, kVgs};
+  // Inactive: the erase activates it first.
+  runner.answers["lvs"] = {0,
+                           R"({"report":[{"lv":[{"lv_name":"eph-ab", "vg_name":"ephemera-region0",
+      "lv_size":"33554432", "lv_path":"/dev/ephemera-region0/eph-ab", "lv_attr":"-wi-------"}]}]})"};
+  testing::HeldEraser held;
+  LvmDeviceManager lvm(runner, 100, held.eraser());
+  REQUIRE(lvm.Init().ok());
+  runner.calls.clear();
+  std::future<Status> deleted =
+      std::async(std::launch::async, [&] { return lvm.Delete("eph-ab", true); });
+  REQUIRE(held.WaitEntered(std::chrono::seconds(10)));
+  std::future<StatusOr<Capacity>> capacity =
+      std::async(std::launch::async, [&] { return lvm.GetCapacity(); });
+  const bool answered = capacity.wait_for(std::chrono::seconds(10)) == std::future_status::ready;
+  held.Release();
+  CHECK(answered);
+  CHECK(capacity.get().ok());
+  CHECK(deleted.get().ok());
+  CHECK(held.paths() == std::vector<std::string>{"/dev/ephemera-region0/eph-ab"});
+  REQUIRE(!runner.calls.empty());
+  CHECK(std::find(runner.calls.begin(), runner.calls.end(),
+                  std::vector<std::string>{"lvchange", "-ay", "ephemera-region0/eph-ab"}) !=
+        runner.calls.end());
+  CHECK(runner.calls.back() ==
+        std::vector<std::string>{"lvremove", "-y", "ephemera-region0/eph-ab"});
 }
 
 }  // namespace
