@@ -183,10 +183,20 @@ Status VolumeManager::DeleteLocked(const std::string& id) {
   if (!record.ok()) return record.status();
   Phase previous = record->phase;
   record->phase = Phase::kDeleting;
-  EPHEMERA_RETURN_IF_ERROR(store_.Put(*record));
+  bool marked = true;
+  if (Status put = store_.Put(*record); !put.ok()) {
+    // A full state filesystem must not keep the space of a volume from being freed: delete
+    // without the mark. A crash meanwhile leaves the record as it was: recovery keeps a ready
+    // volume whose device is still there (the retried delete goes on) and drops one whose device
+    // is gone.
+    if (put.code() != Code::kResourceExhausted) return put;
+    log::Warning("deleting without marking the record: the state directory is full",
+                 {{"volume", id}, {"error", put.ToString()}});
+    marked = false;
+  }
   EPHEMERA_RETURN_IF_ERROR(Fault("delete:marked"));
   Status deleted = devices_.Delete(id, record->erase_after);
-  if (deleted.code() == Code::kFailedPrecondition && previous == Phase::kReady) {
+  if (deleted.code() == Code::kFailedPrecondition && previous == Phase::kReady && marked) {
     record->phase = Phase::kReady;
     Status restored = store_.Put(*record);
     if (!restored.ok()) return restored;

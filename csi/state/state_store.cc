@@ -22,13 +22,23 @@ namespace {
 constexpr std::string_view kSuffix = ".json";
 constexpr std::string_view kTempSuffix = ".tmp";
 
+// RESOURCE_EXHAUSTED when the state directory's filesystem is full (or the quota is spent), so
+// that callers can tell that apart; INTERNAL for the rest.
+Status StoreError(const std::string& what, int error) {
+  if (error == ENOSPC || error == EDQUOT) {
+    return Status::ResourceExhausted(ErrnoMessage(what, error) +
+                                     " (the state directory's filesystem is full)");
+  }
+  return Status::Internal(ErrnoMessage(what, error));
+}
+
 Status WriteAll(int fd, const std::string& data, const std::string& path) {
   size_t done = 0;
   while (done < data.size()) {
     ssize_t n = write(fd, data.data() + done, data.size() - done);
     if (n < 0) {
       if (errno == EINTR) continue;
-      return Status::Internal(ErrnoMessage("write " + path));
+      return StoreError("write " + path, errno);
     }
     done += static_cast<size_t>(n);
   }
@@ -133,9 +143,9 @@ Status StateStore::Put(const VolumeRecord& record) {
   std::string path = Path(record.id);
   std::string temp = path + std::string(kTempSuffix);
   int fd = open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (fd < 0) return Status::Internal(ErrnoMessage("create " + temp));
+  if (fd < 0) return StoreError("create " + temp, errno);
   Status status = WriteAll(fd, SerializeRecord(record), temp);
-  if (status.ok() && fsync(fd) != 0) status = Status::Internal(ErrnoMessage("fsync " + temp));
+  if (status.ok() && fsync(fd) != 0) status = StoreError("fsync " + temp, errno);
   close(fd);
   if (status.ok() && rename(temp.c_str(), path.c_str()) != 0) {
     status = Status::Internal(ErrnoMessage("rename " + temp));

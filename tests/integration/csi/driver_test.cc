@@ -788,6 +788,74 @@ TEST_CASE("a long erase at start: alive and not ready while it recovers, then se
   CHECK(ready);
 }
 
+// The state directory's filesystem full (a 1 MiB tmpfs here; by default the file pool shares it):
+// creates fail with a clear RESOURCE_EXHAUSTED and leave nothing, deletes still free their space
+// (without the deleting mark, which needs a new file), and once there is room again everything
+// works and nothing was lost.
+TEST_CASE("a full state filesystem: clear errors, deletes still work, nothing lost",
+          "[csi][integration]") {
+  DriverFixture driver("512Mi");
+  auto create = [&](const std::string& name, CreateVolumeResponse* created) {
+    CreateVolumeRequest request;
+    request.set_name(name);
+    request.mutable_capacity_range()->set_required_bytes(16 * kMi);
+    *request.add_volume_capabilities() = MountCapability("ext4");
+    return CALL(driver.controller(), CreateVolume, request, created);
+  };
+  CreateVolumeResponse kept;
+  CreateVolumeResponse doomed;
+  REQUIRE(create("pvc-kept", &kept).ok());
+  REQUIRE(create("pvc-doomed", &doomed).ok());
+  // The records move onto a small tmpfs mounted over the state directory.
+  driver.Kill(SIGKILL);
+  const std::string state = driver.state_dir();
+  const std::string saved = driver.work() + "/state-saved";
+  std::filesystem::rename(state, saved);
+  std::filesystem::create_directory(state);
+  REQUIRE(mount("tmpfs", state.c_str(), "tmpfs", 0, "size=1m,mode=0700") == 0);
+  for (const auto& entry : std::filesystem::directory_iterator(saved))
+    std::filesystem::copy(entry.path(), state + "/" + entry.path().filename().string());
+  driver.Start();
+  // Fill it.
+  const std::string filler = state + "/filler";
+  {
+    std::ofstream out(filler, std::ios::binary);
+    const std::string block(4096, 'f');
+    for (int i = 0; i < 1024 && out.good(); ++i) {
+      out.write(block.data(), static_cast<std::streamsize>(block.size()));
+      out.flush();
+    }
+  }
+  std::vector<std::string> before = driver.Records();
+
+  CreateVolumeResponse refused;
+  const grpc::Status full = create("pvc-refused", &refused);
+  CHECK(full.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED);
+  CHECK(full.error_message().find("the state directory's filesystem is full") != std::string::npos);
+  CHECK(driver.Records() == before);
+  CHECK(driver.PoolFiles().size() == 2);
+
+  DeleteVolumeRequest remove;
+  remove.set_volume_id(doomed.volume().volume_id());
+  DeleteVolumeResponse removed;
+  const grpc::Status deleted = CALL(driver.controller(), DeleteVolume, remove, &removed);
+  CHECK(deleted.error_message() == "");
+  CHECK(deleted.ok());
+  CHECK(driver.PoolFiles().size() == 1);
+  CHECK(driver.Records().size() == before.size() - 1);
+
+  // Room again: the refused volume is made, the kept one is still there, after a restart too.
+  std::filesystem::remove(filler);
+  CHECK(create("pvc-refused", &refused).ok());
+  driver.Restart();
+  ListVolumesResponse listed;
+  REQUIRE(CALL(driver.controller(), ListVolumes, ListVolumesRequest(), &listed).ok());
+  std::set<std::string> ids;
+  for (const auto& entry : listed.entries())
+    ids.insert(entry.volume().volume_id());
+  CHECK(ids == std::set<std::string>{kept.volume().volume_id(), refused.volume().volume_id()});
+}
+
 // What the kubelet does on the registration socket, one connection per call.
 grpc::Status KubeletCall(const std::string& socket, auto&& call) {
   grpc::ChannelArguments args;
