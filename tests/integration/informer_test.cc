@@ -78,6 +78,28 @@ std::set<std::string> ServerNames(apiclient::ApiClient& client, const std::strin
   return names;
 }
 
+// Name -> resourceVersion and data: what a fresh list says, against what the informer holds.
+std::map<std::string, std::string> StoreState(const apiclient::Informer& informer) {
+  std::map<std::string, std::string> state;
+  for (const auto& o : informer.store().List()) {
+    state[Field(*o, "metadata", "name")] =
+        Field(*o, "metadata", "resourceVersion") + " " + (*o)["data"].dump();
+  }
+  return state;
+}
+
+std::map<std::string, std::string> ServerState(apiclient::ApiClient& client,
+                                               const std::string& ns) {
+  std::map<std::string, std::string> state;
+  auto list = client.List(kConfigMaps, ns, {});
+  REQUIRE(list.ok());
+  for (const auto& o : list->items) {
+    state[Field(*o, "metadata", "name")] =
+        Field(*o, "metadata", "resourceVersion") + " " + (*o)["data"].dump();
+  }
+  return state;
+}
+
 TEST_CASE("Informer: syncs / then delivers adds / updates and deletes / indexes and trims",
           "[cluster][informer]") {
   const TestCluster cluster = TestCluster::FromEnvironment();
@@ -271,6 +293,12 @@ TEST_CASE("Informer: 410 Gone after etcd compaction leads to a relist that repor
   REQUIRE(recorder.WaitFor("update", "stays", 1, seconds(40)));
   CHECK(informer.ListCount() == 2);
   CHECK(StoreNames(informer) == ServerNames(*real, ns));
+  // The store is what a fresh list says: names, resourceVersions and contents.
+  const auto server = ServerState(*real, ns);
+  CHECK(server.count("stays") == 1);
+  CHECK(server.count("new") == 1);
+  CHECK(server.count("goes") == 0);
+  CHECK(StoreState(informer) == server);
   informer.Stop();
 }
 
