@@ -221,6 +221,65 @@ TEST_CASE(
   CHECK(controller->Running());
 }
 
+// The fault matrix: a Node deleted (with its CSINode, which the kubelet makes owned by the Node):
+// its objects go within seconds, the others stay untouched.
+TEST_CASE("Storage capacity: a deleted Node's objects are gone within seconds",
+          "[cluster][capacity]") {
+  const TestCluster cluster = TestCluster::FromEnvironment();
+  auto client = cluster.AdminClient();
+  csi::testing::DriverFixture driver("1Gi", {"--node-id=node-1"});
+  RegisterDriverOnNodes(*client);
+  const std::string suffix = RandomSuffix();
+  const std::string sc = "cap-gone-" + suffix;
+  ClassCleanup cleanup{*client, {sc}};
+  CreateClass(*client, sc, "WaitForFirstConsumer");
+  const std::string ns = cluster.CreateNamespace("cap-gone");
+  // A node of its own, as a kubelet registers it.
+  const std::string node = "node-gone-" + suffix;
+  Object node_object = {{"apiVersion", "v1"}, {"kind", "Node"}};
+  node_object["metadata"] = {{"name", node}, {"labels", {{kTopologyKey, node}}}};
+  auto made = client->Create(kNodes, "", node_object);
+  REQUIRE(made.ok());
+  Object csinode = {{"apiVersion", "storage.k8s.io/v1"}, {"kind", "CSINode"}};
+  csinode["metadata"] = {{"name", node},
+                         {"ownerReferences",
+                          {{{"apiVersion", "v1"},
+                            {"kind", "Node"},
+                            {"name", node},
+                            {"uid", Field(**made, "metadata", "uid")}}}}};
+  csinode["spec"]["drivers"] = {
+      {{"name", kDriver}, {"nodeID", node}, {"topologyKeys", {kTopologyKey}}}};
+  REQUIRE(client->Create(kCSINodes, "", csinode).ok());
+
+  ControllerProcess controller(cluster, ControllerFlags(driver, ns));
+  std::map<std::string, ObjectPtr> objects;
+  REQUIRE(Eventually([&] {
+    objects = Capacities(*client, ns, {sc});
+    return objects.size() == 4 && objects.count(sc + "/" + node) == 1;
+  }));
+  std::map<std::string, std::string> versions;
+  for (const auto& [key, o] : objects)
+    versions[key] = Field(*o, "metadata", "resourceVersion");
+
+  const auto deleted = std::chrono::steady_clock::now();
+  REQUIRE(client->Delete(kNodes, "", node, {}).ok());
+  REQUIRE(Eventually([&] {
+    objects = Capacities(*client, ns, {sc});
+    return objects.count(sc + "/" + node) == 0;
+  }));
+  const double gone =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - deleted).count();
+  std::printf("a deleted Node's CSIStorageCapacity gone %.2f s after the delete\n", gone);
+  CHECK(gone < 5.0);
+  CHECK(objects.size() == 3);
+  for (const auto& [key, o] : objects) {
+    INFO(key);
+    CHECK(versions[key] == Field(*o, "metadata", "resourceVersion"));
+  }
+  CHECK(controller.Running());
+  (void)client->Delete(kCSINodes, "", node, {});  // if the garbage collector has not yet
+}
+
 TEST_CASE(
     "Storage capacity: Immediate classes with the flag and a new volume refreshes its "
     "segment within 2 s",
