@@ -86,44 +86,7 @@ class RestWatchStream final : public WatchStream {
         return false;
       }
       if (text.empty()) continue;  // An empty line between events.
-      auto parsed = ParseFiltered(text, envelope_filter_.get());
-      if (!parsed.is_object()) {
-        *error = Status::Internal(what_ + ": a watch event is not JSON");
-        return false;
-      }
-      const std::string type = parsed.value("type", "");
-      if (type == "ERROR" && envelope_filter_ != nullptr) {
-        parsed = Object::parse(text, nullptr, /*allow_exceptions=*/false);  // a Status: read it all
-        if (!parsed.is_object()) {
-          *error = Status::Internal(what_ + ": a watch event is not JSON");
-          return false;
-        }
-      }
-      auto object = parsed.find("object");
-      if (object == parsed.end() || !object->is_object()) {
-        *error = Status::Internal(what_ + ": a watch event has no object");
-        return false;
-      }
-      if (type == "ERROR") {
-        const int code = object->value("code", 500);
-        *error = StatusFromHttp(code, object->dump(), what_);
-        return false;
-      }
-      if (type == "ADDED") {
-        event->type = WatchEvent::Type::kAdded;
-      } else if (type == "MODIFIED") {
-        event->type = WatchEvent::Type::kModified;
-      } else if (type == "DELETED") {
-        event->type = WatchEvent::Type::kDeleted;
-      } else if (type == "BOOKMARK") {
-        event->type = WatchEvent::Type::kBookmark;
-      } else {
-        *error =
-            Status::Internal(what_ + ": unknown watch event type \"" + type.substr(0, 32) + "\"");
-        return false;
-      }
-      event->object = std::make_shared<Object>(std::move(*object));
-      return true;
+      return DecodeWatchEventLine(text, envelope_filter_.get(), what_, event, error);
     }
   }
 
@@ -167,6 +130,52 @@ class RestWatchStream final : public WatchStream {
 };
 
 }  // namespace
+
+bool DecodeWatchEventLine(const std::string& text, const FieldFilter* envelope_filter,
+                          const std::string& what, WatchEvent* event, Status* error) {
+  auto parsed = ParseFiltered(text, envelope_filter);
+  if (!parsed.is_object()) {
+    *error = Status::Internal(what + ": a watch event is not JSON");
+    return false;
+  }
+  const auto type_field = parsed.find("type");
+  const std::string type =
+      type_field != parsed.end() && type_field->is_string() ? type_field->get<std::string>() : "";
+  if (type == "ERROR" && envelope_filter != nullptr) {
+    parsed = Object::parse(text, nullptr, /*allow_exceptions=*/false);  // a Status: read it all
+    if (!parsed.is_object()) {
+      *error = Status::Internal(what + ": a watch event is not JSON");
+      return false;
+    }
+  }
+  auto object = parsed.find("object");
+  if (object == parsed.end() || !object->is_object()) {
+    *error = Status::Internal(what + ": a watch event has no object");
+    return false;
+  }
+  if (type == "ERROR") {
+    const auto code_field = object->find("code");
+    const int code = code_field != object->end() && code_field->is_number_integer()
+                         ? code_field->get<int>()
+                         : 500;
+    *error = StatusFromHttp(code, object->dump(), what);
+    return false;
+  }
+  if (type == "ADDED") {
+    event->type = WatchEvent::Type::kAdded;
+  } else if (type == "MODIFIED") {
+    event->type = WatchEvent::Type::kModified;
+  } else if (type == "DELETED") {
+    event->type = WatchEvent::Type::kDeleted;
+  } else if (type == "BOOKMARK") {
+    event->type = WatchEvent::Type::kBookmark;
+  } else {
+    *error = Status::Internal(what + ": unknown watch event type \"" + type.substr(0, 32) + "\"");
+    return false;
+  }
+  event->object = std::make_shared<Object>(std::move(*object));
+  return true;
+}
 
 std::string_view WatchEventTypeName(WatchEvent::Type type) {
   switch (type) {

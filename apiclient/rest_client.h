@@ -30,6 +30,15 @@
 
 namespace ephemera::apiclient {
 
+class FieldFilter;
+
+// Decodes one line of a watch stream (a JSON object {type, object}) into *event, keeping only what
+// `envelope_filter` keeps (null: everything). False with *error set for a line that is not an
+// event (not JSON, no object, an unknown type or a wrong JSON type anywhere) and for an ERROR
+// event (its Status, by StatusFromHttp). Never throws: the line comes from the network.
+bool DecodeWatchEventLine(const std::string& text, const FieldFilter* envelope_filter,
+                          const std::string& what, WatchEvent* event, Status* error);
+
 // Called after every request with the verb ("GET", "LIST", "WATCH", "POST", ...), the HTTP code
 // (0 for a transport failure) and the duration in seconds. For metrics.
 using RequestObserver = std::function<void(std::string_view verb, int code, double seconds)>;

@@ -10,6 +10,7 @@
 #include "apiclient/field_filter.h"
 #include "apiclient/rate_limiter.h"
 #include "apiclient/resource.h"
+#include "apiclient/rest_client.h"
 #include "common/base64.h"
 
 namespace ephemera::apiclient {
@@ -305,6 +306,40 @@ TEST_CASE("field filter: no filter or keep-all decodes everything and bad JSON i
   CHECK(ParseFiltered("[1,2", nullptr).is_discarded());
   // A filtered document whose root is an array: the node applies to each element.
   CHECK(ParseFiltered(R"([{"d":1,"x":2},{"x":3}])", &some) == Object::parse(R"([{"d":1},{}])"));
+}
+
+TEST_CASE("Watch lines: events decoded, anything else an error and never an exception",
+          "[apiclient][watch]") {
+  const FieldFilter keep_name = {{"metadata", FieldFilter{{"name", FieldFilter()}}}};
+  const FieldFilter envelope = {{"type", FieldFilter()}, {"object", keep_name}};
+  for (const FieldFilter* filter : {static_cast<const FieldFilter*>(nullptr), &envelope}) {
+    WatchEvent event;
+    Status error;
+    REQUIRE(DecodeWatchEventLine(R"({"type":"ADDED","object":{"metadata":{"name":"a","uid":"u"}}})",
+                                 filter, "watch", &event, &error));
+    CHECK(event.type == WatchEvent::Type::kAdded);
+    CHECK((*event.object)["metadata"]["name"] == "a");
+    CHECK((*event.object)["metadata"].contains("uid") == (filter == nullptr));
+
+    auto refused = [&](const std::string& line) {
+      WatchEvent ignored;
+      Status why;
+      INFO(line);
+      CHECK_FALSE(DecodeWatchEventLine(line, filter, "watch", &ignored, &why));
+      CHECK_FALSE(why.ok());
+      return why;
+    };
+    // Wrong JSON types threw nlohmann::type_error out of the watch thread before.
+    CHECK(refused(R"({"type":5,"object":{}})").message().find("unknown watch event type") !=
+          std::string::npos);
+    CHECK(refused(R"({"type":"ERROR","object":{"code":"410"}})").code() == Code::kInternal);
+    CHECK(refused(R"({"type":"ERROR","object":{"code":410,"reason":"Expired"}})").code() ==
+          Code::kOutOfRange);
+    for (const char* line : {"not json", "[1,2]", R"({"type":"ADDED"})",
+                             R"({"type":"ADDED","object":[]})", R"({"type":"ODD","object":{}})"}) {
+      CHECK(refused(line).code() == Code::kInternal);
+    }
+  }
 }
 
 }  // namespace ephemera::apiclient
