@@ -134,4 +134,31 @@ std::string Field(const Object& object, const Keys&... keys) {
   return cur->is_string() ? cur->get<std::string>() : std::string();
 }
 
+// Whether the field at that path is the JSON value true (false if absent or of another type).
+template <typename... Keys>
+bool BoolField(const Object& object, const Keys&... keys) {
+  const Object* cur = &object;
+  for (const char* key : {static_cast<const char*>(keys)...}) {
+    if (!cur->is_object()) return false;
+    auto it = cur->find(key);
+    if (it == cur->end()) return false;
+    cur = &*it;
+  }
+  return cur->is_boolean() && cur->get<bool>();
+}
+
+// The elements of the array at that path of an object (empty if absent or not an array).
+template <typename... Keys>
+const Object& ArrayField(const Object& object, const Keys&... keys) {
+  static const Object kEmpty = Object::array();
+  const Object* cur = &object;
+  for (const char* key : {static_cast<const char*>(keys)...}) {
+    if (!cur->is_object()) return kEmpty;
+    auto it = cur->find(key);
+    if (it == cur->end()) return kEmpty;
+    cur = &*it;
+  }
+  return cur->is_array() ? *cur : kEmpty;
+}
+
 }  // namespace ephemera::apiclient

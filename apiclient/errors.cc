@@ -2,15 +2,17 @@
 
 #include <nlohmann/json.hpp>
 
+#include "apiclient/client.h"
+
 namespace ephemera::apiclient {
 
 Status StatusFromHttp(int http_code, std::string_view body, std::string_view what) {
   std::string reason;
   std::string message;
-  const auto parsed = nlohmann::json::parse(body, nullptr, /*allow_exceptions=*/false);
-  if (parsed.is_object() && parsed.value("kind", "") == "Status") {
-    reason = parsed.value("reason", "");
-    message = parsed.value("message", "");
+  const auto parsed = Object::parse(body, nullptr, /*allow_exceptions=*/false);
+  if (Field(parsed, "kind") == "Status") {
+    reason = Field(parsed, "reason");
+    message = Field(parsed, "message");
   }
   if (message.empty()) {
     // Not a metav1.Status (a proxy, or a server that is still starting): keep a bounded excerpt.

@@ -6,6 +6,8 @@
 namespace ephemera::controllers {
 namespace {
 
+using apiclient::ArrayField;
+using apiclient::BoolField;
 using apiclient::Field;
 using apiclient::Object;
 using apiclient::ObjectPtr;
@@ -50,11 +52,8 @@ bool BeingDeleted(const Object& object) {
 
 // The pod that controls `pvc`, as "name (uid)", or "" when none does.
 std::string ControllerName(const Object& pvc) {
-  if (!pvc.contains("metadata") || !pvc["metadata"].contains("ownerReferences")) return "";
-  for (const auto& ref : pvc["metadata"]["ownerReferences"]) {
-    if (ref.value("controller", false)) {
-      return ref.value("kind", "") + " " + ref.value("name", "");
-    }
+  for (const auto& ref : ArrayField(pvc, "metadata", "ownerReferences")) {
+    if (BoolField(ref, "controller")) return Field(ref, "kind") + " " + Field(ref, "name");
   }
   return "";
 }
@@ -130,12 +129,9 @@ Object DesiredClaim(const Object& pod, const Object& volume) {
 }
 
 bool IsControlledBy(const Object& pvc, const std::string& pod_uid) {
-  if (pod_uid.empty() || !pvc.contains("metadata") ||
-      !pvc["metadata"].contains("ownerReferences")) {
-    return false;
-  }
-  for (const auto& ref : pvc["metadata"]["ownerReferences"]) {
-    if (ref.value("controller", false) && ref.value("uid", "") == pod_uid) return true;
+  if (pod_uid.empty()) return false;
+  for (const auto& ref : ArrayField(pvc, "metadata", "ownerReferences")) {
+    if (BoolField(ref, "controller") && Field(ref, "uid") == pod_uid) return true;
   }
   return false;
 }

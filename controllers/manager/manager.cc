@@ -17,6 +17,8 @@
 namespace ephemera::controllers {
 namespace {
 
+using apiclient::ArrayField;
+using apiclient::BoolField;
 using apiclient::Field;
 using apiclient::Object;
 
@@ -27,12 +29,8 @@ bool Enabled(const ManagerOptions& options, const std::string& name) {
 
 // The controller reference of `object`, or null.
 const Object* ControllerRef(const Object& object) {
-  const Object* metadata = object.contains("metadata") ? &object["metadata"] : nullptr;
-  if (metadata == nullptr || !metadata->contains("ownerReferences")) return nullptr;
-  const Object& refs = (*metadata)["ownerReferences"];
-  if (!refs.is_array()) return nullptr;
-  for (const auto& r : refs) {
-    if (r.is_object() && r.value("controller", false)) return &r;
+  for (const auto& r : ArrayField(object, "metadata", "ownerReferences")) {
+    if (BoolField(r, "controller")) return &r;
   }
   return nullptr;
 }

@@ -342,4 +342,17 @@ TEST_CASE("Watch lines: events decoded, anything else an error and never an exce
   }
 }
 
+TEST_CASE("StatusFromHttp: a Status body with fields of the wrong JSON type is no exception",
+          "[apiclient]") {
+  const Status status =
+      StatusFromHttp(409, R"({"kind":"Status","reason":5,"message":["x"]})", "create pvc");
+  CHECK(status.code() == Code::kAborted);  // not AlreadyExists: the reason is no string
+  CHECK(status.message().find("create pvc") != std::string::npos);
+  CHECK(StatusFromHttp(404, R"({"kind":7})", "get").code() == Code::kNotFound);
+  CHECK(BoolField(Object::parse(R"({"a":{"b":true}})"), "a", "b"));
+  CHECK_FALSE(BoolField(Object::parse(R"({"a":{"b":"true"}})"), "a", "b"));
+  CHECK(ArrayField(Object::parse(R"({"m":{"r":{"x":1}}})"), "m", "r").empty());
+  CHECK(ArrayField(Object::parse(R"({"m":{"r":[1,2]}})"), "m", "r").size() == 2);
+}
+
 }  // namespace ephemera::apiclient
