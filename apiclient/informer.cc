@@ -27,11 +27,8 @@ Object DropManagedFields(Object object) {
   return object;
 }
 
-Informer::Informer(ApiClientPtr client, InformerOptions options, const Clock& clock)
-    : client_(std::move(client)),
-      options_(std::move(options)),
-      clock_(clock),
-      store_(options_.indexers) {}
+Informer::Informer(ApiClientPtr client, InformerOptions options)
+    : client_(std::move(client)), options_(std::move(options)), store_(options_.indexers) {}
 
 Informer::~Informer() {
   Stop();

@@ -56,7 +56,7 @@ Object DropManagedFields(Object object);
 
 class Informer {
  public:
-  Informer(ApiClientPtr client, InformerOptions options, const Clock& clock = SystemClock());
+  Informer(ApiClientPtr client, InformerOptions options);
   ~Informer();
   Informer(const Informer&) = delete;
   Informer& operator=(const Informer&) = delete;
@@ -93,7 +93,6 @@ class Informer {
 
   const ApiClientPtr client_;
   const InformerOptions options_;
-  const Clock& clock_;
   Store store_;
   std::vector<EventHandlers> handlers_;
 

@@ -224,14 +224,12 @@ EphemeralVolumeController::EphemeralVolumeController(
       apiclient::InformerOptions{.resource = kPods,
                                  .indexers = {{kClaimIndex, ClaimKeys}},
                                  .transform = TrimPod,
-                                 .decode_filter = PodFilter()},
-      clock_);
+                                 .decode_filter = PodFilter()});
   claims_ = std::make_unique<apiclient::Informer>(
       client_,
       apiclient::InformerOptions{.resource = kPersistentVolumeClaims,
                                  .transform = TrimClaim,
-                                 .decode_filter = ClaimFilter()},
-      clock_);
+                                 .decode_filter = ClaimFilter()});
 
   pods_->AddHandlers({.on_add = [this](const ObjectPtr& pod) { EnqueuePod(pod); },
                       .on_update =
