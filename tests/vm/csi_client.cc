@@ -7,6 +7,8 @@
 //   ephemera-csi-client SOCKET capacity               -> "<available> <maximum volume size>"
 //   ephemera-csi-client SOCKET stage ID DIR FSTYPE    (mount volume, single node writer)
 //   ephemera-csi-client SOCKET unstage ID DIR
+//   ephemera-csi-client SOCKET publish ID STAGING_DIR TARGET_DIR FSTYPE
+//                                                     (a staged volume, single node writer)
 //   ephemera-csi-client SOCKET publish-ephemeral ID DIR SIZE [KEY=VALUE...]
 //                                                     (an inline ephemeral volume, ext4)
 //   ephemera-csi-client SOCKET unpublish ID DIR
@@ -74,7 +76,7 @@ bool ParseKeyValues(int argc, char** argv, int first,
 int main(int argc, char** argv) {
   if (argc < 3) {
     std::cerr << "usage: ephemera-csi-client SOCKET "
-                 "create|delete|capacity|stage|unstage|publish-ephemeral|unpublish ...\n";
+                 "create|delete|capacity|stage|unstage|publish|publish-ephemeral|unpublish ...\n";
     return 2;
   }
   auto channel =
@@ -127,6 +129,15 @@ int main(int argc, char** argv) {
     request.set_staging_target_path(argv[4]);
     NodeUnstageVolumeResponse response;
     return Report(node->NodeUnstageVolume(&context, request, &response));
+  }
+  if (command == "publish" && argc == 7) {
+    NodePublishVolumeRequest request;
+    request.set_volume_id(argv[3]);
+    request.set_staging_target_path(argv[4]);
+    request.set_target_path(argv[5]);
+    SetMountCapability(request.mutable_volume_capability(), argv[6]);
+    NodePublishVolumeResponse response;
+    return Report(node->NodePublishVolume(&context, request, &response));
   }
   if (command == "publish-ephemeral" && argc >= 6) {
     NodePublishVolumeRequest request;
