@@ -1,7 +1,7 @@
 # The lvm backend as the shipped DaemonSet runs it: the image's own ephemera-pmem-csi (its rootfs,
 # exported from ephemera:dev) under runc with the OCI config that tests/vm/oci-bundle made from
 # the manifests (read-only root, privileged, the hostPath and other volumes with their mount
-# propagation, the same arguments), shared read-only as /bundle. The guest plays the node and its
+# propagation, the same arguments), shared as /bundle (writable for runc's mount points). The guest plays the node and its
 # kubelet: it makes the volumes' directories (/bundle/volumes.sh) and makes the CSI calls a kubelet
 # and external-provisioner would make through the socket in the kubelet's plugin directory.
 # Checks: create, stage, publish (the mount reaches the node through Bidirectional propagation,
