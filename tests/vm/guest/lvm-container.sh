@@ -74,6 +74,20 @@ else
   fail "the container did not start"; echo "---- driver log ----"; cat /tmp/driver.log; finish; exit 1
 fi
 vgs; pvs
+# The emulation holds: the container's root is read-only but LVM's places from the node are not,
+# and its IPC namespace (where LVM's udev semaphores would live) is not the node's.
+PID1=$(runc state $CTR | sed -n 's/.*"pid": *\([0-9]*\).*/\1/p')
+o=$(runc exec $CTR touch /etc/lvm/ephemera-probe 2>&1) && fail "the container's root is writable" ||
+  { case $o in *Read-only*) pass "the container's root is read-only: $o" ;; *) fail "touch in the root: $o" ;; esac; }
+o=$(runc exec $CTR sh -c 'for d in /run/lock/lvm /run/lvm /etc/lvm/archive /etc/lvm/backup; do touch $d/probe && rm $d/probe || exit 1; done' 2>&1) &&
+  pass "LVM's lock, run, archive and backup directories are writable" || fail "LVM's directories: $o"
+if [ -n "$PID1" ] && [ -e /proc/$PID1/ns/ipc ]; then
+  [ "$(readlink /proc/$PID1/ns/ipc)" != "$(readlink /proc/self/ns/ipc)" ] &&
+    pass "the container has its own IPC namespace ($(readlink /proc/$PID1/ns/ipc), PID $PID1 on the node)" ||
+    fail "the container shares the node's IPC namespace"
+else
+  fail "no PID of the container from runc state: [$PID1]"
+fi
 # The liveness probe's endpoint (the listener starts shortly after the socket).
 i=0
 until health=$(wget -q -O - http://127.0.0.1:8081/healthz 2>&1) || [ $i -ge 150 ]; do sleep 0.2; i=$((i + 1)); done
@@ -154,6 +168,15 @@ grep -q "^description = \"Created \*after\* executing 'lvremove" /etc/lvm/backup
   fail "no metadata backup from the container on the node: $(grep -s '^description' /etc/lvm/backup/ephemera-region0)"
 grep -ql "^description = \"Created \*before\* executing 'lvcreate" /etc/lvm/archive/ephemera-region0_* &&
   pass "the node has the container's metadata archive" || fail "no metadata archive of an lvcreate on the node"
+
+# The driver is the container's PID 1: whatever its commands left behind is its to reap.
+PID1=$(runc state $CTR | sed -n 's/.*"pid": *\([0-9]*\).*/\1/p')
+if [ -n "$PID1" ] && [ -e /proc/$PID1/status ]; then
+  zombies=$(grep -l "^PPid:[[:space:]]*$PID1\$" /proc/[0-9]*/status 2>/dev/null | xargs grep -l '^State:[[:space:]]*Z' 2>/dev/null)
+  [ -z "$zombies" ] && pass "no zombie under the driver (PID 1 of the container)" || fail "zombies under the driver: $zombies"
+else
+  fail "no PID of the container from runc state: [$PID1]"
+fi
 
 # A graceful stop, as the kubelet does on a rolling update (SIGTERM to the container's PID 1).
 stop_container TERM && pass "the container stopped on SIGTERM" || fail "the container did not stop on SIGTERM within 30 s"
