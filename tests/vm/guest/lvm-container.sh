@@ -125,6 +125,17 @@ unpublish_unstage() {
 if [ -n "$id" ] && stage_publish; then
   echo "written in the container's volume" > $TARGET/data && sync && pass "the node wrote data into the volume" ||
     fail "write into $TARGET"
+  # Online expansion as the kubelet asks for it after csi-resizer: lvextend in the container, then
+  # resize2fs of the mounted ext4 (CAP_SYS_RESOURCE: the container is privileged).
+  size0=$(df -kP $TARGET | awk 'NR == 2 {print $2}')
+  if o=$($CLIENT $SOCK expand "$id" $TARGET 134217728); then
+    size1=$(df -kP $TARGET | awk 'NR == 2 {print $2}')
+    [ "$o" -ge 134217728 ] && [ "$size1" -gt $((size0 + 50000)) ] &&
+      pass "NodeExpandVolume to 128 MiB: capacity $o, the filesystem $size0 -> $size1 KiB" ||
+      fail "NodeExpandVolume: capacity $o, the filesystem $size0 -> $size1 KiB"
+  else
+    fail "NodeExpandVolume: $o"
+  fi
   # A crash of the container (SIGKILL) while the volume is published, and a new one.
   stop_container KILL && pass "the container was killed (SIGKILL)" || fail "the container did not stop on SIGKILL"
   grep -q " $TARGET " /proc/mounts && pass "the volume stays mounted on the node while no driver runs" ||
