@@ -179,6 +179,11 @@ StatusOr<CommandResult> ExecCommandRunner::Run(const std::vector<std::string>& a
   posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
   posix_spawn_file_actions_adddup2(&actions, pipe_fds[1], 1);
   posix_spawn_file_actions_adddup2(&actions, pipe_fds[1], 2);
+  // Nothing else of ours: descriptors opened without O_CLOEXEC (Boost.Asio's sockets are: the
+  // metrics and capacity listeners and their connections) would be inherited, and LVM refuses to
+  // run quietly with an inherited descriptor ("File descriptor 13 (socket:[...]) leaked on lvs
+  // invocation", on stderr, in the middle of the output it reports).
+  posix_spawn_file_actions_addclosefrom_np(&actions, 3);
   // A process group of its own (to be killed as one), no signal blocked, every signal's action
   // the default (the driver's threads block SIGTERM and SIGINT; a SIGPIPE ignored by a library
   // would be inherited too).

@@ -61,9 +61,16 @@ std::string ToString(const json& object, const char* key) {
   return it->get<std::string>();
 }
 
-// The rows of the first report of an LVM JSON report: {"report":[{"vg":[...]}]}.
+// The rows of the first report of an LVM JSON report: {"report":[{"vg":[...]}]}. The output has
+// stderr in it too: LVM's warnings come as lines before or after the report, and may hold
+// brackets ("File descriptor 13 (socket:[16599]) leaked on lvs invocation"), so the report is
+// taken from its first "{" to its last "}".
 StatusOr<json> ReportRows(const std::string& what, const std::string& text, const char* kind) {
-  StatusOr<json> doc = ParseJson(what, text);
+  const size_t open = text.find('{');
+  const size_t close = text.rfind('}');
+  StatusOr<json> doc = open != std::string::npos && close != std::string::npos && open < close
+                           ? ParseJson(what, text.substr(open, close - open + 1))
+                           : ParseJson(what, text);
   if (!doc.ok()) return doc.status();
   json rows = json::array();
   if (!doc->is_object() || !doc->contains("report") || !(*doc)["report"].is_array()) {

@@ -7,6 +7,10 @@
 //   ephemera-csi-client SOCKET capacity               -> "<available> <maximum volume size>"
 //   ephemera-csi-client SOCKET stage ID DIR FSTYPE    (mount volume, single node writer)
 //   ephemera-csi-client SOCKET unstage ID DIR
+//   ephemera-csi-client SOCKET publish ID STAGING_DIR TARGET_DIR FSTYPE
+//                                                     (a staged volume, single node writer)
+//   ephemera-csi-client SOCKET expand ID DIR BYTES    -> "<capacity bytes>" (NodeExpandVolume of
+//                                                     a mounted volume, as the kubelet calls it)
 //   ephemera-csi-client SOCKET publish-ephemeral ID DIR SIZE [KEY=VALUE...]
 //                                                     (an inline ephemeral volume, ext4)
 //   ephemera-csi-client SOCKET unpublish ID DIR
@@ -73,8 +77,9 @@ bool ParseKeyValues(int argc, char** argv, int first,
 
 int main(int argc, char** argv) {
   if (argc < 3) {
-    std::cerr << "usage: ephemera-csi-client SOCKET "
-                 "create|delete|capacity|stage|unstage|publish-ephemeral|unpublish ...\n";
+    std::cerr
+        << "usage: ephemera-csi-client SOCKET "
+           "create|delete|capacity|stage|unstage|publish|publish-ephemeral|unpublish|expand ...\n";
     return 2;
   }
   auto channel =
@@ -127,6 +132,25 @@ int main(int argc, char** argv) {
     request.set_staging_target_path(argv[4]);
     NodeUnstageVolumeResponse response;
     return Report(node->NodeUnstageVolume(&context, request, &response));
+  }
+  if (command == "publish" && argc == 7) {
+    NodePublishVolumeRequest request;
+    request.set_volume_id(argv[3]);
+    request.set_staging_target_path(argv[4]);
+    request.set_target_path(argv[5]);
+    SetMountCapability(request.mutable_volume_capability(), argv[6]);
+    NodePublishVolumeResponse response;
+    return Report(node->NodePublishVolume(&context, request, &response));
+  }
+  if (command == "expand" && argc == 6) {
+    NodeExpandVolumeRequest request;
+    request.set_volume_id(argv[3]);
+    request.set_volume_path(argv[4]);
+    request.mutable_capacity_range()->set_required_bytes(std::stoll(argv[5]));
+    NodeExpandVolumeResponse response;
+    grpc::Status status = node->NodeExpandVolume(&context, request, &response);
+    if (status.ok()) std::cout << response.capacity_bytes() << "\n";
+    return Report(status);
   }
   if (command == "publish-ephemeral" && argc >= 6) {
     NodePublishVolumeRequest request;

@@ -4,7 +4,9 @@
 // command killed at its limit from one that ran its course, on a busy machine.
 #include "csi/exec_command_runner.h"
 
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -181,6 +183,32 @@ TEST_CASE("exec runner: commands start with no signal blocked or ignored", "[csi
   CHECK(killed.status().code() == Code::kDeadlineExceeded);
   CHECK(killed.status().message().find("(signal 15)") != std::string::npos);
   CHECK(elapsed < seconds(4));
+}
+
+TEST_CASE("exec runner: commands inherit no descriptor but stdin, stdout and stderr",
+          "[csi][exec]") {
+  // A socket opened without SOCK_CLOEXEC, as Boost.Asio opens the listeners' sockets: LVM warns
+  // about every inherited descriptor on stderr, inside the JSON report the driver parses.
+  // (At 100 and up, so that its number differs from the one ls opens.)
+  int sock = socket(AF_UNIX, SOCK_STREAM, 0);
+  REQUIRE(sock >= 0);
+  int leaky = fcntl(sock, F_DUPFD, 100);
+  close(sock);
+  REQUIRE(leaky >= 100);
+  ExecCommandRunner runner;
+  // ls of /proc/self/fd lists its own descriptors: 0, 1, 2 and the directory it reads.
+  StatusOr<CommandResult> result = runner.Run({"ls", "/proc/self/fd"}, seconds(60));
+  close(leaky);
+  REQUIRE(result.ok());
+  INFO(result->output);
+  CHECK(result->exit_code == 0);
+  std::istringstream fds(result->output);
+  int count = 0;
+  for (std::string fd; fds >> fd;) {
+    ++count;
+    CHECK(fd != std::to_string(leaky));
+  }
+  CHECK(count == 4);
 }
 
 TEST_CASE("exec runner: a command that exits is done though its helper holds the pipe",

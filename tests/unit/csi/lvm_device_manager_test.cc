@@ -75,6 +75,13 @@ TEST_CASE("lvm: vgs and lvs reports are parsed past warnings", "[lvm]") {
   REQUIRE(lvs->size() == 1);
   CHECK((*lvs)[0].size == 33554432);
   CHECK((*lvs)[0].attr == "-wi-ao----");
+  // A warning with brackets before the report (what LVM prints for an inherited descriptor).
+  StatusOr<std::vector<LvmLogicalVolume>> warned = ParseLvsReport(
+      std::string("  File descriptor 13 (socket:[16599]) leaked on lvs invocation. Parent PID 1: "
+                  "/usr/local/bin/ephemera-pmem-cs\n") +
+      kLvs + "  WARNING: after [the report]\n");
+  REQUIRE(warned.ok());
+  CHECK(warned->size() == 1);
   CHECK_FALSE(ParseVgsReport("not json").ok());
   CHECK_FALSE(ParseLvsReport(R"({"report":[{"lv":[{"lv_name":"x"}]}]})").ok());
 }

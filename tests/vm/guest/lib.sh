@@ -19,11 +19,13 @@ uptime_s() { cut -d. -f1 /proc/uptime; }
 
 # start_driver ARGS...: the driver on $SOCK with the state in /tmp/state, its log appended to
 # /tmp/driver.log; remembers ARGS for restart_driver. Returns 1 when the socket does not appear.
+# The suites set LVM_SUPPRESS_FD_WARNINGS for their own lvm commands; the driver runs without it,
+# as in its container, so that a descriptor it leaks into LVM shows.
 start_driver() {
   [ $# -gt 0 ] && DRIVER_ARGS="$*"
   rm -f $SOCK
   # shellcheck disable=SC2086 # the arguments are words
-  ephemera-pmem-csi --endpoint=unix://$SOCK --node-id=vm --state-dir=/tmp/state $DRIVER_ARGS \
+  env -u LVM_SUPPRESS_FD_WARNINGS ephemera-pmem-csi --endpoint=unix://$SOCK --node-id=vm --state-dir=/tmp/state $DRIVER_ARGS \
     >> /tmp/driver.log 2>&1 &
   DRIVER=$!
   i=0
