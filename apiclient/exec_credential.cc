@@ -346,6 +346,10 @@ std::optional<std::chrono::system_clock::time_point> ParseRfc3339(std::string_vi
     return std::nullopt;
   }
   if (pos != text.size()) return std::nullopt;
+  // The clock counts nanoseconds in 64 bits: about 1678 to 2262. A time beyond that is as far in
+  // the future (or past) as the clock can say (found by fuzzing: the year 8026 overflowed).
+  if (year > 2261) return std::chrono::system_clock::time_point::max();
+  if (year < 1678) return std::chrono::system_clock::time_point::min();
   std::tm tm{};
   tm.tm_year = year - 1900;
   tm.tm_mon = month - 1;

@@ -220,16 +220,14 @@ EphemeralVolumeController::EphemeralVolumeController(
           .on_work_duration = [&w = work.With(name)](double s) { w.Observe(s); }});
 
   pods_ = std::make_unique<apiclient::Informer>(
-      client_,
-      apiclient::InformerOptions{.resource = kPods,
-                                 .indexers = {{kClaimIndex, ClaimKeys}},
-                                 .transform = TrimPod,
-                                 .decode_filter = PodFilter()});
+      client_, apiclient::InformerOptions{.resource = kPods,
+                                          .indexers = {{kClaimIndex, ClaimKeys}},
+                                          .transform = TrimPod,
+                                          .decode_filter = PodFilter()});
   claims_ = std::make_unique<apiclient::Informer>(
-      client_,
-      apiclient::InformerOptions{.resource = kPersistentVolumeClaims,
-                                 .transform = TrimClaim,
-                                 .decode_filter = ClaimFilter()});
+      client_, apiclient::InformerOptions{.resource = kPersistentVolumeClaims,
+                                          .transform = TrimClaim,
+                                          .decode_filter = ClaimFilter()});
 
   pods_->AddHandlers({.on_add = [this](const ObjectPtr& pod) { EnqueuePod(pod); },
                       .on_update =

@@ -251,6 +251,11 @@ TEST_CASE("RFC 3339 times", "[apiclient][exec]") {
     INFO(bad);
     CHECK_FALSE(ParseRfc3339(bad));
   }
+  // Beyond the clock's range (about 1678-2262): as far as it goes, not an overflow (fuzzing).
+  CHECK(ParseRfc3339("8026-11-07T15:04:05Z") == system_clock::time_point::max());
+  CHECK(ParseRfc3339("9999-12-31T23:59:59.999999999-23:59") == system_clock::time_point::max());
+  CHECK(ParseRfc3339("0000-01-01T00:00:00Z") == system_clock::time_point::min());
+  CHECK(ParseRfc3339("2261-12-31T23:59:59Z") > base);
 }
 
 TEST_CASE("exec info: the request the plugin gets in KUBERNETES_EXEC_INFO", "[apiclient][exec]") {
