@@ -6,12 +6,16 @@
 #   install_cluster DIR LOG [ARGS]   scripts/cluster up --dir DIR --real-nodes 2 ARGS (e.g.
 #                                    --owner-pid PID); sets K (kubectl as cluster admin on it)
 #                                    and INSTALL_KUBECONFIG
-#   install_manifests WORK LOG       labels the nodes for the driver, the namespace, capacity
+#   install_manifests WORK LOG [KUSTOMIZATION]
+#                                    labels the nodes for the driver, the namespace, capacity
 #                                    certificates (in WORK/certs), then `kubectl apply -k` of
-#                                    manifests/ through overlay/ beside this file
+#                                    manifests/ through overlay/ beside this file (or through
+#                                    KUSTOMIZATION, a directory that builds on it)
 #   install_rolled_out KIND/NAME S   waits up to S seconds until it is rolled out
 #   install_registered NODE          the node's kubelet registered the driver (CSINode)
 #   install_leader                   prints the controller-manager pod holding the Lease
+#   install_node_clean DIR I         node I of the cluster in DIR has no volume file, record, CSI
+#                                    mount or loop device of the driver (says what is left)
 #
 # A step that fails shows its log and returns non-zero. Needs ROOT (the repository).
 
@@ -36,12 +40,12 @@ install_cluster() {
 }
 
 install_manifests() {
-  local work=$1 log=$2
+  local work=$1 log=$2 kustomization=${3:-$ROOT/tests/e2e/real-nodes/overlay}
   {
     $K label nodes "${INSTALL_NODES[@]}" storage.ephemera.io/pmem=true &&
       $K apply -f "$ROOT/manifests/namespace.yaml" &&
       "$ROOT/scripts/capacity-certs" --dir "$work/certs" --apply --kubeconfig "$INSTALL_KUBECONFIG" &&
-      $K apply -k "$ROOT/tests/e2e/real-nodes/overlay"
+      $K apply -k "$kustomization"
   } >"$log" 2>&1 || { tail -40 "$log" >&2; return 1; }
 }
 
@@ -60,4 +64,20 @@ install_leader() {
   # The identity is "<pod name>_<unique suffix>": only a pod that still exists counts.
   $K -n "$INSTALL_NS" get pods -l app.kubernetes.io/name=ephemera-controller-manager \
     -o jsonpath='{.items[*].metadata.name}' | tr ' ' '\n' | grep -x "${holder%%_*}"
+}
+
+install_node_clean() {  # DIR I
+  local nd=$1/nodes/node-$2 pid
+  [ -z "$(ls -A "$nd/ephemera-state/files" 2>/dev/null)" ] || { echo "node-$2: files left: $(ls "$nd/ephemera-state/files")"; return 1; }
+  [ -z "$(find "$nd/ephemera-state/state" -type f 2>/dev/null)" ] || { echo "node-$2: records left"; return 1; }
+  pid=$(cat "$1/pids/node-$2")
+  if nsenter -t "$pid" -m findmnt -rn -o TARGET | grep -q 'kubernetes.io~csi'; then
+    echo "node-$2: CSI mounts left"; return 1
+  fi
+  # By inode: a loop device names its file by the path inside the node's mount namespace.
+  local inodes
+  inodes=$(find "$nd" -xdev -type f -printf '%i\n' | sort -u)
+  if [ -n "$inodes" ] && losetup -l -n -O BACK-INO | tr -d ' ' | grep -qxF "$inodes"; then
+    echo "node-$2: loop devices left"; return 1
+  fi
 }
