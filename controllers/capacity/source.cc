@@ -19,8 +19,8 @@ class GrpcCapacitySource : public CapacitySource {
  public:
   // `capacity_listener`: the driver's read-only --capacity-listen, which serves GetCapacity but not
   // ControllerGetCapabilities; there UNIMPLEMENTED for the capabilities means "only GetCapacity".
-  GrpcCapacitySource(std::shared_ptr<grpc::Channel> channel, std::chrono::milliseconds timeout,
-                     bool capacity_listener = false)
+  GrpcCapacitySource(const std::shared_ptr<grpc::Channel>& channel,
+                     std::chrono::milliseconds timeout, bool capacity_listener = false)
       : identity_(::csi::v1::Identity::NewStub(channel)),
         controller_(::csi::v1::Controller::NewStub(channel)),
         timeout_(timeout),
