@@ -9,12 +9,12 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <cstring>
 #include <nlohmann/json.hpp>
 
 #include "common/log.h"
 #include "csi/backends/block_device.h"
 #include "csi/mount_util.h"
+#include "csi/system_error.h"
 #include "csi/volume_id.h"
 
 namespace ephemera::csi {
@@ -91,12 +91,12 @@ StatusOr<CommandResult> RunOk(CommandRunner& runner, const std::vector<std::stri
 // The size of the block device at `path` in bytes.
 StatusOr<int64_t> BlockDeviceSize(const std::string& path) {
   int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return Status::Internal("open " + path + ": " + std::strerror(errno));
+  if (fd < 0) return Status::Internal(ErrnoMessage("open " + path));
   uint64_t size = 0;
   int rc = ioctl(fd, BLKGETSIZE64, &size);
   int saved = errno;
   close(fd);
-  if (rc != 0) return Status::Internal("BLKGETSIZE64 " + path + ": " + std::strerror(saved));
+  if (rc != 0) return Status::Internal(ErrnoMessage("BLKGETSIZE64 " + path, saved));
   return static_cast<int64_t>(size);
 }
 
@@ -357,12 +357,22 @@ Status LvmDeviceManager::Delete(const std::string& id, bool erase) {
   // An active volume has its node /dev/<vg>/<id>: then no lvs report is needed (it costs hundreds
   // of milliseconds in a small guest). Otherwise (missing or inactive) the report decides.
   for (const std::string& vg : vgs_) {
-    std::string path = "/dev/" + vg + "/" + id;
+    std::string path = "/dev/";
+    path += vg;
+    path += '/';
+    path += id;
     struct stat st {};
     if (stat(path.c_str(), &st) != 0 || !S_ISBLK(st.st_mode)) continue;
     StatusOr<bool> busy = BlockDeviceBusy(path);
     if (!busy.ok()) return busy.status();
-    if (*busy) return Status::FailedPrecondition("device " + id + " (" + path + ") is in use");
+    if (*busy) {
+      std::string message = "device ";
+      message += id;
+      message += " (";
+      message += path;
+      message += ") is in use";
+      return Status::FailedPrecondition(message);
+    }
     if (erase) {
       StatusOr<int64_t> size = BlockDeviceSize(path);
       if (!size.ok()) return size.status();
