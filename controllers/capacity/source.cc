@@ -222,7 +222,7 @@ StatusOr<std::unique_ptr<CapacitySource>> NewTlsCapacitySource(const std::string
   if (!tls.server_name.empty()) args.SetSslTargetNameOverride(tls.server_name);
   auto channel = grpc::CreateCustomChannel(address, grpc::SslCredentials(options), args);
   return std::unique_ptr<CapacitySource>(
-      new GrpcCapacitySource(std::move(channel), timeout, /*capacity_listener=*/true));
+      new GrpcCapacitySource(channel, timeout, /*capacity_listener=*/true));
 }
 
 std::unique_ptr<CapacitySource> NewPerNodeCapacitySource(
@@ -242,7 +242,7 @@ StatusOr<std::unique_ptr<CapacitySource>> NewGrpcCapacitySource(const std::strin
                                    address.substr(0, 64) + "\"");
   }
   auto channel = grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
-  return std::unique_ptr<CapacitySource>(new GrpcCapacitySource(std::move(channel), timeout));
+  return std::unique_ptr<CapacitySource>(new GrpcCapacitySource(channel, timeout));
 }
 
 }  // namespace ephemera::controllers
