@@ -425,7 +425,8 @@ StatusOr<HttpResult> HttpsTransport::RoundTrip(const HttpRequestSpec& spec,
   HttpResult result;
   result.code = static_cast<int>(res.result_int());
   if (auto it = res.find(http::field::retry_after); it != res.end()) {
-    result.retry_after = std::string(it->value());
+    const auto value = it->value();
+    result.retry_after.assign(value.data(), value.size());
   }
   // The parser's view, not only the header's: a body that ends with the connection ends it too.
   const bool keep = parser->keep_alive();
@@ -470,7 +471,7 @@ StreamingResponse::~StreamingResponse() {
 
 StatusOr<bool> StreamingResponse::ReadSome(std::string* out) {
   auto& parser = *connection_->streaming_;
-  std::array<char, 64 * 1024> chunk{};
+  std::array<char, std::size_t{64} * 1024> chunk{};
   while (true) {
     if (cancelled_.load()) return Status::Cancelled("stopped");
     if (parser.is_done()) return false;

@@ -166,8 +166,8 @@ Status LeaderElector::TryAcquireOrRenew(Clock::TimePoint deadline) {
   if (lease.contains("spec") && lease["spec"].contains("leaseDurationSeconds") &&
       lease["spec"]["leaseDurationSeconds"].is_number_integer()) {
     // Hostile or odd values (negative, years) are clamped to something a lease can mean.
-    record_seconds =
-        std::clamp(lease["spec"]["leaseDurationSeconds"].get<int64_t>(), int64_t{1}, int64_t{3600});
+    record_seconds = static_cast<int>(std::clamp(
+        lease["spec"]["leaseDurationSeconds"].get<int64_t>(), int64_t{1}, int64_t{3600}));
   }
   {
     std::lock_guard<std::mutex> lock(mu_);

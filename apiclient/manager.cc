@@ -28,7 +28,7 @@ class Manager::Group {
       if (runnables_.empty()) ready_ = true;
       return;
     }
-    starter_ = std::jthread([this](std::stop_token) {
+    starter_ = std::jthread([this] {
       const std::stop_token stop = stop_.get_token();
       for (const auto& r : runnables_) {
         if (stop.stop_requested()) return;
@@ -293,7 +293,7 @@ SignalStop::SignalStop() {
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
   thread_ = std::thread([this, set] {
     int received = 0;
-    const timespec tick{0, 200 * 1000 * 1000};
+    const timespec tick{0, 200L * 1000 * 1000};
     while (!done_) {
       siginfo_t info;
       if (sigtimedwait(&set, &info, &tick) < 0) continue;

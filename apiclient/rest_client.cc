@@ -530,7 +530,7 @@ StatusOr<WatchStreamPtr> RestClient::Watch(const Resource& resource, const std::
   }
   if ((*response)->code() != 200) {
     std::string body;
-    while (body.size() < 64 * 1024) {
+    while (body.size() < std::size_t{64} * 1024) {
       auto more = (*response)->ReadSome(&body);
       if (!more.ok() || !*more) break;
     }

@@ -40,11 +40,12 @@ ObjectPtr Store::Upsert(ObjectPtr object) {
   if (it != items_.end()) {
     old = it->second;
     UnindexLocked(key, old);
-    it->second = object;
+    IndexLocked(key, object);
+    it->second = std::move(object);
   } else {
-    items_.emplace(key, object);
+    IndexLocked(key, object);
+    items_.emplace(key, std::move(object));
   }
-  IndexLocked(key, object);
   return old;
 }
 

@@ -44,7 +44,7 @@ constexpr auto kIdleTimeout = std::chrono::seconds(10);
 constexpr auto kLingerTime = std::chrono::seconds(2);
 // Scrapes and probes send neither large headers nor bodies.
 constexpr std::uint32_t kHeaderLimit = 8 * 1024;
-constexpr std::uint64_t kBodyLimit = 4 * 1024;
+constexpr std::uint64_t kBodyLimit = std::uint64_t{4} * 1024;
 // At most this many connections: a new one beyond it closes the oldest, so that idle clients can
 // neither exhaust the process's files nor lock out the next scrape or probe.
 constexpr size_t kMaxConnections = 64;
@@ -205,7 +205,9 @@ class HttpEndpoint::Server::Session : public std::enable_shared_from_this<Sessio
     response_ = http::response<http::string_body>(status, 11);
     response_.keep_alive(false);
     response_.set(http::field::content_type, "text/plain");
-    response_.body() = std::string(http::obsolete_reason(status)) + "\n";
+    const auto reason = http::obsolete_reason(status);
+    response_.body().assign(reason.data(), reason.size());
+    response_.body() += '\n';
     response_.prepare_payload();
     Write();
   }
@@ -240,10 +242,10 @@ class HttpEndpoint::Server::Session : public std::enable_shared_from_this<Sessio
   beast::tcp_stream stream_;
   Server& server_;
   const uint64_t id_;
-  beast::flat_buffer buffer_{2 * kHeaderLimit};
+  beast::flat_buffer buffer_{std::size_t{2} * kHeaderLimit};
   std::optional<http::request_parser<http::string_body>> parser_;
   http::response<http::string_body> response_;
-  char drain_[1024];
+  char drain_[1024] = {};
 };
 
 void HttpEndpoint::Server::Shutdown() {

@@ -46,7 +46,7 @@ class HttpEndpoint {
     { r.Render() } -> std::convertible_to<std::string>;
   }
   explicit HttpEndpoint(const Registry& registry, EndpointErrorReporter report = nullptr)
-      : HttpEndpoint([&registry] { return std::string(registry.Render()); }, std::move(report)) {}
+      : HttpEndpoint([&registry] { return registry.Render(); }, std::move(report)) {}
   ~HttpEndpoint();
   HttpEndpoint(const HttpEndpoint&) = delete;
   HttpEndpoint& operator=(const HttpEndpoint&) = delete;

@@ -39,7 +39,7 @@ std::string FormatTable(const std::vector<std::string>& header,
 
 std::string FormatSize(int64_t bytes) {
   if (bytes < 0) return std::to_string(bytes);
-  const std::string exact = FormatBinaryQuantity(bytes);
+  std::string exact = FormatBinaryQuantity(bytes);
   // The digits before the suffix: "1536Mi" has 4. Up to 4 digits reads well in a table.
   const size_t digits = exact.find_first_not_of("0123456789");
   if ((digits == std::string::npos ? exact.size() : digits) <= 4) return exact;
@@ -84,9 +84,9 @@ std::string FormatAge(std::chrono::seconds age) {
   const int64_t hours = s / 3600;
   if (hours < 8) return two(hours, "h", minutes % 60, "m");
   if (hours < 48) return std::to_string(hours) + "h";
-  if (hours < 24 * 8) return two(hours / 24, "d", hours % 24, "h");
+  if (hours < int64_t{24} * 8) return two(hours / 24, "d", hours % 24, "h");
   const int64_t days = hours / 24;
-  if (days < 365 * 2) return std::to_string(days) + "d";
+  if (days < int64_t{365} * 2) return std::to_string(days) + "d";
   const int64_t years = days / 365;
   if (years < 8) return two(years, "y", days % 365, "d");
   return std::to_string(years) + "y";

@@ -107,17 +107,24 @@ std::string SelectorString(const Object* selector) {
       const std::string key = Field(e, "key");
       const std::string op = Field(e, "operator");
       const std::string values = "(" + Join(StringList(Member(&e, "values")), ",") + ")";
+      std::string part = key;
       if (op == "In") {
-        parts.push_back(key + " in " + values);
+        part += " in ";
+        part += values;
       } else if (op == "NotIn") {
-        parts.push_back(key + " notin " + values);
+        part += " notin ";
+        part += values;
       } else if (op == "Exists") {
-        parts.push_back(key);
+        // the key alone
       } else if (op == "DoesNotExist") {
-        parts.push_back("!" + key);
+        part.insert(0, 1, '!');
       } else {
-        parts.push_back(key + " " + op + " " + values);
+        part += ' ';
+        part += op;
+        part += ' ';
+        part += values;
       }
+      parts.push_back(std::move(part));
     }
   }
   return parts.empty() ? "<all>" : Join(parts, ",");
@@ -166,6 +173,7 @@ std::vector<CapacityRow> BuildCapacityRows(const std::vector<ObjectPtr>& capacit
 std::string CapacityTable(const std::vector<CapacityRow>& rows,
                           std::chrono::system_clock::time_point now) {
   std::vector<std::vector<std::string>> cells;
+  cells.reserve(rows.size());
   for (const auto& row : rows) {
     cells.push_back({NodeCell(row), row.storage_class.empty() ? "<none>" : row.storage_class,
                      FormatQuantityCell(row.capacity), FormatQuantityCell(row.maximum_volume_size),
@@ -241,7 +249,9 @@ std::vector<VolumeRow> BuildVolumeRows(const std::vector<ObjectPtr>& pods,
       if (volume.empty()) continue;
       if (const Object* ephemeral = Member(&v, "ephemeral"); ephemeral && ephemeral->is_object()) {
         VolumeRow row{.ns = ns, .pod = name, .volume = volume, .type = "ephemeral"};
-        row.pvc = name + "-" + volume;
+        row.pvc = name;
+        row.pvc += '-';
+        row.pvc += volume;
         row.node = node;
         const Object* spec = Member(Member(ephemeral, "volumeClaimTemplate"), "spec");
         std::string storage_class = StringAt(Member(spec, "storageClassName")).value_or("");
@@ -308,6 +318,7 @@ std::string VolumeTable(const std::vector<VolumeRow>& rows, bool with_namespace)
   std::vector<std::string> header = {"POD", "VOLUME", "PVC", "PHASE", "NODE", "SIZE"};
   if (with_namespace) header.insert(header.begin(), "NAMESPACE");
   std::vector<std::vector<std::string>> cells;
+  cells.reserve(rows.size());
   for (const auto& row : rows) {
     std::vector<std::string> line = {row.pod,
                                      row.volume,

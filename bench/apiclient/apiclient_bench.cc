@@ -46,6 +46,7 @@ nlohmann::json CreateMany(ApiClient& client, const Resource& resource, const std
   std::atomic<int> next{0};
   std::atomic<int> failures{0};
   std::vector<std::thread> workers;
+  workers.reserve(inflight);
   const auto start = Steady::now();
   for (int w = 0; w < inflight; ++w) {
     workers.emplace_back([&] {
@@ -204,7 +205,9 @@ int main(int argc, char** argv) {
     }
     informer.Stop();
     std::sort(latencies.begin(), latencies.end());
-    auto q = [&](double p) { return latencies[static_cast<size_t>(p * (latencies.size() - 1))]; };
+    auto q = [&](double p) {
+      return latencies[static_cast<size_t>(p * static_cast<double>(latencies.size() - 1))];
+    };
     std::cout << nlohmann::json{{"client", "ephemera"},
                                 {"samples", latencies.size()},
                                 {"p50_ms", q(0.5)},
@@ -231,7 +234,7 @@ int main(int argc, char** argv) {
                                 {"sync_seconds", sync_seconds},
                                 {"rss_before_kb", before},
                                 {"rss_after_kb", after},
-                                {"rss_delta_mb", (after - before) / 1024.0}}
+                                {"rss_delta_mb", static_cast<double>(after - before) / 1024.0}}
                      .dump()
               << std::endl;
     informer.Stop();

@@ -126,6 +126,14 @@ class Controller final : public ::csi::v1::Controller::Service {
   std::map<std::string, int64_t> per_node;  // GUARDED_BY(mu)
 };
 
+// "class/node": how the published and pending capacities are keyed.
+std::string ClassNodeKey(const std::string& storage_class, const std::string& node) {
+  std::string key = storage_class;
+  key += '/';
+  key += node;
+  return key;
+}
+
 std::string NodeName(int i) {
   char name[32];
   std::snprintf(name, sizeof(name), "bench-node-%04d", i);
@@ -141,6 +149,7 @@ bool Setup(ApiClient& client, int nodes) {
   std::atomic<int> next{0};
   std::atomic<bool> ok{true};
   std::vector<std::thread> workers;
+  workers.reserve(8);
   for (int w = 0; w < 8; ++w) {
     workers.emplace_back([&] {
       for (int i = next++; i < nodes; i = next++) {
@@ -299,7 +308,10 @@ int main(int argc, char** argv) {
       }
       address = ip + ":" + std::to_string(port);
     }
-    endpoints += (endpoints.empty() ? "" : ",") + name + "=" + address;
+    if (!endpoints.empty()) endpoints += ',';
+    endpoints += name;
+    endpoints += '=';
+    endpoints += address;
   }
   for (auto& arg : command) {
     const auto at = arg.find("@ENDPOINTS@");
@@ -313,7 +325,7 @@ int main(int argc, char** argv) {
   uint64_t writes = 0;
   struct Pending {
     Steady::time_point changed;
-    int64_t want;
+    int64_t want = 0;
   };
   std::map<std::string, Pending> pending;
   std::vector<double> staleness_ms;
@@ -348,6 +360,7 @@ int main(int argc, char** argv) {
 
   // The controller.
   std::vector<char*> args;
+  args.reserve(command.size() + 1);
   for (auto& a : command)
     args.push_back(a.data());
   args.push_back(nullptr);
@@ -386,7 +399,7 @@ int main(int argc, char** argv) {
   auto complete = [&] {  // under mu
     for (const auto& [node, want] : initial) {
       for (const auto& c : kClasses) {
-        auto it = published.find(c + "/" + node);
+        auto it = published.find(ClassNodeKey(c, node));
         if (it == published.end() || it->second != want) return false;
       }
     }
@@ -438,7 +451,7 @@ int main(int argc, char** argv) {
       want = driver.per_node[node] - (256LL << 20);
       driver.per_node[node] = want;
       for (const auto& cls : kClasses)
-        pending[cls + "/" + node] = {Steady::now(), want};
+        pending[ClassNodeKey(cls, node)] = {Steady::now(), want};
     }
     Object pv = {{"apiVersion", "v1"}, {"kind", "PersistentVolume"}};
     pv["metadata"] = {{"name", "bench-pv-" + ns + "-" + std::to_string(c)},

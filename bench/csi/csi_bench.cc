@@ -134,6 +134,7 @@ int main(int argc, char** argv) {
     return 0;
   };
   std::vector<std::thread> threads;
+  threads.reserve(callers);
   for (int c = 0; c < callers; ++c) {
     threads.emplace_back([&, c] {
       if (caller(c) != 0) failed = true;

@@ -78,6 +78,7 @@ int main(int argc, char** argv) {
   std::atomic<int> next{0}, failures{0};
   std::atomic<int64_t> behind_us{0};  // the most a create started after its slot
   std::vector<std::thread> workers;
+  workers.reserve(inflight);
   for (int w = 0; w < inflight; ++w) {
     workers.emplace_back([&] {
       for (int i = next++; i < count; i = next++) {
@@ -124,14 +125,17 @@ int main(int argc, char** argv) {
   }
   std::sort(latencies.begin(), latencies.end());
   auto q = [&](double p) {
-    return latencies.empty() ? -1.0 : latencies[static_cast<size_t>(p * (latencies.size() - 1))];
+    return latencies.empty()
+               ? -1.0
+               : latencies[static_cast<size_t>(p * static_cast<double>(latencies.size() - 1))];
   };
   std::cout << nlohmann::json{{"count", count},
                               {"complete", complete},
                               {"claims", claim_seen.size()},
                               {"pod_create_failures", failures.load()},
                               {"pods_created_seconds", create_seconds},
-                              {"pods_behind_pace_ms", behind_us.load() / 1000.0},
+                              {"pods_behind_pace_ms",
+                               static_cast<double>(behind_us.load()) / 1000.0},
                               {"all_claims_seconds", all_seconds},
                               {"p50_ms", q(0.5)},
                               {"p99_ms", q(0.99)}}

@@ -11,12 +11,12 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <cstring>
 #include <fstream>
 #include <functional>
 #include <map>
 #include <memory>
 #include <optional>
+#include <system_error>
 #include <vector>
 
 #include "apiclient/config.h"
@@ -146,22 +146,26 @@ StatusOr<apiclient::ObjectPtr> Ensure(
 // mode 0600 (the key is secret), its mode forced again if it existed.
 Status WriteFile(const std::string& path, const std::string& data) {
   const int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
-  if (fd < 0) return Status::Internal("cannot write " + path + ": " + std::strerror(errno));
+  if (fd < 0)
+    return Status::Internal("cannot write " + path + ": " + std::generic_category().message(errno));
   Status status;
   if (fchmod(fd, 0600) != 0) {
-    status = Status::Internal("cannot restrict " + path + ": " + std::strerror(errno));
+    status =
+        Status::Internal("cannot restrict " + path + ": " + std::generic_category().message(errno));
   }
   for (size_t done = 0; status.ok() && done < data.size();) {
     const ssize_t n = write(fd, data.data() + done, data.size() - done);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) {
-      status = Status::Internal("cannot write " + path + ": " + std::strerror(errno));
+      status =
+          Status::Internal("cannot write " + path + ": " + std::generic_category().message(errno));
       break;
     }
     done += static_cast<size_t>(n);
   }
   if (close(fd) != 0 && status.ok()) {
-    status = Status::Internal("cannot write " + path + ": " + std::strerror(errno));
+    status =
+        Status::Internal("cannot write " + path + ": " + std::generic_category().message(errno));
   }
   return status;
 }

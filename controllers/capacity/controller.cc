@@ -126,8 +126,12 @@ bool NodeInSegment(const Object& node, const Segment& segment) {
 
 std::string DescribeSegment(const Segment& segment) {
   std::string out;
-  for (const auto& [k, v] : segment)
-    out += (out.empty() ? "" : ",") + k + "=" + v;
+  for (const auto& [k, v] : segment) {
+    if (!out.empty()) out += ',';
+    out += k;
+    out += '=';
+    out += v;
+  }
   return out.empty() ? "<all nodes>" : out;
 }
 
@@ -343,9 +347,10 @@ Status CapacityController::Start(std::stop_token stop) {
   // deleted for good (after the unmounts) changes its node's free space.
   const std::string driver = driver_;
   pods_ = std::make_unique<apiclient::Informer>(
-      client_, apiclient::InformerOptions{.resource = kPods, .transform = [driver](Object pod) {
-                                            return InlineVolumePod(pod, driver);
-                                          }});
+      client_,
+      apiclient::InformerOptions{.resource = kPods, .transform = [driver](const Object& pod) {
+                                   return InlineVolumePod(pod, driver);
+                                 }});
   capacities_ = std::make_unique<apiclient::Informer>(
       client_,
       apiclient::InformerOptions{.resource = kCSIStorageCapacities,

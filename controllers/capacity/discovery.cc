@@ -27,7 +27,7 @@ std::string Address(const std::string& ip, int port) {
 
 std::map<std::string, std::string> EndpointsFromPods(const std::vector<ObjectPtr>& pods, int port) {
   struct Choice {
-    bool running;
+    bool running = false;
     std::string pod, address;
   };
   std::map<std::string, Choice> chosen;

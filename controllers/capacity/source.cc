@@ -19,8 +19,8 @@ class GrpcCapacitySource : public CapacitySource {
  public:
   // `capacity_listener`: the driver's read-only --capacity-listen, which serves GetCapacity but not
   // ControllerGetCapabilities; there UNIMPLEMENTED for the capabilities means "only GetCapacity".
-  GrpcCapacitySource(std::shared_ptr<grpc::Channel> channel, std::chrono::milliseconds timeout,
-                     bool capacity_listener = false)
+  GrpcCapacitySource(const std::shared_ptr<grpc::Channel>& channel,
+                     std::chrono::milliseconds timeout, bool capacity_listener = false)
       : identity_(::csi::v1::Identity::NewStub(channel)),
         controller_(::csi::v1::Controller::NewStub(channel)),
         timeout_(timeout),
@@ -222,7 +222,7 @@ StatusOr<std::unique_ptr<CapacitySource>> NewTlsCapacitySource(const std::string
   if (!tls.server_name.empty()) args.SetSslTargetNameOverride(tls.server_name);
   auto channel = grpc::CreateCustomChannel(address, grpc::SslCredentials(options), args);
   return std::unique_ptr<CapacitySource>(
-      new GrpcCapacitySource(std::move(channel), timeout, /*capacity_listener=*/true));
+      new GrpcCapacitySource(channel, timeout, /*capacity_listener=*/true));
 }
 
 std::unique_ptr<CapacitySource> NewPerNodeCapacitySource(
@@ -242,7 +242,7 @@ StatusOr<std::unique_ptr<CapacitySource>> NewGrpcCapacitySource(const std::strin
                                    address.substr(0, 64) + "\"");
   }
   auto channel = grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
-  return std::unique_ptr<CapacitySource>(new GrpcCapacitySource(std::move(channel), timeout));
+  return std::unique_ptr<CapacitySource>(new GrpcCapacitySource(channel, timeout));
 }
 
 }  // namespace ephemera::controllers

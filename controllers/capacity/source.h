@@ -50,7 +50,10 @@ class CapacitySource {
   using Cancel = std::function<void()>;
   virtual Cancel GetCapacityAsync(const Segment& segment,
                                   const std::map<std::string, std::string>& params,
-                                  const std::vector<std::string>& nodes, CapacityCallback done) {
+                                  const std::vector<std::string>& nodes,
+                                  // A sink: the overrides take ownership of `done`.
+                                  // NOLINTNEXTLINE(performance-unnecessary-value-param): a sink
+                                  CapacityCallback done) {
     done(GetCapacity(segment, params, nodes));
     return {};
   }

@@ -377,8 +377,7 @@ Status EphemeralVolumeController::EnsureClaim(const Object& pod, const Object& v
     return collision(*cached);
   }
 
-  const Status created =
-      client_->CreateOnly(kPersistentVolumeClaims, ns, DesiredClaim(pod, volume));
+  Status created = client_->CreateOnly(kPersistentVolumeClaims, ns, DesiredClaim(pod, volume));
   if (created.ok()) {
     creates_.Inc();
     {
@@ -416,7 +415,10 @@ Status EphemeralVolumeController::ReleaseClaims(const Object& pod) {
     if (!IsEphemeral(volume)) continue;
     const std::string claim =
         EphemeralClaimName(Field(pod, "metadata", "name"), Field(volume, "name"));
-    const ObjectPtr cached = claims_->store().Get(ns + "/" + claim);
+    std::string key = ns;
+    key += '/';
+    key += claim;
+    const ObjectPtr cached = claims_->store().Get(key);
     if (cached == nullptr || !IsControlledBy(*cached, pod_uid) || BeingDeleted(*cached)) continue;
     const Status s = client_->Delete(kPersistentVolumeClaims, ns, claim,
                                      {.precondition_uid = Field(*cached, "metadata", "uid"),
@@ -424,11 +426,16 @@ Status EphemeralVolumeController::ReleaseClaims(const Object& pod) {
     if (s.ok() || apiclient::IsNotFound(s)) {
       releases_.Inc();
       if (events_) {
-        events_->Record(pod, "Normal", "ReleasedClaim", "Release",
-                        "pod is " + Field(pod, "status", "phase") + ": deleted PVC " + ns + "/" +
-                            claim + " of ephemeral volume " + Field(volume, "name") +
-                            " (its storage is freed when PVC protection lets it go: "
-                            "kube-controller-manager keeps it while the pod exists)");
+        std::string message = "pod is ";
+        message += Field(pod, "status", "phase");
+        message += ": deleted PVC ";
+        message += key;
+        message += " of ephemeral volume ";
+        message += Field(volume, "name");
+        message +=
+            " (its storage is freed when PVC protection lets it go: "
+            "kube-controller-manager keeps it while the pod exists)";
+        events_->Record(pod, "Normal", "ReleasedClaim", "Release", message);
       }
     } else if (first_error.ok()) {
       first_error = s;

@@ -68,7 +68,13 @@ StatusOr<Object> ResolveOwner(apiclient::ApiClient& client, int level) {
                                         "\"");
     }
     auto next = client.Get(*resource, ns, name);
-    if (!next.ok()) return next.status().WithContext("owner: " + kind + " " + name);
+    if (!next.ok()) {
+      std::string context = "owner: ";
+      context += kind;
+      context += ' ';
+      context += name;
+      return next.status().WithContext(context);
+    }
     current = *next;
   }
   return Object{{"apiVersion", Field(*current, "apiVersion")},

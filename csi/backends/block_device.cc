@@ -32,7 +32,8 @@ Status ZeroBlockDevice(const std::string& path, int64_t size) {
   static const std::vector<char> kZeros(size_t{1024} * 1024, 0);
   Status status;
   for (int64_t pos = 0; pos < size && status.ok();) {
-    auto chunk = static_cast<size_t>(std::min<int64_t>(size - pos, kZeros.size()));
+    auto chunk =
+        static_cast<size_t>(std::min<int64_t>(size - pos, static_cast<int64_t>(kZeros.size())));
     ssize_t n = pwrite(fd, kZeros.data(), chunk, pos);
     if (n < 0) {
       if (errno == EINTR) continue;

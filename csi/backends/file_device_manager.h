@@ -20,7 +20,7 @@ namespace ephemera::csi {
 
 class FileDeviceManager : public DeviceManager {
  public:
-  static constexpr int64_t kAlignment = 4 * 1024 * 1024;
+  static constexpr int64_t kAlignment = int64_t{4} * 1024 * 1024;
 
   // `dir` is created if missing; `pool_size` is rounded down to 4 MiB. `erase` overwrites a
   // volume's file (EraseFile in production).

@@ -18,10 +18,10 @@
 #include <uuid/uuid.h>
 
 #include <cerrno>
-#include <cstring>
 #include <fstream>
 
 #include "common/log.h"
+#include "csi/system_error.h"
 
 namespace ephemera::csi {
 
@@ -34,7 +34,7 @@ std::string Str(const char* s) {
 }
 
 Status Failed(const std::string& what, int rc) {
-  return Status::Internal("libndctl: " + what + ": " + std::strerror(rc < 0 ? -rc : rc));
+  return Status::Internal("libndctl: " + what + ": " + ErrnoText(rc < 0 ? -rc : rc));
 }
 
 // The size of /dev/<blockdev> from sysfs (512-byte units), -1 when it cannot be read.

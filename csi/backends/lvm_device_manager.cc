@@ -9,12 +9,12 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <cstring>
 #include <nlohmann/json.hpp>
 
 #include "common/log.h"
 #include "csi/backends/block_device.h"
 #include "csi/mount_util.h"
+#include "csi/system_error.h"
 #include "csi/volume_id.h"
 
 namespace ephemera::csi {
@@ -98,12 +98,12 @@ StatusOr<CommandResult> RunOk(CommandRunner& runner, const std::vector<std::stri
 // The size of the block device at `path` in bytes.
 StatusOr<int64_t> BlockDeviceSize(const std::string& path) {
   int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return Status::Internal("open " + path + ": " + std::strerror(errno));
+  if (fd < 0) return Status::Internal(ErrnoMessage("open " + path));
   uint64_t size = 0;
   int rc = ioctl(fd, BLKGETSIZE64, &size);
   int saved = errno;
   close(fd);
-  if (rc != 0) return Status::Internal("BLKGETSIZE64 " + path + ": " + std::strerror(saved));
+  if (rc != 0) return Status::Internal(ErrnoMessage("BLKGETSIZE64 " + path, saved));
   return static_cast<int64_t>(size);
 }
 

@@ -80,7 +80,7 @@ class LvmDeviceManager : public DeviceManager {
   CommandRunner& runner_;
   const int pmem_percentage_;
   const Eraser erase_;
-  int64_t alignment_ = 4 * 1024 * 1024;
+  int64_t alignment_ = int64_t{4} * 1024 * 1024;
   std::vector<std::string> vgs_;  // our volume groups, sorted
   std::mutex mu_;
 };

@@ -31,6 +31,7 @@
 #include <condition_variable>
 #include <csignal>
 #include <cstdio>
+#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -62,8 +63,10 @@ std::atomic<bool> g_stop{false};
 
 void Log(const std::string& node, const std::string& message) {
   const auto now = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
+  std::tm tm{};
+  gmtime_r(&now, &tm);
   char stamp[32];
-  std::strftime(stamp, sizeof stamp, "%H:%M:%S", std::gmtime(&now));
+  std::strftime(stamp, sizeof stamp, "%H:%M:%S", &tm);
   std::cerr << stamp << " kubelet-standin[" << node << "] " << message << std::endl;
 }
 
@@ -123,7 +126,7 @@ std::string GrpcErrorText(const grpc::Status& s) {
 
 class Standin {
  public:
-  Standin(Flags flags, ApiClientPtr client, std::shared_ptr<grpc::Channel> channel)
+  Standin(Flags flags, ApiClientPtr client, const std::shared_ptr<grpc::Channel>& channel)
       : flags_(std::move(flags)),
         client_(std::move(client)),
         identity_(csi::v1::Identity::NewStub(channel)),
@@ -228,12 +231,16 @@ bool Standin::MountPod(const Object& pod) {
   if (pod.contains("spec") && pod["spec"].contains("volumes")) volumes = &pod["spec"]["volumes"];
   bool all = true;
   if (volumes == nullptr || !volumes->is_array()) return true;
+  const std::string pod_key = ns + "/" + name;
+  const std::string uid_prefix = uid + "/";
+  const std::string volumes_dir = flags_.root + "/pods/" + uid + "/volumes/";
+  const std::string claim_prefix = name + "-";
   for (const auto& volume : *volumes) {
     const std::string vname = Field(volume, "name");
-    const std::string key = uid + "/" + vname;
+    const std::string key = uid_prefix + vname;
     if (mounts_.count(key) != 0) continue;
-    Mount m{uid, ns + "/" + name, vname, "", "", ""};
-    m.target = flags_.root + "/pods/" + uid + "/volumes/" + vname;
+    Mount m{uid, pod_key, vname, "", "", ""};
+    m.target = volumes_dir + vname;
     csi::v1::VolumeCapability cap;
     std::map<std::string, std::string> context;
     // podInfoOnMount: the pod's identity goes to the driver.
@@ -243,7 +250,7 @@ bool Standin::MountPod(const Object& pod) {
     context["csi.storage.k8s.io/serviceAccount.name"] = Field(pod, "spec", "serviceAccountName");
     std::string claim;
     if (volume.contains("ephemeral")) {
-      claim = name + "-" + vname;
+      claim = claim_prefix + vname;
     } else if (volume.contains("persistentVolumeClaim")) {
       claim = Field(volume, "persistentVolumeClaim", "claimName");
     } else if (volume.contains("csi")) {
@@ -392,8 +399,10 @@ void Standin::ReportRunning(const Object& pod) {
   Object status = pod;
   const std::string now = [] {
     const auto t = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
+    std::tm tm{};
+    gmtime_r(&t, &tm);
     char buf[32];
-    std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
+    std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
     return std::string(buf);
   }();
   status["status"]["phase"] = "Running";

@@ -163,8 +163,10 @@ TEST_CASE(
     for (int i = 1; i <= 3; ++i) {
       const std::string node = "node-" + std::to_string(i);
       INFO(sc << " " << node);
-      REQUIRE(objects.count(sc + "/" + node) == 1);
-      const Object& o = *objects[sc + "/" + node];
+      std::string key = sc + "/";
+      key += node;
+      REQUIRE(objects.count(key) == 1);
+      const Object& o = *objects[key];
       CHECK(Field(o, "metadata", "name").rfind("csisc-", 0) == 0);
       CHECK(Field(o, "metadata", "labels", "csi.storage.k8s.io/drivername") == kDriver);
       CHECK(Field(o, "metadata", "labels", "csi.storage.k8s.io/managed-by") ==
@@ -668,25 +670,27 @@ TEST_CASE(
 // A CA with a server and a client certificate, and a foreign CA with its own client certificate.
 void MakeCertificates(const std::string& dir) {
   csi::ExecCommandRunner runner;
-  auto run = [&](std::vector<std::string> argv) {
+  auto run = [&](const std::vector<std::string>& argv) {
     auto r = runner.Run(argv, std::chrono::minutes(2));
     REQUIRE(r.ok());
     INFO(r->output);
     REQUIRE(r->exit_code == 0);
   };
+  // DIR/NAME.EXT
+  auto file = [&](const std::string& name, const char* ext) { return dir + "/" + name + ext; };
   for (const std::string ca : {"ca", "otherca"}) {
     run({"openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
-         "/CN=" + ca, "-keyout", dir + "/" + ca + ".key", "-out", dir + "/" + ca + ".crt"});
+         "/CN=" + ca, "-keyout", file(ca, ".key"), "-out", file(ca, ".crt")});
   }
   std::ofstream(dir + "/san.ext")
       << "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:127.0.1.1,IP:127.0.1.2\n";
   for (const auto& [name, ca] : std::vector<std::pair<std::string, std::string>>{
            {"server", "ca"}, {"client", "ca"}, {"stranger", "otherca"}}) {
     run({"openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=" + name, "-keyout",
-         dir + "/" + name + ".key", "-out", dir + "/" + name + ".csr"});
-    run({"openssl", "x509", "-req", "-in", dir + "/" + name + ".csr", "-CA",
-         dir + "/" + ca + ".crt", "-CAkey", dir + "/" + ca + ".key", "-CAcreateserial", "-days",
-         "1", "-extfile", dir + "/san.ext", "-out", dir + "/" + name + ".crt"});
+         file(name, ".key"), "-out", file(name, ".csr")});
+    run({"openssl", "x509", "-req", "-in", file(name, ".csr"), "-CA", file(ca, ".crt"), "-CAkey",
+         file(ca, ".key"), "-CAcreateserial", "-days", "1", "-extfile", dir + "/san.ext", "-out",
+         file(name, ".crt")});
   }
 }
 

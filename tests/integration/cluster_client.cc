@@ -37,7 +37,7 @@ std::shared_ptr<apiclient::RestClient> TestCluster::AdminClient(double qps, int 
 }
 
 std::string TestCluster::CreateNamespace(const std::string& prefix) const {
-  const std::string name = prefix + "-" + RandomSuffix();
+  std::string name = prefix + "-" + RandomSuffix();
   auto created = AdminClient()->Create(
       apiclient::resources::kNamespaces, "",
       {{"apiVersion", "v1"}, {"kind", "Namespace"}, {"metadata", {{"name", name}}}});

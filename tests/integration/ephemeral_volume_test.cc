@@ -6,8 +6,8 @@
 
 #include <atomic>
 #include <catch2/catch.hpp>
+#include <charconv>
 #include <chrono>
-#include <cstdio>
 #include <fstream>
 #include <functional>
 #include <map>
@@ -426,6 +426,7 @@ TEST_CASE("Ephemeral volumes: restarted while 500 pods are created / every pod g
   std::atomic<int> next{0};
   std::atomic<int> failures{0};
   std::vector<std::thread> creators;
+  creators.reserve(8);
   for (int w = 0; w < 8; ++w) {
     creators.emplace_back([&] {
       for (int i = next++; i < kPodCount; i = next++) {
@@ -674,9 +675,16 @@ double LogTime(const std::string& log, const std::string& needle) {
   if (at == std::string::npos) return -1;
   const size_t line = log.rfind('\n', at) == std::string::npos ? 0 : log.rfind('\n', at) + 1;
   // "I1127 15:16:40.123456 ..."
+  if (line + 6 > log.size()) return -1;
+  const char* const end = log.data() + log.size();
   int h = 0, m = 0;
   double sec = 0;
-  if (std::sscanf(log.c_str() + line + 6, "%d:%d:%lf", &h, &m, &sec) != 3) return -1;
+  auto r = std::from_chars(log.data() + line + 6, end, h);
+  if (r.ec != std::errc() || r.ptr == end || *r.ptr != ':') return -1;
+  r = std::from_chars(r.ptr + 1, end, m);
+  if (r.ec != std::errc() || r.ptr == end || *r.ptr != ':') return -1;
+  r = std::from_chars(r.ptr + 1, end, sec);
+  if (r.ec != std::errc()) return -1;
   return h * 3600 + m * 60 + sec;
 }
 

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <thread>
@@ -91,7 +92,7 @@ class TokenPlugin {
  public:
   TokenPlugin(const TestCluster& cluster, const std::string& token, int lifetime_seconds)
       : dir_(cluster.dir() + "/exec-" + RandomSuffix()) {
-    REQUIRE(std::system(("mkdir -p '" + dir_ + "'").c_str()) == 0);  // NOLINT(cert-env33-c)
+    std::filesystem::create_directories(dir_);
     std::ofstream(dir_ + "/token") << token;
     WriteScript(dir_ + "/plugin",
                 "d=$(dirname \"$0\")\n"
@@ -209,7 +210,7 @@ TEST_CASE("exec plugin: a refused token (401) makes it run again, once per reque
 TEST_CASE("exec plugin: a client certificate from the plugin authenticates", "[cluster][exec]") {
   const TestCluster cluster = TestCluster::FromEnvironment();
   const std::string dir = cluster.dir() + "/exec-" + RandomSuffix();
-  REQUIRE(std::system(("mkdir -p '" + dir + "'").c_str()) == 0);  // NOLINT(cert-env33-c)
+  std::filesystem::create_directories(dir);
   const Object credential = {{"apiVersion", "client.authentication.k8s.io/v1"},
                              {"kind", "ExecCredential"},
                              {"status",
@@ -234,7 +235,7 @@ TEST_CASE("exec plugin: a client certificate from the plugin authenticates", "[c
 TEST_CASE("exec plugin: a broken plugin fails requests with a clear error", "[cluster][exec]") {
   const TestCluster cluster = TestCluster::FromEnvironment();
   const std::string dir = cluster.dir() + "/exec-" + RandomSuffix();
-  REQUIRE(std::system(("mkdir -p '" + dir + "'").c_str()) == 0);  // NOLINT(cert-env33-c)
+  std::filesystem::create_directories(dir);
   struct Case {
     std::string name;
     std::string script;  // empty: no such file

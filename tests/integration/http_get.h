@@ -87,9 +87,13 @@ class HttpConnection {
     const auto& response = parser.get();
     HttpReply reply;
     reply.status = static_cast<int>(response.result_int());
-    reply.content_type = std::string(response[http::field::content_type]);
-    reply.allow = std::string(response[http::field::allow]);
-    reply.content_length = std::string(response[http::field::content_length]);
+    auto header = [&](http::field field) {
+      const auto value = response[field];
+      return std::string(value.data(), value.size());
+    };
+    reply.content_type = header(http::field::content_type);
+    reply.allow = header(http::field::allow);
+    reply.content_length = header(http::field::content_length);
     reply.keep_alive = response.keep_alive();
     reply.body = response.body();
     return reply;

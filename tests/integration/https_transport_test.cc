@@ -64,6 +64,7 @@ TEST_CASE("HttpsTransport: 200 GETs from 4 threads use at most 4 connections", "
   auto client = cluster.AdminClient(/*qps=*/10000, /*burst=*/10000);
   std::atomic<int> ok{0};
   std::vector<std::thread> threads;
+  threads.reserve(4);
   for (int t = 0; t < 4; ++t) {
     threads.emplace_back([&] {
       for (int i = 0; i < 50; ++i) {

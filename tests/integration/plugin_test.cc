@@ -6,6 +6,7 @@
 
 #include <catch2/catch.hpp>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <regex>
 #include <sstream>
@@ -57,6 +58,7 @@ Result RunProgram(const TestCluster& cluster, const std::vector<std::string>& ar
     setenv("KUBECONFIG", cluster.kubeconfig().c_str(), 1);  // NOLINT(concurrency-mt-unsafe)
     std::vector<char*> args;
     std::vector<std::string> copy = argv;
+    args.reserve(copy.size() + 1);
     for (auto& a : copy)
       args.push_back(a.data());
     args.push_back(nullptr);
@@ -313,7 +315,7 @@ TEST_CASE("kubectl ephemera authenticates with a kubeconfig exec plugin", "[plug
   const auto cluster = TestCluster::FromEnvironment();
   const std::string ns = cluster.CreateNamespace("plugin-exec");
   const std::string dir = cluster.dir() + "/exec-" + RandomSuffix();
-  REQUIRE(std::system(("mkdir -p '" + dir + "'").c_str()) == 0);  // NOLINT(cert-env33-c)
+  std::filesystem::create_directories(dir);
   // A plugin that hands out the admin's client certificate, as a cloud's plugin hands out a token.
   const Object credential = {{"apiVersion", "client.authentication.k8s.io/v1"},
                              {"kind", "ExecCredential"},

@@ -33,6 +33,7 @@ class TestProcess {
       FILE* out = std::freopen(log_.c_str(), "w", stderr);
       (void)out;
       std::vector<char*> argv;
+      argv.reserve(args.size() + 1);
       for (auto& a : args)
         argv.push_back(a.data());
       argv.push_back(nullptr);

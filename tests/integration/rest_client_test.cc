@@ -96,6 +96,7 @@ TEST_CASE("RestClient: list pagination over 2000 objects", "[cluster]") {
   std::mutex first_error_mu;
   std::string first_error;
   std::vector<std::thread> workers;
+  workers.reserve(8);
   for (int w = 0; w < 8; ++w) {
     workers.emplace_back([&] {
       for (int i = next++; i < kObjects; i = next++) {

@@ -36,7 +36,7 @@ std::vector<std::string> Column(const std::string& text, size_t column) {
   std::istringstream in(text);
   std::string line;
   while (std::getline(in, line)) {
-    if (line.rfind("|", 0) != 0 || line.rfind("| ---", 0) == 0) continue;
+    if (line.rfind('|', 0) != 0 || line.rfind("| ---", 0) == 0) continue;
     std::vector<std::string> row;
     std::string cell;
     for (size_t i = 1; i < line.size(); ++i) {

@@ -467,7 +467,7 @@ TEST_CASE("Manager: leader-only runnables run while it leads and stop before the
   manager->Add(std::make_shared<Recorder>("always", f.journal, f.mu, nullptr, nullptr, false));
   manager->Add(std::make_shared<Recorder>(
       "leader", f.journal, f.mu,
-      [&](std::stop_token) {
+      [&](const std::stop_token&) {
         holder_at_start = f.server.holder();
         return Status::Ok();
       },
@@ -551,7 +551,7 @@ TEST_CASE("Manager: a runnable that cannot start stops the others and is the err
   ManagerFixture f;
   auto manager = f.Make({});  // no leader election: everything runs at once
   manager->Add(std::make_shared<Recorder>("first", f.journal, f.mu));
-  manager->Add(std::make_shared<Recorder>("broken", f.journal, f.mu, [](std::stop_token) {
+  manager->Add(std::make_shared<Recorder>("broken", f.journal, f.mu, [](const std::stop_token&) {
     return Status::DeadlineExceeded("the cache of pods did not sync within 120 s");
   }));
   manager->Add(std::make_shared<Recorder>("never", f.journal, f.mu));
@@ -569,7 +569,7 @@ TEST_CASE("Manager: a stop during a slow start cancels it and is no error", "[un
     std::mutex mu;
     std::condition_variable_any cv;
     std::unique_lock<std::mutex> lock(mu);
-    cv.wait(lock, stop, [] { return false; });
+    cv.wait(lock, std::move(stop), [] { return false; });
     return Status::Cancelled("stopped while waiting for caches");
   }));
   std::stop_source stop;

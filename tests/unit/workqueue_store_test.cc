@@ -13,7 +13,7 @@ namespace {
 using std::chrono::milliseconds;
 
 ObjectPtr Pod(const std::string& ns, const std::string& name, const std::string& rv,
-              std::vector<std::string> claims = {}) {
+              const std::vector<std::string>& claims = {}) {
   Object pod = {{"metadata", {{"namespace", ns}, {"name", name}, {"resourceVersion", rv}}}};
   for (const auto& c : claims) {
     pod["spec"]["volumes"].push_back({{"persistentVolumeClaim", {{"claimName", c}}}});
@@ -106,6 +106,7 @@ TEST_CASE("workqueue: concurrent workers never share a key", "[workqueue]") {
   std::atomic<bool> overlap{false};
   std::atomic<int> processed{0};
   std::vector<std::thread> workers;
+  workers.reserve(4);
   for (int w = 0; w < 4; ++w) {
     workers.emplace_back([&] {
       std::string key;
@@ -196,6 +197,7 @@ TEST_CASE("workqueue: ShutDown wakes blocked workers / adds after it are ignored
   WorkQueue q;
   std::atomic<int> returned{0};
   std::vector<std::thread> workers;
+  workers.reserve(3);
   for (int i = 0; i < 3; ++i) {
     workers.emplace_back([&] {
       std::string key;

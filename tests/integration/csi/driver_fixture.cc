@@ -25,6 +25,9 @@ namespace ephemera::csi::testing {
 namespace {
 
 std::string DriverBinary() {
+  // getenv races only with a change of the environment: the test binaries change theirs (setenv)
+  // on the main thread before they start anything.
+  // NOLINTNEXTLINE(concurrency-mt-unsafe): no concurrent setenv (above)
   const char* env = getenv("EPHEMERA_CSI_DRIVER");
   return env != nullptr ? env : EPHEMERA_CSI_DRIVER_PATH;
 }
@@ -75,6 +78,7 @@ void DriverFixture::Start() {
                                    "--default-volume-size=16Mi"};
   args.insert(args.end(), extra_flags_.begin(), extra_flags_.end());
   std::vector<char*> argv;
+  argv.reserve(args.size() + 1);
   for (std::string& a : args)
     argv.push_back(a.data());
   argv.push_back(nullptr);

@@ -12,12 +12,12 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
-#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <random>
 #include <set>
+#include <system_error>
 #include <thread>
 
 #include "csi/backends/loop_device.h"
@@ -32,7 +32,7 @@ namespace {
 
 using namespace ::csi::v1;  // NOLINT(google-build-using-namespace)
 
-constexpr int64_t kMi = 1024 * 1024;
+constexpr int64_t kMi = int64_t{1024} * 1024;
 
 grpc::Status Call(auto method, const auto& request, auto* response) {
   grpc::ClientContext context;
@@ -40,12 +40,12 @@ grpc::Status Call(auto method, const auto& request, auto* response) {
   return method(&context, request, response);
 }
 
-#define CALL(stub, Method, request, response)                                                    \
-  Call([&](grpc::ClientContext* c, const auto& rq, auto* rs) { return stub.Method(c, rq, rs); }, \
+#define CALL(stub, Method, request, response)                                                      \
+  Call([&](grpc::ClientContext* c, const auto& rq, auto* rs) { return (stub).Method(c, rq, rs); }, \
        request, response)
 
 int64_t FsTotalBytes(const std::string& path) {
-  struct statvfs fs;
+  struct statvfs fs {};
   REQUIRE(statvfs(path.c_str(), &fs) == 0);
   return static_cast<int64_t>(fs.f_blocks) * static_cast<int64_t>(fs.f_frsize);
 }
@@ -582,7 +582,7 @@ TEST_CASE("capacity is bounded by the pool directory's filesystem / not just the
         // left in /tmp by runs without the right to mount).
         const int error = errno;
         std::filesystem::remove(dir);
-        FAIL("mount tmpfs on " << dir << ": " << std::strerror(error));
+        FAIL("mount tmpfs on " << dir << ": " << std::generic_category().message(error));
       }
     }
     ~Tmpfs() {
@@ -997,24 +997,26 @@ TEST_CASE(
 // certificate signed by another CA, with the openssl command.
 void MakeCertificates(const std::string& dir) {
   ExecCommandRunner runner;
-  auto run = [&](std::vector<std::string> argv) {
+  auto run = [&](const std::vector<std::string>& argv) {
     StatusOr<CommandResult> r = runner.Run(argv, std::chrono::minutes(2));
     REQUIRE(r.ok());
     INFO(r->output);
     REQUIRE(r->exit_code == 0);
   };
+  // DIR/NAME.EXT
+  auto file = [&](const std::string& name, const char* ext) { return dir + "/" + name + ext; };
   for (const std::string ca : {"ca", "otherca"}) {
     run({"openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
-         "/CN=" + ca, "-keyout", dir + "/" + ca + ".key", "-out", dir + "/" + ca + ".crt"});
+         "/CN=" + ca, "-keyout", file(ca, ".key"), "-out", file(ca, ".crt")});
   }
   std::ofstream(dir + "/san.ext") << "subjectAltName=DNS:localhost,IP:127.0.0.1\n";
   for (const auto& [name, ca] : std::vector<std::pair<std::string, std::string>>{
            {"server", "ca"}, {"client", "ca"}, {"stranger", "otherca"}}) {
     run({"openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=" + name, "-keyout",
-         dir + "/" + name + ".key", "-out", dir + "/" + name + ".csr"});
-    run({"openssl", "x509", "-req", "-in", dir + "/" + name + ".csr", "-CA",
-         dir + "/" + ca + ".crt", "-CAkey", dir + "/" + ca + ".key", "-CAcreateserial", "-days",
-         "1", "-extfile", dir + "/san.ext", "-out", dir + "/" + name + ".crt"});
+         file(name, ".key"), "-out", file(name, ".csr")});
+    run({"openssl", "x509", "-req", "-in", file(name, ".csr"), "-CA", file(ca, ".crt"), "-CAkey",
+         file(ca, ".key"), "-CAcreateserial", "-days", "1", "-extfile", dir + "/san.ext", "-out",
+         file(name, ".crt")});
   }
 }
 

@@ -30,7 +30,7 @@ TEST_CASE("ZeroAllocatedExtents zeroes data and keeps the file sparse", "[csi][f
   REQUIRE(pwrite(fd, secret.data(), secret.size(), 40 << 20) ==
           static_cast<ssize_t>(secret.size()));
   REQUIRE(fsync(fd) == 0);
-  struct stat before;
+  struct stat before {};
   REQUIRE(fstat(fd, &before) == 0);
 
   REQUIRE(ZeroAllocatedExtents(fd).ok());
@@ -38,7 +38,7 @@ TEST_CASE("ZeroAllocatedExtents zeroes data and keeps the file sparse", "[csi][f
   std::vector<char> buffer(size);
   REQUIRE(pread(fd, buffer.data(), buffer.size(), 0) == size);
   CHECK(std::all_of(buffer.begin(), buffer.end(), [](char c) { return c == 0; }));
-  struct stat after;
+  struct stat after {};
   REQUIRE(fstat(fd, &after) == 0);
   CHECK(after.st_size == size);
   // Only what was written is allocated, before and after: no full overwrite of 64 MiB.

@@ -15,7 +15,7 @@ namespace ephemera::csi::testing {
 
 class FakeDeviceManager : public DeviceManager {
  public:
-  static constexpr int64_t kAlign = 4 * 1024 * 1024;
+  static constexpr int64_t kAlign = int64_t{4} * 1024 * 1024;
 
   explicit FakeDeviceManager(int64_t pool) : pool_(pool) {}
 

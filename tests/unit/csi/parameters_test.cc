@@ -6,7 +6,7 @@
 namespace ephemera::csi {
 namespace {
 
-constexpr int64_t kMi = 1024 * 1024;
+constexpr int64_t kMi = int64_t{1024} * 1024;
 constexpr int64_t kAlign = 4 * kMi;
 
 TEST_CASE("rounding to the allocation unit", "[csi][parameters]") {

@@ -16,7 +16,7 @@ namespace {
 using testing::FakeDeviceManager;
 using testing::TempDir;
 
-constexpr int64_t kMi = 1024 * 1024;
+constexpr int64_t kMi = int64_t{1024} * 1024;
 constexpr int64_t kPool = 64 * kMi;
 
 const std::vector<std::string> kCreatePoints = {"create:record-written", "create:device-created",
