@@ -369,12 +369,17 @@ Status LvmDeviceManager::Delete(const std::string& id, bool erase) {
     // hundreds of milliseconds in a small guest). Otherwise (missing or inactive) the report
     // decides.
     for (const std::string& vg : vgs_) {
-      std::string node = "/dev/" + vg + "/" + id;
+      std::string node = "/dev/";
+      node.append(vg).append("/").append(id);
       struct stat st {};
       if (stat(node.c_str(), &st) != 0 || !S_ISBLK(st.st_mode)) continue;
       StatusOr<bool> busy = BlockDeviceBusy(node);
       if (!busy.ok()) return busy.status();
-      if (*busy) return Status::FailedPrecondition("device " + id + " (" + node + ") is in use");
+      if (*busy) {
+        std::string message = "device ";
+        message.append(id).append(" (").append(node).append(") is in use");
+        return Status::FailedPrecondition(message);
+      }
       if (erase) {
         StatusOr<int64_t> bytes = BlockDeviceSize(node);
         if (!bytes.ok()) return bytes.status();

@@ -497,6 +497,7 @@ TEST_CASE("Ephemeral volumes: kube-apiserver SIGKILLed during 500 pods / none lo
   std::atomic<int> retries{0};
   std::atomic<int> gave_up{0};
   std::vector<std::thread> creators;
+  creators.reserve(8);
   for (int w = 0; w < 8; ++w) {
     creators.emplace_back([&] {
       for (int i = next++; i < kPodCount; i = next++) {
@@ -601,6 +602,7 @@ TEST_CASE("Leader election: the leader SIGKILLed during 500 pods / takeover with
   std::atomic<int> next{0};
   std::atomic<int> failures{0};
   std::vector<std::thread> creators;
+  creators.reserve(8);
   for (int w = 0; w < 8; ++w) {
     creators.emplace_back([&] {
       for (int i = next++; i < kPodCount; i = next++) {
