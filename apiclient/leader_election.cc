@@ -227,7 +227,8 @@ void LeaderElector::Release() {
 bool LeaderElector::Run() {
   static thread_local std::mt19937 rng{std::random_device{}()};
   auto jittered = [this] {
-    // Up to 20% more than the retry period, as client-go's JitterFactor 1.2.
+    // Up to 20% more than the retry period (client-go's JitterFactor 1.2 allows up to 120% more:
+    // ours retries, and so takes over, sooner).
     const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(config_.retry_period);
     return config_.retry_period + std::chrono::milliseconds(rng() % (ms.count() / 5 + 1));
   };
