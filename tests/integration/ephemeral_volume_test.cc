@@ -414,6 +414,28 @@ TEST_CASE("Ephemeral volumes: safe beside kube-controller-manager's own controll
   CHECK(EventsFor(*client, ns, "FailedCreate").empty());
 }
 
+// The claims of `ns` and how many of them are controlled by their pod (the one named by the claim
+// minus its "-v" suffix, by UID and as the only owner); false when a list failed.
+bool CountClaims(apiclient::ApiClient& client, const std::string& ns, size_t* claims,
+                 size_t* controlled) {
+  auto pvcs = client.List(kPersistentVolumeClaims, ns, {});
+  auto pods = client.List(kPods, ns, {});
+  if (!pvcs.ok() || !pods.ok()) return false;
+  std::map<std::string, std::string> uid_of;
+  for (const auto& p : pods->items)
+    uid_of[Field(*p, "metadata", "name")] = Field(*p, "metadata", "uid");
+  *claims = pvcs->items.size();
+  *controlled = 0;
+  for (const auto& pvc : pvcs->items) {
+    const std::string name = Field(*pvc, "metadata", "name");
+    const auto& refs = apiclient::ArrayField(*pvc, "metadata", "ownerReferences");
+    if (refs.size() == 1 && Field(refs[0], "uid") == uid_of[name.substr(0, name.size() - 2)]) {
+      ++*controlled;
+    }
+  }
+  return true;
+}
+
 TEST_CASE("Ephemeral volumes: restarted while 500 pods are created / every pod gets its PVC",
           "[cluster][ephemeral]") {
   const TestCluster cluster = TestCluster::FromEnvironment();
@@ -449,25 +471,10 @@ TEST_CASE("Ephemeral volumes: restarted while 500 pods are created / every pod g
   REQUIRE(failures == 0);
 
   size_t good = 0;
+  size_t claims = 0;
   CHECK(Eventually(
       [&] {
-        auto pvcs = client->List(kPersistentVolumeClaims, ns, {});
-        auto pods = client->List(kPods, ns, {});
-        if (!pvcs.ok() || !pods.ok()) return false;
-        std::map<std::string, std::string> uid_of;
-        for (const auto& p : pods->items)
-          uid_of[Field(*p, "metadata", "name")] = Field(*p, "metadata", "uid");
-        good = 0;
-        for (const auto& pvc : pvcs->items) {
-          const std::string name = Field(*pvc, "metadata", "name");
-          if ((*pvc)["metadata"].contains("ownerReferences") &&
-              (*pvc)["metadata"]["ownerReferences"].size() == 1 &&
-              (*pvc)["metadata"]["ownerReferences"][0]["uid"] ==
-                  uid_of[name.substr(0, name.size() - 2)]) {
-            ++good;
-          }
-        }
-        return pvcs->items.size() == kPodCount && good == kPodCount;
+        return CountClaims(*client, ns, &claims, &good) && claims == kPodCount && good == kPodCount;
       },
       seconds(120)));
   INFO("PVCs controlled by their pod: " << good);
@@ -538,24 +545,7 @@ TEST_CASE("Ephemeral volumes: kube-apiserver SIGKILLed during 500 pods / none lo
   size_t claims = 0;
   CHECK(Eventually(
       [&] {
-        auto pvcs = client->List(kPersistentVolumeClaims, ns, {});
-        auto pods = client->List(kPods, ns, {});
-        if (!pvcs.ok() || !pods.ok()) return false;
-        std::map<std::string, std::string> uid_of;
-        for (const auto& p : pods->items)
-          uid_of[Field(*p, "metadata", "name")] = Field(*p, "metadata", "uid");
-        good = 0;
-        claims = pvcs->items.size();
-        for (const auto& pvc : pvcs->items) {
-          const std::string name = Field(*pvc, "metadata", "name");
-          if ((*pvc)["metadata"].contains("ownerReferences") &&
-              (*pvc)["metadata"]["ownerReferences"].size() == 1 &&
-              (*pvc)["metadata"]["ownerReferences"][0]["uid"] ==
-                  uid_of[name.substr(0, name.size() - 2)]) {
-            ++good;
-          }
-        }
-        return pods->items.size() == kPodCount && claims == kPodCount && good == kPodCount;
+        return CountClaims(*client, ns, &claims, &good) && claims == kPodCount && good == kPodCount;
       },
       seconds(120)));
   INFO("PVCs: " << claims << ", controlled by their pod: " << good);
@@ -641,24 +631,7 @@ TEST_CASE("Leader election: the leader SIGKILLed during 500 pods / takeover with
   size_t claims = 0;
   CHECK(Eventually(
       [&] {
-        auto pvcs = client->List(kPersistentVolumeClaims, ns, {});
-        auto pods = client->List(kPods, ns, {});
-        if (!pvcs.ok() || !pods.ok()) return false;
-        std::map<std::string, std::string> uid_of;
-        for (const auto& p : pods->items)
-          uid_of[Field(*p, "metadata", "name")] = Field(*p, "metadata", "uid");
-        good = 0;
-        claims = pvcs->items.size();
-        for (const auto& pvc : pvcs->items) {
-          const std::string name = Field(*pvc, "metadata", "name");
-          if ((*pvc)["metadata"].contains("ownerReferences") &&
-              (*pvc)["metadata"]["ownerReferences"].size() == 1 &&
-              (*pvc)["metadata"]["ownerReferences"][0]["uid"] ==
-                  uid_of[name.substr(0, name.size() - 2)]) {
-            ++good;
-          }
-        }
-        return claims == kPodCount && good == kPodCount;
+        return CountClaims(*client, ns, &claims, &good) && claims == kPodCount && good == kPodCount;
       },
       seconds(120)));
   std::printf(
