@@ -600,7 +600,10 @@ TEST_CASE("Capacity controller creates updates only on change and keeps the last
       client, source, metrics,
       {.ns = "ns", .poll_interval = std::chrono::hours(1), .write_qps = 0, .clock = &clock});
   REQUIRE(controller.Start(std::stop_token{}).ok());
-  REQUIRE(Eventually([&] { return Published(*client).size() == 2; }));
+  // An item's sync is counted after its write returns: wait for both counts, or the first
+  // refresh below could take the second item's late count for one of its own.
+  REQUIRE(
+      Eventually([&] { return Published(*client).size() == 2 && controller.ItemSyncs() == 2; }));
   CHECK(Published(*client) == std::map<std::string, std::string>{{"n1", "1Gi"}, {"n2", "2Gi"}});
   const int writes = client->writes();
   CHECK(writes == 2);
