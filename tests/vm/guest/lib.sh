@@ -141,20 +141,31 @@ check_ephemeral() {
   fi
 }
 
-# check_restart_recovery: the driver is killed (SIGKILL) at growing delays into CreateVolume and
-# DeleteVolume, restarted (recovery runs at start) and the volume deleted; at the end the devices
-# and the records are as before.
+# check_restart_recovery: KILL_CYCLES create/delete cycles (default 5; tests/vm/run --kill-cycles
+# sets it through /host/settings); in each the driver is killed (SIGKILL) at a delay into
+# CreateVolume, restarted (recovery runs at start) and the volume deleted, then killed as late into
+# a DeleteVolume, restarted and the volume deleted. The delays go round 0, 0.1, 0.25, 0.5, 1 s and
+# seven points between (from the 6th cycle on). At the end the devices and the records are as before.
+KILL_CYCLES=5
+[ -f /host/settings ] && . /host/settings
 check_restart_recovery() {
   before_r=$(resources)
-  for delay in 0 0.1 0.25 0.5 1; do
-    name=crash-$delay
+  cycle=0
+  while [ $cycle -lt "$KILL_CYCLES" ]; do
+    case $((cycle % 12)) in
+      0) delay=0 ;; 1) delay=0.1 ;; 2) delay=0.25 ;; 3) delay=0.5 ;; 4) delay=1 ;;
+      5) delay=0.05 ;; 6) delay=0.15 ;; 7) delay=0.2 ;; 8) delay=0.3 ;; 9) delay=0.4 ;;
+      10) delay=0.7 ;; *) delay=0.85 ;;
+    esac
+    cycle=$((cycle + 1))
+    name=crash-$cycle
     $CLIENT $SOCK create "$name" 33554432 > /dev/null 2>&1 &
     client=$!
     sleep $delay
     kill_driver
     wait $client 2>/dev/null
-    start_driver || { fail "restart after a kill in create ($delay s)"; return; }
-    $CLIENT $SOCK delete "$(volume_id "$name")" > /dev/null || fail "delete after a kill in create ($delay s)"
+    start_driver || { fail "restart after a kill in create (cycle $cycle, $delay s)"; return; }
+    $CLIENT $SOCK delete "$(volume_id "$name")" > /dev/null || fail "delete after a kill in create (cycle $cycle, $delay s)"
     # now a kill inside DeleteVolume
     $CLIENT $SOCK create "$name" 33554432 > /dev/null || fail "create $name again"
     $CLIENT $SOCK delete "$(volume_id "$name")" > /dev/null 2>&1 &
@@ -162,9 +173,11 @@ check_restart_recovery() {
     sleep $delay
     kill_driver
     wait $client 2>/dev/null
-    start_driver || { fail "restart after a kill in delete ($delay s)"; return; }
-    $CLIENT $SOCK delete "$(volume_id "$name")" > /dev/null || fail "delete after a kill in delete ($delay s)"
+    start_driver || { fail "restart after a kill in delete (cycle $cycle, $delay s)"; return; }
+    $CLIENT $SOCK delete "$(volume_id "$name")" > /dev/null || fail "delete after a kill in delete (cycle $cycle, $delay s)"
+    [ $((cycle % 10)) = 0 ] && echo "kill cycles: $cycle of $KILL_CYCLES done"
   done
+  echo "kill cycles: $KILL_CYCLES ($((KILL_CYCLES * 2)) SIGKILLs)"
   after_r=$(resources)
   if [ "$before_r" = "$after_r" ]; then pass "kills in create and delete: nothing leaked"; else fail "devices before: [$before_r] after: [$after_r]"; fi
   left=$(ls /tmp/state | grep -v '^\.' || true)
