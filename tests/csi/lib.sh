@@ -8,7 +8,7 @@ set -euo pipefail
 if [ "$(id -u)" != 0 ]; then echo "SKIP: needs root (loop devices and mounts)" >&2; exit 77; fi
 
 # The args of one container of the shipped DaemonSet (manifests/driver.yaml), one per line, so that
-# a test runs a sidecar as the manifests do (the same parsing as tests/e2e/stack.sh).
+# a test runs a sidecar as the manifests do.
 manifest_args() {  # CONTAINER
   awk -v c="$1" '
     $0 ~ "- name: " c "$" { inside = 1; next }
