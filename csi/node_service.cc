@@ -170,11 +170,46 @@ Status NodeService::DoStage(const NodeStageVolumeRequest& request) {
     return Status::Ok();  // already staged
   }
   EPHEMERA_RETURN_IF_ERROR(EnsureFormatted(*record, *device, *fs_type));
+  // A copy of a smaller source (a restore or clone into a larger volume) holds the source's
+  // filesystem: it grows to the device here, once. ext4 before the mount (offline, so that no
+  // CAP_SYS_RESOURCE is needed; e2fsck first, as resize2fs demands, which also replays the
+  // journal of a copy taken while the source was mounted), xfs after it (xfs grows only mounted).
+  const bool grow = record->grow_fs && record->fs_type == *fs_type;
+  if (grow && *fs_type == "ext4") EPHEMERA_RETURN_IF_ERROR(GrowExt4Offline(device->path));
   EPHEMERA_RETURN_IF_ERROR(EnsureDirectory(staging));
-  EPHEMERA_RETURN_IF_ERROR(MountFilesystem(device->path, staging, *fs_type,
-                                           MountOptions(request.volume_capability(), *device)));
+  std::vector<std::string> options = MountOptions(request.volume_capability(), *device);
+  // A copy has its source's filesystem UUID, and XFS refuses to mount a second filesystem with the
+  // UUID of a mounted one (EINVAL) while the source is staged on the same node; `xfs_admin -U`
+  // cannot give the copy a new one while its log is dirty (a copy of a mounted volume).
+  if (*fs_type == "xfs" && !record->source.empty()) options.emplace_back("nouuid");
+  EPHEMERA_RETURN_IF_ERROR(MountFilesystem(device->path, staging, *fs_type, options));
   LogMount(id, *device, staging);
+  if (grow && *fs_type == "xfs") {
+    Status grown = RunChecked(runner_, {"xfs_growfs", staging}, kFilesystemCommandTimeout);
+    if (!grown.ok()) {
+      Status unmounted = Unmount(staging);  // the retried stage mounts and grows again
+      if (!unmounted.ok()) log::Error("cannot unmount after a failed growth", unmounted, {});
+      return grown;
+    }
+  }
+  if (grow) {
+    log::Info("filesystem grown to its device at stage", {{"volume", id}, {"fstype", *fs_type}});
+    EPHEMERA_RETURN_IF_ERROR(volumes_.ClearGrowFs(id));
+  }
   return Status::Ok();
+}
+
+Status NodeService::GrowExt4Offline(const std::string& device) {
+  // -p: repairs what is safe without questions; exit 1 and 2 mean it corrected something.
+  StatusOr<CommandResult> checked =
+      runner_.Run({"e2fsck", "-f", "-p", device}, kFilesystemCommandTimeout);
+  if (!checked.ok()) return checked.status();
+  if (checked->exit_code > 2) {
+    return Status::Internal("e2fsck -f -p " + device + " exited with " +
+                            std::to_string(checked->exit_code) + ": " +
+                            checked->output.substr(0, 4096));
+  }
+  return RunChecked(runner_, {"resize2fs", device}, kFilesystemCommandTimeout);
 }
 
 grpc::Status NodeService::NodeUnstageVolume(grpc::ServerContext*,
