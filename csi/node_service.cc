@@ -18,6 +18,7 @@
 #include "csi/parameters.h"
 #include "csi/request_validation.h"
 #include "csi/system_error.h"
+#include "csi/volume_health.h"
 #include "csi/volume_id.h"
 
 namespace ephemera::csi {
@@ -420,20 +421,47 @@ Status NodeService::DoStats(const NodeGetVolumeStatsRequest& request,
   if (!record.ok()) return record.status();
   const std::string& path = request.volume_path();
   struct stat st {};
+  VolumeCondition* condition = response->mutable_volume_condition();
   if (stat(path.c_str(), &st) != 0) {
     if (errno == ENOENT) return Status::NotFound("volume_path: " + path + " does not exist");
+    if (errno == EIO) {
+      // A shut-down xfs fails even the stat of its root: the volume's condition, not an error of
+      // the call (there is no usage to report).
+      condition->set_abnormal(true);
+      condition->set_message("the filesystem fails I/O (" + ErrnoMessage("stat " + path) +
+                             "): it was shut down after an error");
+      log::Warning("volume abnormal",
+                   {{"volume", record->id}, {"condition", condition->message()}});
+      return Status::Ok();
+    }
     return Status::Internal(ErrnoMessage("stat " + path));
   }
-  StatusOr<Device> device = volumes_.GetDevice(record->id);
-  VolumeCondition* condition = response->mutable_volume_condition();
-  if (!device.ok()) {
-    condition->set_abnormal(true);
-    condition->set_message("device missing: " + device.status().message());
-    return Status::Ok();
-  }
-  StatusOr<std::string> major_minor = DeviceMajorMinor(device->path);
+  std::string problems;
+  auto report = [&](const std::string& problem) {
+    if (problem.empty()) return;
+    if (!problems.empty()) problems += "; ";
+    problems += problem;
+  };
   StatusOr<std::optional<MountEntry>> mounted = FindMount(path);
   if (!mounted.ok()) return mounted.status();
+  // What is at volume_path: the device of the block file, or the device of the mount there.
+  std::string here;
+  if (S_ISBLK(st.st_mode)) {
+    here = std::to_string(major(st.st_rdev)) + ":" + std::to_string(minor(st.st_rdev));
+  } else if (mounted->has_value()) {
+    here = (*mounted)->major_minor;
+  }
+  if (!here.empty()) report(LoopBackingProblem(here));
+  StatusOr<Device> device = volumes_.GetDevice(record->id);
+  StatusOr<std::string> major_minor =
+      device.ok() ? DeviceMajorMinor(device->path) : StatusOr<std::string>(device.status());
+  if (!device.ok()) {
+    // Say it once: a deleted backing file is also a missing device.
+    if (problems.empty()) report("the volume's device is missing: " + device.status().message());
+  } else if (!here.empty() && (!major_minor.ok() || here != *major_minor)) {
+    report(S_ISBLK(st.st_mode) ? "volume_path is another block device than the volume's"
+                               : "volume_path holds another filesystem than the volume's device");
+  }
 
   if (S_ISBLK(st.st_mode)) {
     StatusOr<int64_t> size = BlockDeviceSize(path);
@@ -441,35 +469,33 @@ Status NodeService::DoStats(const NodeGetVolumeStatsRequest& request,
     VolumeUsage* usage = response->add_usage();
     usage->set_unit(VolumeUsage::BYTES);
     usage->set_total(*size);
-    bool ours =
-        major_minor.ok() &&
-        std::to_string(major(st.st_rdev)) + ":" + std::to_string(minor(st.st_rdev)) == *major_minor;
-    condition->set_abnormal(!ours);
-    condition->set_message(ours ? "healthy" : "volume_path is another block device");
-    return Status::Ok();
-  }
-  struct statvfs fs {};
-  if (statvfs(path.c_str(), &fs) != 0) return Status::Internal(ErrnoMessage("statvfs " + path));
-  auto frsize = static_cast<int64_t>(fs.f_frsize);
-  VolumeUsage* bytes = response->add_usage();
-  bytes->set_unit(VolumeUsage::BYTES);
-  bytes->set_total(static_cast<int64_t>(fs.f_blocks) * frsize);
-  bytes->set_available(static_cast<int64_t>(fs.f_bavail) * frsize);
-  bytes->set_used(static_cast<int64_t>(fs.f_blocks - fs.f_bfree) * frsize);
-  VolumeUsage* inodes = response->add_usage();
-  inodes->set_unit(VolumeUsage::INODES);
-  inodes->set_total(static_cast<int64_t>(fs.f_files));
-  inodes->set_available(static_cast<int64_t>(fs.f_favail));
-  inodes->set_used(static_cast<int64_t>(fs.f_files - fs.f_ffree));
-  if (!mounted->has_value()) {
-    condition->set_abnormal(true);
-    condition->set_message("volume_path is not a mount point");
-  } else if (!major_minor.ok() || (*mounted)->major_minor != *major_minor) {
-    condition->set_abnormal(true);
-    condition->set_message("volume_path holds another filesystem than the volume's device");
+  } else if (!mounted->has_value()) {
+    report("volume_path is not a mount point");
   } else {
-    condition->set_abnormal(false);
-    condition->set_message("healthy");
+    report(FilesystemProblem(path, **mounted, here));
+    struct statvfs fs {};
+    if (statvfs(path.c_str(), &fs) != 0) {
+      // A filesystem that fails even statfs is the volume's problem, not the call's.
+      if (errno != EIO) return Status::Internal(ErrnoMessage("statvfs " + path));
+      report("the filesystem fails I/O (" + ErrnoMessage("statvfs " + path) + ")");
+    } else {
+      auto frsize = static_cast<int64_t>(fs.f_frsize);
+      VolumeUsage* bytes = response->add_usage();
+      bytes->set_unit(VolumeUsage::BYTES);
+      bytes->set_total(static_cast<int64_t>(fs.f_blocks) * frsize);
+      bytes->set_available(static_cast<int64_t>(fs.f_bavail) * frsize);
+      bytes->set_used(static_cast<int64_t>(fs.f_blocks - fs.f_bfree) * frsize);
+      VolumeUsage* inodes = response->add_usage();
+      inodes->set_unit(VolumeUsage::INODES);
+      inodes->set_total(static_cast<int64_t>(fs.f_files));
+      inodes->set_available(static_cast<int64_t>(fs.f_favail));
+      inodes->set_used(static_cast<int64_t>(fs.f_files - fs.f_ffree));
+    }
+  }
+  condition->set_abnormal(!problems.empty());
+  condition->set_message(problems.empty() ? "healthy" : problems);
+  if (!problems.empty()) {
+    log::Warning("volume abnormal", {{"volume", record->id}, {"condition", problems}});
   }
   return Status::Ok();
 }

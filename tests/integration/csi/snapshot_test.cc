@@ -18,6 +18,7 @@
 
 #include "csi/volume_id.h"
 #include "driver_fixture.h"
+#include "published_volume.h"
 
 namespace ephemera::csi::testing {
 namespace {
@@ -25,16 +26,6 @@ namespace {
 using namespace ::csi::v1;  // NOLINT(google-build-using-namespace)
 
 constexpr int64_t kMi = int64_t{1024} * 1024;
-
-grpc::Status Call(auto method, const auto& request, auto* response) {
-  grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
-  return method(&context, request, response);
-}
-
-#define CALL(stub, Method, request, response)                                                      \
-  Call([&](grpc::ClientContext* c, const auto& rq, auto* rs) { return (stub).Method(c, rq, rs); }, \
-       request, response)
 
 std::string ReadFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -70,61 +61,6 @@ int64_t FsTotalBytes(const std::string& path) {
   REQUIRE(statvfs(path.c_str(), &fs) == 0);
   return static_cast<int64_t>(fs.f_blocks) * static_cast<int64_t>(fs.f_frsize);
 }
-
-// A volume staged and published as kubelet leaves it for a pod; Remove() takes it all down.
-struct Published {
-  Published(DriverFixture& driver, const std::string& name, const std::string& fs_type,
-            int64_t size, const VolumeContentSource* source = nullptr)
-      : driver(driver),
-        staging(driver.work() + "/staging-" + name),
-        target(driver.work() + "/target-" + name) {
-    CreateVolumeRequest create;
-    create.set_name(name);
-    create.mutable_capacity_range()->set_required_bytes(size);
-    *create.add_volume_capabilities() = MountCapability(fs_type);
-    if (source != nullptr) *create.mutable_volume_content_source() = *source;
-    CreateVolumeResponse created;
-    grpc::Status status = CALL(driver.controller(), CreateVolume, create, &created);
-    REQUIRE(status.error_message() == "");
-    volume = created.volume();
-    NodeStageVolumeRequest stage;
-    stage.set_volume_id(volume.volume_id());
-    stage.set_staging_target_path(staging);
-    *stage.mutable_volume_capability() = MountCapability(fs_type);
-    NodeStageVolumeResponse staged;
-    status = CALL(driver.node(), NodeStageVolume, stage, &staged);
-    REQUIRE(status.error_message() == "");
-    NodePublishVolumeRequest publish;
-    publish.set_volume_id(volume.volume_id());
-    publish.set_staging_target_path(staging);
-    publish.set_target_path(target);
-    *publish.mutable_volume_capability() = MountCapability(fs_type);
-    NodePublishVolumeResponse published;
-    REQUIRE(CALL(driver.node(), NodePublishVolume, publish, &published).ok());
-  }
-
-  void Remove() {
-    NodeUnpublishVolumeRequest unpublish;
-    unpublish.set_volume_id(volume.volume_id());
-    unpublish.set_target_path(target);
-    NodeUnpublishVolumeResponse unpublished;
-    REQUIRE(CALL(driver.node(), NodeUnpublishVolume, unpublish, &unpublished).ok());
-    NodeUnstageVolumeRequest unstage;
-    unstage.set_volume_id(volume.volume_id());
-    unstage.set_staging_target_path(staging);
-    NodeUnstageVolumeResponse unstaged;
-    REQUIRE(CALL(driver.node(), NodeUnstageVolume, unstage, &unstaged).ok());
-    DeleteVolumeRequest del;
-    del.set_volume_id(volume.volume_id());
-    DeleteVolumeResponse deleted;
-    REQUIRE(CALL(driver.controller(), DeleteVolume, del, &deleted).ok());
-  }
-
-  DriverFixture& driver;
-  Volume volume;
-  const std::string staging;
-  const std::string target;
-};
 
 Snapshot TakeSnapshot(DriverFixture& driver, const std::string& name, const std::string& source) {
   CreateSnapshotRequest request;
