@@ -28,7 +28,8 @@ Status CopyError(const std::string& what, int error) {
 Status ReadWrite(int src, int dst, off_t offset, off_t end) {
   std::vector<char> buffer(size_t{1} << 20);
   while (offset < end) {
-    size_t want = static_cast<size_t>(std::min<off_t>(end - offset, buffer.size()));
+    size_t want =
+        static_cast<size_t>(std::min<off_t>(end - offset, static_cast<off_t>(buffer.size())));
     ssize_t n = pread(src, buffer.data(), want, offset);
     if (n < 0) {
       if (errno == EINTR) continue;
