@@ -181,7 +181,7 @@ TEST_CASE("CreateSnapshot is idempotent by name and source", "[csi][snapshots]")
   CHECK(listed.entries_size() == 1);
 }
 
-TEST_CASE("DeleteSnapshot and GetSnapshot validate IDs; unknown IDs", "[csi][snapshots]") {
+TEST_CASE("DeleteSnapshot and GetSnapshot validate IDs / unknown IDs", "[csi][snapshots]") {
   Fixture f;
   for (const std::string& id : {std::string(), std::string("../x"), std::string("a/b"),
                                 std::string(200, 's'), std::string("snap\n")}) {
