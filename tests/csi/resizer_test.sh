@@ -232,7 +232,7 @@ wait_for 30 "the pod gone" bash -c "! $TOOLS/kubectl --kubeconfig $CLUSTER/kubec
 k -n "$NS" delete pvc "$PVC" --wait=false >/dev/null
 wait_for 60 "the PV gone" bash -c "! $TOOLS/kubectl --kubeconfig $CLUSTER/kubeconfig get pv $PV"
 [ -z "$(ls "$FILE_DIR")" ] || fail "pool not empty: $(ls "$FILE_DIR")"
-[ -z "$(ls "$STATE_DIR")" ] || fail "records left: $(ls "$STATE_DIR")"
+[ -z "$(state_records)" ] || fail "records left: $(state_records)"
 [ -z "$(work_mounts)" ] || fail "mounts left: $(work_mounts)"
 [ -z "$(work_loops)" ] || fail "loop devices left: $(work_loops)"
 echo "1 passed, 0 failed"
