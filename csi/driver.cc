@@ -87,6 +87,11 @@ void LogReport(const VolumeManager::RecoveryReport& report) {
   print("ORPHANED device without record (use --remove-orphans to delete)", report.orphans);
   print("removed orphaned device", report.removed_orphans);
   print("UNREADABLE record file (left in place)", report.corrupt_records);
+  print("rolled back interrupted snapshot", report.rolled_back_snapshots);
+  print("finished interrupted delete of snapshot", report.finished_snapshot_deletes);
+  print("dropped snapshot record without its copy", report.dropped_snapshots);
+  print("ORPHANED snapshot copy without record (use --remove-orphans to delete)",
+        report.orphan_snapshots);
   print("could not repair now (left in place)", report.errors);
 }
 
@@ -99,6 +104,7 @@ struct Driver::Impl {
   std::unique_ptr<PmemApi> pmem;  // the direct backend's libndctl context
   std::unique_ptr<DeviceManager> devices;
   std::unique_ptr<StateStore> store;
+  std::unique_ptr<StateStore> snapshot_store;  // with a backend that has snapshots
   std::unique_ptr<VolumeManager> volumes;
   std::unique_ptr<IdentityService> identity;
   std::unique_ptr<ControllerService> controller;
@@ -339,12 +345,17 @@ Status Driver::Start() {
   VolumeManager::Options options;
   options.default_size = d.config.default_volume_size;
   options.remove_orphans = d.config.remove_orphans;
-  d.volumes = std::make_unique<VolumeManager>(*d.devices, *d.store, options);
+  if (d.devices->SupportsSnapshots()) {
+    d.snapshot_store = std::make_unique<StateStore>(d.config.state_dir + "/snapshots");
+    EPHEMERA_RETURN_IF_ERROR(d.snapshot_store->Init());
+  }
+  d.volumes =
+      std::make_unique<VolumeManager>(*d.devices, *d.store, options, d.snapshot_store.get());
   StatusOr<VolumeManager::RecoveryReport> report = d.volumes->Recover();
   if (!report.ok()) return report.status().WithContext("recovering state");
   LogReport(*report);
-  d.metrics.SetOrphans(
-      static_cast<int64_t>(report->orphans.size() - report->removed_orphans.size()));
+  d.metrics.SetOrphans(static_cast<int64_t>(
+      report->orphans.size() + report->orphan_snapshots.size() - report->removed_orphans.size()));
   StatusOr<Capacity> capacity = d.volumes->GetCapacity();
   if (!capacity.ok()) return capacity.status();
   d.metrics.SetCapacity(capacity->total, capacity->available, capacity->max_volume_size);

@@ -18,6 +18,7 @@
 #include "csi/parameters.h"
 #include "csi/request_validation.h"
 #include "csi/system_error.h"
+#include "csi/volume_health.h"
 #include "csi/volume_id.h"
 
 namespace ephemera::csi {
@@ -170,11 +171,46 @@ Status NodeService::DoStage(const NodeStageVolumeRequest& request) {
     return Status::Ok();  // already staged
   }
   EPHEMERA_RETURN_IF_ERROR(EnsureFormatted(*record, *device, *fs_type));
+  // A copy of a smaller source (a restore or clone into a larger volume) holds the source's
+  // filesystem: it grows to the device here, once. ext4 before the mount (offline, so that no
+  // CAP_SYS_RESOURCE is needed; e2fsck first, as resize2fs demands, which also replays the
+  // journal of a copy taken while the source was mounted), xfs after it (xfs grows only mounted).
+  const bool grow = record->grow_fs && record->fs_type == *fs_type;
+  if (grow && *fs_type == "ext4") EPHEMERA_RETURN_IF_ERROR(GrowExt4Offline(device->path));
   EPHEMERA_RETURN_IF_ERROR(EnsureDirectory(staging));
-  EPHEMERA_RETURN_IF_ERROR(MountFilesystem(device->path, staging, *fs_type,
-                                           MountOptions(request.volume_capability(), *device)));
+  std::vector<std::string> options = MountOptions(request.volume_capability(), *device);
+  // A copy has its source's filesystem UUID, and XFS refuses to mount a second filesystem with the
+  // UUID of a mounted one (EINVAL) while the source is staged on the same node; `xfs_admin -U`
+  // cannot give the copy a new one while its log is dirty (a copy of a mounted volume).
+  if (*fs_type == "xfs" && !record->source.empty()) options.emplace_back("nouuid");
+  EPHEMERA_RETURN_IF_ERROR(MountFilesystem(device->path, staging, *fs_type, options));
   LogMount(id, *device, staging);
+  if (grow && *fs_type == "xfs") {
+    Status grown = RunChecked(runner_, {"xfs_growfs", staging}, kFilesystemCommandTimeout);
+    if (!grown.ok()) {
+      Status unmounted = Unmount(staging);  // the retried stage mounts and grows again
+      if (!unmounted.ok()) log::Error("cannot unmount after a failed growth", unmounted, {});
+      return grown;
+    }
+  }
+  if (grow) {
+    log::Info("filesystem grown to its device at stage", {{"volume", id}, {"fstype", *fs_type}});
+    EPHEMERA_RETURN_IF_ERROR(volumes_.ClearGrowFs(id));
+  }
   return Status::Ok();
+}
+
+Status NodeService::GrowExt4Offline(const std::string& device) {
+  // -p: repairs what is safe without questions; exit 1 and 2 mean it corrected something.
+  StatusOr<CommandResult> checked =
+      runner_.Run({"e2fsck", "-f", "-p", device}, kFilesystemCommandTimeout);
+  if (!checked.ok()) return checked.status();
+  if (checked->exit_code > 2) {
+    return Status::Internal("e2fsck -f -p " + device + " exited with " +
+                            std::to_string(checked->exit_code) + ": " +
+                            checked->output.substr(0, 4096));
+  }
+  return RunChecked(runner_, {"resize2fs", device}, kFilesystemCommandTimeout);
 }
 
 grpc::Status NodeService::NodeUnstageVolume(grpc::ServerContext*,
@@ -385,20 +421,47 @@ Status NodeService::DoStats(const NodeGetVolumeStatsRequest& request,
   if (!record.ok()) return record.status();
   const std::string& path = request.volume_path();
   struct stat st {};
+  VolumeCondition* condition = response->mutable_volume_condition();
   if (stat(path.c_str(), &st) != 0) {
     if (errno == ENOENT) return Status::NotFound("volume_path: " + path + " does not exist");
+    if (errno == EIO) {
+      // A shut-down xfs fails even the stat of its root: the volume's condition, not an error of
+      // the call (there is no usage to report).
+      condition->set_abnormal(true);
+      condition->set_message("the filesystem fails I/O (" + ErrnoMessage("stat " + path) +
+                             "): it was shut down after an error");
+      log::Warning("volume abnormal",
+                   {{"volume", record->id}, {"condition", condition->message()}});
+      return Status::Ok();
+    }
     return Status::Internal(ErrnoMessage("stat " + path));
   }
-  StatusOr<Device> device = volumes_.GetDevice(record->id);
-  VolumeCondition* condition = response->mutable_volume_condition();
-  if (!device.ok()) {
-    condition->set_abnormal(true);
-    condition->set_message("device missing: " + device.status().message());
-    return Status::Ok();
-  }
-  StatusOr<std::string> major_minor = DeviceMajorMinor(device->path);
+  std::string problems;
+  auto report = [&](const std::string& problem) {
+    if (problem.empty()) return;
+    if (!problems.empty()) problems += "; ";
+    problems += problem;
+  };
   StatusOr<std::optional<MountEntry>> mounted = FindMount(path);
   if (!mounted.ok()) return mounted.status();
+  // What is at volume_path: the device of the block file, or the device of the mount there.
+  std::string here;
+  if (S_ISBLK(st.st_mode)) {
+    here = std::to_string(major(st.st_rdev)) + ":" + std::to_string(minor(st.st_rdev));
+  } else if (mounted->has_value()) {
+    here = (*mounted)->major_minor;
+  }
+  if (!here.empty()) report(LoopBackingProblem(here));
+  StatusOr<Device> device = volumes_.GetDevice(record->id);
+  StatusOr<std::string> major_minor =
+      device.ok() ? DeviceMajorMinor(device->path) : StatusOr<std::string>(device.status());
+  if (!device.ok()) {
+    // Say it once: a deleted backing file is also a missing device.
+    if (problems.empty()) report("the volume's device is missing: " + device.status().message());
+  } else if (!here.empty() && (!major_minor.ok() || here != *major_minor)) {
+    report(S_ISBLK(st.st_mode) ? "volume_path is another block device than the volume's"
+                               : "volume_path holds another filesystem than the volume's device");
+  }
 
   if (S_ISBLK(st.st_mode)) {
     StatusOr<int64_t> size = BlockDeviceSize(path);
@@ -406,35 +469,33 @@ Status NodeService::DoStats(const NodeGetVolumeStatsRequest& request,
     VolumeUsage* usage = response->add_usage();
     usage->set_unit(VolumeUsage::BYTES);
     usage->set_total(*size);
-    bool ours =
-        major_minor.ok() &&
-        std::to_string(major(st.st_rdev)) + ":" + std::to_string(minor(st.st_rdev)) == *major_minor;
-    condition->set_abnormal(!ours);
-    condition->set_message(ours ? "healthy" : "volume_path is another block device");
-    return Status::Ok();
-  }
-  struct statvfs fs {};
-  if (statvfs(path.c_str(), &fs) != 0) return Status::Internal(ErrnoMessage("statvfs " + path));
-  auto frsize = static_cast<int64_t>(fs.f_frsize);
-  VolumeUsage* bytes = response->add_usage();
-  bytes->set_unit(VolumeUsage::BYTES);
-  bytes->set_total(static_cast<int64_t>(fs.f_blocks) * frsize);
-  bytes->set_available(static_cast<int64_t>(fs.f_bavail) * frsize);
-  bytes->set_used(static_cast<int64_t>(fs.f_blocks - fs.f_bfree) * frsize);
-  VolumeUsage* inodes = response->add_usage();
-  inodes->set_unit(VolumeUsage::INODES);
-  inodes->set_total(static_cast<int64_t>(fs.f_files));
-  inodes->set_available(static_cast<int64_t>(fs.f_favail));
-  inodes->set_used(static_cast<int64_t>(fs.f_files - fs.f_ffree));
-  if (!mounted->has_value()) {
-    condition->set_abnormal(true);
-    condition->set_message("volume_path is not a mount point");
-  } else if (!major_minor.ok() || (*mounted)->major_minor != *major_minor) {
-    condition->set_abnormal(true);
-    condition->set_message("volume_path holds another filesystem than the volume's device");
+  } else if (!mounted->has_value()) {
+    report("volume_path is not a mount point");
   } else {
-    condition->set_abnormal(false);
-    condition->set_message("healthy");
+    report(FilesystemProblem(path, **mounted, here));
+    struct statvfs fs {};
+    if (statvfs(path.c_str(), &fs) != 0) {
+      // A filesystem that fails even statfs is the volume's problem, not the call's.
+      if (errno != EIO) return Status::Internal(ErrnoMessage("statvfs " + path));
+      report("the filesystem fails I/O (" + ErrnoMessage("statvfs " + path) + ")");
+    } else {
+      auto frsize = static_cast<int64_t>(fs.f_frsize);
+      VolumeUsage* bytes = response->add_usage();
+      bytes->set_unit(VolumeUsage::BYTES);
+      bytes->set_total(static_cast<int64_t>(fs.f_blocks) * frsize);
+      bytes->set_available(static_cast<int64_t>(fs.f_bavail) * frsize);
+      bytes->set_used(static_cast<int64_t>(fs.f_blocks - fs.f_bfree) * frsize);
+      VolumeUsage* inodes = response->add_usage();
+      inodes->set_unit(VolumeUsage::INODES);
+      inodes->set_total(static_cast<int64_t>(fs.f_files));
+      inodes->set_available(static_cast<int64_t>(fs.f_favail));
+      inodes->set_used(static_cast<int64_t>(fs.f_files - fs.f_ffree));
+    }
+  }
+  condition->set_abnormal(!problems.empty());
+  condition->set_message(problems.empty() ? "healthy" : problems);
+  if (!problems.empty()) {
+    log::Warning("volume abnormal", {{"volume", record->id}, {"condition", problems}});
   }
   return Status::Ok();
 }

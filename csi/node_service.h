@@ -57,6 +57,8 @@ class NodeService final : public ::csi::v1::Node::Service {
   Status DoExpand(const ::csi::v1::NodeExpandVolumeRequest& request,
                   ::csi::v1::NodeExpandVolumeResponse* response);
   // Formats the device with `fs_type` unless the record says it already was; records the type.
+  // e2fsck and resize2fs of an unmounted ext4 to its device's size.
+  Status GrowExt4Offline(const std::string& device);
   Status EnsureFormatted(const VolumeRecord& record, const Device& device,
                          const std::string& fs_type);
   // The ready record for a request's volume ID: a volume of the controller, or an inline ephemeral

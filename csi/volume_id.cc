@@ -36,6 +36,10 @@ std::string DeriveVolumeId(std::string_view name) {
   return "eph-" + HexSha256(name).substr(0, kVolumeIdLength - 4);
 }
 
+std::string DeriveSnapshotId(std::string_view name) {
+  return "snap-" + HexSha256(name).substr(0, kVolumeIdLength - 4);
+}
+
 std::string DeriveEphemeralVolumeId(std::string_view request_volume_id) {
   // A prefix that no CSI volume name could collide with by accident: names from the CO are
   // hashed as they are, this one with a NUL separator that ValidateVolumeName rejects in names.

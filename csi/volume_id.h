@@ -24,6 +24,10 @@ inline constexpr size_t kVolumeIdLength = 44;
 // The ID of the volume named `name`: "eph-" + the first 40 hex digits of SHA-256(name).
 std::string DeriveVolumeId(std::string_view name);
 
+// The ID of the snapshot named `name`: "snap-" + the first 40 hex digits of SHA-256(name). The
+// prefix keeps snapshot and volume IDs apart (a volume ID never starts with "snap-").
+std::string DeriveSnapshotId(std::string_view name);
+
 // The ID of the inline ephemeral volume that kubelet calls `request_volume_id`.
 std::string DeriveEphemeralVolumeId(std::string_view request_volume_id);
 

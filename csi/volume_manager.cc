@@ -19,8 +19,9 @@ void VolumeLocks::Release(const std::string& id) {
   busy_.erase(id);
 }
 
-VolumeManager::VolumeManager(DeviceManager& devices, StateStore& store, Options options)
-    : devices_(devices), store_(store), options_(options) {}
+VolumeManager::VolumeManager(DeviceManager& devices, StateStore& store, Options options,
+                             StateStore* snapshots)
+    : devices_(devices), store_(store), snapshots_(snapshots), options_(options) {}
 
 StatusOr<VolumeManager::RecoveryReport> VolumeManager::Recover() {
   RecoveryReport report;
@@ -36,6 +37,7 @@ StatusOr<VolumeManager::RecoveryReport> VolumeManager::Recover() {
     // A record that cannot be read still claims its device: never treat that device as an orphan.
     known.insert(corrupt.substr(0, corrupt.rfind('.')));
   }
+  if (SupportsSnapshots()) EPHEMERA_RETURN_IF_ERROR(RecoverSnapshots(&report));
   StatusOr<std::vector<Device>> devices = devices_.List();
   if (!devices.ok()) return devices.status();
   for (const Device& device : *devices) {
@@ -51,6 +53,57 @@ StatusOr<VolumeManager::RecoveryReport> VolumeManager::Recover() {
     }
   }
   return report;
+}
+
+Status VolumeManager::RecoverSnapshots(RecoveryReport* report) {
+  StatusOr<std::vector<VolumeRecord>> records = snapshots_->List(&report->corrupt_records);
+  if (!records.ok()) return records.status();
+  std::set<std::string> known;
+  for (const VolumeRecord& record : *records) {
+    known.insert(record.id);
+    Status status;
+    switch (record.phase) {
+      case Phase::kCreating:  // the copy never finished: whatever of it exists goes
+      case Phase::kDeleting:
+        status = devices_.DeleteSnapshot(record.id, record.erase_after);
+        if (status.ok()) status = snapshots_->Remove(record.id);
+        if (status.ok()) {
+          (record.phase == Phase::kCreating ? report->rolled_back_snapshots
+                                            : report->finished_snapshot_deletes)
+              .push_back(record.id);
+        }
+        break;
+      case Phase::kReady: {
+        StatusOr<SnapshotData> data = devices_.GetSnapshot(record.id);
+        if (data.status().code() == Code::kNotFound) {
+          status = snapshots_->Remove(record.id);
+          if (status.ok()) report->dropped_snapshots.push_back(record.id);
+        } else {
+          status = data.status();
+        }
+        break;
+      }
+    }
+    if (!status.ok()) report->errors.push_back(record.id + ": " + status.ToString());
+  }
+  for (const std::string& corrupt : report->corrupt_records) {
+    known.insert(corrupt.substr(0, corrupt.rfind('.')));
+  }
+  StatusOr<std::vector<SnapshotData>> copies = devices_.ListSnapshots();
+  if (!copies.ok()) return copies.status();
+  for (const SnapshotData& copy : *copies) {
+    if (known.count(copy.id) != 0) continue;
+    report->orphan_snapshots.push_back(copy.id);
+    if (options_.remove_orphans) {
+      Status status = devices_.DeleteSnapshot(copy.id, /*erase=*/true);
+      if (status.ok()) {
+        report->removed_orphans.push_back(copy.id);
+      } else {
+        report->errors.push_back(copy.id + ": " + status.ToString());
+      }
+    }
+  }
+  return Status::Ok();
 }
 
 Status VolumeManager::RecoverRecord(VolumeRecord& record, RecoveryReport* report) {
@@ -97,10 +150,64 @@ StatusOr<VolumeRecord> VolumeManager::CreateVolume(const std::string& name, int6
   return CreateLocked(id, name, *size, required_bytes, limit_bytes, params, ephemeral);
 }
 
+StatusOr<VolumeRecord> VolumeManager::CreateVolumeFrom(const std::string& name,
+                                                       int64_t required_bytes, int64_t limit_bytes,
+                                                       const VolumeParameters& params,
+                                                       const Source& source) {
+  if (!SupportsSnapshots()) {
+    return Status::Unimplemented("volumes from a data source are not offered by the " +
+                                 devices_.Name() + " backend");
+  }
+  std::string id = DeriveVolumeId(name);
+  if (source.kind == SourceKind::kVolume && source.id == id) {
+    return Status::InvalidArgument("volume_content_source: volume \"" + name +
+                                   "\" cannot be made from itself");
+  }
+  StatusOr<VolumeLocks::Guard> guard = locks_.TryLock(id);
+  if (!guard.ok()) return guard.status();
+  // The source stays as it is during the copy: no delete, expansion or stage of it meanwhile.
+  StatusOr<VolumeLocks::Guard> source_guard = locks_.TryLock(source.id);
+  if (!source_guard.ok()) return source_guard.status();
+  return CreateFromLocked(id, name, required_bytes, limit_bytes, params, source);
+}
+
+StatusOr<VolumeRecord> VolumeManager::CreateFromLocked(const std::string& id,
+                                                       const std::string& name,
+                                                       int64_t required_bytes, int64_t limit_bytes,
+                                                       const VolumeParameters& params,
+                                                       const Source& source) {
+  StatusOr<VolumeRecord> origin = Status::NotFound("");
+  if (source.kind == SourceKind::kSnapshot) {
+    origin = GetSnapshot(source.id);
+  } else {
+    origin = GetVolume(source.id);
+    if (origin.ok() && origin->ephemeral) origin = Status::NotFound("");
+  }
+  if (origin.status().code() == Code::kNotFound) {
+    return Status::NotFound(std::string("volume_content_source: ") +
+                            (source.kind == SourceKind::kSnapshot ? "snapshot " : "volume ") +
+                            source.id + " not found on this node");
+  }
+  if (!origin.ok()) return origin.status();
+  StatusOr<int64_t> size =
+      SizeForRange(required_bytes, limit_bytes, origin->size, devices_.Alignment());
+  if (!size.ok()) return size.status();
+  if (*size < origin->size) {
+    return Status::OutOfRange("capacity_range: the volume must hold its source's " +
+                              std::to_string(origin->size) + " bytes, at most " +
+                              std::to_string(*size) + " were allowed");
+  }
+  return CreateLocked(id, name, *size, required_bytes, limit_bytes, params, /*ephemeral=*/false,
+                      &source, &*origin);
+}
+
 StatusOr<VolumeRecord> VolumeManager::CreateLocked(const std::string& id, const std::string& name,
                                                    int64_t size, int64_t required_bytes,
                                                    int64_t limit_bytes,
-                                                   const VolumeParameters& params, bool ephemeral) {
+                                                   const VolumeParameters& params, bool ephemeral,
+                                                   const Source* source,
+                                                   const VolumeRecord* origin) {
+  std::string source_key = source != nullptr ? source->Key() : "";
   StatusOr<VolumeRecord> existing = store_.Get(id);
   if (existing.ok()) {
     if (existing->phase == Phase::kReady) {
@@ -110,7 +217,7 @@ StatusOr<VolumeRecord> VolumeManager::CreateLocked(const std::string& id, const 
             existing->size >= required_bytes && (limit_bytes == 0 || existing->size <= limit_bytes);
         if (!size_ok || existing->erase_after != params.erase_after ||
             existing->usage != params.usage || existing->ephemeral != ephemeral ||
-            existing->name != name) {
+            existing->name != name || existing->source != source_key) {
           return Status::AlreadyExists("volume \"" + name + "\" exists with size " +
                                        std::to_string(existing->size) +
                                        " and different parameters");
@@ -134,13 +241,25 @@ StatusOr<VolumeRecord> VolumeManager::CreateLocked(const std::string& id, const 
   record.usage = params.usage;
   record.ephemeral = ephemeral;
   record.phase = Phase::kCreating;
+  if (origin != nullptr) {
+    // The copy holds the source's filesystem (if it had one): never format it again. A filesystem
+    // smaller than the device is grown by the node at the next stage.
+    record.source = source_key;
+    record.fs_type = origin->fs_type;
+    record.grow_fs = !origin->fs_type.empty() && size > origin->size;
+  }
+  auto create = [&]() {
+    return source != nullptr
+               ? devices_.CreateFromSource(id, size, params.usage, source->kind, source->id)
+               : devices_.Create(id, size, params.usage);
+  };
   EPHEMERA_RETURN_IF_ERROR(store_.Put(record));
   EPHEMERA_RETURN_IF_ERROR(Fault("create:record-written"));
-  StatusOr<Device> device = devices_.Create(id, size, params.usage);
+  StatusOr<Device> device = create();
   if (device.status().code() == Code::kAlreadyExists) {
     // A device of this ID without a ready record is a leftover of ours: replace it.
     EPHEMERA_RETURN_IF_ERROR(devices_.Delete(id, /*erase=*/true));
-    device = devices_.Create(id, size, params.usage);
+    device = create();
   }
   if (!device.ok()) {
     // The backend failed (a command hung and was killed, its own cleanup failed, ...): the device
@@ -262,11 +381,147 @@ StatusOr<VolumeRecord> VolumeManager::ExpandLocked(const std::string& id, int64_
   return record;
 }
 
+StatusOr<VolumeRecord> VolumeManager::CreateSnapshot(const std::string& name,
+                                                     const std::string& source_volume_id) {
+  if (!SupportsSnapshots()) {
+    return Status::Unimplemented("snapshots are not offered by the " + devices_.Name() +
+                                 " backend");
+  }
+  std::string id = DeriveSnapshotId(name);
+  StatusOr<VolumeLocks::Guard> guard = locks_.TryLock(id);
+  if (!guard.ok()) return guard.status();
+  StatusOr<VolumeRecord> existing = snapshots_->Get(id);
+  if (existing.ok()) {
+    if (existing->phase == Phase::kReady && existing->name == name) {
+      if (existing->source != source_volume_id) {
+        return Status::AlreadyExists("snapshot \"" + name + "\" exists, of volume " +
+                                     existing->source);
+      }
+      StatusOr<SnapshotData> data = devices_.GetSnapshot(id);
+      if (data.ok()) return *existing;
+      if (data.status().code() != Code::kNotFound) return data.status();
+      log::Warning("snapshot record without its copy; taking it again", {{"snapshot", id}});
+    }
+    // An interrupted create or delete: remove whatever of the copy exists, then start over.
+    EPHEMERA_RETURN_IF_ERROR(devices_.DeleteSnapshot(id, existing->erase_after));
+  } else if (existing.status().code() != Code::kNotFound) {
+    return existing.status();
+  }
+  StatusOr<VolumeLocks::Guard> source_guard = locks_.TryLock(source_volume_id);
+  if (!source_guard.ok()) return source_guard.status();
+  StatusOr<VolumeRecord> volume = GetVolume(source_volume_id);
+  if (volume.ok() && volume->ephemeral) volume = Status::NotFound("");
+  if (volume.status().code() == Code::kNotFound) {
+    return Status::NotFound("source_volume_id: volume " + source_volume_id +
+                            " not found on this node");
+  }
+  if (!volume.ok()) return volume.status();
+
+  VolumeRecord record;
+  record.id = id;
+  record.name = name;
+  record.size = volume->size;
+  record.erase_after = volume->erase_after;  // the snapshot holds the volume's data
+  record.usage = volume->usage;
+  record.fs_type = volume->fs_type;
+  record.source = source_volume_id;
+  const apiclient::Clock& clock =
+      options_.clock != nullptr ? *options_.clock : apiclient::SystemClock();
+  record.created_ns =
+      std::chrono::duration_cast<std::chrono::nanoseconds>(clock.WallNow().time_since_epoch())
+          .count();
+  record.phase = Phase::kCreating;
+  EPHEMERA_RETURN_IF_ERROR(snapshots_->Put(record));
+  EPHEMERA_RETURN_IF_ERROR(Fault("snapshot:record-written"));
+  StatusOr<SnapshotData> data = devices_.CreateSnapshot(id, source_volume_id);
+  if (!data.ok()) {
+    // The record goes only once no copy is left; otherwise it stays `creating` for the next call
+    // or Recover().
+    Status cleaned = devices_.DeleteSnapshot(id, record.erase_after);
+    if (cleaned.ok()) {
+      Status removed = snapshots_->Remove(id);
+      if (!removed.ok())
+        log::Error("cannot remove the record of a failed snapshot", removed, {{"snapshot", id}});
+    }
+    return data.status();
+  }
+  log::Info("snapshot taken", {{"snapshot", id},
+                               {"volume", source_volume_id},
+                               {"allocated", std::to_string(data->allocated)},
+                               {"method", data->method}});
+  EPHEMERA_RETURN_IF_ERROR(Fault("snapshot:copied"));
+  record.phase = Phase::kReady;
+  EPHEMERA_RETURN_IF_ERROR(snapshots_->Put(record));
+  return record;
+}
+
+Status VolumeManager::DeleteSnapshot(const std::string& id) {
+  if (!SupportsSnapshots()) {
+    return Status::Unimplemented("snapshots are not offered by the " + devices_.Name() +
+                                 " backend");
+  }
+  StatusOr<VolumeLocks::Guard> guard = locks_.TryLock(id);
+  if (!guard.ok()) return guard.status();
+  return DeleteSnapshotLocked(id);
+}
+
+Status VolumeManager::DeleteSnapshotLocked(const std::string& id) {
+  StatusOr<VolumeRecord> record = snapshots_->Get(id);
+  if (record.status().code() == Code::kNotFound) {
+    return devices_.DeleteSnapshot(id, /*erase=*/true);  // a leftover of ours, if any
+  }
+  if (!record.ok()) return record.status();
+  record->phase = Phase::kDeleting;
+  if (Status put = snapshots_->Put(*record); !put.ok()) {
+    // As for volumes: a full state filesystem must not keep the space from being freed.
+    if (put.code() != Code::kResourceExhausted) return put;
+    log::Warning("deleting a snapshot without marking its record: the state directory is full",
+                 {{"snapshot", id}, {"error", put.ToString()}});
+  }
+  EPHEMERA_RETURN_IF_ERROR(Fault("snapshot-delete:marked"));
+  EPHEMERA_RETURN_IF_ERROR(devices_.DeleteSnapshot(id, record->erase_after));
+  return snapshots_->Remove(id);
+}
+
+StatusOr<VolumeRecord> VolumeManager::GetSnapshot(const std::string& id) {
+  if (!SupportsSnapshots()) return Status::NotFound("snapshot " + id + " not found");
+  StatusOr<VolumeRecord> record = snapshots_->Get(id);
+  if (!record.ok()) {
+    if (record.status().code() == Code::kNotFound) {
+      return Status::NotFound("snapshot " + id + " not found");
+    }
+    return record.status();
+  }
+  if (record->phase != Phase::kReady) return Status::NotFound("snapshot " + id + " not found");
+  StatusOr<SnapshotData> data = devices_.GetSnapshot(id);
+  if (!data.ok()) return data.status();
+  return record;
+}
+
+StatusOr<std::vector<VolumeRecord>> VolumeManager::ListSnapshots() {
+  if (!SupportsSnapshots()) return std::vector<VolumeRecord>{};
+  StatusOr<std::vector<VolumeRecord>> records = snapshots_->List();
+  if (!records.ok()) return records.status();
+  std::vector<VolumeRecord> ready;
+  for (VolumeRecord& record : *records) {
+    if (record.phase == Phase::kReady) ready.push_back(std::move(record));
+  }
+  return ready;
+}
+
 Status VolumeManager::SetFsType(const std::string& id, const std::string& fs_type) {
   StatusOr<VolumeRecord> record = GetVolume(id);
   if (!record.ok()) return record.status();
   if (record->fs_type == fs_type) return Status::Ok();
   record->fs_type = fs_type;
+  return store_.Put(*record);
+}
+
+Status VolumeManager::ClearGrowFs(const std::string& id) {
+  StatusOr<VolumeRecord> record = GetVolume(id);
+  if (!record.ok()) return record.status();
+  if (!record->grow_fs) return Status::Ok();
+  record->grow_fs = false;
   return store_.Put(*record);
 }
 

@@ -46,6 +46,17 @@ struct Capacity {
 // test can watch or hold an erase.
 using Eraser = std::function<Status(const std::string& path, int64_t size)>;
 
+// A snapshot's copy of a volume's data, held by the backend beside the volumes.
+struct SnapshotData {
+  std::string id;         // the snapshot ID
+  int64_t size = 0;       // bytes: the size of the volume it was taken of
+  int64_t allocated = 0;  // bytes of the pool it takes (what the pool accounts for it)
+  std::string method;  // how the copy was made ("reflink", "copy_file_range", ...), "" if unknown
+};
+
+// Where the data of a new volume comes from.
+enum class SourceKind { kSnapshot, kVolume };
+
 class DeviceManager {
  public:
   virtual ~DeviceManager() = default;
@@ -91,6 +102,41 @@ class DeviceManager {
   // when the pool cannot hold the growth; INVALID_ARGUMENT for a size that is not aligned;
   // INTERNAL.
   virtual StatusOr<Device> Expand(const std::string& id, int64_t new_size) = 0;
+
+  // Snapshots and volumes from a data source. Backends without them keep these defaults
+  // (UNIMPLEMENTED), and the driver advertises neither the snapshot nor the clone capability.
+  virtual bool SupportsSnapshots() const { return false; }
+
+  // Copies the data of the device `source_id` into the snapshot `snapshot_id`. The caller keeps
+  // every other call on the source and the snapshot away meanwhile. A copy interrupted by a crash
+  // is never taken for a finished snapshot (GetSnapshot: NOT_FOUND; DeleteSnapshot removes it).
+  // Errors: NOT_FOUND for the source; ALREADY_EXISTS if the snapshot exists; RESOURCE_EXHAUSTED
+  // when the pool cannot hold it; INTERNAL.
+  virtual StatusOr<SnapshotData> CreateSnapshot(const std::string& /*snapshot_id*/,
+                                                const std::string& /*source_id*/) {
+    return Status::Unimplemented("snapshots are not offered by the " + Name() + " backend");
+  }
+  // Removes the snapshot, whole or partial, erasing its data first when `erase`. OK when absent.
+  virtual Status DeleteSnapshot(const std::string& /*snapshot_id*/, bool /*erase*/) {
+    return Status::Unimplemented("snapshots are not offered by the " + Name() + " backend");
+  }
+  // The finished snapshot. Errors: NOT_FOUND; INTERNAL.
+  virtual StatusOr<SnapshotData> GetSnapshot(const std::string& /*snapshot_id*/) {
+    return Status::Unimplemented("snapshots are not offered by the " + Name() + " backend");
+  }
+  // Every finished snapshot, sorted by ID. Errors: INTERNAL.
+  virtual StatusOr<std::vector<SnapshotData>> ListSnapshots() {
+    return Status::Unimplemented("snapshots are not offered by the " + Name() + " backend");
+  }
+  // Like Create, but the device holds a copy of the snapshot or device `source_id` (whose size
+  // must not exceed `size`; the rest of the device reads as zeros). The caller keeps every other
+  // call on the source away. Errors: those of Create; NOT_FOUND for the source.
+  virtual StatusOr<Device> CreateFromSource(const std::string& /*id*/, int64_t /*size*/,
+                                            DeviceUsage /*usage*/, SourceKind /*kind*/,
+                                            const std::string& /*source_id*/) {
+    return Status::Unimplemented("volumes from a data source are not offered by the " + Name() +
+                                 " backend");
+  }
 };
 
 }  // namespace ephemera::csi

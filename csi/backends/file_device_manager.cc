@@ -22,6 +22,44 @@ namespace ephemera::csi {
 namespace {
 
 constexpr std::string_view kSuffix = ".img";
+constexpr std::string_view kSnapshotSuffix = ".snap";
+constexpr std::string_view kPartialSuffix = ".partial";  // after kSnapshotSuffix, while copying
+
+int64_t RoundUpToUnit(int64_t bytes) {
+  return (bytes + FileDeviceManager::kAlignment - 1) / FileDeviceManager::kAlignment *
+         FileDeviceManager::kAlignment;
+}
+
+// Writes what the filesystems mounted from `file`'s loop devices hold in memory down to the file
+// (syncfs of every such mount, fsync of the device for raw block use), so that a copy of the file
+// has what was written before the call: a crash-consistent image, as after a power cut.
+Status FlushVolume(const std::string& file) {
+  StatusOr<std::vector<std::string>> loops = FindLoopsForFile(file);
+  if (!loops.ok()) return loops.status();
+  if (loops->empty()) return Status::Ok();
+  StatusOr<std::vector<MountEntry>> mounts = ReadMountInfo();
+  if (!mounts.ok()) return mounts.status();
+  for (const std::string& loop : *loops) {
+    StatusOr<std::string> major_minor = DeviceMajorMinor(loop);
+    if (!major_minor.ok()) return major_minor.status();
+    for (const MountEntry& entry : *mounts) {
+      if (entry.major_minor != *major_minor) continue;
+      int fd = open(entry.mount_point.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+      if (fd < 0) continue;  // a mount of another namespace's path, or gone meanwhile
+      int rc = syncfs(fd);
+      int saved = errno;
+      close(fd);
+      if (rc != 0) return Status::Internal(ErrnoMessage("syncfs " + entry.mount_point, saved));
+    }
+    int fd = open(loop.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return Status::Internal(ErrnoMessage("open " + loop));
+    int rc = fsync(fd);
+    int saved = errno;
+    close(fd);
+    if (rc != 0) return Status::Internal(ErrnoMessage("fsync " + loop, saved));
+  }
+  return Status::Ok();
+}
 
 Status SyncDir(const std::string& dir) {
   int fd = open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -85,6 +123,10 @@ std::string FileDeviceManager::FilePath(const std::string& id) const {
   return dir_ + "/" + id + std::string(kSuffix);
 }
 
+std::string FileDeviceManager::SnapshotPath(const std::string& id) const {
+  return dir_ + "/" + id + std::string(kSnapshotSuffix);
+}
+
 Status FileDeviceManager::Init() {
   std::lock_guard<std::mutex> lock(mu_);
   std::error_code ec;
@@ -93,6 +135,18 @@ Status FileDeviceManager::Init() {
   std::filesystem::path canonical = std::filesystem::canonical(dir_, ec);
   if (ec) return Status::Internal("resolving " + dir_ + ": " + ec.message());
   dir_ = canonical.string();
+
+  // Copies that a crash cut short: never snapshots (their records say `creating`, and recovery
+  // drops them), so nothing of them is kept.
+  for (const auto& entry : std::filesystem::directory_iterator(dir_, ec)) {
+    std::string name = entry.path().filename().string();
+    if (!name.ends_with(std::string(kSnapshotSuffix) + std::string(kPartialSuffix))) continue;
+    log::Info("file backend: removing an unfinished snapshot copy", {{"file", name}});
+    if (unlink(entry.path().c_str()) != 0 && errno != ENOENT) {
+      return Status::Internal(ErrnoMessage("unlink " + entry.path().string()));
+    }
+  }
+  if (ec) return Status::Internal("listing " + dir_ + ": " + ec.message());
 
   // Loop devices left on files that were unlinked (a crash between unlink and detach is not
   // possible, as we detach first, but a file removed by hand is): detach them when unused.
@@ -125,11 +179,19 @@ Status FileDeviceManager::Init() {
 }
 
 StatusOr<int64_t> FileDeviceManager::FreeLocked() const {
-  int64_t used = 0;  // full sizes of the volumes: what the pool has promised
-  int64_t owed = 0;  // their blocks not allocated yet: what the filesystem still has to give
+  // Snapshot copies in progress: their reservation, both from the pool and from the filesystem.
+  int64_t used = copying_;  // full sizes of the volumes: what the pool has promised
+  int64_t owed = copying_;  // their blocks not allocated yet: what the filesystem still has to give
   std::error_code ec;
   for (const auto& entry : std::filesystem::directory_iterator(dir_, ec)) {
     std::string name = entry.path().filename().string();
+    if (name.ends_with(kSnapshotSuffix)) {
+      // A snapshot never changes: it takes what it allocated, and owes the filesystem nothing.
+      struct stat st {};
+      if (stat(entry.path().c_str(), &st) != 0) continue;
+      used += RoundUpToUnit(static_cast<int64_t>(st.st_blocks) * 512);
+      continue;
+    }
     if (!name.ends_with(kSuffix)) continue;
     struct stat st {};
     if (stat(entry.path().c_str(), &st) != 0) continue;
@@ -304,6 +366,175 @@ StatusOr<Device> FileDeviceManager::Expand(const std::string& id, int64_t new_si
   EPHEMERA_RETURN_IF_ERROR(RefreshLoopCapacity(device->path));
   device->size = new_size;
   return device;
+}
+
+StatusOr<CopyMethod> FileDeviceManager::CopyFile(std::unique_lock<std::mutex>& lock,
+                                                 const std::string& source,
+                                                 const std::string& target, int64_t size,
+                                                 int64_t charge, int64_t reserve) {
+  int src = open(source.c_str(), O_RDONLY | O_CLOEXEC);
+  if (src < 0) {
+    if (errno == ENOENT) return Status::NotFound("source " + source + " not found");
+    return Status::Internal(ErrnoMessage("open " + source));
+  }
+  struct stat st {};
+  if (fstat(src, &st) != 0) {
+    int saved = errno;
+    close(src);
+    return Status::Internal(ErrnoMessage("stat " + source, saved));
+  }
+  if (st.st_size > size) {
+    close(src);
+    return Status::OutOfRange("the source holds " + std::to_string(st.st_size) +
+                              " bytes, more than the " + std::to_string(size) + " asked");
+  }
+  StatusOr<int64_t> free = FreeLocked();
+  if (!free.ok() || charge > *free) {
+    close(src);
+    if (!free.ok()) return free.status();
+    return Status::ResourceExhausted("a copy of " + std::to_string(charge) +
+                                     " bytes does not fit: " + std::to_string(*free) +
+                                     " bytes free (pool " + std::to_string(pool_size_) + ")");
+  }
+  int dst = open(target.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (dst < 0) {
+    int saved = errno;
+    close(src);
+    if (saved == EEXIST) return Status::AlreadyExists(target + " exists");
+    return Status::Internal(ErrnoMessage("create " + target, saved));
+  }
+  // The full size at once, under the lock: from here on the pool counts the new file (a volume)
+  // or the reservation (a snapshot, whose partial file the pool does not count).
+  StatusOr<CopyMethod> method = CopyMethod::kCopyFileRange;
+  if (ftruncate(dst, size) != 0) method = Status::Internal(ErrnoMessage("truncate " + target));
+  if (method.ok()) {
+    copying_ += reserve;
+    lock.unlock();
+    method = CopySparse(src, dst, st.st_size, size);
+    lock.lock();
+    copying_ -= reserve;
+  }
+  close(src);
+  close(dst);
+  if (!method.ok()) unlink(target.c_str());
+  return method;
+}
+
+StatusOr<SnapshotData> FileDeviceManager::CreateSnapshot(const std::string& snapshot_id,
+                                                         const std::string& source_id) {
+  EPHEMERA_RETURN_IF_ERROR(ValidateVolumeId("snapshot id", snapshot_id));
+  EPHEMERA_RETURN_IF_ERROR(ValidateVolumeId("source id", source_id));
+  std::string source = FilePath(source_id);
+  std::string path = SnapshotPath(snapshot_id);
+  std::string partial = path + std::string(kPartialSuffix);
+  std::unique_lock<std::mutex> lock(mu_);
+  struct stat st {};
+  if (stat(source.c_str(), &st) != 0) {
+    if (errno == ENOENT) return Status::NotFound("device " + source_id + " not found");
+    return Status::Internal(ErrnoMessage("stat " + source));
+  }
+  if (access(path.c_str(), F_OK) == 0) {
+    return Status::AlreadyExists("snapshot " + snapshot_id + " exists");
+  }
+  // A copy that an earlier attempt left (the caller holds the snapshot's lock: nobody writes it).
+  if (unlink(partial.c_str()) != 0 && errno != ENOENT) {
+    return Status::Internal(ErrnoMessage("unlink " + partial));
+  }
+  EPHEMERA_RETURN_IF_ERROR(FlushVolume(source));
+  // The copy allocates at most what the source has allocated.
+  int64_t charge = RoundUpToUnit(static_cast<int64_t>(st.st_blocks) * 512);
+  StatusOr<CopyMethod> method = CopyFile(lock, source, partial, st.st_size, charge, charge);
+  if (!method.ok()) return method.status();
+  if (rename(partial.c_str(), path.c_str()) != 0) {
+    int saved = errno;
+    unlink(partial.c_str());
+    return Status::Internal(ErrnoMessage("rename " + partial, saved));
+  }
+  EPHEMERA_RETURN_IF_ERROR(SyncDir(dir_));
+  if (stat(path.c_str(), &st) != 0) return Status::Internal(ErrnoMessage("stat " + path));
+  return SnapshotData{snapshot_id, st.st_size,
+                      RoundUpToUnit(static_cast<int64_t>(st.st_blocks) * 512),
+                      std::string(CopyMethodName(*method))};
+}
+
+Status FileDeviceManager::DeleteSnapshot(const std::string& snapshot_id, bool erase) {
+  EPHEMERA_RETURN_IF_ERROR(ValidateVolumeId("snapshot id", snapshot_id));
+  std::string path = SnapshotPath(snapshot_id);
+  std::string partial = path + std::string(kPartialSuffix);
+  // Without the lock, like a volume's erase: the caller keeps the other calls on it away.
+  if (erase) {
+    EPHEMERA_RETURN_IF_ERROR(erase_(partial, 0));
+    EPHEMERA_RETURN_IF_ERROR(erase_(path, 0));
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const std::string& file : {partial, path}) {
+    if (unlink(file.c_str()) != 0 && errno != ENOENT) {
+      return Status::Internal(ErrnoMessage("unlink " + file));
+    }
+  }
+  return SyncDir(dir_);
+}
+
+StatusOr<SnapshotData> FileDeviceManager::GetSnapshot(const std::string& snapshot_id) {
+  EPHEMERA_RETURN_IF_ERROR(ValidateVolumeId("snapshot id", snapshot_id));
+  std::string path = SnapshotPath(snapshot_id);
+  struct stat st {};
+  if (stat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT) return Status::NotFound("snapshot " + snapshot_id + " not found");
+    return Status::Internal(ErrnoMessage("stat " + path));
+  }
+  return SnapshotData{snapshot_id, st.st_size,
+                      RoundUpToUnit(static_cast<int64_t>(st.st_blocks) * 512), ""};
+}
+
+StatusOr<std::vector<SnapshotData>> FileDeviceManager::ListSnapshots() {
+  std::vector<std::string> ids;
+  std::error_code ec;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& entry : std::filesystem::directory_iterator(dir_, ec)) {
+      std::string name = entry.path().filename().string();
+      if (!name.ends_with(kSnapshotSuffix)) continue;
+      std::string id = name.substr(0, name.size() - kSnapshotSuffix.size());
+      if (ValidateVolumeId("id", id).ok()) ids.push_back(id);
+    }
+  }
+  if (ec) return Status::Internal("listing " + dir_ + ": " + ec.message());
+  std::sort(ids.begin(), ids.end());
+  std::vector<SnapshotData> snapshots;
+  for (const std::string& id : ids) {
+    StatusOr<SnapshotData> snapshot = GetSnapshot(id);
+    if (snapshot.ok()) snapshots.push_back(*snapshot);
+  }
+  return snapshots;
+}
+
+StatusOr<Device> FileDeviceManager::CreateFromSource(const std::string& id, int64_t size,
+                                                     DeviceUsage /*usage*/, SourceKind kind,
+                                                     const std::string& source_id) {
+  if (size <= 0 || size % kAlignment != 0) {
+    return Status::InvalidArgument("size " + std::to_string(size) +
+                                   " is not a positive multiple of 4 MiB");
+  }
+  EPHEMERA_RETURN_IF_ERROR(ValidateVolumeId("id", id));
+  EPHEMERA_RETURN_IF_ERROR(ValidateVolumeId("source id", source_id));
+  std::string source =
+      kind == SourceKind::kSnapshot ? SnapshotPath(source_id) : FilePath(source_id);
+  std::string path = FilePath(id);
+  std::unique_lock<std::mutex> lock(mu_);
+  if (kind == SourceKind::kVolume) EPHEMERA_RETURN_IF_ERROR(FlushVolume(source));
+  StatusOr<CopyMethod> method = CopyFile(lock, source, path, size, size, 0);
+  if (!method.ok()) return method.status();
+  Status synced = SyncDir(dir_);
+  StatusOr<std::string> loop = synced.ok() ? AttachLoop(path) : StatusOr<std::string>(synced);
+  if (!loop.ok()) {
+    unlink(path.c_str());
+    return loop.status();
+  }
+  log::Info(
+      "file backend: volume copied from its source",
+      {{"volume", id}, {"source", source_id}, {"method", std::string(CopyMethodName(*method))}});
+  return Device{id, size, *loop, DeviceSupportsDax(*loop)};
 }
 
 }  // namespace ephemera::csi

@@ -8,6 +8,14 @@
 // the volume wrote, not to its size, and no earlier data stays in the blocks the directory's
 // filesystem hands out next.
 //
+// Snapshots are copies of a volume's file, <dir>/<snapshot id>.snap, made with a reflink where the
+// directory's filesystem has one (FICLONE) and otherwise by copying the data extents only (holes
+// stay holes). The copy is written under <snapshot id>.snap.partial and renamed when synced, so a
+// copy cut short by a crash is never a snapshot (Init() removes such files). A snapshot cannot
+// change, so it takes from the pool what it allocated (rounded up to 4 MiB), not its full size.
+// A volume from a data source is a copy of the snapshot's or the volume's file, made the same way,
+// truncated to the new volume's size.
+//
 // Thread safety: all methods are serialized by one mutex.
 #pragma once
 
@@ -15,6 +23,7 @@
 #include <string>
 
 #include "csi/backends/device_manager.h"
+#include "csi/backends/sparse_copy.h"
 
 namespace ephemera::csi {
 
@@ -40,8 +49,26 @@ class FileDeviceManager : public DeviceManager {
   StatusOr<Capacity> GetCapacity() override;
   StatusOr<Device> Expand(const std::string& id, int64_t new_size) override;
 
+  bool SupportsSnapshots() const override { return true; }
+  StatusOr<SnapshotData> CreateSnapshot(const std::string& snapshot_id,
+                                        const std::string& source_id) override;
+  Status DeleteSnapshot(const std::string& snapshot_id, bool erase) override;
+  StatusOr<SnapshotData> GetSnapshot(const std::string& snapshot_id) override;
+  StatusOr<std::vector<SnapshotData>> ListSnapshots() override;
+  StatusOr<Device> CreateFromSource(const std::string& id, int64_t size, DeviceUsage usage,
+                                    SourceKind kind, const std::string& source_id) override;
+
  private:
   std::string FilePath(const std::string& id) const;
+  std::string SnapshotPath(const std::string& id) const;
+  // Copies the pool's file `source` into the new file `target` of `size` bytes (>= the source's),
+  // after checking that the pool holds `charge` more bytes; `reserve` of them are held in
+  // copying_ until the copy ends. Called with mu_ held through `lock`; releases it for the copy
+  // (the caller keeps the other calls on source and target away) and takes it again. On error the
+  // target is removed.
+  StatusOr<CopyMethod> CopyFile(std::unique_lock<std::mutex>& lock, const std::string& source,
+                                const std::string& target, int64_t size, int64_t charge,
+                                int64_t reserve);
   // Bytes new volumes can still get, rounded down to the alignment.
   StatusOr<int64_t> FreeLocked() const;
   StatusOr<Device> GetLocked(const std::string& id, bool attach);
@@ -50,6 +77,8 @@ class FileDeviceManager : public DeviceManager {
   const int64_t pool_size_;
   const Eraser erase_;
   std::mutex mu_;
+  // Bytes that snapshot copies in progress (their .partial files) hold in the pool; guarded by mu_.
+  int64_t copying_ = 0;
 };
 
 // Overwrites every allocated extent of the open file `fd` with zeros and syncs it.

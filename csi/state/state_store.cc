@@ -80,6 +80,10 @@ std::string SerializeRecord(const VolumeRecord& record) {
       {"fsType", record.fs_type},
       {"usage", record.usage == DeviceUsage::kFileIO ? "FileIO" : "AppDirect"},
   };
+  // Only when set, so that the records of plain volumes stay as they were.
+  if (!record.source.empty()) j["source"] = record.source;
+  if (record.created_ns != 0) j["createdNs"] = record.created_ns;
+  if (record.grow_fs) j["growFs"] = true;
   return j.dump(2) + "\n";
 }
 
@@ -95,6 +99,9 @@ StatusOr<VolumeRecord> ParseRecord(const std::string& text) {
     record.erase_after = j.at("eraseAfter").get<bool>();
     record.ephemeral = j.at("ephemeral").get<bool>();
     record.fs_type = j.value("fsType", "");
+    record.source = j.value("source", "");
+    record.created_ns = j.value("createdNs", int64_t{0});
+    record.grow_fs = j.value("growFs", false);
     // Records written before the usage parameter existed are AppDirect.
     std::string usage = j.value("usage", "AppDirect");
     if (usage == "FileIO") {

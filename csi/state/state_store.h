@@ -1,4 +1,5 @@
-// StateStore: the driver's durable record of its volumes, one JSON file per volume.
+// StateStore: the driver's durable record of its volumes, one JSON file per volume. Snapshots have
+// the same kind of records in a store of their own (<state-dir>/snapshots).
 //
 // A record is written before its device is created and removed only after the device is gone, so
 // that after a crash at any point every device has a record (or is reported as an orphan) and
@@ -35,6 +36,14 @@ struct VolumeRecord {
   DeviceUsage usage = DeviceUsage::kAppDirect;
   Phase phase = Phase::kCreating;
   std::string fs_type;  // set once the volume was formatted, "" before
+  // A volume made from a data source: "snapshot:<id>" or "volume:<id>"; a snapshot: the ID of the
+  // volume it was taken of. "" otherwise.
+  std::string source;
+  // A snapshot: when it was taken, nanoseconds since the Unix epoch.
+  int64_t created_ns = 0;
+  // A volume copied from a smaller source whose filesystem still has the source's size: the node
+  // grows the filesystem to the device at its next stage, then clears this.
+  bool grow_fs = false;
   friend bool operator==(const VolumeRecord&, const VolumeRecord&) = default;
 };
 

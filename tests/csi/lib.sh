@@ -51,6 +51,12 @@ driver_stop() {  # [signal]
   DRIVER_PID=
 }
 
+# The record files in the state directory: volumes' and (file backend) snapshots' in snapshots/.
+state_records() {
+  [ -d "$STATE_DIR" ] || return 0
+  (cd "$STATE_DIR" && find . -type f | sed 's|^\./||' | sort)
+}
+
 # Everything below $WORK that is mounted, deepest first.
 work_mounts() {
   awk -v w="$WORK" '$5 == w || index($5, w "/") == 1 { print $5 }' /proc/self/mountinfo | sort -r

@@ -103,5 +103,5 @@ for _ in $(seq 1 300); do
 done
 k get pv "$PV" >/dev/null 2>&1 && { tail -30 "$WORK/provisioner.log" >&2; fail "PV $PV not deleted"; }
 [ -z "$(ls "$FILE_DIR")" ] || fail "pool not empty after delete: $(ls "$FILE_DIR")"
-[ -z "$(ls "$STATE_DIR")" ] || fail "records left after delete: $(ls "$STATE_DIR")"
+[ -z "$(state_records)" ] || fail "records left after delete: $(state_records)"
 echo "1 passed, 0 failed"

@@ -32,7 +32,7 @@ grep -E "^(Ran|PASS|FAIL|SUCCESS|FAIL!)" "$WORK/sanity.log" | tail -3 || true
 
 # Nothing may be left: every volume csi-sanity created was deleted.
 driver_stop TERM
-leftovers=$(ls "$FILE_DIR" 2>/dev/null; ls "$STATE_DIR" 2>/dev/null; work_mounts; work_loops)
+leftovers=$(ls "$FILE_DIR" 2>/dev/null; state_records; work_mounts; work_loops)
 if [ -n "$leftovers" ]; then
   echo "leftovers after csi-sanity:" >&2
   echo "$leftovers" >&2

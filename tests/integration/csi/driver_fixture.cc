@@ -135,7 +135,11 @@ std::vector<std::string> DriverFixture::Records() const {
   std::vector<std::string> files;
   std::error_code ec;
   for (const auto& e : std::filesystem::directory_iterator(state_dir(), ec)) {
+    if (e.path().filename() == "snapshots" && e.is_directory()) continue;  // listed below
     files.push_back(e.path().filename().string());
+  }
+  for (const auto& e : std::filesystem::directory_iterator(state_dir() + "/snapshots", ec)) {
+    files.push_back("snapshots/" + e.path().filename().string());
   }
   std::sort(files.begin(), files.end());
   return files;

@@ -40,8 +40,8 @@ class DriverFixture {
   ::csi::v1::Node::Stub& node() { return *node_; }
   ::csi::v1::Identity::Stub& identity() { return *identity_; }
 
-  // Files in the pool directory, records in the state directory, loop devices on pool files,
-  // mounts below the work directory.
+  // Files in the pool directory, records in the state directory (snapshots' as
+  // "snapshots/<file>"), loop devices on pool files, mounts below the work directory.
   std::vector<std::string> PoolFiles() const;
   std::vector<std::string> Records() const;
   std::vector<std::string> Loops() const;

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -72,6 +73,50 @@ class FakeDeviceManager : public DeviceManager {
     return it->second;
   }
 
+  bool SupportsSnapshots() const override { return supports_snapshots; }
+
+  // A snapshot takes one unit of the pool (an "allocated" copy); a dying copy leaves a partial
+  // one that GetSnapshot does not see and DeleteSnapshot removes.
+  StatusOr<SnapshotData> CreateSnapshot(const std::string& snapshot_id,
+                                        const std::string& source_id) override {
+    auto source = devices_.find(source_id);
+    if (source == devices_.end()) return Status::NotFound(source_id);
+    if (snapshots_.count(snapshot_id) != 0) return Status::AlreadyExists(snapshot_id);
+    if (Used() + kAlign > pool_) return Status::ResourceExhausted("full");
+    if (die_in_snapshot) {
+      die_in_snapshot = false;
+      partial_.insert(snapshot_id);
+      return Status::Internal("killed inside the copy");
+    }
+    partial_.erase(snapshot_id);
+    snapshots_[snapshot_id] = SnapshotData{snapshot_id, source->second.size, kAlign, "fake"};
+    return snapshots_[snapshot_id];
+  }
+  Status DeleteSnapshot(const std::string& snapshot_id, bool /*erase*/) override {
+    snapshots_.erase(snapshot_id);
+    partial_.erase(snapshot_id);
+    return Status::Ok();
+  }
+  StatusOr<SnapshotData> GetSnapshot(const std::string& snapshot_id) override {
+    auto it = snapshots_.find(snapshot_id);
+    if (it == snapshots_.end()) return Status::NotFound(snapshot_id);
+    return it->second;
+  }
+  StatusOr<std::vector<SnapshotData>> ListSnapshots() override {
+    std::vector<SnapshotData> out;
+    for (const auto& [id, snapshot] : snapshots_)
+      out.push_back(snapshot);
+    return out;
+  }
+  StatusOr<Device> CreateFromSource(const std::string& id, int64_t size, DeviceUsage usage,
+                                    SourceKind kind, const std::string& source_id) override {
+    bool found = kind == SourceKind::kSnapshot ? snapshots_.count(source_id) != 0
+                                               : devices_.count(source_id) != 0;
+    if (!found) return Status::NotFound(source_id);
+    copies.push_back({id, source_id});
+    return Create(id, size, usage);
+  }
+
   // Test controls and observations.
   void AddDevice(const std::string& id, int64_t size) {
     devices_[id] = Device{id, size, "/dev/fake-" + id, false};
@@ -91,16 +136,22 @@ class FakeDeviceManager : public DeviceManager {
     bool erase;
   };
   std::vector<DeleteCall> deletes;
+  bool supports_snapshots = true;
+  bool die_in_snapshot = false;
+  std::vector<std::pair<std::string, std::string>> copies;  // (volume, source) of CreateFromSource
+  size_t snapshot_count() const { return snapshots_.size() + partial_.size(); }
 
  private:
   int64_t Used() const {
     int64_t used = 0;
     for (const auto& [id, device] : devices_)
       used += device.size;
-    return used;
+    return used + static_cast<int64_t>(snapshots_.size() + partial_.size()) * kAlign;
   }
   const int64_t pool_;
   std::map<std::string, Device> devices_;
+  std::map<std::string, SnapshotData> snapshots_;
+  std::set<std::string> partial_;
 };
 
 }  // namespace ephemera::csi::testing
