@@ -16,6 +16,7 @@
 #include <fstream>
 #include <functional>
 #include <map>
+#include <mutex>
 #include <optional>
 #include <set>
 #include <thread>
@@ -123,6 +124,19 @@ std::map<std::string, ObjectPtr> Capacities(apiclient::ApiClient& client, const 
       out[key] = o;
     }
   }
+  return out;
+}
+
+// stdout of a shell command (curl for the manager's /metrics).
+std::string Shell(const std::string& command) {
+  std::string out;
+  FILE* pipe = popen(command.c_str(), "r");
+  if (pipe == nullptr) return out;
+  char buffer[4096];
+  size_t n = 0;
+  while ((n = fread(buffer, 1, sizeof(buffer), pipe)) > 0)
+    out.append(buffer, n);
+  pclose(pipe);
   return out;
 }
 
@@ -575,7 +589,13 @@ TEST_CASE(
 // process, and the scheduler test needs three nodes with different free space behind one socket.
 class ScriptedController final : public ::csi::v1::Controller::Service {
  public:
-  std::map<std::string, int64_t> per_node;
+  std::mutex mu;
+  std::map<std::string, int64_t> per_node;  // GUARDED_BY(mu) once the server runs
+  std::atomic<int> calls{0};
+  void Set(const std::string& node, int64_t bytes) {
+    std::lock_guard<std::mutex> lock(mu);
+    per_node[node] = bytes;
+  }
   grpc::Status ControllerGetCapabilities(
       grpc::ServerContext*, const ::csi::v1::ControllerGetCapabilitiesRequest*,
       ::csi::v1::ControllerGetCapabilitiesResponse* response) override {
@@ -587,6 +607,8 @@ class ScriptedController final : public ::csi::v1::Controller::Service {
                            ::csi::v1::GetCapacityResponse* response) override {
     const auto& segments = request->accessible_topology().segments();
     auto it = segments.find(kTopologyKey);
+    ++calls;
+    std::lock_guard<std::mutex> lock(mu);
     const int64_t bytes =
         it == segments.end() || per_node.count(it->second) == 0 ? 0 : per_node.at(it->second);
     response->set_available_capacity(bytes);
@@ -661,6 +683,216 @@ TEST_CASE(
       seconds(60)));
   CHECK(selected == "node-2");
   (void)client->Delete(apiclient::resources::kPods, ns, "big", {});
+  (void)client->Delete(apiclient::resources::kCSIDrivers, "", kScripted, {});
+  controller.Stop();
+  server->Shutdown();
+  std::filesystem::remove_all(dir);
+}
+
+// A pod on claim `claim` (no kubelet runs it: kube-scheduler only places it).
+void PodOnClaim(apiclient::ApiClient& client, const std::string& ns, const std::string& name,
+                const std::string& claim) {
+  Object pod = {{"apiVersion", "v1"}, {"kind", "Pod"}};
+  pod["metadata"] = {{"name", name}, {"namespace", ns}};
+  pod["spec"]["containers"] = Object::array({{{"name", "app"}, {"image", "registry.invalid/app"}}});
+  pod["spec"]["volumes"] =
+      Object::array({{{"name", "data"}, {"persistentVolumeClaim", {{"claimName", claim}}}}});
+  REQUIRE(client.Create(apiclient::resources::kPods, ns, pod).ok());
+}
+
+void MakeClaim(apiclient::ApiClient& client, const std::string& ns, const std::string& name,
+               const std::string& sc, const std::string& size, const std::string& node = "") {
+  Object pvc = {{"apiVersion", "v1"}, {"kind", "PersistentVolumeClaim"}};
+  pvc["metadata"] = {{"name", name}, {"namespace", ns}};
+  if (!node.empty()) pvc["metadata"]["annotations"]["volume.kubernetes.io/selected-node"] = node;
+  pvc["spec"] = {{"accessModes", {"ReadWriteOnce"}},
+                 {"storageClassName", sc},
+                 {"resources", {{"requests", {{"storage", size}}}}}};
+  REQUIRE(client.Create(apiclient::resources::kPersistentVolumeClaims, ns, pvc).ok());
+}
+
+TEST_CASE(
+    "Storage capacity: a claim placed by kube-scheduler lowers its node within 1 s and the "
+    "reservation ends with its PV, its annotation or the claim",
+    "[cluster][capacity]") {
+  const TestCluster cluster = TestCluster::FromEnvironment();
+  auto client = cluster.AdminClient();
+  RegisterDriverOnNodes(*client);
+  const std::string dir = cluster.dir() + "/reserve-" + RandomSuffix();
+  std::filesystem::create_directories(dir);
+  TestIdentity identity(kScripted);
+  ScriptedController scripted;
+  // Only node-1 has room for 256Mi: kube-scheduler has one choice.
+  scripted.per_node = {{"node-1", 1LL << 30}, {"node-2", 100LL << 20}, {"node-3", 100LL << 20}};
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort("unix://" + dir + "/csi.sock", grpc::InsecureServerCredentials());
+  builder.RegisterService(&identity);
+  builder.RegisterService(&scripted);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  REQUIRE(server != nullptr);
+  const Object csidriver = {{"apiVersion", "storage.k8s.io/v1"},
+                            {"kind", "CSIDriver"},
+                            {"metadata", {{"name", kScripted}}},
+                            {"spec", {{"storageCapacity", true}, {"attachRequired", false}}}};
+  auto made = client->Create(apiclient::resources::kCSIDrivers, "", csidriver);
+  REQUIRE((made.ok() || apiclient::IsAlreadyExists(made.status())));
+  const std::string suffix = RandomSuffix();
+  const std::string sc = "reserve-" + suffix;
+  ClassCleanup cleanup{*client, {sc}};
+  REQUIRE(client
+              ->Create(kStorageClasses, "",
+                       {{"apiVersion", "storage.k8s.io/v1"},
+                        {"kind", "StorageClass"},
+                        {"metadata", {{"name", sc}}},
+                        {"provisioner", kScripted},
+                        {"volumeBindingMode", "WaitForFirstConsumer"}})
+              .ok());
+  const std::string ns = cluster.CreateNamespace("reserve");
+  const int port = 23000 + static_cast<int>(getpid() % 1000);
+  const std::string metrics_address = "127.0.0.1:" + std::to_string(port);
+  ControllerProcess controller(
+      cluster, {"--csi-address=unix://" + dir + "/csi.sock", "--capacity-namespace=" + ns,
+                "--capacity-poll-interval=1h", "--kube-api-capacity-qps=20",
+                "--kube-api-capacity-burst=20", "--http-endpoint=" + metrics_address});
+  auto metrics = [&] { return Shell("curl -s http://" + metrics_address + "/metrics"); };
+  auto node1 = [&]() -> std::pair<int64_t, int64_t> {  // capacity, maximumVolumeSize
+    auto objects = Capacities(*client, ns, {sc});
+    if (objects.count(sc + "/node-1") == 0) return {-1, -1};
+    const Object& o = *objects[sc + "/node-1"];
+    auto c = ParseQuantity(Field(o, "capacity"));
+    auto m = ParseQuantity(Field(o, "maximumVolumeSize"));
+    return {c.ok() ? *c : -1, m.ok() ? *m : -1};
+  };
+  constexpr int64_t kMi = 1LL << 20;
+  REQUIRE(Eventually(
+      [&] { return Capacities(*client, ns, {sc}).size() == 3 && node1().first == 1024 * kMi; }));
+  // Waits (polling every 10 ms) until node-1 publishes `want`; the time it took, or nullopt.
+  auto until_node1 = [&](int64_t want, std::chrono::steady_clock::time_point since,
+                         seconds timeout) -> std::optional<double> {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < deadline) {
+      if (node1() == std::pair<int64_t, int64_t>{want, want}) {
+        return std::chrono::duration<double>(std::chrono::steady_clock::now() - since).count();
+      }
+      std::this_thread::sleep_for(milliseconds(10));
+    }
+    return std::nullopt;
+  };
+  const auto pvcs = apiclient::resources::kPersistentVolumeClaims;
+  // A claim and its pod; kube-scheduler places the claim on node-1. Returns when the test saw
+  // the annotation, and the claim's uid.
+  std::chrono::steady_clock::time_point pod_made;
+  auto placed = [&](const std::string& name) {
+    MakeClaim(*client, ns, name, sc, "256Mi");
+    pod_made = std::chrono::steady_clock::now();
+    PodOnClaim(*client, ns, "pod-" + name, name);
+    std::string node, uid;
+    std::chrono::steady_clock::time_point seen;
+    const auto deadline = std::chrono::steady_clock::now() + seconds(60);
+    while (node.empty() && std::chrono::steady_clock::now() < deadline) {
+      auto pvc = client->Get(pvcs, ns, name);
+      if (pvc.ok()) {
+        node = Field(**pvc, "metadata", "annotations", "volume.kubernetes.io/selected-node");
+        uid = Field(**pvc, "metadata", "uid");
+      }
+      seen = std::chrono::steady_clock::now();
+      if (node.empty()) std::this_thread::sleep_for(milliseconds(10));
+    }
+    REQUIRE(node == "node-1");
+    return std::make_pair(seen, uid);
+  };
+
+  // 1. Placed: node-1 goes down by the request within 1 s, capacity and maximumVolumeSize.
+  auto [seen_a, uid_a] = placed("claim-a");
+  auto took = until_node1(768 * kMi, seen_a, seconds(5));
+  REQUIRE(took.has_value());
+  std::printf(
+      "placed claim -> node-1 lowered %.3f s after the test saw the annotation (%.3f s after "
+      "the pod was created)\n",
+      *took, *took + std::chrono::duration<double>(seen_a - pod_made).count());
+  CHECK(*took < 1.0);
+  CHECK(metrics().find("csistoragecapacity_reservations 1") != std::string::npos);
+
+  // Its volume made (the driver's figure drops) and its PV created, as external-provisioner
+  // does: the claim counts once all along (768Mi: never 1Gi, never 512Mi), and the reservation
+  // ends after a GetCapacity asked after the PV.
+  scripted.Set("node-1", 768 * kMi);
+  const int calls = scripted.calls.load();
+  Object expression = {{"key", kTopologyKey}, {"operator", "In"}, {"values", {"node-1"}}};
+  Object pv = {{"apiVersion", "v1"}, {"kind", "PersistentVolume"}};
+  pv["metadata"]["name"] = "pv-a-" + suffix;
+  pv["spec"] = {{"capacity", {{"storage", "256Mi"}}},
+                {"accessModes", {"ReadWriteOnce"}},
+                {"persistentVolumeReclaimPolicy", "Delete"},
+                {"storageClassName", sc},
+                {"claimRef", {{"namespace", ns}, {"name", "claim-a"}, {"uid", uid_a}}}};
+  pv["spec"]["csi"] = {{"driver", kScripted}, {"volumeHandle", "vol-a-" + suffix}};
+  pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"] =
+      Object::array({{{"matchExpressions", Object::array({expression})}}});
+  REQUIRE(client->Create(kPersistentVolumes, "", pv).ok());
+  const auto pv_made = std::chrono::steady_clock::now();
+  std::set<int64_t> seen_values;
+  bool ended = false;
+  while (std::chrono::steady_clock::now() - pv_made < seconds(3)) {
+    seen_values.insert(node1().first);
+    ended = ended || metrics().find("csistoragecapacity_reservations 0") != std::string::npos;
+    std::this_thread::sleep_for(milliseconds(20));
+  }
+  CHECK(seen_values == std::set<int64_t>{768 * kMi});
+  CHECK(ended);
+  CHECK(scripted.calls.load() > calls);  // a fresh figure was asked
+  CHECK(Eventually([&] {
+    auto pvc = client->Get(pvcs, ns, "claim-a");
+    return pvc.ok() && Field(**pvc, "status", "phase") == "Bound";
+  }));
+  CHECK(node1().first == 768 * kMi);
+
+  // 2. The annotation removed (external-provisioner does so when it gives the claim back to the
+  //    scheduler): the reservation ends at once. The pod goes first, so that the claim is not
+  //    placed again.
+  placed("claim-b");
+  REQUIRE(until_node1(512 * kMi, std::chrono::steady_clock::now(), seconds(5)).has_value());
+  REQUIRE(client->Delete(apiclient::resources::kPods, ns, "pod-claim-b", {}).ok());
+  const auto unannotated = std::chrono::steady_clock::now();
+  REQUIRE(client
+              ->MergePatch(pvcs, ns, "claim-b",
+                           {{"metadata",
+                             {{"annotations", {{"volume.kubernetes.io/selected-node", nullptr}}}}}})
+              .ok());
+  took = until_node1(768 * kMi, unannotated, seconds(5));
+  REQUIRE(took.has_value());
+  std::printf("annotation removed -> node-1 back %.3f s later\n", *took);
+  CHECK(*took < 1.0);
+
+  // 3. The claim deleted (its pod first): back at once.
+  placed("claim-c");
+  REQUIRE(until_node1(512 * kMi, std::chrono::steady_clock::now(), seconds(5)).has_value());
+  REQUIRE(client->Delete(apiclient::resources::kPods, ns, "pod-claim-c", {}).ok());
+  const auto deleted = std::chrono::steady_clock::now();
+  REQUIRE(client->Delete(pvcs, ns, "claim-c", {}).ok());
+  took = until_node1(768 * kMi, deleted, seconds(5));
+  REQUIRE(took.has_value());
+  std::printf("claim deleted -> node-1 back %.3f s later\n", *took);
+  CHECK(*took < 1.0);
+
+  // Odd claims reserve nothing and are reported: a node that does not exist, a request larger
+  // than the node (published 0, never below), the other nodes untouched.
+  MakeClaim(*client, ns, "ghost", sc, "1Gi", "no-such-node");
+  CHECK(Eventually([&] {
+    return metrics().find("csistoragecapacity_claims_skipped_total{reason=\"unknown_node\"} 1") !=
+           std::string::npos;
+  }));
+  MakeClaim(*client, ns, "huge", sc, "1Ti", "node-1");
+  CHECK(until_node1(0, std::chrono::steady_clock::now(), seconds(5)).has_value());
+  CHECK(metrics().find("csistoragecapacity_reservations_clamped_total 1") != std::string::npos);
+  auto objects = Capacities(*client, ns, {sc});
+  CHECK(*ParseQuantity(Field(*objects[sc + "/node-2"], "capacity")) == 100 * kMi);
+  REQUIRE(client->Delete(pvcs, ns, "huge", {}).ok());
+  CHECK(until_node1(768 * kMi, std::chrono::steady_clock::now(), seconds(5)).has_value());
+  CHECK(controller.Running());
+
+  (void)client->Delete(apiclient::resources::kPods, ns, "pod-claim-a", {});
+  (void)client->Delete(kPersistentVolumes, "", "pv-a-" + suffix, {});
   (void)client->Delete(apiclient::resources::kCSIDrivers, "", kScripted, {});
   controller.Stop();
   server->Shutdown();
@@ -772,19 +1004,6 @@ TEST_CASE("Storage capacity: per-node source over mutual TLS to the driver's cap
   CHECK(controller.Running());
   controller.Stop();
   std::filesystem::remove_all(certs);
-}
-
-// stdout of a shell command (curl for the manager's /metrics).
-std::string Shell(const std::string& command) {
-  std::string out;
-  FILE* pipe = popen(command.c_str(), "r");
-  if (pipe == nullptr) return out;
-  char buffer[4096];
-  size_t n = 0;
-  while ((n = fread(buffer, 1, sizeof(buffer), pipe)) > 0)
-    out.append(buffer, n);
-  pclose(pipe);
-  return out;
 }
 
 // Events of the storage-capacity controller about `node` with `reason`.
