@@ -10,6 +10,7 @@
 namespace ephemera::controllers {
 namespace {
 
+using apiclient::BoolField;
 using apiclient::Field;
 using apiclient::Object;
 using apiclient::ObjectPtr;
@@ -278,15 +279,38 @@ std::optional<CapacityItem> ItemOf(const Object& object) {
   return CapacityItem{.segment = *labels, .storage_class = sc->get<std::string>()};
 }
 
+Object NodeOwnerReference(const Object& node) {
+  return Object{{"apiVersion", "v1"},
+                {"kind", "Node"},
+                {"name", Field(node, "metadata", "name")},
+                {"uid", Field(node, "metadata", "uid")}};
+}
+
+bool OwnedOnlyBy(const Object& existing, const Object& owner) {
+  const Object* meta = Member(existing, "metadata");
+  const Object* refs = meta ? Member(*meta, "ownerReferences") : nullptr;
+  if (refs == nullptr || !refs->is_array() || refs->size() != 1) return false;
+  const Object& ref = (*refs)[0];
+  for (const char* key : {"apiVersion", "kind", "name", "uid"}) {
+    if (Field(ref, key) != Field(owner, key)) return false;
+  }
+  // Nothing more than what we set (a blockOwnerDeletion or controller of someone else's is
+  // rewritten).
+  return !BoolField(ref, "blockOwnerDeletion") && !BoolField(ref, "controller");
+}
+
 Object DesiredCapacityObject(const CapacityItem& item, const CapacityResult& result,
-                             const CapacityOptions& options, const std::string& driver) {
+                             const CapacityOptions& options, const std::string& driver,
+                             const Object* node_owner) {
   Object labels = Object::object();
   for (const auto& [k, v] : item.segment)
     labels[k] = v;
   Object metadata = {{"generateName", "csisc-"},
                      {"namespace", options.ns},
                      {"labels", {{kDriverLabel, driver}, {kManagedByLabel, options.managed_by}}}};
-  if (options.owner.is_object() && !options.owner.empty()) {
+  if (node_owner != nullptr) {
+    metadata["ownerReferences"] = Object::array({*node_owner});
+  } else if (options.owner.is_object() && !options.owner.empty()) {
     metadata["ownerReferences"] = Object::array({options.owner});
   }
   Object out = {{"apiVersion", "storage.k8s.io/v1"},
@@ -982,6 +1006,17 @@ void CapacityController::Answered(const std::string& key, const std::string& end
 
 Status CapacityController::Publish(const std::string& key, const Wanted& wanted) {
   const CapacityItem& item = wanted.item;
+  // A segment of one node: the object is that Node's (the garbage collector deletes it with the
+  // Node, whether we run or not). Only the Node: a dependent goes only when all its owners are
+  // gone, so the --capacity-ownerref-level owner would keep it alive.
+  std::optional<Object> node_owner;
+  if (options_.node_owner && !item.segment.empty() && wanted.nodes.size() == 1) {
+    const ObjectPtr node = nodes_->store().Get(wanted.nodes.front());
+    if (node == nullptr || Field(*node, "metadata", "uid").empty()) {
+      return Status::Ok();  // gone: the resync drops the item and its object
+    }
+    node_owner = NodeOwnerReference(*node);
+  }
   CapacityResult value;
   ObjectPtr have;
   int64_t reserved = 0;
@@ -1017,7 +1052,8 @@ Status CapacityController::Publish(const std::string& key, const Wanted& wanted)
   if (have == nullptr) {
     return Write([&] {
       auto created = client_->Create(kCSIStorageCapacities, options_.ns,
-                                     DesiredCapacityObject(item, value, options_, driver_));
+                                     DesiredCapacityObject(item, value, options_, driver_,
+                                                           node_owner ? &*node_owner : nullptr));
       if (!created.ok()) return created.status();
       writes_metric_.With({"create"}).Inc();
       ObjectSeen(*created);
@@ -1028,8 +1064,12 @@ Status CapacityController::Publish(const std::string& key, const Wanted& wanted)
       return Status::Ok();
     });
   }
-  if (CapacityUpToDate(*have, value)) return Status::Ok();
+  const bool owned = !node_owner || OwnedOnlyBy(*have, *node_owner);
+  if (CapacityUpToDate(*have, value) && owned) return Status::Ok();
   Object updated = *have;  // a copy: the cached object stays untouched
+  // An object of an older version (or whose Node was made again under the same name) gets the
+  // Node as its owner: one update, once.
+  if (!owned) updated["metadata"]["ownerReferences"] = Object::array({*node_owner});
   updated["capacity"] = FormatBinaryQuantity(value.available);
   if (value.maximum_volume_size) {
     updated["maximumVolumeSize"] = FormatBinaryQuantity(*value.maximum_volume_size);

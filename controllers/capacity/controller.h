@@ -80,6 +80,8 @@ struct CapacityOptions {
   // (volume.kubernetes.io/selected-node) and whose volume does not exist yet are subtracted from
   // their segment's published capacity.
   bool reservations = true;
+  // --capacity-node-ownerref: the object of a segment of one node is owned by that Node only.
+  bool node_owner = true;
 };
 
 // One (segment, class) pair. Ordered so it can key maps.
@@ -112,9 +114,20 @@ bool ClassWanted(const apiclient::Object& storage_class, const std::string& driv
 // The item a CSIStorageCapacity object stands for, or nullopt if it is not one we can match.
 std::optional<CapacityItem> ItemOf(const apiclient::Object& capacity_object);
 
-// The object for `item` with `result` (no name: generateName).
+// The object for `item` with `result` (no name: generateName). Its owner: `node_owner` when
+// given (a per-node segment), else options.owner (when set).
 apiclient::Object DesiredCapacityObject(const CapacityItem& item, const CapacityResult& result,
-                                        const CapacityOptions& options, const std::string& driver);
+                                        const CapacityOptions& options, const std::string& driver,
+                                        const apiclient::Object* node_owner = nullptr);
+
+// The owner reference to a Node: apiVersion, kind, name, uid; neither controller nor
+// blockOwnerDeletion (the garbage collector needs neither, and blockOwnerDeletion would need
+// update on nodes/finalizers).
+apiclient::Object NodeOwnerReference(const apiclient::Object& node);
+
+// True when `existing` has exactly `owner` as its only owner (compared on apiVersion, kind, name,
+// uid).
+bool OwnedOnlyBy(const apiclient::Object& existing, const apiclient::Object& owner);
 
 // True when `existing` already publishes `result` (values compared as quantities) and `owner`.
 bool CapacityUpToDate(const apiclient::Object& existing, const CapacityResult& result);

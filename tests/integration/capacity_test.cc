@@ -140,6 +140,14 @@ std::string Shell(const std::string& command) {
   return out;
 }
 
+// How often `needle` occurs in `text`.
+size_t Count(const std::string& text, const std::string& needle) {
+  size_t n = 0;
+  for (size_t at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1))
+    ++n;
+  return n;
+}
+
 std::vector<std::string> ControllerFlags(const csi::testing::DriverFixture& driver,
                                          const std::string& ns) {
   return {"--csi-address=unix://" + driver.work() + "/csi.sock", "--capacity-namespace=" + ns,
@@ -294,6 +302,152 @@ TEST_CASE("Storage capacity: a deleted Node's objects are gone within seconds",
   }
   CHECK(controller.Running());
   (void)client->Delete(kCSINodes, "", node, {});  // if the garbage collector has not yet
+}
+
+// A kubeconfig for the ServiceAccount of manifests/controller-manager-rbac.yaml with exactly its
+// roles, applied with kustomize into `ns` (cluster-wide names suffixed, the Role in `ns`).
+// Returns its path; *kustomize_dir gets the directory to delete them with.
+std::string ManifestRbacKubeconfig(const TestCluster& cluster, const std::string& ns,
+                                   const std::string& suffix, std::string* kustomize_dir) {
+  const std::string k = std::string(EPHEMERA_SOURCE_DIR) + "/.tools/bin/kubectl --kubeconfig " +
+                        cluster.kubeconfig() + " ";
+  const std::string dir = cluster.dir() + "/rbac-" + suffix;
+  std::filesystem::create_directories(dir);
+  std::filesystem::copy_file(
+      std::string(EPHEMERA_SOURCE_DIR) + "/manifests/controller-manager-rbac.yaml",
+      dir + "/controller-manager-rbac.yaml");
+  std::ofstream(dir + "/kustomization.yaml") << "namespace: " << ns << "\nnameSuffix: \"-" << suffix
+                                             << "\"\nresources: [controller-manager-rbac.yaml]\n";
+  *kustomize_dir = dir;
+  const std::string applied = Shell(k + "apply -k " + dir + " 2>&1");
+  INFO(applied);
+  REQUIRE(applied.find("serviceaccount/ephemera-controller-manager-" + suffix) !=
+          std::string::npos);
+  std::string token = Shell(k + "-n " + ns + " create token ephemera-controller-manager-" + suffix +
+                            " --duration=1h");
+  while (!token.empty() && (token.back() == '\n' || token.back() == '\r'))
+    token.pop_back();
+  REQUIRE(!token.empty());
+  const std::string server =
+      Shell(k + "config view --raw -o jsonpath='{.clusters[0].cluster.server}'");
+  const std::string ca = Shell(
+      k + "config view --raw -o jsonpath='{.clusters[0].cluster.certificate-authority-data}'");
+  REQUIRE(!server.empty());
+  const std::string path = dir + "/sa.kubeconfig";
+  std::ofstream(path) << "apiVersion: v1\nkind: Config\nclusters: [{name: local, cluster: {"
+                      << "server: \"" << server << "\", certificate-authority-data: \"" << ca
+                      << "\"}}]\nusers: [{name: sa, user: {token: \"" << token
+                      << "\"}}]\ncontexts: [{name: sa, context: {cluster: local, user: sa}}]\n"
+                      << "current-context: sa\n";
+  return path;
+}
+
+TEST_CASE(
+    "Storage capacity: a node's objects are owned by its Node and go with it without the "
+    "controller and a restart writes nothing with the manifests' RBAC",
+    "[cluster][capacity]") {
+  const TestCluster cluster = TestCluster::FromEnvironment();
+  auto client = cluster.AdminClient();
+  csi::testing::DriverFixture driver("1Gi", {"--node-id=node-1"});
+  RegisterDriverOnNodes(*client);
+  const std::string suffix = RandomSuffix();
+  const std::string sc = "cap-node-" + suffix;
+  ClassCleanup cleanup{*client, {sc}};
+  CreateClass(*client, sc, "WaitForFirstConsumer");
+  const std::string ns = cluster.CreateNamespace("cap-node");
+  // A node of its own, with its CSINode owned by it as the kubelet makes it.
+  const std::string node = "node-own-" + suffix;
+  Object node_object = {{"apiVersion", "v1"}, {"kind", "Node"}};
+  node_object["metadata"] = {{"name", node}, {"labels", {{kTopologyKey, node}}}};
+  auto made = client->Create(kNodes, "", node_object);
+  REQUIRE(made.ok());
+  const std::string node_uid = Field(**made, "metadata", "uid");
+  Object csinode = {{"apiVersion", "storage.k8s.io/v1"}, {"kind", "CSINode"}};
+  csinode["metadata"] = {
+      {"name", node},
+      {"ownerReferences",
+       {{{"apiVersion", "v1"}, {"kind", "Node"}, {"name", node}, {"uid", node_uid}}}}};
+  csinode["spec"]["drivers"] = {
+      {{"name", kDriver}, {"nodeID", node}, {"topologyKeys", {kTopologyKey}}}};
+  REQUIRE(client->Create(kCSINodes, "", csinode).ok());
+
+  // The manager as the shipped Deployment runs it: the ServiceAccount with the manifests' roles
+  // (the Role's namespace is the capacity namespace here), reservations on (claims watched).
+  std::string rbac_dir;
+  const std::string kubeconfig = ManifestRbacKubeconfig(cluster, ns, suffix, &rbac_dir);
+  std::vector<std::string> flags = ControllerFlags(driver, ns);
+  flags.push_back("--kubeconfig=" + kubeconfig);
+  auto controller = std::make_unique<ControllerProcess>(cluster, flags);
+  std::map<std::string, ObjectPtr> objects;
+  REQUIRE(Eventually([&] {
+    objects = Capacities(*client, ns, {sc});
+    return objects.size() == 4;
+  }));
+  std::map<std::string, std::string> node_uids = {{node, node_uid}};
+  for (int i = 1; i <= 3; ++i) {
+    auto n = client->Get(kNodes, "", "node-" + std::to_string(i));
+    REQUIRE(n.ok());
+    node_uids["node-" + std::to_string(i)] = Field(**n, "metadata", "uid");
+  }
+  for (const auto& [key, o] : objects) {
+    INFO(key);
+    const std::string owner = Field(*o, "nodeTopology", "matchLabels", kTopologyKey);
+    const Object& refs = (*o)["metadata"]["ownerReferences"];
+    REQUIRE(refs.is_array());
+    REQUIRE(refs.size() == 1);
+    CHECK(refs[0] == Object{{"apiVersion", "v1"},
+                            {"kind", "Node"},
+                            {"name", owner},
+                            {"uid", node_uids[owner]}});  // no blockOwnerDeletion
+  }
+
+  // An older version's object (no owner) for node-2: the next run adds the owner, once.
+  controller->Stop();
+  const std::string older = Field(*objects[sc + "/node-2"], "metadata", "name");
+  REQUIRE(client
+              ->MergePatch(kCSIStorageCapacities, ns, older,
+                           {{"metadata", {{"ownerReferences", nullptr}}}})
+              .ok());
+  std::map<std::string, std::string> versions;
+  for (const auto& [key, o] : Capacities(*client, ns, {sc}))
+    versions[key] = Field(*o, "metadata", "resourceVersion");
+
+  // The Node deleted while no controller runs: the garbage collector deletes its object.
+  const auto deleted = std::chrono::steady_clock::now();
+  REQUIRE(client->Delete(kNodes, "", node, {}).ok());
+  REQUIRE(Eventually([&] { return Capacities(*client, ns, {sc}).count(sc + "/" + node) == 0; },
+                     seconds(60)));
+  std::printf("no controller: the Node's CSIStorageCapacity gone %.2f s after the delete\n",
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - deleted).count());
+
+  // Restart: node-2's object gets its owner (one update); the others are not written at all.
+  controller = std::make_unique<ControllerProcess>(cluster, flags);
+  REQUIRE(Eventually([&] {
+    objects = Capacities(*client, ns, {sc});
+    return objects.count(sc + "/node-2") == 1 &&
+           (*objects[sc + "/node-2"])["metadata"].contains("ownerReferences");
+  }));
+  std::this_thread::sleep_for(seconds(2));  // time for a wrong write to show
+  objects = Capacities(*client, ns, {sc});
+  CHECK(objects.size() == 3);
+  for (const auto& [key, o] : objects) {
+    INFO(key);
+    if (key == sc + "/node-2") {
+      CHECK(Field(*o, "metadata", "name") == older);
+      CHECK(Field((*o)["metadata"]["ownerReferences"][0], "uid") == node_uids["node-2"]);
+      continue;
+    }
+    CHECK(versions[key] == Field(*o, "metadata", "resourceVersion"));
+  }
+  const std::string log = ReadFile(controller->log());
+  CHECK(log.find("\"created CSIStorageCapacity\"") == std::string::npos);
+  CHECK(Count(log, "\"updated CSIStorageCapacity\"") == 1);
+  CHECK(log.find("orbidden") == std::string::npos);  // the manifests' roles are enough
+  CHECK(controller->Running());
+  controller->Stop();
+  (void)client->Delete(kCSINodes, "", node, {});  // if the garbage collector has not yet
+  Shell(std::string(EPHEMERA_SOURCE_DIR) + "/.tools/bin/kubectl --kubeconfig " +
+        cluster.kubeconfig() + " delete -k " + rbac_dir + " --wait=false >/dev/null 2>&1");
 }
 
 TEST_CASE(
@@ -1186,6 +1340,8 @@ TEST_CASE("Storage capacity: the owner is the controller's Deployment via its po
     ScopedEnv env{{"POD_NAME", pod_name}, {"POD_NAMESPACE", ns}};
     std::vector<std::string> flags = ControllerFlags(driver, ns);
     flags.push_back("--capacity-ownerref-level=2");  // pod -> ReplicaSet -> Deployment
+    // The segments here are one node each: their objects would be their Nodes' otherwise.
+    flags.push_back("--capacity-node-ownerref=false");
     ControllerProcess controller(cluster, flags);
     REQUIRE(Eventually([&] {
       objects = Capacities(*client, ns, {late});
@@ -1418,14 +1574,6 @@ TEST_CASE("Storage capacity: bootstrap-tls makes the certificates into Secrets a
   CHECK(ReadFile(dir + "/run2/tls.crt") == ReadFile(dir + "/run1/tls.crt"));
   controller.reset();
   std::filesystem::remove_all(dir);
-}
-
-// How often `needle` occurs in `text`.
-size_t Count(const std::string& text, const std::string& needle) {
-  size_t n = 0;
-  for (size_t at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1))
-    ++n;
-  return n;
 }
 
 TEST_CASE(

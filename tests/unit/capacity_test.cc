@@ -41,7 +41,8 @@ ObjectPtr CSINode(const std::string& name, std::vector<std::string> keys,
 }
 
 ObjectPtr Node(const std::string& name, Object labels) {
-  return Ptr({{"metadata", {{"name", name}, {"labels", std::move(labels)}}}});
+  return Ptr(
+      {{"metadata", {{"name", name}, {"uid", "uid-" + name}, {"labels", std::move(labels)}}}});
 }
 
 bool Eventually(const std::function<bool()>& condition) {
@@ -229,6 +230,34 @@ TEST_CASE("Capacity objects are built and matched on class and topology", "[unit
   CHECK(Field(o, "metadata", "labels", "csi.storage.k8s.io/managed-by") ==
         "ephemera-controller-manager");
   CHECK_FALSE(o["metadata"].contains("ownerReferences"));
+  // A per-node segment's object is its Node's, and only the Node's, whatever options.owner says.
+  CapacityOptions with_owner;
+  with_owner.owner = {{"apiVersion", "apps/v1"},
+                      {"kind", "Deployment"},
+                      {"name", "m"},
+                      {"uid", "u"},
+                      {"controller", true}};
+  const Object node_ref = NodeOwnerReference(*Node("n1", Object::object()));
+  CHECK(node_ref ==
+        Object{{"apiVersion", "v1"}, {"kind", "Node"}, {"name", "n1"}, {"uid", "uid-n1"}});
+  const Object owned = DesiredCapacityObject({.segment = {{kKey, "n1"}}, .storage_class = "late"},
+                                             {.available = 1}, with_owner, kDriver, &node_ref);
+  CHECK(owned["metadata"]["ownerReferences"] == Object::array({node_ref}));
+  CHECK(OwnedOnlyBy(owned, node_ref));
+  const Object by_deployment = DesiredCapacityObject({.segment = {}, .storage_class = "late"},
+                                                     {.available = 1}, with_owner, kDriver);
+  CHECK(by_deployment["metadata"]["ownerReferences"] == Object::array({with_owner.owner}));
+  CHECK_FALSE(OwnedOnlyBy(by_deployment, node_ref));
+  Object other_uid = node_ref;
+  other_uid["uid"] = "uid-of-an-older-n1";
+  CHECK_FALSE(OwnedOnlyBy(owned, other_uid));
+  Object blocking = owned;
+  blocking["metadata"]["ownerReferences"][0]["blockOwnerDeletion"] = true;
+  CHECK_FALSE(OwnedOnlyBy(blocking, node_ref));
+  Object two = owned;
+  two["metadata"]["ownerReferences"].push_back(with_owner.owner);
+  CHECK_FALSE(OwnedOnlyBy(two, node_ref));
+  CHECK_FALSE(OwnedOnlyBy(Object("hostile"), node_ref));
   REQUIRE(ItemOf(o).has_value());
   CHECK(*ItemOf(o) == item);
   CHECK(CapacityUpToDate(o, {.available = 1536LL << 20, .maximum_volume_size = 1LL << 30}));
@@ -259,9 +288,14 @@ TEST_CASE("Manager options accept the storage-capacity flags", "[unit][capacity]
   REQUIRE(ParseManagerOptions({"--controllers=storage-capacity", "--csi-address=unix:///x.sock",
                                "--capacity-namespace=ns", "--capacity-poll-interval=5m",
                                "--capacity-for-immediate-binding", "--kube-api-capacity-qps=3",
-                               "--kube-api-capacity-burst=7", "--capacity-ownerref-level=2"},
+                               "--kube-api-capacity-burst=7", "--capacity-ownerref-level=2",
+                               "--capacity-reservations=false", "--capacity-node-ownerref=false"},
                               &ok)
               .ok());
+  CHECK_FALSE(ok.capacity_reservations);
+  CHECK_FALSE(ok.capacity_node_ownerref);
+  CHECK(ManagerOptions{}.capacity_reservations);   // on by default
+  CHECK(ManagerOptions{}.capacity_node_ownerref);  // on by default
   CHECK(ok.capacity_poll_interval == std::chrono::minutes(5));
   CHECK(ok.capacity_for_immediate_binding);
   CHECK(ok.kube_api_capacity_qps == 3);
@@ -957,28 +991,33 @@ TEST_CASE("Capacity controller adopts existing objects and deletes obsolete and 
   CapacityOptions options{
       .ns = "ns", .poll_interval = std::chrono::hours(1), .write_qps = 0, .clock = &clock};
   auto put = [&](const std::string& name, const std::string& cls, const std::string& node,
-                 const std::string& capacity) {
+                 const std::string& capacity, bool node_owned = true) {
+    const Object owner = NodeOwnerReference(*Node(node, Object::object()));
     Object o = DesiredCapacityObject({.segment = {{kKey, node}}, .storage_class = cls},
-                                     {.available = *ParseQuantity(capacity)}, options, kDriver);
+                                     {.available = *ParseQuantity(capacity)}, options, kDriver,
+                                     node_owned ? &owner : nullptr);
     o["metadata"]["name"] = name;
     o["metadata"]["resourceVersion"] = "1";
     client->Put("csistoragecapacities", o);
   };
-  put("csisc-a", "late", "n1", "1Gi");  // adopted as is
-  put("csisc-b", "late", "n2", "2Gi");  // adopted as is
-  put("csisc-c", "late", "n2", "2Gi");  // duplicate of b: deleted
-  put("csisc-d", "gone", "n1", "1Gi");  // class gone: deleted
-  put("csisc-e", "late", "n9", "1Gi");  // node gone: deleted
+  put("csisc-a", "late", "n1", "1Gi");         // adopted as is
+  put("csisc-b", "late", "n2", "2Gi", false);  // of an older version: its Node added as owner
+  put("csisc-c", "late", "n2", "2Gi");         // duplicate of b: deleted
+  put("csisc-d", "gone", "n1", "1Gi");         // class gone: deleted
+  put("csisc-e", "late", "n9", "1Gi");         // node gone: deleted
   apiclient::MetricsRegistry metrics;
   CapacityController controller(client, source, metrics, options);
   REQUIRE(controller.Start(std::stop_token{}).ok());
   REQUIRE(Eventually([&] {
     return client->All("csistoragecapacities").size() == 2 && controller.ItemSyncs() >= 2;
   }));
-  CHECK(client->writes() == 3);  // three deletes, no create, no update
+  CHECK(client->writes() == 4);  // three deletes, one update (the owner), no create
   std::set<std::string> names;
-  for (const auto& o : client->All("csistoragecapacities"))
+  for (const auto& o : client->All("csistoragecapacities")) {
     names.insert(Field(*o, "metadata", "name"));
+    const std::string node = Field(*o, "nodeTopology", "matchLabels", kKey);
+    CHECK(OwnedOnlyBy(*o, NodeOwnerReference(*Node(node, Object::object()))));
+  }
   CHECK(names == std::set<std::string>{"csisc-a", "csisc-b"});
   controller.Stop();
 }
