@@ -363,6 +363,11 @@ CapacityController::CapacityController(apiclient::ApiClientPtr client,
       reservations_metric_(
           metrics.Gauge("csistoragecapacity_reservations",
                         "Placed claims whose request is subtracted from the published capacity.")),
+      confirmed_(metrics.Gauge(
+          "csistoragecapacity_confirmed_timestamp_seconds",
+          "Unix time when the driver last confirmed the capacity of an item (a GetCapacity "
+          "answer), by segment and storage class.",
+          {"segment", "storage_class"})),
       claims_skipped_(metrics.Counter(
           "csistoragecapacity_claims_skipped_total",
           "Placed claims that reserve nothing because they are odd, by reason.", {"reason"})),
@@ -817,6 +822,7 @@ Status CapacityController::Resync() {
         continue;
       }
       published_.Remove({it->second.first, it->second.second});
+      confirmed_.Remove({it->second.first, it->second.second});
       it = published_labels_.erase(it);
     }
     // Nodes that are gone are no longer reported as unreachable.
@@ -952,6 +958,15 @@ void CapacityController::Answered(const std::string& key, const std::string& end
       if (wanted != wanted_.end()) {
         known_[key] = *result;
         asked_at_[key] = start;
+        // Freshness: when the driver last said so (its value may be unchanged: no write).
+        const std::string described = DescribeSegment(wanted->second.item.segment);
+        // Whole seconds: the renderer prints other values with 9 significant digits, which
+        // would round a Unix time to tens of seconds.
+        confirmed_.With({described, wanted->second.item.storage_class})
+            .Set(static_cast<double>(std::chrono::duration_cast<std::chrono::seconds>(
+                                         clock_.WallNow().time_since_epoch())
+                                         .count()));
+        published_labels_[key] = {described, wanted->second.item.storage_class};
         for (const auto& node : wanted->second.nodes)
           SettleLocked(node);
       }

@@ -255,6 +255,7 @@ class CapacityController final : public apiclient::Runnable {
   apiclient::GaugeFamily& unreachable_metric_;
   apiclient::CounterFamily& node_errors_;
   apiclient::GaugeFamily& reservations_metric_;
+  apiclient::GaugeFamily& confirmed_;
   apiclient::CounterFamily& claims_skipped_;
   apiclient::CounterFamily& clamped_;
   std::unique_ptr<apiclient::WorkQueue> queue_;

@@ -19,6 +19,7 @@
 #include <mutex>
 #include <optional>
 #include <set>
+#include <sstream>
 #include <thread>
 
 #include "apiclient/config.h"
@@ -1408,6 +1409,122 @@ void DriverPod(apiclient::ApiClient& client, const std::string& ns, const std::s
   REQUIRE(created.ok());
   if (ip.empty()) return;
   SetPodIP(client, ns, name, ip);
+}
+
+// The first IPv4 address of this machine that is not loopback: the API server's proxy refuses
+// loopback addresses as pod IPs.
+std::string HostAddress() {
+  std::string words = Shell("hostname -I 2>/dev/null");
+  std::istringstream in(words);
+  std::string word;
+  while (in >> word) {
+    in_addr addr{};
+    if (inet_pton(AF_INET, word.c_str(), &addr) == 1 && word.rfind("127.", 0) != 0) return word;
+  }
+  return "";
+}
+
+TEST_CASE(
+    "Storage capacity: kubectl ephemera capacity shows when the driver last confirmed each "
+    "value without writes",
+    "[cluster][capacity]") {
+  const TestCluster cluster = TestCluster::FromEnvironment();
+  auto client = cluster.AdminClient();
+  const std::string host = HostAddress();
+  if (host.empty()) {
+    WARN("SKIP: no non-loopback IPv4 address for the pod proxy");
+    return;
+  }
+  csi::testing::DriverFixture driver("1Gi", {"--node-id=node-1"});
+  RegisterDriverOnNodes(*client);
+  const std::string sc = "cap-fresh-" + RandomSuffix();
+  ClassCleanup cleanup{*client, {sc}};
+  CreateClass(*client, sc, "WaitForFirstConsumer");
+  const std::string ns = cluster.CreateNamespace("cap-fresh");
+  const int port = 24000 + static_cast<int>(getpid() % 1000);
+  // The manager polls every second and serves /metrics on this machine's address; a pod object
+  // with the manifests' label and that address stands for its pod (no kubelet runs it), so the
+  // plugin reaches the metrics through the API server's pod proxy as it would in a cluster.
+  std::vector<std::string> flags = ControllerFlags(driver, ns);
+  flags.push_back("--capacity-poll-interval=1s");
+  flags.push_back("--http-endpoint=" + host + ":" + std::to_string(port));
+  ControllerProcess controller(cluster, flags);
+  Object pod = {{"apiVersion", "v1"}, {"kind", "Pod"}};
+  pod["metadata"] = {{"name", "manager"},
+                     {"namespace", ns},
+                     {"labels", {{"app.kubernetes.io/name", "ephemera-controller-manager"}}}};
+  pod["spec"] = {
+      {"nodeName", "node-1"},
+      {"containers",
+       Object::array(
+           {{{"name", "controller-manager"},
+             {"image", "registry.invalid/m"},
+             {"ports", Object::array({{{"name", "metrics"}, {"containerPort", port}}})}}})}};
+  REQUIRE(client->Create(apiclient::resources::kPods, ns, pod).ok());
+  SetPodIP(*client, ns, "manager", host);
+  REQUIRE(Eventually([&] { return Capacities(*client, ns, {sc}).size() == 3; }));
+
+  const std::string plugin = std::string(EPHEMERA_BINARY_DIR) + "/bin/kubectl-ephemera";
+  // node-1's CONFIRMED cell in seconds, or -1 (unknown, or no row).
+  auto confirmed_node1 = [&]() -> int {
+    const std::string table =
+        Shell(plugin + " capacity -n " + ns + " --kubeconfig " + cluster.kubeconfig() + " 2>&1");
+    std::istringstream lines(table);
+    std::string line;
+    while (std::getline(lines, line)) {
+      if (line.rfind("node-1 ", 0) != 0 || line.find(sc) == std::string::npos) continue;
+      const size_t ago = line.rfind(" ago");
+      if (ago == std::string::npos) return -1;
+      const size_t start = line.rfind(' ', ago - 1) + 1;
+      const std::string cell = line.substr(start, ago - start);  // "3s", "1m5s"
+      int seconds_total = 0, number = 0;
+      for (char ch : cell) {
+        if (ch >= '0' && ch <= '9') {
+          number = number * 10 + (ch - '0');
+        } else {
+          seconds_total += number * (ch == 'm' ? 60 : ch == 'h' ? 3600 : 1);
+          number = 0;
+        }
+      }
+      return seconds_total;
+    }
+    return -1;
+  };
+  int age = -1;
+  REQUIRE(Eventually([&] {
+    age = confirmed_node1();
+    return age >= 0;
+  }));
+  CHECK(age <= 3);  // polled every second
+
+  // Steady state: 3 s of polls with the same values write nothing, and the age stays small.
+  std::map<std::string, std::string> versions;
+  for (const auto& [key, o] : Capacities(*client, ns, {sc}))
+    versions[key] = Field(*o, "metadata", "resourceVersion");
+  std::this_thread::sleep_for(seconds(3));
+  age = confirmed_node1();
+  CHECK(age >= 0);
+  CHECK(age <= 3);
+  for (const auto& [key, o] : Capacities(*client, ns, {sc}))
+    CHECK(versions[key] == Field(*o, "metadata", "resourceVersion"));
+
+  // The driver stops: nothing confirms the values any more. The objects do not change (their
+  // last value stays), but the age grows.
+  driver.Kill(SIGKILL);
+  std::this_thread::sleep_for(seconds(6));
+  age = confirmed_node1();
+  std::printf("driver stopped 6 s ago: CONFIRMED %d s ago\n", age);
+  CHECK(age >= 5);
+  for (const auto& [key, o] : Capacities(*client, ns, {sc}))
+    CHECK(versions[key] == Field(*o, "metadata", "resourceVersion"));
+  driver.Start();
+  CHECK(Eventually(
+      [&] {
+        age = confirmed_node1();
+        return age >= 0 && age <= 3;
+      },
+      seconds(40)));
+  CHECK(controller.Running());
 }
 
 TEST_CASE("Storage capacity: per-node endpoints follow the driver's pods", "[cluster][capacity]") {

@@ -644,9 +644,17 @@ TEST_CASE("Capacity controller creates updates only on change and keeps the last
     controller.RefreshAll();
     return Eventually([&] { return controller.ItemSyncs() >= before + 2; });
   };
+  // Freshness: the time of the driver's answer (the fake clock's wall time: 3,600,000 s), per
+  // item; a later answer with the same value moves it without a write.
+  const std::string confirmed_n1 =
+      "csistoragecapacity_confirmed_timestamp_seconds{segment=\"pmem-csi.ephemera.io/node=n1\","
+      "storage_class=\"late\"} ";
+  CHECK(metrics.Render().find(confirmed_n1 + "3600000\n") != std::string::npos);
+  clock.Advance(std::chrono::seconds(5));
   REQUIRE(refresh());
   CHECK(source->Calls() == 4);
   CHECK(client->writes() == writes);  // nothing changed: nothing written
+  CHECK(metrics.Render().find(confirmed_n1 + "3600005\n") != std::string::npos);
 
   {
     std::lock_guard<std::mutex> lock(source->mu);
