@@ -118,8 +118,14 @@ void AddConfirmations(const Connection& c, std::vector<CapacityRow>& rows) {
         continue;
       }
       const std::string name = apiclient::Field(*pod, "metadata", "name");
-      auto text = c.get_text("/api/v1/namespaces/" + ns + "/pods/" + name + ":" +
-                             std::to_string(MetricsPort(*pod)) + "/proxy/metrics");
+      std::string path = "/api/v1/namespaces/";
+      path += ns;
+      path += "/pods/";
+      path += name;
+      path += ':';
+      path += std::to_string(MetricsPort(*pod));
+      path += "/proxy/metrics";
+      auto text = c.get_text(path);
       if (!text.ok()) continue;
       for (const auto& [labels, value] : ParseConfirmations(*text)) {
         auto [it, added] = confirmed.emplace(labels, value);
