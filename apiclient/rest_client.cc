@@ -340,6 +340,15 @@ StatusOr<Object> RestClient::DoJson(std::string_view method, std::string_view ve
   return ParseJson(raw->body, what);
 }
 
+StatusOr<std::string> RestClient::GetText(const std::string& path) {
+  auto raw = Do("GET", "GET", path, nullptr, "");
+  if (!raw.ok()) return raw.status();
+  if (raw->code < 200 || raw->code >= 300) {
+    return StatusFromHttp(raw->code, raw->body, "GET " + path.substr(0, path.find('?')));
+  }
+  return std::move(raw->body);
+}
+
 StatusOr<ObjectPtr> RestClient::DoObject(std::string_view method, std::string_view verb,
                                          const std::string& path, const std::string* body,
                                          std::string_view content_type) {

@@ -71,6 +71,10 @@ class RestClient final : public ApiClient {
   StatusOr<WatchStreamPtr> Watch(const Resource& resource, const std::string& ns,
                                  const WatchOptions& options) override;
 
+  // GET of a path that is no API object (e.g. a pod's /metrics through the API server's proxy):
+  // the body of a 2xx answer as text, or the mapped error.
+  StatusOr<std::string> GetText(const std::string& path);
+
   const RestConfig& config() const { return config_; }
   // TLS connections opened so far (keep-alive reuses them).
   size_t connections_opened() const;

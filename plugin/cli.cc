@@ -1,8 +1,10 @@
 #include "plugin/cli.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <map>
 #include <optional>
+#include <set>
 
 #include "apiclient/config.h"
 #include "apiclient/rest_client.h"
@@ -95,6 +97,48 @@ std::string Explain(const Status& s, const Connection& c, const std::string& wha
   return out;
 }
 
+// When the driver last confirmed each row's value, from the storage-capacity controller's own
+// /metrics (csistoragecapacity_confirmed_timestamp_seconds) through the API server's pod proxy:
+// no object carries it, so that confirming costs no write. The controller-manager's pods are
+// found by the manifests' label in the namespaces of the objects; only the leader has the
+// series. Rows stay unconfirmed (shown as <unknown>) when no pod can be read (no right to
+// pods/proxy, no such pod, another deployment).
+void AddConfirmations(const Connection& c, std::vector<CapacityRow>& rows) {
+  if (!c.get_text) return;
+  std::set<std::string> namespaces;
+  for (const auto& row : rows)
+    namespaces.insert(row.ns);
+  std::map<std::pair<std::string, std::string>, double> confirmed;  // (segment, class) -> time
+  for (const auto& ns : namespaces) {
+    auto pods = ListAll(*c.client, res::kPods, ns, kControllerLabel);
+    if (!pods.ok()) continue;
+    for (const auto& pod : *pods) {
+      if (apiclient::Field(*pod, "status", "phase") != "Running" ||
+          apiclient::Field(*pod, "status", "podIP").empty()) {
+        continue;
+      }
+      const std::string name = apiclient::Field(*pod, "metadata", "name");
+      std::string path = "/api/v1/namespaces/";
+      path += ns;
+      path += "/pods/";
+      path += name;
+      path += ':';
+      path += std::to_string(MetricsPort(*pod));
+      path += "/proxy/metrics";
+      auto text = c.get_text(path);
+      if (!text.ok()) continue;
+      for (const auto& [labels, value] : ParseConfirmations(*text)) {
+        auto [it, added] = confirmed.emplace(labels, value);
+        if (!added) it->second = std::max(it->second, value);
+      }
+    }
+  }
+  for (auto& row : rows) {
+    auto it = confirmed.find({row.controller_segment, row.storage_class});
+    if (it != confirmed.end()) row.confirmed = it->second;
+  }
+}
+
 int Capacity(const Options& o, const Connection& c, std::ostream& out, std::ostream& err,
              std::chrono::system_clock::time_point now) {
   const std::string ns = o.all_namespaces ? "" : o.ns;
@@ -111,8 +155,9 @@ int Capacity(const Options& o, const Connection& c, std::ostream& out, std::ostr
     err << Explain(nodes.status(), c, "list nodes") << "\n";
     return 1;
   }
-  const auto rows =
+  auto rows =
       BuildCapacityRows(*capacities, nodes.ok() ? *nodes : std::vector<apiclient::ObjectPtr>{});
+  AddConfirmations(c, rows);
   if (o.output == "json") {
     out << CapacityJson(rows).dump(2) << "\n";
     return 0;
@@ -211,7 +256,9 @@ StatusOr<Connection> ConnectToCluster(const Options& options) {
   c.default_namespace = config->default_namespace.empty() ? "default" : config->default_namespace;
   auto client = apiclient::RestClient::New(*config);
   if (!client.ok()) return client.status().WithContext("kubeconfig");
-  c.client = std::move(*client);
+  std::shared_ptr<apiclient::RestClient> rest = std::move(*client);
+  c.get_text = [rest](const std::string& path) { return rest->GetText(path); };
+  c.client = std::move(rest);
   return c;
 }
 

@@ -40,6 +40,9 @@ struct Connection {
   apiclient::ApiClientPtr client;
   std::string default_namespace;  // the kubeconfig context's (or the pod's), else "default"
   std::string server;             // for messages
+  // GET of a non-object path as text (a pod's /metrics through the API server's proxy); empty:
+  // not available (the confirmation times are then unknown).
+  std::function<StatusOr<std::string>(const std::string& path)> get_text;
 };
 using Connector = std::function<StatusOr<Connection>(const Options&)>;
 

@@ -1,6 +1,8 @@
 #include "plugin/views.h"
 
 #include <algorithm>
+#include <cmath>
+#include <cstdlib>
 #include <map>
 #include <set>
 #include <tuple>
@@ -145,6 +147,15 @@ std::vector<CapacityRow> BuildCapacityRows(const std::vector<ObjectPtr>& capacit
     const Object* topology = Member(c.get(), "nodeTopology");
     if (topology != nullptr && topology->is_null()) topology = nullptr;
     row.segment = SelectorString(topology);
+    // As the controller's DescribeSegment: its objects have matchLabels only.
+    const Object* match = Member(topology, "matchLabels");
+    if (match != nullptr && match->is_object()) {
+      for (const auto& [k, v] : match->items()) {
+        if (!row.controller_segment.empty()) row.controller_segment += ',';
+        row.controller_segment += k + "=" + (v.is_string() ? v.get<std::string>() : "");
+      }
+    }
+    if (row.controller_segment.empty()) row.controller_segment = "<all nodes>";
     const bool empty_selector = topology != nullptr && topology->is_object() &&
                                 Member(topology, "matchLabels") == nullptr &&
                                 Member(topology, "matchExpressions") == nullptr;
@@ -170,6 +181,106 @@ std::vector<CapacityRow> BuildCapacityRows(const std::vector<ObjectPtr>& capacit
   return rows;
 }
 
+namespace {
+
+std::optional<double> ConfirmedAge(const std::optional<double>& confirmed,
+                                   std::chrono::system_clock::time_point now) {
+  if (!confirmed) return std::nullopt;
+  const double age = std::chrono::duration<double>(now.time_since_epoch()).count() - *confirmed;
+  return std::max(0.0, age);  // clocks of two machines: never "in the future"
+}
+
+std::string ConfirmedCell(const std::optional<double>& confirmed,
+                          std::chrono::system_clock::time_point now) {
+  auto age = ConfirmedAge(confirmed, now);
+  if (!age) return "<unknown>";
+  return FormatAge(std::chrono::seconds(static_cast<int64_t>(*age))) + " ago";
+}
+
+// A label value of the Prometheus text format, from just after its opening quote; advances
+// `at` past the closing quote. nullopt when it does not end.
+std::optional<std::string> LabelValue(const std::string& text, size_t* at) {
+  std::string out;
+  for (size_t i = *at; i < text.size(); ++i) {
+    const char ch = text[i];
+    if (ch == '"') {
+      *at = i + 1;
+      return out;
+    }
+    if (ch == '\\' && i + 1 < text.size()) {
+      const char next = text[++i];
+      out += next == 'n' ? '\n' : next;
+      continue;
+    }
+    out += ch;
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+std::vector<std::pair<std::pair<std::string, std::string>, double>> ParseConfirmations(
+    const std::string& text) {
+  static const std::string kName = "csistoragecapacity_confirmed_timestamp_seconds{";
+  std::vector<std::pair<std::pair<std::string, std::string>, double>> out;
+  size_t line_start = 0;
+  while (line_start < text.size()) {
+    size_t line_end = text.find('\n', line_start);
+    if (line_end == std::string::npos) line_end = text.size();
+    const std::string line = text.substr(line_start, line_end - line_start);
+    line_start = line_end + 1;
+    if (line.rfind(kName, 0) != 0) continue;
+    std::map<std::string, std::string> labels;
+    size_t at = kName.size();
+    bool ok = true;
+    while (ok && at < line.size() && line[at] != '}') {
+      const size_t eq = line.find("=\"", at);
+      if (eq == std::string::npos) {
+        ok = false;
+        break;
+      }
+      const std::string key = line.substr(at, eq - at);
+      at = eq + 2;
+      auto value = LabelValue(line, &at);
+      if (!value) {
+        ok = false;
+        break;
+      }
+      labels[key] = *value;
+      if (at < line.size() && line[at] == ',') ++at;
+    }
+    if (!ok || at >= line.size() || labels.count("segment") == 0 ||
+        labels.count("storage_class") == 0) {
+      continue;
+    }
+    const std::string number = line.substr(at + 1);
+    char* end = nullptr;
+    const double value = std::strtod(number.c_str(), &end);
+    if (end == number.c_str() || !std::isfinite(value)) continue;
+    out.push_back({{labels["segment"], labels["storage_class"]}, value});
+  }
+  return out;
+}
+
+int MetricsPort(const Object& pod) {
+  const Object* spec = Member(&pod, "spec");
+  const Object* containers = Member(spec, "containers");
+  if (containers != nullptr && containers->is_array()) {
+    for (const auto& c : *containers) {
+      const Object* ports = Member(&c, "ports");
+      if (ports == nullptr || !ports->is_array()) continue;
+      for (const auto& p : *ports) {
+        const Object* number = Member(&p, "containerPort");
+        if (Field(p, "name") == "metrics" && number != nullptr && number->is_number_integer()) {
+          const auto port = number->get<int64_t>();
+          if (port > 0 && port < 65536) return static_cast<int>(port);
+        }
+      }
+    }
+  }
+  return 8080;
+}
+
 std::string CapacityTable(const std::vector<CapacityRow>& rows,
                           std::chrono::system_clock::time_point now) {
   std::vector<std::vector<std::string>> cells;
@@ -177,9 +288,10 @@ std::string CapacityTable(const std::vector<CapacityRow>& rows,
   for (const auto& row : rows) {
     cells.push_back({NodeCell(row), row.storage_class.empty() ? "<none>" : row.storage_class,
                      FormatQuantityCell(row.capacity), FormatQuantityCell(row.maximum_volume_size),
-                     AgeCell(row.creation_timestamp, now)});
+                     ConfirmedCell(row.confirmed, now)});
   }
-  return FormatTable({"NODE", "STORAGECLASS", "CAPACITY", "MAXIMUM VOLUME SIZE", "AGE"}, cells);
+  return FormatTable({"NODE", "STORAGECLASS", "CAPACITY", "MAXIMUM VOLUME SIZE", "CONFIRMED"},
+                     cells);
 }
 
 Object CapacityJson(const std::vector<CapacityRow>& rows) {
@@ -188,17 +300,19 @@ Object CapacityJson(const std::vector<CapacityRow>& rows) {
     Object nodes = Object::array();
     for (const auto& n : row.nodes)
       nodes.push_back(n);
-    items.push_back({{"namespace", row.ns},
-                     {"name", row.name},
-                     {"nodes", nodes},
-                     {"allNodes", row.all_nodes},
-                     {"segment", row.segment},
-                     {"storageClassName", row.storage_class},
-                     {"capacity", QuantityJson(row.capacity)},
-                     {"capacityBytes", BytesJson(row.capacity)},
-                     {"maximumVolumeSize", QuantityJson(row.maximum_volume_size)},
-                     {"maximumVolumeSizeBytes", BytesJson(row.maximum_volume_size)},
-                     {"creationTimestamp", row.creation_timestamp}});
+    items.push_back(
+        {{"namespace", row.ns},
+         {"name", row.name},
+         {"nodes", nodes},
+         {"allNodes", row.all_nodes},
+         {"segment", row.segment},
+         {"storageClassName", row.storage_class},
+         {"capacity", QuantityJson(row.capacity)},
+         {"capacityBytes", BytesJson(row.capacity)},
+         {"maximumVolumeSize", QuantityJson(row.maximum_volume_size)},
+         {"maximumVolumeSizeBytes", BytesJson(row.maximum_volume_size)},
+         {"confirmedTimestampSeconds", row.confirmed ? Object(*row.confirmed) : Object(nullptr)},
+         {"creationTimestamp", row.creation_timestamp}});
   }
   return {{"kind", "CapacityList"}, {"items", items}};
 }

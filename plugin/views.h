@@ -10,6 +10,7 @@
 #include <chrono>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "apiclient/client.h"
@@ -23,6 +24,9 @@ using apiclient::ObjectPtr;
 inline constexpr const char* kDriverLabel = "csi.storage.k8s.io/drivername";
 // The driver's name (csi/request_validation.h kDriverName): the default of --driver.
 inline constexpr const char* kDefaultDriver = "pmem-csi.ephemera.io";
+// The label selector of the controller-manager's pods (manifests/controller-manager.yaml).
+inline constexpr const char* kControllerLabel =
+    "app.kubernetes.io/name=ephemera-controller-manager";
 
 // True when `labels` (a JSON map of strings) match a metav1.LabelSelector: every matchLabels pair
 // and every matchExpressions entry (In, NotIn, Exists, DoesNotExist). A null or absent selector
@@ -42,18 +46,32 @@ struct CapacityRow {
   std::optional<std::string> capacity;             // the quantities as the API has them
   std::optional<std::string> maximum_volume_size;  //
   std::string creation_timestamp;
+  // The segment as the controller's metrics name it ("key=value,..." sorted, "<all nodes>").
+  std::string controller_segment;
+  // When the driver last confirmed the value (Unix seconds), from the controller's /metrics.
+  std::optional<double> confirmed;
 };
+
+// The csistoragecapacity_confirmed_timestamp_seconds series of a Prometheus text page:
+// (segment, storage_class) -> value. Lines that do not parse are skipped.
+std::vector<std::pair<std::pair<std::string, std::string>, double>> ParseConfirmations(
+    const std::string& text);
+
+// The port of a controller-manager pod's container port named "metrics", else 8080.
+int MetricsPort(const Object& pod);
 
 // One row per CSIStorageCapacity object, sorted by node cell, storage class and name.
 std::vector<CapacityRow> BuildCapacityRows(const std::vector<ObjectPtr>& capacities,
                                            const std::vector<ObjectPtr>& nodes);
-// NODE, STORAGECLASS, CAPACITY, MAXIMUM VOLUME SIZE, AGE. NODE is the node names, or the segment
-// when no node matches it.
+// NODE, STORAGECLASS, CAPACITY, MAXIMUM VOLUME SIZE, CONFIRMED (how long ago the driver last
+// confirmed the value; <unknown> without the controller's metrics). NODE is the node names, or
+// the segment when no node matches it.
 std::string CapacityTable(const std::vector<CapacityRow>& rows,
                           std::chrono::system_clock::time_point now);
 // {"kind": "CapacityList", "items": [{namespace, name, nodes, segment, storageClassName,
-// capacity, capacityBytes, maximumVolumeSize, maximumVolumeSizeBytes, creationTimestamp}]};
-// absent quantities are null.
+// capacity, capacityBytes, maximumVolumeSize, maximumVolumeSizeBytes, creationTimestamp,
+// confirmedTimestampSeconds (Unix time)}]}; absent quantities and unknown confirmations are
+// null.
 Object CapacityJson(const std::vector<CapacityRow>& rows);
 
 struct VolumeRow {

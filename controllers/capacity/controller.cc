@@ -1,6 +1,7 @@
 #include "controllers/capacity/controller.h"
 
 #include <algorithm>
+#include <limits>
 
 #include "apiclient/errors.h"
 #include "common/log.h"
@@ -9,12 +10,14 @@
 namespace ephemera::controllers {
 namespace {
 
+using apiclient::BoolField;
 using apiclient::Field;
 using apiclient::Object;
 using apiclient::ObjectPtr;
 using apiclient::resources::kCSINodes;
 using apiclient::resources::kCSIStorageCapacities;
 using apiclient::resources::kNodes;
+using apiclient::resources::kPersistentVolumeClaims;
 using apiclient::resources::kPersistentVolumes;
 using apiclient::resources::kPods;
 using apiclient::resources::kStorageClasses;
@@ -24,6 +27,7 @@ constexpr char kManagedByLabel[] = "csi.storage.k8s.io/managed-by";
 // Queue keys besides the items' (which are JSON arrays).
 constexpr char kResyncKey[] = "resync";
 constexpr char kPollKey[] = "poll";
+constexpr char kSelectedNode[] = "volume.kubernetes.io/selected-node";
 
 // A string member of an object, or "" (hostile objects may carry anything).
 const Object* Member(const Object& o, const char* key) {
@@ -112,6 +116,36 @@ Object InlineVolumePod(const Object& pod, const std::string& driver) {
   return out;
 }
 
+// A claim trimmed to what a reservation reads: identity, the selected-node annotation, class,
+// volume name and request, each as it came (ReadPlacedClaim checks the types).
+Object TrimClaim(const Object& pvc) {
+  Object out = {{"metadata", Object::object()}, {"spec", Object::object()}};
+  if (const Object* meta = Member(pvc, "metadata")) {
+    for (const char* key : {"name", "namespace", "uid", "resourceVersion", "deletionTimestamp"}) {
+      if (const Object* v = Member(*meta, key)) out["metadata"][key] = *v;
+    }
+    const Object* annotations = Member(*meta, "annotations");
+    if (const Object* v = annotations ? Member(*annotations, kSelectedNode) : nullptr) {
+      out["metadata"]["annotations"][kSelectedNode] = *v;
+    }
+  }
+  if (const Object* spec = Member(pvc, "spec")) {
+    for (const char* key : {"storageClassName", "volumeName"}) {
+      if (const Object* v = Member(*spec, key)) out["spec"][key] = *v;
+    }
+    const Object* resources = Member(*spec, "resources");
+    const Object* requests = resources ? Member(*resources, "requests") : nullptr;
+    if (const Object* v = requests ? Member(*requests, "storage") : nullptr) {
+      out["spec"]["resources"]["requests"]["storage"] = *v;
+    }
+  }
+  return out;
+}
+
+std::string ClaimKey(const Object& pvc) {
+  return Field(pvc, "metadata", "namespace") + "/" + Field(pvc, "metadata", "name");
+}
+
 // Does `node` (its labels) belong to `segment`?
 bool NodeInSegment(const Object& node, const Segment& segment) {
   const Object* meta = Member(node, "metadata");
@@ -123,6 +157,49 @@ bool NodeInSegment(const Object& node, const Segment& segment) {
 }
 
 }  // namespace
+
+StatusOr<std::optional<PlacedClaim>> ReadPlacedClaim(const Object& pvc) {
+  const Object* meta = Member(pvc, "metadata");
+  const Object* annotations = meta ? Member(*meta, "annotations") : nullptr;
+  const Object* node = annotations ? Member(*annotations, kSelectedNode) : nullptr;
+  if (node == nullptr || node->is_null()) return std::optional<PlacedClaim>();
+  if (!node->is_string()) return Status::InvalidArgument("selected-node is not a string");
+  PlacedClaim out;
+  out.node = node->get<std::string>();
+  if (out.node.empty()) return std::optional<PlacedClaim>();
+  out.storage_class = Field(pvc, "spec", "storageClassName");
+  out.volume_name = Field(pvc, "spec", "volumeName");
+  const Object* spec = Member(pvc, "spec");
+  const Object* resources = spec ? Member(*spec, "resources") : nullptr;
+  const Object* requests = resources ? Member(*resources, "requests") : nullptr;
+  const Object* storage = requests ? Member(*requests, "storage") : nullptr;
+  if (storage == nullptr || !storage->is_string()) {
+    return Status::InvalidArgument("no storage request");
+  }
+  auto bytes = ParseByteQuantity(storage->get<std::string>());
+  if (!bytes.ok()) return bytes.status().WithContext("storage request");
+  out.bytes = *bytes;
+  return std::optional<PlacedClaim>(std::move(out));
+}
+
+int64_t AddReserved(int64_t a, int64_t b) {
+  constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
+  a = std::max<int64_t>(a, 0);
+  b = std::max<int64_t>(b, 0);
+  return a > kMax - b ? kMax : a + b;
+}
+
+CapacityResult ApplyReservations(const CapacityResult& driver, int64_t reserved) {
+  CapacityResult out = driver;
+  if (reserved <= 0) return out;  // the driver's figure as it is
+  const int64_t available = std::max<int64_t>(driver.available, 0);
+  out.available = reserved >= available ? 0 : available - reserved;
+  if (out.maximum_volume_size) {
+    out.maximum_volume_size =
+        std::max<int64_t>(0, std::min(*out.maximum_volume_size, out.available));
+  }
+  return out;
+}
 
 std::string DescribeSegment(const Segment& segment) {
   std::string out;
@@ -202,15 +279,38 @@ std::optional<CapacityItem> ItemOf(const Object& object) {
   return CapacityItem{.segment = *labels, .storage_class = sc->get<std::string>()};
 }
 
+Object NodeOwnerReference(const Object& node) {
+  return Object{{"apiVersion", "v1"},
+                {"kind", "Node"},
+                {"name", Field(node, "metadata", "name")},
+                {"uid", Field(node, "metadata", "uid")}};
+}
+
+bool OwnedOnlyBy(const Object& existing, const Object& owner) {
+  const Object* meta = Member(existing, "metadata");
+  const Object* refs = meta ? Member(*meta, "ownerReferences") : nullptr;
+  if (refs == nullptr || !refs->is_array() || refs->size() != 1) return false;
+  const Object& ref = (*refs)[0];
+  for (const char* key : {"apiVersion", "kind", "name", "uid"}) {
+    if (Field(ref, key) != Field(owner, key)) return false;
+  }
+  // Nothing more than what we set (a blockOwnerDeletion or controller of someone else's is
+  // rewritten).
+  return !BoolField(ref, "blockOwnerDeletion") && !BoolField(ref, "controller");
+}
+
 Object DesiredCapacityObject(const CapacityItem& item, const CapacityResult& result,
-                             const CapacityOptions& options, const std::string& driver) {
+                             const CapacityOptions& options, const std::string& driver,
+                             const Object* node_owner) {
   Object labels = Object::object();
   for (const auto& [k, v] : item.segment)
     labels[k] = v;
   Object metadata = {{"generateName", "csisc-"},
                      {"namespace", options.ns},
                      {"labels", {{kDriverLabel, driver}, {kManagedByLabel, options.managed_by}}}};
-  if (options.owner.is_object() && !options.owner.empty()) {
+  if (node_owner != nullptr) {
+    metadata["ownerReferences"] = Object::array({*node_owner});
+  } else if (options.owner.is_object() && !options.owner.empty()) {
     metadata["ownerReferences"] = Object::array({options.owner});
   }
   Object out = {{"apiVersion", "storage.k8s.io/v1"},
@@ -259,7 +359,21 @@ CapacityController::CapacityController(apiclient::ApiClientPtr client,
                         "Nodes whose own capacity endpoint did not answer the last GetCapacity.")),
       node_errors_(metrics.Counter("csistoragecapacity_node_getcapacity_errors_total",
                                    "Failed GetCapacity calls to a node's own endpoint, by node.",
-                                   {"node"})) {
+                                   {"node"})),
+      reservations_metric_(
+          metrics.Gauge("csistoragecapacity_reservations",
+                        "Placed claims whose request is subtracted from the published capacity.")),
+      confirmed_(metrics.Gauge(
+          "csistoragecapacity_confirmed_timestamp_seconds",
+          "Unix time when the driver last confirmed the capacity of an item (a GetCapacity "
+          "answer), by segment and storage class.",
+          {"segment", "storage_class"})),
+      claims_skipped_(metrics.Counter(
+          "csistoragecapacity_claims_skipped_total",
+          "Placed claims that reserve nothing because they are odd, by reason.", {"reason"})),
+      clamped_(metrics.Counter(
+          "csistoragecapacity_reservations_clamped_total",
+          "Publishes where placed claims reserved more than the driver's figure (published 0).")) {
   // Only the per-item backoff limits retries: items are independent (their own node or class),
   // GetCapacity calls are bounded per endpoint and writes have their own token bucket.
   queue_ = std::make_unique<apiclient::WorkQueue>(
@@ -351,6 +465,16 @@ Status CapacityController::Start(std::stop_token stop) {
       apiclient::InformerOptions{.resource = kPods, .transform = [driver](const Object& pod) {
                                    return InlineVolumePod(pod, driver);
                                  }});
+  if (options_.reservations) {
+    claims_ = std::make_unique<apiclient::Informer>(
+        client_,
+        apiclient::InformerOptions{.resource = kPersistentVolumeClaims,
+                                   .transform = [](const Object& pvc) { return TrimClaim(pvc); }});
+    claims_->AddHandlers(
+        {.on_add = [this](const ObjectPtr& pvc) { ClaimChanged(*pvc); },
+         .on_update = [this](const ObjectPtr&, const ObjectPtr& pvc) { ClaimChanged(*pvc); },
+         .on_delete = [this](const ObjectPtr& pvc) { ClaimGone(*pvc); }});
+  }
   capacities_ = std::make_unique<apiclient::Informer>(
       client_,
       apiclient::InformerOptions{.resource = kCSIStorageCapacities,
@@ -382,9 +506,14 @@ Status CapacityController::Start(std::stop_token stop) {
        .on_update = [class_changed](const ObjectPtr&, const ObjectPtr& sc) { class_changed(sc); },
        .on_delete = class_changed});
   auto volume_changed = [this](const ObjectPtr& pv) { VolumeChanged(*pv); };
-  volumes_->AddHandlers({.on_add = volume_changed,
+  volumes_->AddHandlers({.on_add =
+                             [this, volume_changed](const ObjectPtr& pv) {
+                               PvClaim(*pv, false);
+                               volume_changed(pv);
+                             },
                          .on_update =
-                             [volume_changed](const ObjectPtr& old_pv, const ObjectPtr& pv) {
+                             [this, volume_changed](const ObjectPtr& old_pv, const ObjectPtr& pv) {
+                               PvClaim(*pv, false);
                                // An expansion changes the free space; phase, claim and
                                // annotation changes do not (a release frees nothing until the
                                // PV is deleted).
@@ -392,7 +521,11 @@ Status CapacityController::Start(std::stop_token stop) {
                                volume_changed(old_pv);
                                volume_changed(pv);
                              },
-                         .on_delete = volume_changed});
+                         .on_delete =
+                             [this, volume_changed](const ObjectPtr& pv) {
+                               PvClaim(*pv, true);
+                               volume_changed(pv);
+                             }});
   auto pod_changed = [this](const ObjectPtr& pod) {
     if (!pod->value("inline", false)) return;
     const std::string node_name = Field(*pod, "spec", "nodeName");
@@ -428,16 +561,19 @@ Status CapacityController::Start(std::stop_token stop) {
                                   RecheckItemOf(o);
                                   Trigger();
                                 }});
-  for (auto* inf : {csinodes_.get(), nodes_.get(), classes_.get(), volumes_.get(), pods_.get(),
-                    capacities_.get()}) {
+  std::vector<apiclient::Informer*> informers = {csinodes_.get(), nodes_.get(), classes_.get(),
+                                                 volumes_.get(),  pods_.get(),  capacities_.get()};
+  if (claims_) informers.push_back(claims_.get());
+  for (auto* inf : informers)
     inf->Start();
-  }
+  const std::vector<const apiclient::Informer*> synced(informers.begin(), informers.end());
   EPHEMERA_RETURN_IF_ERROR(apiclient::WaitForCacheSync(
       stop,
       std::max(std::chrono::duration_cast<std::chrono::milliseconds>(deadline - clock_.Now()),
                std::chrono::milliseconds(1)),
-      {csinodes_.get(), nodes_.get(), classes_.get(), volumes_.get(), pods_.get(),
-       capacities_.get()}));
+      synced));
+  // The claims' handlers may have run before the classes, nodes and PVs were all in the caches.
+  ReevaluateClaims();
   const int threads = std::max(1, options_.threads);
   for (int i = 0; i < threads; ++i)
     workers_.emplace_back([this] { Worker(); });
@@ -448,7 +584,8 @@ Status CapacityController::Start(std::stop_token stop) {
              {"namespace", options_.ns},
              {"pollInterval", std::to_string(options_.poll_interval.count()) + "ms"},
              {"threads", std::to_string(threads)},
-             {"immediateBinding", options_.immediate_binding ? "true" : "false"}});
+             {"immediateBinding", options_.immediate_binding ? "true" : "false"},
+             {"reservations", options_.reservations ? "true" : "false"}});
   return Status::Ok();
 }
 
@@ -472,7 +609,7 @@ void CapacityController::Stop() {
     calls_done_.wait(lock, [this] { return in_flight_.empty() && answering_ == 0; });
   }
   for (auto* inf : {csinodes_.get(), nodes_.get(), classes_.get(), volumes_.get(), pods_.get(),
-                    capacities_.get()}) {
+                    capacities_.get(), claims_.get()}) {
     if (inf != nullptr) inf->Stop();
   }
 }
@@ -519,6 +656,8 @@ void CapacityController::ClassChanged(const std::string& name) {
   // Its parameters may have changed; and a new or deleted class adds or removes items.
   MarkStale([&](const CapacityItem& item) { return item.storage_class == name; });
   Trigger();
+  // Claims of a class that is (no longer) the driver's start (end) their reservations.
+  ReevaluateClaims();
 }
 
 void CapacityController::ObjectSeen(const ObjectPtr& object) {
@@ -652,6 +791,22 @@ Status CapacityController::Resync() {
       it = items.count(*it) > 0 ? std::next(it) : stale_.erase(it);
     }
     wanted_ = std::move(items);
+    node_keys_.clear();
+    for (const auto& [key, wanted] : wanted_) {
+      for (const auto& node : wanted.nodes)
+        node_keys_[node].push_back(key);
+    }
+    for (auto it = asked_at_.begin(); it != asked_at_.end();) {
+      it = wanted_.count(it->first) > 0 ? std::next(it) : asked_at_.erase(it);
+    }
+    for (auto it = clamped_keys_.begin(); it != clamped_keys_.end();) {
+      it = wanted_.count(*it) > 0 ? std::next(it) : clamped_keys_.erase(it);
+    }
+    std::vector<std::string> nodes;
+    for (const auto& [node, claims] : node_claims_)
+      nodes.push_back(node);
+    for (const auto& node : nodes)
+      SettleLocked(node);
     // Objects of no wanted item, and all but the first (by name) of an item.
     for (const auto& [key, names] : by_item_) {
       const bool wanted = wanted_.count(key) > 0;
@@ -667,6 +822,7 @@ Status CapacityController::Resync() {
         continue;
       }
       published_.Remove({it->second.first, it->second.second});
+      confirmed_.Remove({it->second.first, it->second.second});
       it = published_labels_.erase(it);
     }
     // Nodes that are gone are no longer reported as unreachable.
@@ -731,7 +887,7 @@ Status CapacityController::SyncItem(const std::string& key, bool* pending) {
     if (!due) RemoveWaitingLocked(key);
   }
   if (!due) {
-    Status s = Publish(key, wanted.item);
+    Status s = Publish(key, wanted);
     item_syncs_++;
     return s;
   }
@@ -799,7 +955,21 @@ void CapacityController::Answered(const std::string& key, const std::string& end
     if (wanted != wanted_.end()) segment = DescribeSegment(wanted->second.item.segment);
     if (result.ok()) {
       failing_ = false;
-      if (wanted != wanted_.end()) known_[key] = *result;
+      if (wanted != wanted_.end()) {
+        known_[key] = *result;
+        asked_at_[key] = start;
+        // Freshness: when the driver last said so (its value may be unchanged: no write).
+        const std::string described = DescribeSegment(wanted->second.item.segment);
+        // Whole seconds: the renderer prints other values with 9 significant digits, which
+        // would round a Unix time to tens of seconds.
+        confirmed_.With({described, wanted->second.item.storage_class})
+            .Set(static_cast<double>(std::chrono::duration_cast<std::chrono::seconds>(
+                                         clock_.WallNow().time_since_epoch())
+                                         .count()));
+        published_labels_[key] = {described, wanted->second.item.storage_class};
+        for (const auto& node : wanted->second.nodes)
+          SettleLocked(node);
+      }
     } else if (!stopping) {
       errors_.With({std::string(CodeName(status.code()))}).Inc();
       stale_.insert(key);  // asked again at the retry; the old value (if any) stays
@@ -849,14 +1019,35 @@ void CapacityController::Answered(const std::string& key, const std::string& end
   calls_done_.notify_all();  // under the lock: Stop() may destroy us as soon as it is released
 }
 
-Status CapacityController::Publish(const std::string& key, const CapacityItem& item) {
+Status CapacityController::Publish(const std::string& key, const Wanted& wanted) {
+  const CapacityItem& item = wanted.item;
+  // A segment of one node: the object is that Node's (the garbage collector deletes it with the
+  // Node, whether we run or not). Only the Node: a dependent goes only when all its owners are
+  // gone, so the --capacity-ownerref-level owner would keep it alive.
+  std::optional<Object> node_owner;
+  if (options_.node_owner && !item.segment.empty() && wanted.nodes.size() == 1) {
+    const ObjectPtr node = nodes_->store().Get(wanted.nodes.front());
+    if (node == nullptr || Field(*node, "metadata", "uid").empty()) {
+      return Status::Ok();  // gone: the resync drops the item and its object
+    }
+    node_owner = NodeOwnerReference(*node);
+  }
   CapacityResult value;
   ObjectPtr have;
+  int64_t reserved = 0;
+  bool newly_clamped = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto known = known_.find(key);
     if (known == known_.end()) return Status::Ok();  // never answered: nothing (not even zero)
-    value = known->second;
+    reserved = ReservedLocked(key, wanted);
+    value = ApplyReservations(known->second, reserved);
+    const bool clamped = reserved > 0 && reserved > known->second.available;
+    if (clamped) {
+      newly_clamped = clamped_keys_.insert(key).second;
+    } else {
+      clamped_keys_.erase(key);
+    }
     auto names = by_item_.find(key);
     if (names != by_item_.end() && !names->second.empty()) {
       have = objects_.at(*names->second.begin());  // by name order: the first one is kept
@@ -865,10 +1056,19 @@ Status CapacityController::Publish(const std::string& key, const CapacityItem& i
     published_.With({segment, item.storage_class}).Set(static_cast<double>(value.available));
     published_labels_[key] = {segment, item.storage_class};
   }
+  if (newly_clamped) {
+    clamped_.With({}).Inc();
+    log::Error("placed claims reserve more than the driver reports; published 0",
+               Status::ResourceExhausted("reservations exceed the capacity"),
+               {{"segment", DescribeSegment(item.segment)},
+                {"storageClass", item.storage_class},
+                {"reservedBytes", std::to_string(reserved)}});
+  }
   if (have == nullptr) {
     return Write([&] {
       auto created = client_->Create(kCSIStorageCapacities, options_.ns,
-                                     DesiredCapacityObject(item, value, options_, driver_));
+                                     DesiredCapacityObject(item, value, options_, driver_,
+                                                           node_owner ? &*node_owner : nullptr));
       if (!created.ok()) return created.status();
       writes_metric_.With({"create"}).Inc();
       ObjectSeen(*created);
@@ -879,8 +1079,12 @@ Status CapacityController::Publish(const std::string& key, const CapacityItem& i
       return Status::Ok();
     });
   }
-  if (CapacityUpToDate(*have, value)) return Status::Ok();
+  const bool owned = !node_owner || OwnedOnlyBy(*have, *node_owner);
+  if (CapacityUpToDate(*have, value) && owned) return Status::Ok();
   Object updated = *have;  // a copy: the cached object stays untouched
+  // An object of an older version (or whose Node was made again under the same name) gets the
+  // Node as its owner: one update, once.
+  if (!owned) updated["metadata"]["ownerReferences"] = Object::array({*node_owner});
   updated["capacity"] = FormatBinaryQuantity(value.available);
   if (value.maximum_volume_size) {
     updated["maximumVolumeSize"] = FormatBinaryQuantity(*value.maximum_volume_size);
@@ -946,6 +1150,198 @@ Status CapacityController::Write(const std::function<Status()>& call) {
   if (!SleepFor(write_limit_.Reserve())) return Status::Cancelled("stopping");
   writes_++;
   return call();
+}
+
+}  // namespace ephemera::controllers
+
+namespace ephemera::controllers {
+
+int64_t CapacityController::ReservedLocked(const std::string& key, const Wanted& wanted) {
+  auto asked = asked_at_.find(key);
+  int64_t reserved = 0;
+  for (const auto& node : wanted.nodes) {
+    auto claims = node_claims_.find(node);
+    if (claims == node_claims_.end()) continue;
+    for (const auto& claim : claims->second) {
+      const Reservation& r = reservations_.at(claim);
+      // Once the PV exists, the volume is in every figure asked after that: count it only
+      // against an older one, so that it counts exactly once.
+      if (r.pv_seen && asked != asked_at_.end() && asked->second >= *r.pv_seen) continue;
+      reserved = AddReserved(reserved, r.bytes);
+    }
+  }
+  return reserved;
+}
+
+void CapacityController::SettleLocked(const std::string& node) {
+  auto claims = node_claims_.find(node);
+  if (claims == node_claims_.end()) return;
+  auto keys = node_keys_.find(node);
+  for (auto it = claims->second.begin(); it != claims->second.end();) {
+    const Reservation& r = reservations_.at(*it);
+    bool settled = r.pv_seen.has_value();
+    if (settled && keys != node_keys_.end()) {
+      for (const auto& key : keys->second) {
+        auto asked = asked_at_.find(key);
+        // An item never answered has nothing published to count the volume against.
+        if (asked != asked_at_.end() && asked->second < *r.pv_seen) settled = false;
+      }
+    }
+    if (!settled) {
+      ++it;
+      continue;
+    }
+    reservations_.erase(*it);
+    it = claims->second.erase(it);
+  }
+  if (claims->second.empty()) node_claims_.erase(claims);
+  reservations_metric_.With({}).Set(static_cast<double>(reservations_.size()));
+}
+
+size_t CapacityController::Reservations() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return reservations_.size();
+}
+
+void CapacityController::SetReservation(const std::string& claim,
+                                        std::optional<Reservation> reservation,
+                                        const std::string& skip_reason) {
+  std::vector<std::string> keys;
+  bool report = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (skip_reason.empty()) {
+      claim_skips_.erase(claim);
+    } else {
+      auto [it, added] = claim_skips_.emplace(claim, skip_reason);
+      report = added || it->second != skip_reason;
+      it->second = skip_reason;
+    }
+    std::set<std::string> nodes;
+    auto old = reservations_.find(claim);
+    if (old != reservations_.end()) {
+      nodes.insert(old->second.node);
+      if (reservation && reservation->node == old->second.node && old->second.pv_seen) {
+        reservation->pv_seen = old->second.pv_seen;  // already waiting for a fresher figure
+      }
+      if (reservation && old->second.node == reservation->node &&
+          old->second.bytes == reservation->bytes && old->second.pv_seen == reservation->pv_seen) {
+        return;  // nothing changed (e.g. a status update of the claim)
+      }
+      auto on_node = node_claims_.find(old->second.node);
+      if (on_node != node_claims_.end()) {
+        on_node->second.erase(claim);
+        if (on_node->second.empty()) node_claims_.erase(on_node);
+      }
+      reservations_.erase(old);
+    }
+    if (reservation) {
+      nodes.insert(reservation->node);
+      node_claims_[reservation->node].insert(claim);
+      reservations_[claim] = *reservation;
+      if (reservation->pv_seen) SettleLocked(reservation->node);
+    }
+    reservations_metric_.With({}).Set(static_cast<double>(reservations_.size()));
+    for (const auto& node : nodes) {
+      auto it = node_keys_.find(node);
+      if (it != node_keys_.end()) keys.insert(keys.end(), it->second.begin(), it->second.end());
+    }
+  }
+  if (report) {
+    claims_skipped_.With({skip_reason}).Inc();
+    log::Error("a placed claim reserves nothing", Status::InvalidArgument(skip_reason),
+               {{"claim", claim}});
+  }
+  // At once, not debounced: the scheduler may place the next pod any moment. The queue holds a
+  // key once, so a burst of claims on one node costs one write of its object per turn.
+  for (const auto& key : keys)
+    queue_->Add(key);
+}
+
+void CapacityController::ClaimChanged(const Object& pvc) {
+  if (!options_.reservations) return;
+  const std::string claim = ClaimKey(pvc);
+  auto placed = ReadPlacedClaim(pvc);
+  if (!placed.ok()) {
+    SetReservation(claim, std::nullopt, "malformed_claim");
+    return;
+  }
+  if (!placed->has_value() || !Field(pvc, "metadata", "deletionTimestamp").empty()) {
+    // Not placed, no longer (rescheduled), or going: nothing will be provisioned for it.
+    SetReservation(claim, std::nullopt, "");
+    return;
+  }
+  const PlacedClaim& c = **placed;
+  ObjectPtr sc = classes_->store().Get(c.storage_class);
+  if (sc == nullptr || !ClassWanted(*sc, driver_, options_.immediate_binding)) {
+    SetReservation(claim, std::nullopt, "");  // not one of ours
+    return;
+  }
+  const ObjectPtr node = nodes_->store().Get(c.node);
+  if (node == nullptr) {
+    SetReservation(claim, std::nullopt, "unknown_node");
+    return;
+  }
+  Reservation r{.node = c.node, .bytes = c.bytes};
+  bool pv_exists = !c.volume_name.empty() && volumes_->store().Get(c.volume_name) != nullptr;
+  bool newly_seen = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    pv_exists = pv_exists || pv_claims_.count(claim) > 0;
+    if (pv_exists) {
+      auto old = reservations_.find(claim);
+      if (old == reservations_.end()) {
+        // Its volume is in the driver's figures already: nothing to reserve.
+        claim_skips_.erase(claim);
+        return;
+      }
+      newly_seen = !old->second.pv_seen.has_value();
+      if (newly_seen) r.pv_seen = clock_.Now();
+    }
+  }
+  if (newly_seen) {
+    // Every figure asked from now on counts the volume: ask for one (the reservation stays
+    // until it is in).
+    MarkStale([&](const CapacityItem& item) { return NodeInSegment(*node, item.segment); });
+  }
+  SetReservation(claim, r, "");
+}
+
+void CapacityController::ClaimGone(const Object& pvc) {
+  if (!options_.reservations) return;
+  SetReservation(ClaimKey(pvc), std::nullopt, "");
+}
+
+void CapacityController::PvClaim(const Object& pv, bool deleted) {
+  if (!options_.reservations || PvDriver(pv) != driver_) return;
+  const std::string ns = Field(pv, "spec", "claimRef", "namespace");
+  const std::string name = Field(pv, "spec", "claimRef", "name");
+  if (name.empty()) return;
+  const std::string claim = ns + "/" + name;
+  std::string node_name;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (deleted) {
+      pv_claims_.erase(claim);
+      return;
+    }
+    pv_claims_[claim] = Field(pv, "metadata", "name");
+    auto r = reservations_.find(claim);
+    if (r == reservations_.end() || r->second.pv_seen) return;
+    // The volume exists: every figure asked from now on counts it. The reservation stays until
+    // such a figure is in for every item of its node (SettleLocked); ask for one.
+    r->second.pv_seen = clock_.Now();
+    node_name = r->second.node;
+  }
+  const ObjectPtr node = nodes_->store().Get(node_name);
+  if (node == nullptr) return;
+  MarkStale([&](const CapacityItem& item) { return NodeInSegment(*node, item.segment); });
+}
+
+void CapacityController::ReevaluateClaims() {
+  if (!claims_) return;
+  for (const auto& pvc : claims_->store().List())
+    ClaimChanged(*pvc);
 }
 
 }  // namespace ephemera::controllers

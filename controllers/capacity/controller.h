@@ -76,6 +76,12 @@ struct CapacityOptions {
   // Backoff of a failed item: base, doubling with every failure, up to max.
   std::chrono::milliseconds retry_base{500};
   std::chrono::milliseconds retry_max{30000};
+  // --capacity-reservations: claims that kube-scheduler placed on a node
+  // (volume.kubernetes.io/selected-node) and whose volume does not exist yet are subtracted from
+  // their segment's published capacity.
+  bool reservations = true;
+  // --capacity-node-ownerref: the object of a segment of one node is owned by that Node only.
+  bool node_owner = true;
 };
 
 // One (segment, class) pair. Ordered so it can key maps.
@@ -108,12 +114,44 @@ bool ClassWanted(const apiclient::Object& storage_class, const std::string& driv
 // The item a CSIStorageCapacity object stands for, or nullopt if it is not one we can match.
 std::optional<CapacityItem> ItemOf(const apiclient::Object& capacity_object);
 
-// The object for `item` with `result` (no name: generateName).
+// The object for `item` with `result` (no name: generateName). Its owner: `node_owner` when
+// given (a per-node segment), else options.owner (when set).
 apiclient::Object DesiredCapacityObject(const CapacityItem& item, const CapacityResult& result,
-                                        const CapacityOptions& options, const std::string& driver);
+                                        const CapacityOptions& options, const std::string& driver,
+                                        const apiclient::Object* node_owner = nullptr);
+
+// The owner reference to a Node: apiVersion, kind, name, uid; neither controller nor
+// blockOwnerDeletion (the garbage collector needs neither, and blockOwnerDeletion would need
+// update on nodes/finalizers).
+apiclient::Object NodeOwnerReference(const apiclient::Object& node);
+
+// True when `existing` has exactly `owner` as its only owner (compared on apiVersion, kind, name,
+// uid).
+bool OwnedOnlyBy(const apiclient::Object& existing, const apiclient::Object& owner);
 
 // True when `existing` already publishes `result` (values compared as quantities) and `owner`.
 bool CapacityUpToDate(const apiclient::Object& existing, const CapacityResult& result);
+
+// A claim of the driver that kube-scheduler placed: its node and its request.
+struct PlacedClaim {
+  std::string node;           // volume.kubernetes.io/selected-node
+  std::string storage_class;  // spec.storageClassName
+  std::string volume_name;    // spec.volumeName ("" while unbound)
+  int64_t bytes = 0;          // spec.resources.requests.storage
+};
+
+// Reads a claim: nullopt when it is not placed (no selected-node annotation), INVALID_ARGUMENT
+// for a placed claim whose annotation or request is not what the API would hold (not a string, a
+// malformed or negative quantity). Hostile shapes are rejected, never trusted.
+StatusOr<std::optional<PlacedClaim>> ReadPlacedClaim(const apiclient::Object& pvc);
+
+// a + b for reserved bytes, saturated at INT64_MAX (thousands of huge requests never wrap).
+int64_t AddReserved(int64_t a, int64_t b);
+
+// What is published for a driver's figure with `reserved` bytes of placed claims subtracted:
+// available - reserved, never below zero; maximumVolumeSize (when the driver gives one) lowered
+// to what is left.
+CapacityResult ApplyReservations(const CapacityResult& driver, int64_t reserved);
 
 class CapacityController final : public apiclient::Runnable {
  public:
@@ -134,6 +172,14 @@ class CapacityController final : public apiclient::Runnable {
   // affect are marked stale and queued after the debounce.
   void VolumeChanged(const apiclient::Object& pv);
   void ClassChanged(const std::string& name);
+  // A claim added or changed (its reservation starts, moves or ends), or deleted.
+  void ClaimChanged(const apiclient::Object& pvc);
+  void ClaimGone(const apiclient::Object& pvc);
+  // A PV of the driver seen (or deleted): the reservation of the claim its claimRef names waits
+  // for a figure asked from now on, which counts the volume.
+  void PvClaim(const apiclient::Object& pv, bool deleted);
+  // Claims whose reservation is counted now (placed, volume not yet in the driver's figure).
+  size_t Reservations();
 
   const std::string& driver() const { return driver_; }
   // Writes (create, update, delete) done so far.
@@ -158,7 +204,7 @@ class CapacityController final : public apiclient::Runnable {
   // waits for its endpoint); its answer queues the item again.
   Status SyncItem(const std::string& key, bool* pending);
   void RemoveWaitingLocked(const std::string& key);
-  Status Publish(const std::string& key, const CapacityItem& item);
+  Status Publish(const std::string& key, const Wanted& wanted);
   void Answered(const std::string& key, const std::string& endpoint,
                 apiclient::Clock::TimePoint start, StatusOr<CapacityResult> result);
   Status Resync();
@@ -176,6 +222,23 @@ class CapacityController final : public apiclient::Runnable {
   // Records how `node`'s endpoint answered; Events and metrics on a change of reachability.
   void NodeAnswered(const std::string& node, const Status& status);
 
+  // Reservations of placed claims.
+  struct Reservation {
+    std::string node;
+    int64_t bytes = 0;
+    // When the claim's PV was first seen: from then on the driver's figure counts the volume, so
+    // the reservation counts only for items whose last answer was asked before that.
+    std::optional<apiclient::Clock::TimePoint> pv_seen;
+  };
+  // Sets (or with nullopt ends) a claim's reservation and queues the items of the nodes involved.
+  void SetReservation(const std::string& claim, std::optional<Reservation> reservation,
+                      const std::string& skip_reason);
+  // Bytes reserved on the nodes of `wanted` for the answer of item `key`. Under mu_.
+  int64_t ReservedLocked(const std::string& key, const Wanted& wanted);
+  // Drops reservations whose volume every item of their node now counts. Under mu_.
+  void SettleLocked(const std::string& node);
+  void ReevaluateClaims();
+
   const apiclient::ApiClientPtr client_;
   const std::shared_ptr<CapacitySource> source_;
   CapacityOptions options_;
@@ -191,6 +254,10 @@ class CapacityController final : public apiclient::Runnable {
   apiclient::CounterFamily& writes_metric_;
   apiclient::GaugeFamily& unreachable_metric_;
   apiclient::CounterFamily& node_errors_;
+  apiclient::GaugeFamily& reservations_metric_;
+  apiclient::GaugeFamily& confirmed_;
+  apiclient::CounterFamily& claims_skipped_;
+  apiclient::CounterFamily& clamped_;
   std::unique_ptr<apiclient::WorkQueue> queue_;
   std::unique_ptr<apiclient::Informer> csinodes_;
   std::unique_ptr<apiclient::Informer> nodes_;
@@ -199,6 +266,8 @@ class CapacityController final : public apiclient::Runnable {
   std::unique_ptr<apiclient::Informer> volumes_;
   // Pods, trimmed to what tells where an inline volume of the driver came or went.
   std::unique_ptr<apiclient::Informer> pods_;
+  // Claims, trimmed to what a reservation needs (only with options.reservations).
+  std::unique_ptr<apiclient::Informer> claims_;
   std::vector<std::thread> workers_;
 
   std::mutex mu_;
@@ -221,6 +290,18 @@ class CapacityController final : public apiclient::Runnable {
   std::map<std::string, std::set<std::string>> by_item_;                         // GUARDED_BY(mu_)
   std::map<std::string, std::pair<std::string, std::string>> published_labels_;  // GUARDED_BY(mu_)
   std::map<std::string, std::string> unreachable_;  // GUARDED_BY(mu_): node -> last error
+  // When the call behind known_[key] was started.
+  std::map<std::string, apiclient::Clock::TimePoint> asked_at_;  // GUARDED_BY(mu_)
+  // node -> the keys of the items whose segment holds it (from wanted_).
+  std::map<std::string, std::vector<std::string>> node_keys_;  // GUARDED_BY(mu_)
+  // claim "ns/name" -> its reservation; node -> claims reserving on it.
+  std::map<std::string, Reservation> reservations_;           // GUARDED_BY(mu_)
+  std::map<std::string, std::set<std::string>> node_claims_;  // GUARDED_BY(mu_)
+  // claim -> the reason it was last reported as skipped (reported once per change).
+  std::map<std::string, std::string> claim_skips_;  // GUARDED_BY(mu_)
+  // claim "ns/name" -> the driver's PV whose claimRef names it.
+  std::map<std::string, std::string> pv_claims_;  // GUARDED_BY(mu_)
+  std::set<std::string> clamped_keys_;            // GUARDED_BY(mu_): items published at zero
 
   std::atomic<bool> stopped_{false};
   std::atomic<bool> disabled_{false};

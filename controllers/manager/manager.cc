@@ -145,7 +145,9 @@ Status AddCapacity(const ManagerOptions& options, apiclient::Manager& manager) {
                         .immediate_binding = options.capacity_for_immediate_binding,
                         .write_qps = options.kube_api_capacity_qps,
                         .write_burst = options.kube_api_capacity_burst,
-                        .threads = options.capacity_threads};
+                        .threads = options.capacity_threads,
+                        .reservations = options.capacity_reservations,
+                        .node_owner = options.capacity_node_ownerref};
   copts.events = manager.EventRecorderFor("ephemera.io/storage-capacity");
   if (options.capacity_ownerref_level >= 0) {
     auto owner = ResolveOwner(*manager.client(), options.capacity_ownerref_level);

@@ -86,6 +86,8 @@ std::vector<flags::Flag> ManagerFlags(ManagerOptions& o) {
                "capacityPollInterval"),
       Bool("capacity-for-immediate-binding", &o.capacity_for_immediate_binding,
            "capacityForImmediateBinding"),
+      Bool("capacity-reservations", &o.capacity_reservations, "capacityReservations"),
+      Bool("capacity-node-ownerref", &o.capacity_node_ownerref, "capacityNodeOwnerref"),
       Int("capacity-ownerref-level", &o.capacity_ownerref_level,
           {.min = -1, .max = kMaxOwnerrefLevel}, "capacityOwnerrefLevel"),
       Double("kube-api-capacity-qps", &o.kube_api_capacity_qps, "kubeAPICapacityQPS"),
@@ -225,6 +227,10 @@ storage-capacity (CSIStorageCapacity objects from the CSI driver's GetCapacity):
   --capacity-namespace NS                 namespace of the objects (default $POD_NAMESPACE)
   --capacity-poll-interval D              how often every capacity is asked again (default 1m)
   --capacity-for-immediate-binding[=B]    also Immediate classes (default false)
+  --capacity-reservations[=B]             subtract placed claims whose volume does not exist yet
+                                          from their node's capacity (default true)
+  --capacity-node-ownerref[=B]            the object of a one-node segment is owned by that
+                                          Node only (default true)
   --capacity-ownerref-level N             owner of the objects, as external-provisioner's: -1
                                           none, 0 the pod $POD_NAME in $POD_NAMESPACE, 1 its
                                           controller (a ReplicaSet), 2 that one's (a

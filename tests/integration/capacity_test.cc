@@ -16,8 +16,10 @@
 #include <fstream>
 #include <functional>
 #include <map>
+#include <mutex>
 #include <optional>
 #include <set>
+#include <sstream>
 #include <thread>
 
 #include "apiclient/config.h"
@@ -124,6 +126,27 @@ std::map<std::string, ObjectPtr> Capacities(apiclient::ApiClient& client, const 
     }
   }
   return out;
+}
+
+// stdout of a shell command (curl for the manager's /metrics).
+std::string Shell(const std::string& command) {
+  std::string out;
+  FILE* pipe = popen(command.c_str(), "r");
+  if (pipe == nullptr) return out;
+  char buffer[4096];
+  size_t n = 0;
+  while ((n = fread(buffer, 1, sizeof(buffer), pipe)) > 0)
+    out.append(buffer, n);
+  pclose(pipe);
+  return out;
+}
+
+// How often `needle` occurs in `text`.
+size_t Count(const std::string& text, const std::string& needle) {
+  size_t n = 0;
+  for (size_t at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1))
+    ++n;
+  return n;
 }
 
 std::vector<std::string> ControllerFlags(const csi::testing::DriverFixture& driver,
@@ -280,6 +303,152 @@ TEST_CASE("Storage capacity: a deleted Node's objects are gone within seconds",
   }
   CHECK(controller.Running());
   (void)client->Delete(kCSINodes, "", node, {});  // if the garbage collector has not yet
+}
+
+// A kubeconfig for the ServiceAccount of manifests/controller-manager-rbac.yaml with exactly its
+// roles, applied with kustomize into `ns` (cluster-wide names suffixed, the Role in `ns`).
+// Returns its path; *kustomize_dir gets the directory to delete them with.
+std::string ManifestRbacKubeconfig(const TestCluster& cluster, const std::string& ns,
+                                   const std::string& suffix, std::string* kustomize_dir) {
+  const std::string k = std::string(EPHEMERA_SOURCE_DIR) + "/.tools/bin/kubectl --kubeconfig " +
+                        cluster.kubeconfig() + " ";
+  const std::string dir = cluster.dir() + "/rbac-" + suffix;
+  std::filesystem::create_directories(dir);
+  std::filesystem::copy_file(
+      std::string(EPHEMERA_SOURCE_DIR) + "/manifests/controller-manager-rbac.yaml",
+      dir + "/controller-manager-rbac.yaml");
+  std::ofstream(dir + "/kustomization.yaml") << "namespace: " << ns << "\nnameSuffix: \"-" << suffix
+                                             << "\"\nresources: [controller-manager-rbac.yaml]\n";
+  *kustomize_dir = dir;
+  const std::string applied = Shell(k + "apply -k " + dir + " 2>&1");
+  INFO(applied);
+  REQUIRE(applied.find("serviceaccount/ephemera-controller-manager-" + suffix) !=
+          std::string::npos);
+  std::string token = Shell(k + "-n " + ns + " create token ephemera-controller-manager-" + suffix +
+                            " --duration=1h");
+  while (!token.empty() && (token.back() == '\n' || token.back() == '\r'))
+    token.pop_back();
+  REQUIRE(!token.empty());
+  const std::string server =
+      Shell(k + "config view --raw -o jsonpath='{.clusters[0].cluster.server}'");
+  const std::string ca = Shell(
+      k + "config view --raw -o jsonpath='{.clusters[0].cluster.certificate-authority-data}'");
+  REQUIRE(!server.empty());
+  const std::string path = dir + "/sa.kubeconfig";
+  std::ofstream(path) << "apiVersion: v1\nkind: Config\nclusters: [{name: local, cluster: {"
+                      << "server: \"" << server << "\", certificate-authority-data: \"" << ca
+                      << "\"}}]\nusers: [{name: sa, user: {token: \"" << token
+                      << "\"}}]\ncontexts: [{name: sa, context: {cluster: local, user: sa}}]\n"
+                      << "current-context: sa\n";
+  return path;
+}
+
+TEST_CASE(
+    "Storage capacity: a node's objects are owned by its Node and go with it without the "
+    "controller and a restart writes nothing with the manifests' RBAC",
+    "[cluster][capacity]") {
+  const TestCluster cluster = TestCluster::FromEnvironment();
+  auto client = cluster.AdminClient();
+  csi::testing::DriverFixture driver("1Gi", {"--node-id=node-1"});
+  RegisterDriverOnNodes(*client);
+  const std::string suffix = RandomSuffix();
+  const std::string sc = "cap-node-" + suffix;
+  ClassCleanup cleanup{*client, {sc}};
+  CreateClass(*client, sc, "WaitForFirstConsumer");
+  const std::string ns = cluster.CreateNamespace("cap-node");
+  // A node of its own, with its CSINode owned by it as the kubelet makes it.
+  const std::string node = "node-own-" + suffix;
+  Object node_object = {{"apiVersion", "v1"}, {"kind", "Node"}};
+  node_object["metadata"] = {{"name", node}, {"labels", {{kTopologyKey, node}}}};
+  auto made = client->Create(kNodes, "", node_object);
+  REQUIRE(made.ok());
+  const std::string node_uid = Field(**made, "metadata", "uid");
+  Object csinode = {{"apiVersion", "storage.k8s.io/v1"}, {"kind", "CSINode"}};
+  csinode["metadata"] = {
+      {"name", node},
+      {"ownerReferences",
+       {{{"apiVersion", "v1"}, {"kind", "Node"}, {"name", node}, {"uid", node_uid}}}}};
+  csinode["spec"]["drivers"] = {
+      {{"name", kDriver}, {"nodeID", node}, {"topologyKeys", {kTopologyKey}}}};
+  REQUIRE(client->Create(kCSINodes, "", csinode).ok());
+
+  // The manager as the shipped Deployment runs it: the ServiceAccount with the manifests' roles
+  // (the Role's namespace is the capacity namespace here), reservations on (claims watched).
+  std::string rbac_dir;
+  const std::string kubeconfig = ManifestRbacKubeconfig(cluster, ns, suffix, &rbac_dir);
+  std::vector<std::string> flags = ControllerFlags(driver, ns);
+  flags.push_back("--kubeconfig=" + kubeconfig);
+  auto controller = std::make_unique<ControllerProcess>(cluster, flags);
+  std::map<std::string, ObjectPtr> objects;
+  REQUIRE(Eventually([&] {
+    objects = Capacities(*client, ns, {sc});
+    return objects.size() == 4;
+  }));
+  std::map<std::string, std::string> node_uids = {{node, node_uid}};
+  for (int i = 1; i <= 3; ++i) {
+    auto n = client->Get(kNodes, "", "node-" + std::to_string(i));
+    REQUIRE(n.ok());
+    node_uids["node-" + std::to_string(i)] = Field(**n, "metadata", "uid");
+  }
+  for (const auto& [key, o] : objects) {
+    INFO(key);
+    const std::string owner = Field(*o, "nodeTopology", "matchLabels", kTopologyKey);
+    const Object& refs = (*o)["metadata"]["ownerReferences"];
+    REQUIRE(refs.is_array());
+    REQUIRE(refs.size() == 1);
+    CHECK(refs[0] == Object{{"apiVersion", "v1"},
+                            {"kind", "Node"},
+                            {"name", owner},
+                            {"uid", node_uids[owner]}});  // no blockOwnerDeletion
+  }
+
+  // An older version's object (no owner) for node-2: the next run adds the owner, once.
+  controller->Stop();
+  const std::string older = Field(*objects[sc + "/node-2"], "metadata", "name");
+  REQUIRE(client
+              ->MergePatch(kCSIStorageCapacities, ns, older,
+                           {{"metadata", {{"ownerReferences", nullptr}}}})
+              .ok());
+  std::map<std::string, std::string> versions;
+  for (const auto& [key, o] : Capacities(*client, ns, {sc}))
+    versions[key] = Field(*o, "metadata", "resourceVersion");
+
+  // The Node deleted while no controller runs: the garbage collector deletes its object.
+  const auto deleted = std::chrono::steady_clock::now();
+  REQUIRE(client->Delete(kNodes, "", node, {}).ok());
+  REQUIRE(Eventually([&] { return Capacities(*client, ns, {sc}).count(sc + "/" + node) == 0; },
+                     seconds(60)));
+  std::printf("no controller: the Node's CSIStorageCapacity gone %.2f s after the delete\n",
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - deleted).count());
+
+  // Restart: node-2's object gets its owner (one update); the others are not written at all.
+  controller = std::make_unique<ControllerProcess>(cluster, flags);
+  REQUIRE(Eventually([&] {
+    objects = Capacities(*client, ns, {sc});
+    return objects.count(sc + "/node-2") == 1 &&
+           (*objects[sc + "/node-2"])["metadata"].contains("ownerReferences");
+  }));
+  std::this_thread::sleep_for(seconds(2));  // time for a wrong write to show
+  objects = Capacities(*client, ns, {sc});
+  CHECK(objects.size() == 3);
+  for (const auto& [key, o] : objects) {
+    INFO(key);
+    if (key == sc + "/node-2") {
+      CHECK(Field(*o, "metadata", "name") == older);
+      CHECK(Field((*o)["metadata"]["ownerReferences"][0], "uid") == node_uids["node-2"]);
+      continue;
+    }
+    CHECK(versions[key] == Field(*o, "metadata", "resourceVersion"));
+  }
+  const std::string log = ReadFile(controller->log());
+  CHECK(log.find("\"created CSIStorageCapacity\"") == std::string::npos);
+  CHECK(Count(log, "\"updated CSIStorageCapacity\"") == 1);
+  CHECK(log.find("orbidden") == std::string::npos);  // the manifests' roles are enough
+  CHECK(controller->Running());
+  controller->Stop();
+  (void)client->Delete(kCSINodes, "", node, {});  // if the garbage collector has not yet
+  Shell(std::string(EPHEMERA_SOURCE_DIR) + "/.tools/bin/kubectl --kubeconfig " +
+        cluster.kubeconfig() + " delete -k " + rbac_dir + " --wait=false >/dev/null 2>&1");
 }
 
 TEST_CASE(
@@ -575,7 +744,13 @@ TEST_CASE(
 // process, and the scheduler test needs three nodes with different free space behind one socket.
 class ScriptedController final : public ::csi::v1::Controller::Service {
  public:
-  std::map<std::string, int64_t> per_node;
+  std::mutex mu;
+  std::map<std::string, int64_t> per_node;  // GUARDED_BY(mu) once the server runs
+  std::atomic<int> calls{0};
+  void Set(const std::string& node, int64_t bytes) {
+    std::lock_guard<std::mutex> lock(mu);
+    per_node[node] = bytes;
+  }
   grpc::Status ControllerGetCapabilities(
       grpc::ServerContext*, const ::csi::v1::ControllerGetCapabilitiesRequest*,
       ::csi::v1::ControllerGetCapabilitiesResponse* response) override {
@@ -587,6 +762,8 @@ class ScriptedController final : public ::csi::v1::Controller::Service {
                            ::csi::v1::GetCapacityResponse* response) override {
     const auto& segments = request->accessible_topology().segments();
     auto it = segments.find(kTopologyKey);
+    ++calls;
+    std::lock_guard<std::mutex> lock(mu);
     const int64_t bytes =
         it == segments.end() || per_node.count(it->second) == 0 ? 0 : per_node.at(it->second);
     response->set_available_capacity(bytes);
@@ -661,6 +838,216 @@ TEST_CASE(
       seconds(60)));
   CHECK(selected == "node-2");
   (void)client->Delete(apiclient::resources::kPods, ns, "big", {});
+  (void)client->Delete(apiclient::resources::kCSIDrivers, "", kScripted, {});
+  controller.Stop();
+  server->Shutdown();
+  std::filesystem::remove_all(dir);
+}
+
+// A pod on claim `claim` (no kubelet runs it: kube-scheduler only places it).
+void PodOnClaim(apiclient::ApiClient& client, const std::string& ns, const std::string& name,
+                const std::string& claim) {
+  Object pod = {{"apiVersion", "v1"}, {"kind", "Pod"}};
+  pod["metadata"] = {{"name", name}, {"namespace", ns}};
+  pod["spec"]["containers"] = Object::array({{{"name", "app"}, {"image", "registry.invalid/app"}}});
+  pod["spec"]["volumes"] =
+      Object::array({{{"name", "data"}, {"persistentVolumeClaim", {{"claimName", claim}}}}});
+  REQUIRE(client.Create(apiclient::resources::kPods, ns, pod).ok());
+}
+
+void MakeClaim(apiclient::ApiClient& client, const std::string& ns, const std::string& name,
+               const std::string& sc, const std::string& size, const std::string& node = "") {
+  Object pvc = {{"apiVersion", "v1"}, {"kind", "PersistentVolumeClaim"}};
+  pvc["metadata"] = {{"name", name}, {"namespace", ns}};
+  if (!node.empty()) pvc["metadata"]["annotations"]["volume.kubernetes.io/selected-node"] = node;
+  pvc["spec"] = {{"accessModes", {"ReadWriteOnce"}},
+                 {"storageClassName", sc},
+                 {"resources", {{"requests", {{"storage", size}}}}}};
+  REQUIRE(client.Create(apiclient::resources::kPersistentVolumeClaims, ns, pvc).ok());
+}
+
+TEST_CASE(
+    "Storage capacity: a claim placed by kube-scheduler lowers its node within 1 s and the "
+    "reservation ends with its PV, its annotation or the claim",
+    "[cluster][capacity]") {
+  const TestCluster cluster = TestCluster::FromEnvironment();
+  auto client = cluster.AdminClient();
+  RegisterDriverOnNodes(*client);
+  const std::string dir = cluster.dir() + "/reserve-" + RandomSuffix();
+  std::filesystem::create_directories(dir);
+  TestIdentity identity(kScripted);
+  ScriptedController scripted;
+  // Only node-1 has room for 256Mi: kube-scheduler has one choice.
+  scripted.per_node = {{"node-1", 1LL << 30}, {"node-2", 100LL << 20}, {"node-3", 100LL << 20}};
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort("unix://" + dir + "/csi.sock", grpc::InsecureServerCredentials());
+  builder.RegisterService(&identity);
+  builder.RegisterService(&scripted);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  REQUIRE(server != nullptr);
+  const Object csidriver = {{"apiVersion", "storage.k8s.io/v1"},
+                            {"kind", "CSIDriver"},
+                            {"metadata", {{"name", kScripted}}},
+                            {"spec", {{"storageCapacity", true}, {"attachRequired", false}}}};
+  auto made = client->Create(apiclient::resources::kCSIDrivers, "", csidriver);
+  REQUIRE((made.ok() || apiclient::IsAlreadyExists(made.status())));
+  const std::string suffix = RandomSuffix();
+  const std::string sc = "reserve-" + suffix;
+  ClassCleanup cleanup{*client, {sc}};
+  REQUIRE(client
+              ->Create(kStorageClasses, "",
+                       {{"apiVersion", "storage.k8s.io/v1"},
+                        {"kind", "StorageClass"},
+                        {"metadata", {{"name", sc}}},
+                        {"provisioner", kScripted},
+                        {"volumeBindingMode", "WaitForFirstConsumer"}})
+              .ok());
+  const std::string ns = cluster.CreateNamespace("reserve");
+  const int port = 23000 + static_cast<int>(getpid() % 1000);
+  const std::string metrics_address = "127.0.0.1:" + std::to_string(port);
+  ControllerProcess controller(
+      cluster, {"--csi-address=unix://" + dir + "/csi.sock", "--capacity-namespace=" + ns,
+                "--capacity-poll-interval=1h", "--kube-api-capacity-qps=20",
+                "--kube-api-capacity-burst=20", "--http-endpoint=" + metrics_address});
+  auto metrics = [&] { return Shell("curl -s http://" + metrics_address + "/metrics"); };
+  auto node1 = [&]() -> std::pair<int64_t, int64_t> {  // capacity, maximumVolumeSize
+    auto objects = Capacities(*client, ns, {sc});
+    if (objects.count(sc + "/node-1") == 0) return {-1, -1};
+    const Object& o = *objects[sc + "/node-1"];
+    auto c = ParseQuantity(Field(o, "capacity"));
+    auto m = ParseQuantity(Field(o, "maximumVolumeSize"));
+    return {c.ok() ? *c : -1, m.ok() ? *m : -1};
+  };
+  constexpr int64_t kMi = 1LL << 20;
+  REQUIRE(Eventually(
+      [&] { return Capacities(*client, ns, {sc}).size() == 3 && node1().first == 1024 * kMi; }));
+  // Waits (polling every 10 ms) until node-1 publishes `want`; the time it took, or nullopt.
+  auto until_node1 = [&](int64_t want, std::chrono::steady_clock::time_point since,
+                         seconds timeout) -> std::optional<double> {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < deadline) {
+      if (node1() == std::pair<int64_t, int64_t>{want, want}) {
+        return std::chrono::duration<double>(std::chrono::steady_clock::now() - since).count();
+      }
+      std::this_thread::sleep_for(milliseconds(10));
+    }
+    return std::nullopt;
+  };
+  const auto pvcs = apiclient::resources::kPersistentVolumeClaims;
+  // A claim and its pod; kube-scheduler places the claim on node-1. Returns when the test saw
+  // the annotation, and the claim's uid.
+  std::chrono::steady_clock::time_point pod_made;
+  auto placed = [&](const std::string& name) {
+    MakeClaim(*client, ns, name, sc, "256Mi");
+    pod_made = std::chrono::steady_clock::now();
+    PodOnClaim(*client, ns, "pod-" + name, name);
+    std::string node, uid;
+    std::chrono::steady_clock::time_point seen;
+    const auto deadline = std::chrono::steady_clock::now() + seconds(60);
+    while (node.empty() && std::chrono::steady_clock::now() < deadline) {
+      auto pvc = client->Get(pvcs, ns, name);
+      if (pvc.ok()) {
+        node = Field(**pvc, "metadata", "annotations", "volume.kubernetes.io/selected-node");
+        uid = Field(**pvc, "metadata", "uid");
+      }
+      seen = std::chrono::steady_clock::now();
+      if (node.empty()) std::this_thread::sleep_for(milliseconds(10));
+    }
+    REQUIRE(node == "node-1");
+    return std::make_pair(seen, uid);
+  };
+
+  // 1. Placed: node-1 goes down by the request within 1 s, capacity and maximumVolumeSize.
+  auto [seen_a, uid_a] = placed("claim-a");
+  auto took = until_node1(768 * kMi, seen_a, seconds(5));
+  REQUIRE(took.has_value());
+  std::printf(
+      "placed claim -> node-1 lowered %.3f s after the test saw the annotation (%.3f s after "
+      "the pod was created)\n",
+      *took, *took + std::chrono::duration<double>(seen_a - pod_made).count());
+  CHECK(*took < 1.0);
+  CHECK(metrics().find("csistoragecapacity_reservations 1") != std::string::npos);
+
+  // Its volume made (the driver's figure drops) and its PV created, as external-provisioner
+  // does: the claim counts once all along (768Mi: never 1Gi, never 512Mi), and the reservation
+  // ends after a GetCapacity asked after the PV.
+  scripted.Set("node-1", 768 * kMi);
+  const int calls = scripted.calls.load();
+  Object expression = {{"key", kTopologyKey}, {"operator", "In"}, {"values", {"node-1"}}};
+  Object pv = {{"apiVersion", "v1"}, {"kind", "PersistentVolume"}};
+  pv["metadata"]["name"] = "pv-a-" + suffix;
+  pv["spec"] = {{"capacity", {{"storage", "256Mi"}}},
+                {"accessModes", {"ReadWriteOnce"}},
+                {"persistentVolumeReclaimPolicy", "Delete"},
+                {"storageClassName", sc},
+                {"claimRef", {{"namespace", ns}, {"name", "claim-a"}, {"uid", uid_a}}}};
+  pv["spec"]["csi"] = {{"driver", kScripted}, {"volumeHandle", "vol-a-" + suffix}};
+  pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"] =
+      Object::array({{{"matchExpressions", Object::array({expression})}}});
+  REQUIRE(client->Create(kPersistentVolumes, "", pv).ok());
+  const auto pv_made = std::chrono::steady_clock::now();
+  std::set<int64_t> seen_values;
+  bool ended = false;
+  while (std::chrono::steady_clock::now() - pv_made < seconds(3)) {
+    seen_values.insert(node1().first);
+    ended = ended || metrics().find("csistoragecapacity_reservations 0") != std::string::npos;
+    std::this_thread::sleep_for(milliseconds(20));
+  }
+  CHECK(seen_values == std::set<int64_t>{768 * kMi});
+  CHECK(ended);
+  CHECK(scripted.calls.load() > calls);  // a fresh figure was asked
+  CHECK(Eventually([&] {
+    auto pvc = client->Get(pvcs, ns, "claim-a");
+    return pvc.ok() && Field(**pvc, "status", "phase") == "Bound";
+  }));
+  CHECK(node1().first == 768 * kMi);
+
+  // 2. The annotation removed (external-provisioner does so when it gives the claim back to the
+  //    scheduler): the reservation ends at once. The pod goes first, so that the claim is not
+  //    placed again.
+  placed("claim-b");
+  REQUIRE(until_node1(512 * kMi, std::chrono::steady_clock::now(), seconds(5)).has_value());
+  REQUIRE(client->Delete(apiclient::resources::kPods, ns, "pod-claim-b", {}).ok());
+  const auto unannotated = std::chrono::steady_clock::now();
+  REQUIRE(client
+              ->MergePatch(pvcs, ns, "claim-b",
+                           {{"metadata",
+                             {{"annotations", {{"volume.kubernetes.io/selected-node", nullptr}}}}}})
+              .ok());
+  took = until_node1(768 * kMi, unannotated, seconds(5));
+  REQUIRE(took.has_value());
+  std::printf("annotation removed -> node-1 back %.3f s later\n", *took);
+  CHECK(*took < 1.0);
+
+  // 3. The claim deleted (its pod first): back at once.
+  placed("claim-c");
+  REQUIRE(until_node1(512 * kMi, std::chrono::steady_clock::now(), seconds(5)).has_value());
+  REQUIRE(client->Delete(apiclient::resources::kPods, ns, "pod-claim-c", {}).ok());
+  const auto deleted = std::chrono::steady_clock::now();
+  REQUIRE(client->Delete(pvcs, ns, "claim-c", {}).ok());
+  took = until_node1(768 * kMi, deleted, seconds(5));
+  REQUIRE(took.has_value());
+  std::printf("claim deleted -> node-1 back %.3f s later\n", *took);
+  CHECK(*took < 1.0);
+
+  // Odd claims reserve nothing and are reported: a node that does not exist, a request larger
+  // than the node (published 0, never below), the other nodes untouched.
+  MakeClaim(*client, ns, "ghost", sc, "1Gi", "no-such-node");
+  CHECK(Eventually([&] {
+    return metrics().find("csistoragecapacity_claims_skipped_total{reason=\"unknown_node\"} 1") !=
+           std::string::npos;
+  }));
+  MakeClaim(*client, ns, "huge", sc, "1Ti", "node-1");
+  CHECK(until_node1(0, std::chrono::steady_clock::now(), seconds(5)).has_value());
+  CHECK(metrics().find("csistoragecapacity_reservations_clamped_total 1") != std::string::npos);
+  auto objects = Capacities(*client, ns, {sc});
+  CHECK(*ParseQuantity(Field(*objects[sc + "/node-2"], "capacity")) == 100 * kMi);
+  REQUIRE(client->Delete(pvcs, ns, "huge", {}).ok());
+  CHECK(until_node1(768 * kMi, std::chrono::steady_clock::now(), seconds(5)).has_value());
+  CHECK(controller.Running());
+
+  (void)client->Delete(apiclient::resources::kPods, ns, "pod-claim-a", {});
+  (void)client->Delete(kPersistentVolumes, "", "pv-a-" + suffix, {});
   (void)client->Delete(apiclient::resources::kCSIDrivers, "", kScripted, {});
   controller.Stop();
   server->Shutdown();
@@ -772,19 +1159,6 @@ TEST_CASE("Storage capacity: per-node source over mutual TLS to the driver's cap
   CHECK(controller.Running());
   controller.Stop();
   std::filesystem::remove_all(certs);
-}
-
-// stdout of a shell command (curl for the manager's /metrics).
-std::string Shell(const std::string& command) {
-  std::string out;
-  FILE* pipe = popen(command.c_str(), "r");
-  if (pipe == nullptr) return out;
-  char buffer[4096];
-  size_t n = 0;
-  while ((n = fread(buffer, 1, sizeof(buffer), pipe)) > 0)
-    out.append(buffer, n);
-  pclose(pipe);
-  return out;
 }
 
 // Events of the storage-capacity controller about `node` with `reason`.
@@ -967,6 +1341,8 @@ TEST_CASE("Storage capacity: the owner is the controller's Deployment via its po
     ScopedEnv env{{"POD_NAME", pod_name}, {"POD_NAMESPACE", ns}};
     std::vector<std::string> flags = ControllerFlags(driver, ns);
     flags.push_back("--capacity-ownerref-level=2");  // pod -> ReplicaSet -> Deployment
+    // The segments here are one node each: their objects would be their Nodes' otherwise.
+    flags.push_back("--capacity-node-ownerref=false");
     ControllerProcess controller(cluster, flags);
     REQUIRE(Eventually([&] {
       objects = Capacities(*client, ns, {late});
@@ -1033,6 +1409,122 @@ void DriverPod(apiclient::ApiClient& client, const std::string& ns, const std::s
   REQUIRE(created.ok());
   if (ip.empty()) return;
   SetPodIP(client, ns, name, ip);
+}
+
+// The first IPv4 address of this machine that is not loopback: the API server's proxy refuses
+// loopback addresses as pod IPs.
+std::string HostAddress() {
+  std::string words = Shell("hostname -I 2>/dev/null");
+  std::istringstream in(words);
+  std::string word;
+  while (in >> word) {
+    in_addr addr{};
+    if (inet_pton(AF_INET, word.c_str(), &addr) == 1 && word.rfind("127.", 0) != 0) return word;
+  }
+  return "";
+}
+
+TEST_CASE(
+    "Storage capacity: kubectl ephemera capacity shows when the driver last confirmed each "
+    "value without writes",
+    "[cluster][capacity]") {
+  const TestCluster cluster = TestCluster::FromEnvironment();
+  auto client = cluster.AdminClient();
+  const std::string host = HostAddress();
+  if (host.empty()) {
+    WARN("SKIP: no non-loopback IPv4 address for the pod proxy");
+    return;
+  }
+  csi::testing::DriverFixture driver("1Gi", {"--node-id=node-1"});
+  RegisterDriverOnNodes(*client);
+  const std::string sc = "cap-fresh-" + RandomSuffix();
+  ClassCleanup cleanup{*client, {sc}};
+  CreateClass(*client, sc, "WaitForFirstConsumer");
+  const std::string ns = cluster.CreateNamespace("cap-fresh");
+  const int port = 24000 + static_cast<int>(getpid() % 1000);
+  // The manager polls every second and serves /metrics on this machine's address; a pod object
+  // with the manifests' label and that address stands for its pod (no kubelet runs it), so the
+  // plugin reaches the metrics through the API server's pod proxy as it would in a cluster.
+  std::vector<std::string> flags = ControllerFlags(driver, ns);
+  flags.push_back("--capacity-poll-interval=1s");
+  flags.push_back("--http-endpoint=" + host + ":" + std::to_string(port));
+  ControllerProcess controller(cluster, flags);
+  Object pod = {{"apiVersion", "v1"}, {"kind", "Pod"}};
+  pod["metadata"] = {{"name", "manager"},
+                     {"namespace", ns},
+                     {"labels", {{"app.kubernetes.io/name", "ephemera-controller-manager"}}}};
+  pod["spec"] = {
+      {"nodeName", "node-1"},
+      {"containers",
+       Object::array(
+           {{{"name", "controller-manager"},
+             {"image", "registry.invalid/m"},
+             {"ports", Object::array({{{"name", "metrics"}, {"containerPort", port}}})}}})}};
+  REQUIRE(client->Create(apiclient::resources::kPods, ns, pod).ok());
+  SetPodIP(*client, ns, "manager", host);
+  REQUIRE(Eventually([&] { return Capacities(*client, ns, {sc}).size() == 3; }));
+
+  const std::string plugin = std::string(EPHEMERA_BINARY_DIR) + "/bin/kubectl-ephemera";
+  // node-1's CONFIRMED cell in seconds, or -1 (unknown, or no row).
+  auto confirmed_node1 = [&]() -> int {
+    const std::string table =
+        Shell(plugin + " capacity -n " + ns + " --kubeconfig " + cluster.kubeconfig() + " 2>&1");
+    std::istringstream lines(table);
+    std::string line;
+    while (std::getline(lines, line)) {
+      if (line.rfind("node-1 ", 0) != 0 || line.find(sc) == std::string::npos) continue;
+      const size_t ago = line.rfind(" ago");
+      if (ago == std::string::npos) return -1;
+      const size_t start = line.rfind(' ', ago - 1) + 1;
+      const std::string cell = line.substr(start, ago - start);  // "3s", "1m5s"
+      int seconds_total = 0, number = 0;
+      for (char ch : cell) {
+        if (ch >= '0' && ch <= '9') {
+          number = number * 10 + (ch - '0');
+        } else {
+          seconds_total += number * (ch == 'm' ? 60 : ch == 'h' ? 3600 : 1);
+          number = 0;
+        }
+      }
+      return seconds_total;
+    }
+    return -1;
+  };
+  int age = -1;
+  REQUIRE(Eventually([&] {
+    age = confirmed_node1();
+    return age >= 0;
+  }));
+  CHECK(age <= 3);  // polled every second
+
+  // Steady state: 3 s of polls with the same values write nothing, and the age stays small.
+  std::map<std::string, std::string> versions;
+  for (const auto& [key, o] : Capacities(*client, ns, {sc}))
+    versions[key] = Field(*o, "metadata", "resourceVersion");
+  std::this_thread::sleep_for(seconds(3));
+  age = confirmed_node1();
+  CHECK(age >= 0);
+  CHECK(age <= 3);
+  for (const auto& [key, o] : Capacities(*client, ns, {sc}))
+    CHECK(versions[key] == Field(*o, "metadata", "resourceVersion"));
+
+  // The driver stops: nothing confirms the values any more. The objects do not change (their
+  // last value stays), but the age grows.
+  driver.Kill(SIGKILL);
+  std::this_thread::sleep_for(seconds(6));
+  age = confirmed_node1();
+  std::printf("driver stopped 6 s ago: CONFIRMED %d s ago\n", age);
+  CHECK(age >= 5);
+  for (const auto& [key, o] : Capacities(*client, ns, {sc}))
+    CHECK(versions[key] == Field(*o, "metadata", "resourceVersion"));
+  driver.Start();
+  CHECK(Eventually(
+      [&] {
+        age = confirmed_node1();
+        return age >= 0 && age <= 3;
+      },
+      seconds(40)));
+  CHECK(controller.Running());
 }
 
 TEST_CASE("Storage capacity: per-node endpoints follow the driver's pods", "[cluster][capacity]") {
@@ -1199,14 +1691,6 @@ TEST_CASE("Storage capacity: bootstrap-tls makes the certificates into Secrets a
   CHECK(ReadFile(dir + "/run2/tls.crt") == ReadFile(dir + "/run1/tls.crt"));
   controller.reset();
   std::filesystem::remove_all(dir);
-}
-
-// How often `needle` occurs in `text`.
-size_t Count(const std::string& text, const std::string& needle) {
-  size_t n = 0;
-  for (size_t at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1))
-    ++n;
-  return n;
 }
 
 TEST_CASE(

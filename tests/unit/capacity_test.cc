@@ -8,6 +8,7 @@
 #include <catch2/catch.hpp>
 #include <condition_variable>
 #include <functional>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <set>
@@ -40,7 +41,8 @@ ObjectPtr CSINode(const std::string& name, std::vector<std::string> keys,
 }
 
 ObjectPtr Node(const std::string& name, Object labels) {
-  return Ptr({{"metadata", {{"name", name}, {"labels", std::move(labels)}}}});
+  return Ptr(
+      {{"metadata", {{"name", name}, {"uid", "uid-" + name}, {"labels", std::move(labels)}}}});
 }
 
 bool Eventually(const std::function<bool()>& condition) {
@@ -228,6 +230,34 @@ TEST_CASE("Capacity objects are built and matched on class and topology", "[unit
   CHECK(Field(o, "metadata", "labels", "csi.storage.k8s.io/managed-by") ==
         "ephemera-controller-manager");
   CHECK_FALSE(o["metadata"].contains("ownerReferences"));
+  // A per-node segment's object is its Node's, and only the Node's, whatever options.owner says.
+  CapacityOptions with_owner;
+  with_owner.owner = {{"apiVersion", "apps/v1"},
+                      {"kind", "Deployment"},
+                      {"name", "m"},
+                      {"uid", "u"},
+                      {"controller", true}};
+  const Object node_ref = NodeOwnerReference(*Node("n1", Object::object()));
+  CHECK(node_ref ==
+        Object{{"apiVersion", "v1"}, {"kind", "Node"}, {"name", "n1"}, {"uid", "uid-n1"}});
+  const Object owned = DesiredCapacityObject({.segment = {{kKey, "n1"}}, .storage_class = "late"},
+                                             {.available = 1}, with_owner, kDriver, &node_ref);
+  CHECK(owned["metadata"]["ownerReferences"] == Object::array({node_ref}));
+  CHECK(OwnedOnlyBy(owned, node_ref));
+  const Object by_deployment = DesiredCapacityObject({.segment = {}, .storage_class = "late"},
+                                                     {.available = 1}, with_owner, kDriver);
+  CHECK(by_deployment["metadata"]["ownerReferences"] == Object::array({with_owner.owner}));
+  CHECK_FALSE(OwnedOnlyBy(by_deployment, node_ref));
+  Object other_uid = node_ref;
+  other_uid["uid"] = "uid-of-an-older-n1";
+  CHECK_FALSE(OwnedOnlyBy(owned, other_uid));
+  Object blocking = owned;
+  blocking["metadata"]["ownerReferences"][0]["blockOwnerDeletion"] = true;
+  CHECK_FALSE(OwnedOnlyBy(blocking, node_ref));
+  Object two = owned;
+  two["metadata"]["ownerReferences"].push_back(with_owner.owner);
+  CHECK_FALSE(OwnedOnlyBy(two, node_ref));
+  CHECK_FALSE(OwnedOnlyBy(Object("hostile"), node_ref));
   REQUIRE(ItemOf(o).has_value());
   CHECK(*ItemOf(o) == item);
   CHECK(CapacityUpToDate(o, {.available = 1536LL << 20, .maximum_volume_size = 1LL << 30}));
@@ -258,9 +288,14 @@ TEST_CASE("Manager options accept the storage-capacity flags", "[unit][capacity]
   REQUIRE(ParseManagerOptions({"--controllers=storage-capacity", "--csi-address=unix:///x.sock",
                                "--capacity-namespace=ns", "--capacity-poll-interval=5m",
                                "--capacity-for-immediate-binding", "--kube-api-capacity-qps=3",
-                               "--kube-api-capacity-burst=7", "--capacity-ownerref-level=2"},
+                               "--kube-api-capacity-burst=7", "--capacity-ownerref-level=2",
+                               "--capacity-reservations=false", "--capacity-node-ownerref=false"},
                               &ok)
               .ok());
+  CHECK_FALSE(ok.capacity_reservations);
+  CHECK_FALSE(ok.capacity_node_ownerref);
+  CHECK(ManagerOptions{}.capacity_reservations);   // on by default
+  CHECK(ManagerOptions{}.capacity_node_ownerref);  // on by default
   CHECK(ok.capacity_poll_interval == std::chrono::minutes(5));
   CHECK(ok.capacity_for_immediate_binding);
   CHECK(ok.kube_api_capacity_qps == 3);
@@ -612,9 +647,17 @@ TEST_CASE("Capacity controller creates updates only on change and keeps the last
     controller.RefreshAll();
     return Eventually([&] { return controller.ItemSyncs() >= before + 2; });
   };
+  // Freshness: the time of the driver's answer (the fake clock's wall time: 3,600,000 s), per
+  // item; a later answer with the same value moves it without a write.
+  const std::string confirmed_n1 =
+      "csistoragecapacity_confirmed_timestamp_seconds{segment=\"pmem-csi.ephemera.io/node=n1\","
+      "storage_class=\"late\"} ";
+  CHECK(metrics.Render().find(confirmed_n1 + "3600000\n") != std::string::npos);
+  clock.Advance(std::chrono::seconds(5));
   REQUIRE(refresh());
   CHECK(source->Calls() == 4);
   CHECK(client->writes() == writes);  // nothing changed: nothing written
+  CHECK(metrics.Render().find(confirmed_n1 + "3600005\n") != std::string::npos);
 
   {
     std::lock_guard<std::mutex> lock(source->mu);
@@ -959,28 +1002,33 @@ TEST_CASE("Capacity controller adopts existing objects and deletes obsolete and 
   CapacityOptions options{
       .ns = "ns", .poll_interval = std::chrono::hours(1), .write_qps = 0, .clock = &clock};
   auto put = [&](const std::string& name, const std::string& cls, const std::string& node,
-                 const std::string& capacity) {
+                 const std::string& capacity, bool node_owned = true) {
+    const Object owner = NodeOwnerReference(*Node(node, Object::object()));
     Object o = DesiredCapacityObject({.segment = {{kKey, node}}, .storage_class = cls},
-                                     {.available = *ParseQuantity(capacity)}, options, kDriver);
+                                     {.available = *ParseQuantity(capacity)}, options, kDriver,
+                                     node_owned ? &owner : nullptr);
     o["metadata"]["name"] = name;
     o["metadata"]["resourceVersion"] = "1";
     client->Put("csistoragecapacities", o);
   };
-  put("csisc-a", "late", "n1", "1Gi");  // adopted as is
-  put("csisc-b", "late", "n2", "2Gi");  // adopted as is
-  put("csisc-c", "late", "n2", "2Gi");  // duplicate of b: deleted
-  put("csisc-d", "gone", "n1", "1Gi");  // class gone: deleted
-  put("csisc-e", "late", "n9", "1Gi");  // node gone: deleted
+  put("csisc-a", "late", "n1", "1Gi");         // adopted as is
+  put("csisc-b", "late", "n2", "2Gi", false);  // of an older version: its Node added as owner
+  put("csisc-c", "late", "n2", "2Gi");         // duplicate of b: deleted
+  put("csisc-d", "gone", "n1", "1Gi");         // class gone: deleted
+  put("csisc-e", "late", "n9", "1Gi");         // node gone: deleted
   apiclient::MetricsRegistry metrics;
   CapacityController controller(client, source, metrics, options);
   REQUIRE(controller.Start(std::stop_token{}).ok());
   REQUIRE(Eventually([&] {
     return client->All("csistoragecapacities").size() == 2 && controller.ItemSyncs() >= 2;
   }));
-  CHECK(client->writes() == 3);  // three deletes, no create, no update
+  CHECK(client->writes() == 4);  // three deletes, one update (the owner), no create
   std::set<std::string> names;
-  for (const auto& o : client->All("csistoragecapacities"))
+  for (const auto& o : client->All("csistoragecapacities")) {
     names.insert(Field(*o, "metadata", "name"));
+    const std::string node = Field(*o, "nodeTopology", "matchLabels", kKey);
+    CHECK(OwnedOnlyBy(*o, NodeOwnerReference(*Node(node, Object::object()))));
+  }
   CHECK(names == std::set<std::string>{"csisc-a", "csisc-b"});
   controller.Stop();
 }
@@ -998,6 +1046,182 @@ TEST_CASE("Capacity controller without GET_CAPACITY publishes nothing and keeps 
   controller.RefreshAll();
   CHECK(Stays([&] { return client->All("csistoragecapacities").empty(); }));
   CHECK(source->calls == 0);
+  controller.Stop();
+}
+
+Object Claim(const std::string& name, const Object& node, const Object& request,
+             const std::string& storage_class = "late") {
+  Object pvc = {{"metadata", {{"name", name}, {"namespace", "app"}}},
+                {"spec", {{"storageClassName", storage_class}}}};
+  if (!node.is_null()) pvc["metadata"]["annotations"]["volume.kubernetes.io/selected-node"] = node;
+  if (!request.is_null()) pvc["spec"]["resources"]["requests"]["storage"] = request;
+  return pvc;
+}
+
+TEST_CASE("Capacity reservations: placed claims are read and subtracted, odd ones never below 0",
+          "[unit][capacity]") {
+  auto placed = ReadPlacedClaim(Claim("a", "n1", "1Gi"));
+  REQUIRE(placed.ok());
+  REQUIRE(placed->has_value());
+  CHECK((*placed)->node == "n1");
+  CHECK((*placed)->bytes == (1LL << 30));
+  CHECK((*placed)->storage_class == "late");
+  CHECK((*placed)->volume_name.empty());
+  CHECK(ReadPlacedClaim(Claim("frac", "n1", "1.5Ki")).value()->bytes == 1536);
+  // Not placed: nothing to reserve, no error.
+  CHECK_FALSE(ReadPlacedClaim(Claim("b", nullptr, "1Gi")).value().has_value());
+  CHECK_FALSE(ReadPlacedClaim(Claim("c", "", "1Gi")).value().has_value());
+  CHECK_FALSE(ReadPlacedClaim(Object::array()).value().has_value());
+  CHECK_FALSE(ReadPlacedClaim(Object("text")).value().has_value());
+  // Placed but odd: an error, so the claim is reported and reserves nothing.
+  for (const Object& request : {Object("12XB"), Object("-1Gi"), Object(1024), Object("9999Ei"),
+                                Object(nullptr), Object::array({"1Gi"}), Object("")}) {
+    INFO(request.dump());
+    CHECK_FALSE(ReadPlacedClaim(Claim("odd", "n1", request)).ok());
+  }
+  CHECK_FALSE(ReadPlacedClaim(Claim("odd", 7, "1Gi")).ok());
+  Object requests_not_object = Claim("odd", "n1", nullptr);
+  requests_not_object["spec"]["resources"]["requests"] = "1Gi";
+  CHECK_FALSE(ReadPlacedClaim(requests_not_object).ok());
+
+  // Saturating sums: thousands of the largest requests never wrap.
+  constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
+  int64_t sum = 0;
+  for (int i = 0; i < 5000; ++i)
+    sum = AddReserved(sum, kMax / 3);
+  CHECK(sum == kMax);
+  CHECK(AddReserved(5, -3) == 5);
+
+  const CapacityResult driver{.available = 10LL << 30, .maximum_volume_size = 4LL << 30};
+  auto applied = ApplyReservations(driver, 0);  // nothing reserved: the driver's figure as is
+  CHECK(applied.available == driver.available);
+  CHECK(applied.maximum_volume_size == driver.maximum_volume_size);
+  applied = ApplyReservations(driver, 7LL << 30);
+  CHECK(applied.available == (3LL << 30));
+  CHECK(applied.maximum_volume_size == (3LL << 30));  // lowered to what is left
+  applied = ApplyReservations(driver, 1LL << 30);
+  CHECK(applied.available == (9LL << 30));
+  CHECK(applied.maximum_volume_size == (4LL << 30));  // still the driver's, smaller
+  applied = ApplyReservations(driver, 11LL << 30);    // a request larger than the node
+  CHECK(applied.available == 0);
+  CHECK(applied.maximum_volume_size == 0);
+  applied = ApplyReservations(driver, kMax);
+  CHECK(applied.available == 0);
+  applied = ApplyReservations(CapacityResult{.available = 1LL << 30}, 1LL << 20);
+  CHECK(applied.available == (1LL << 30) - (1LL << 20));
+  CHECK_FALSE(applied.maximum_volume_size.has_value());
+  applied = ApplyReservations(CapacityResult{.available = -5}, 1);  // a hostile driver
+  CHECK(applied.available == 0);
+}
+
+TEST_CASE(
+    "Capacity reservations: a placed claim lowers its node at once and counts once across its "
+    "PV and the driver's next figure",
+    "[unit][capacity]") {
+  auto client = std::make_shared<MemoryClient>();
+  Populate(*client, 2, {"late", "late2"});
+  client->Put("storageclasses", {{"metadata", {{"name", "other"}}},
+                                 {"provisioner", "other.driver"},
+                                 {"volumeBindingMode", "WaitForFirstConsumer"}});
+  auto source = std::make_shared<FakeSource>();
+  source->capacity = {{"n1", 1LL << 30}, {"n2", 2LL << 30}};
+  apiclient::MetricsRegistry metrics;
+  FakeClock clock;
+  const bool enabled = GENERATE(true, false);
+  CapacityController controller(client, source, metrics,
+                                {.ns = "ns",
+                                 .poll_interval = std::chrono::hours(1),
+                                 .write_qps = 0,
+                                 .clock = &clock,
+                                 .reservations = enabled});
+  REQUIRE(controller.Start(std::stop_token{}).ok());
+  REQUIRE(Eventually([&] { return Published(*client).size() == 2; }));
+  using Values = std::map<std::string, std::string>;
+  const Values full = {{"n1", "1Gi"}, {"n2", "2Gi"}};
+  REQUIRE(Published(*client) == full);
+
+  // Placed on n1: both classes of n1 go down without any clock time passing (no debounce,
+  // no GetCapacity); n2 untouched.
+  controller.ClaimChanged(Claim("a", "n1", "256Mi"));
+  if (!enabled) {
+    CHECK(Stays([&] { return Published(*client) == full; }));
+    CHECK(controller.Reservations() == 0);
+    controller.Stop();
+    return;
+  }
+  CHECK(Eventually([&] {
+    return Published(*client) == Values{{"n1", "768Mi"}, {"n2", "2Gi"}} &&
+           Published(*client, "late2")["n1"] == "768Mi";
+  }));
+  const int calls = source->Calls();
+  CHECK(controller.Reservations() == 1);
+  // The same claim again (a status update) changes nothing.
+  const int writes = client->writes();
+  controller.ClaimChanged(Claim("a", "n1", "256Mi"));
+  CHECK(Stays([&] { return client->writes() == writes; }));
+
+  // The driver creates the volume (its figure drops) and the PV appears: until a figure asked
+  // after the PV arrives, the old figure minus the reservation stays (not 1Gi: counted zero
+  // times; not 512Mi: counted twice).
+  {
+    std::lock_guard<std::mutex> lock(source->mu);
+    source->capacity["n1"] = 768LL << 20;
+  }
+  Object pv = VolumeOn("n1");
+  pv["metadata"]["name"] = "pv-a";
+  pv["spec"]["claimRef"] = {{"namespace", "app"}, {"name", "a"}};
+  controller.PvClaim(pv, false);
+  controller.VolumeChanged(pv);
+  CHECK(Stays([&] { return Published(*client)["n1"] == "768Mi" && source->Calls() == calls; }));
+  CHECK(controller.Reservations() == 1);
+  clock.Advance(std::chrono::milliseconds(200));  // the debounce: n1 asked again
+  CHECK(Eventually([&] { return controller.Reservations() == 0; }));
+  CHECK(Stays([&] {
+    return Published(*client) == Values{{"n1", "768Mi"}, {"n2", "2Gi"}} &&
+           Published(*client, "late2")["n1"] == "768Mi";
+  }));
+  // Its claim, now bound, reserves nothing.
+  Object bound = Claim("a", "n1", "256Mi");
+  bound["spec"]["volumeName"] = "pv-a";
+  controller.ClaimChanged(bound);
+  CHECK(controller.Reservations() == 0);
+
+  // The annotation removed (rescheduled), or the claim deleted: back at once.
+  controller.ClaimChanged(Claim("b", "n2", "1Gi"));
+  CHECK(Eventually([&] { return Published(*client)["n2"] == "1Gi"; }));
+  controller.ClaimChanged(Claim("b", nullptr, "1Gi"));
+  CHECK(Eventually([&] { return Published(*client)["n2"] == "2Gi"; }));
+  controller.ClaimChanged(Claim("c", "n2", "512Mi"));
+  CHECK(Eventually([&] { return Published(*client)["n2"] == "1536Mi"; }));
+  controller.ClaimGone(Claim("c", "n2", "512Mi"));
+  CHECK(Eventually([&] { return Published(*client)["n2"] == "2Gi"; }));
+
+  // Odd claims: an unknown node, a malformed request, another driver's class reserve nothing and
+  // are reported (the first two); a claim larger than the node and thousands of claims at once
+  // publish 0, never less, and the other node goes on.
+  controller.ClaimChanged(Claim("ghost", "no-such-node", "1Gi"));
+  controller.ClaimChanged(Claim("bad", "n2", "12XB"));
+  controller.ClaimChanged(Claim("theirs", "n2", "1Gi", "other"));
+  CHECK(Stays([&] { return Published(*client)["n2"] == "2Gi"; }));
+  const std::string text = metrics.Render();
+  CHECK(text.find("csistoragecapacity_claims_skipped_total{reason=\"unknown_node\"} 1") !=
+        std::string::npos);
+  CHECK(text.find("csistoragecapacity_claims_skipped_total{reason=\"malformed_claim\"} 1") !=
+        std::string::npos);
+  controller.ClaimChanged(Claim("huge", "n1", "1Ti"));
+  for (int i = 0; i < 3000; ++i)
+    controller.ClaimChanged(Claim("many-" + std::to_string(i), "n1", "7Ei"));
+  CHECK(Eventually([&] { return Published(*client)["n1"] == "0"; }));
+  for (const auto& o : client->All("csistoragecapacities")) {
+    if (Field(*o, "nodeTopology", "matchLabels", kKey) != "n1") continue;
+    CHECK(Field(*o, "capacity") == "0");
+    CHECK(Field(*o, "maximumVolumeSize") == "");  // the driver gave none
+  }
+  controller.ClaimChanged(Claim("d", "n2", "1Gi"));
+  CHECK(Eventually([&] { return Published(*client)["n2"] == "1Gi"; }));
+  CHECK(metrics.Render().find("csistoragecapacity_reservations_clamped_total 2") !=
+        std::string::npos);  // one per item of n1, not one per claim
+  CHECK(controller.Reservations() == 3002);
   controller.Stop();
 }
 

@@ -140,7 +140,7 @@ TEST_CASE("Capacity rows name the nodes of each segment or the segment itself", 
       Ptr(Capacity("csisc-d", "ephemera-pmem-ext4", nullptr, "1Gi", "1Gi")),
       Ptr(Object::array()),
   };
-  const auto rows = BuildCapacityRows(capacities, nodes);
+  auto rows = BuildCapacityRows(capacities, nodes);
   REQUIRE(rows.size() == 4);
   // Sorted by the NODE cell: "<none>" < "kubernetes.io/..." < "node-1,node-3" < "node-2".
   CHECK(rows[0].name == "csisc-d");
@@ -150,18 +150,25 @@ TEST_CASE("Capacity rows name the nodes of each segment or the segment itself", 
   CHECK(rows[2].name == "csisc-a");
   CHECK(rows[2].nodes == std::vector<std::string>{"node-1", "node-3"});
   CHECK(rows[3].nodes == std::vector<std::string>{"node-2"});
+  // The segment as the controller's metrics label it.
+  CHECK(rows[0].controller_segment == "<all nodes>");
+  CHECK(rows[3].controller_segment == "kubernetes.io/hostname=node-2");
 
+  // CONFIRMED: how long ago the driver confirmed the value (not the object's age, 10m here).
+  const double now_seconds = std::chrono::duration<double>(kNow.time_since_epoch()).count();
+  rows[3].confirmed = now_seconds - 42.5;
+  rows[2].confirmed = now_seconds + 3;  // another machine's clock ahead: never in the future
   CHECK(CapacityTable(rows, kNow) ==
         "NODE                          STORAGECLASS         CAPACITY   MAXIMUM VOLUME SIZE   "
-        "AGE\n"
+        "CONFIRMED\n"
         "<none>                        ephemera-pmem-ext4   1Gi        1Gi                   "
-        "10m\n"
+        "<unknown>\n"
         "kubernetes.io/hostname=gone   ephemera-pmem-ext4   <unset>    <unset>               "
-        "10m\n"
+        "<unknown>\n"
         "node-1,node-3                 ephemera-pmem-ext4   4Gi        <unset>               "
-        "10m\n"
+        "0s ago\n"
         "node-2                        ephemera-pmem-xfs    10Gi       8Gi                   "
-        "10m\n");
+        "42s ago\n");
 }
 
 TEST_CASE("Capacity JSON has exact bytes and nulls for absent quantities", "[plugin]") {
@@ -185,6 +192,44 @@ TEST_CASE("Capacity JSON has exact bytes and nulls for absent quantities", "[plu
   CHECK(item["maximumVolumeSize"].is_null());
   CHECK(item["maximumVolumeSizeBytes"].is_null());
   CHECK(item["creationTimestamp"] == "2026-11-22T07:00:00Z");
+  CHECK(item["confirmedTimestampSeconds"].is_null());
+}
+
+TEST_CASE("Capacity confirmations are read from the controller's metrics text", "[plugin]") {
+  const std::string text =
+      "# HELP csistoragecapacity_confirmed_timestamp_seconds Unix time ...\n"
+      "# TYPE csistoragecapacity_confirmed_timestamp_seconds gauge\n"
+      "csistoragecapacity_confirmed_timestamp_seconds{segment=\"k=node-1\",storage_class=\"a\"} "
+      "1795331358.25\n"
+      "csistoragecapacity_confirmed_timestamp_seconds{storage_class=\"b\",segment=\"<all "
+      "nodes>\"} 17\n"
+      "csistoragecapacity_confirmed_timestamp_seconds{segment=\"q\\\"x\\\\y\",storage_class=\"c\"} "
+      "5\n"
+      "csistoragecapacity_published_bytes{segment=\"k=node-1\",storage_class=\"a\"} 1024\n"
+      "csistoragecapacity_confirmed_timestamp_seconds{segment=\"unterminated} 1\n"
+      "csistoragecapacity_confirmed_timestamp_seconds{segment=\"k=node-2\"} 1\n"
+      "csistoragecapacity_confirmed_timestamp_seconds{segment=\"x\",storage_class=\"a\"} NaN\n"
+      "csistoragecapacity_confirmed_timestamp_seconds{segment=\"x\",storage_class=\"a\"} junk\n"
+      "csistoragecapacity_confirmed_timestamp_seconds{segment=\"y\",storage_class=\"a\"}";
+  const auto parsed = ParseConfirmations(text);
+  REQUIRE(parsed.size() == 3);
+  CHECK(parsed[0].first == std::make_pair(std::string("k=node-1"), std::string("a")));
+  CHECK(parsed[0].second == 1795331358.25);
+  CHECK(parsed[1].first == std::make_pair(std::string("<all nodes>"), std::string("b")));
+  CHECK(parsed[2].first.first == "q\"x\\y");
+  CHECK(ParseConfirmations("").empty());
+
+  Object pod = {
+      {"spec",
+       {{"containers",
+         Object::array(
+             {{{"name", "m"},
+               {"ports", Object::array({{{"name", "grpc"}, {"containerPort", 9}},
+                                        {{"name", "metrics"}, {"containerPort", 9090}}})}}})}}}};
+  CHECK(MetricsPort(pod) == 9090);
+  pod["spec"]["containers"][0]["ports"][1]["containerPort"] = "9090";
+  CHECK(MetricsPort(pod) == 8080);
+  CHECK(MetricsPort(Object("hostile")) == 8080);
 }
 
 Object Pod(const std::string& ns, const std::string& name, const std::string& uid,
@@ -482,6 +527,67 @@ TEST_CASE("Run reports errors on stderr with a non-zero exit code", "[plugin]") 
   r = RunWith(client, {"-h"});
   CHECK(r.code == 0);
   CHECK(r.out.find("kubectl ephemera capacity") != std::string::npos);
+}
+
+TEST_CASE("Run shows when the driver confirmed each value, from the leader's metrics", "[plugin]") {
+  auto client = std::make_shared<FakeClient>();
+  client->objects["csistoragecapacities"] = {
+      Ptr(Capacity("csisc-a", "ephemera-pmem-xfs",
+                   {{"matchLabels", {{"kubernetes.io/hostname", "node-1"}}}}, "10Gi", "10Gi")),
+      Ptr(Capacity("csisc-b", "ephemera-pmem-xfs",
+                   {{"matchLabels", {{"kubernetes.io/hostname", "node-2"}}}}, "1Gi", "1Gi"))};
+  client->objects["nodes"] = {Ptr(Node("node-1", {{"kubernetes.io/hostname", "node-1"}})),
+                              Ptr(Node("node-2", {{"kubernetes.io/hostname", "node-2"}}))};
+  auto manager_pod = [](const std::string& name, const std::string& phase) {
+    return Ptr(
+        {{"metadata", {{"name", name}, {"namespace", "ephemera-system"}}},
+         {"spec",
+          {{"containers",
+            Object::array(
+                {{{"name", "m"},
+                  {"ports", Object::array({{{"name", "metrics"}, {"containerPort", 8081}}})}}})}}},
+         {"status", {{"phase", phase}, {"podIP", "10.0.0.5"}}}});
+  };
+  client->objects["pods"] = {manager_pod("leader", "Running"), manager_pod("standby", "Running"),
+                             manager_pod("gone", "Failed")};
+  std::vector<std::string> paths;
+  const double now_seconds = std::chrono::duration<double>(kNow.time_since_epoch()).count();
+  auto get_text = [&](const std::string& path) -> StatusOr<std::string> {
+    paths.push_back(path);
+    if (path.find("/pods/leader:") == std::string::npos) return std::string("# standby\n");
+    return "csistoragecapacity_confirmed_timestamp_seconds{segment=\"kubernetes.io/"
+           "hostname=node-1\",storage_class=\"ephemera-pmem-xfs\"} " +
+           std::to_string(now_seconds - 75.5) + "\n";
+  };
+  std::ostringstream out, err;
+  Connector connect = [&](const Options&) -> StatusOr<Connection> {
+    return Connection{client, "home", "https://127.0.0.1:1", get_text};
+  };
+  REQUIRE(Run({"capacity"}, connect, out, err, kNow) == 0);
+  CHECK(out.str().find("node-1   ephemera-pmem-xfs   10Gi       10Gi                  75s ago") !=
+        std::string::npos);
+  CHECK(out.str().find("node-2   ephemera-pmem-xfs   1Gi        1Gi                   <unknown>") !=
+        std::string::npos);
+  CHECK(paths == std::vector<std::string>{
+                     "/api/v1/namespaces/ephemera-system/pods/leader:8081/proxy/metrics",
+                     "/api/v1/namespaces/ephemera-system/pods/standby:8081/proxy/metrics"});
+  CHECK(std::count(client->requests.begin(), client->requests.end(),
+                   "pods ephemera-system app.kubernetes.io/name=ephemera-controller-manager") == 1);
+  std::ostringstream json, err2;
+  REQUIRE(Run({"capacity", "-o", "json"}, connect, json, err2, kNow) == 0);
+  const Object items = Object::parse(json.str())["items"];
+  CHECK(items[0]["confirmedTimestampSeconds"].get<double>() == Approx(now_seconds - 75.5));
+  CHECK(items[1]["confirmedTimestampSeconds"].is_null());
+  // Metrics that cannot be read (no pods/proxy right): the table still comes, unconfirmed.
+  std::ostringstream out3, err3;
+  Connector refused = [&](const Options&) -> StatusOr<Connection> {
+    return Connection{client, "home", "https://127.0.0.1:1",
+                      [](const std::string&) -> StatusOr<std::string> {
+                        return Status::PermissionDenied("pods/proxy is forbidden");
+                      }};
+  };
+  REQUIRE(Run({"capacity"}, refused, out3, err3, kNow) == 0);
+  CHECK(out3.str().find("10Gi       10Gi                  <unknown>") != std::string::npos);
 }
 
 }  // namespace
