@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <ctime>
+#include <limits>
 #include <random>
 #include <thread>
 
@@ -196,7 +197,9 @@ Status LeaderElector::TryAcquireOrRenew(Clock::TimePoint deadline) {
         spec.contains("leaseTransitions") && spec["leaseTransitions"].is_number_integer()
             ? spec["leaseTransitions"].get<int64_t>()
             : 0;
-    spec["leaseTransitions"] = holder.empty() ? transitions : transitions + 1;
+    // A hostile count at the type's end stays there instead of overflowing.
+    const bool more = !holder.empty() && transitions < std::numeric_limits<int64_t>::max();
+    spec["leaseTransitions"] = more ? transitions + 1 : transitions;
   }
   // Conditional on the resourceVersion we read: a holder that changed meanwhile wins (ABORTED).
   auto written = client_->Update(resources::kLeases, config_.lease_namespace, updated);

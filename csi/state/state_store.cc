@@ -9,7 +9,9 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <sstream>
 
 #include "csi/system_error.h"
@@ -87,20 +89,51 @@ std::string SerializeRecord(const VolumeRecord& record) {
   return j.dump(2) + "\n";
 }
 
+namespace {
+
+// An integer member as int64_t: absent -> `fallback` (nullopt: an error). Another JSON type, a
+// fraction or a value outside int64_t is an error: get<int64_t>() of a float such as 1e132 would be
+// undefined behaviour (found by fuzz_json), and a silently truncated size would be wrong.
+StatusOr<int64_t> IntegerMember(const nlohmann::json& j, const char* key,
+                                std::optional<int64_t> fallback) {
+  auto it = j.find(key);
+  if (it == j.end()) {
+    if (fallback) return *fallback;
+    return Status::DataLoss(std::string("malformed record: no \"") + key + "\"");
+  }
+  if (!it->is_number_integer() ||
+      (it->is_number_unsigned() &&
+       it->get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))) {
+    return Status::DataLoss(std::string("malformed record: \"") + key +
+                            "\" is not an integer of 64 bits");
+  }
+  return it->get<int64_t>();
+}
+
+}  // namespace
+
 StatusOr<VolumeRecord> ParseRecord(const std::string& text) {
   // nlohmann throws on malformed input; the exception stops here.
   try {
     nlohmann::json j = nlohmann::json::parse(text);
-    if (j.value("version", 0) != 1) return Status::DataLoss("unsupported record version");
+    if (!j.is_object()) return Status::DataLoss("malformed record: not a JSON object");
+    StatusOr<int64_t> version = IntegerMember(j, "version", 0);
+    if (!version.ok()) return version.status();
+    if (*version != 1) return Status::DataLoss("unsupported record version");
     VolumeRecord record;
     record.id = j.at("id").get<std::string>();
     record.name = j.at("name").get<std::string>();
-    record.size = j.at("size").get<int64_t>();
+    StatusOr<int64_t> size = IntegerMember(j, "size", std::nullopt);
+    if (!size.ok()) return size.status();
+    record.size = *size;
+    if (record.size < 0) return Status::DataLoss("malformed record: negative \"size\"");
     record.erase_after = j.at("eraseAfter").get<bool>();
     record.ephemeral = j.at("ephemeral").get<bool>();
     record.fs_type = j.value("fsType", "");
     record.source = j.value("source", "");
-    record.created_ns = j.value("createdNs", int64_t{0});
+    StatusOr<int64_t> created_ns = IntegerMember(j, "createdNs", 0);
+    if (!created_ns.ok()) return created_ns.status();
+    record.created_ns = *created_ns;
     record.grow_fs = j.value("growFs", false);
     // Records written before the usage parameter existed are AppDirect.
     std::string usage = j.value("usage", "AppDirect");

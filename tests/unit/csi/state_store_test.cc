@@ -4,6 +4,7 @@
 #include <catch2/catch.hpp>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 
 #include "temp_dir.h"
 
@@ -39,6 +40,26 @@ TEST_CASE("records round-trip through JSON", "[csi][state]") {
                     R"("ephemeral":false,"phase":"ready"})")
             .status()
             .code() == Code::kInvalidArgument);
+}
+
+TEST_CASE("records with numbers of the wrong kind are refused, not converted", "[csi][state]") {
+  const auto with = [](const std::string& field, const std::string& value) {
+    nlohmann::json j = nlohmann::json::parse(SerializeRecord(Sample("eph-1")));
+    j[field] = nlohmann::json::parse(value);
+    return ParseRecord(j.dump());
+  };
+  // A float out of int64_t's range: get<int64_t>() of it was undefined behaviour (fuzz_json).
+  for (const std::string value :
+       {"1e132", "-1e300", "8.5", "18446744073709551615", "\"8\"", "null"}) {
+    INFO(value);
+    CHECK(with("size", value).status().code() == Code::kDataLoss);
+    CHECK(with("createdNs", value).status().code() == Code::kDataLoss);
+    CHECK(with("version", value).status().code() == Code::kDataLoss);
+  }
+  CHECK(with("size", "-1").status().code() == Code::kDataLoss);
+  CHECK(ParseRecord("[1]").status().code() == Code::kDataLoss);
+  CHECK(with("size", "9223372036854775807").ok());
+  CHECK(with("createdNs", "1764288000000000000").ok());
 }
 
 TEST_CASE("the store puts / gets / lists and removes records", "[csi][state]") {
