@@ -334,7 +334,7 @@ std::string ManifestRbacKubeconfig(const TestCluster& cluster, const std::string
   const std::string ca = Shell(
       k + "config view --raw -o jsonpath='{.clusters[0].cluster.certificate-authority-data}'");
   REQUIRE(!server.empty());
-  const std::string path = dir + "/sa.kubeconfig";
+  std::string path = dir + "/sa.kubeconfig";
   std::ofstream(path) << "apiVersion: v1\nkind: Config\nclusters: [{name: local, cluster: {"
                       << "server: \"" << server << "\", certificate-authority-data: \"" << ca
                       << "\"}}]\nusers: [{name: sa, user: {token: \"" << token
