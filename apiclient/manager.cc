@@ -105,14 +105,24 @@ StatusOr<std::unique_ptr<Manager>> Manager::New(const RestConfig& rest, ManagerC
   event_config.user_agent = config.user_agent + " (events)";
   auto event_client = RestClient::New(event_config);
   if (!event_client.ok()) return event_client.status().WithContext("API client for Events");
+  ApiClientPtr election_client;
+  if (config.leader_election) {
+    RestConfig election_config = rest;
+    election_config.user_agent = config.user_agent + " (leader-election)";
+    auto made = RestClient::New(election_config);
+    if (!made.ok()) return made.status().WithContext("API client for leader election");
+    election_client = *std::move(made);
+  }
   return std::make_unique<Manager>(*client, *event_client, std::move(metrics), std::move(config),
-                                   clock);
+                                   clock, std::move(election_client));
 }
 
 Manager::Manager(ApiClientPtr client, ApiClientPtr event_client,
-                 std::unique_ptr<MetricsRegistry> metrics, ManagerConfig config, const Clock& clock)
+                 std::unique_ptr<MetricsRegistry> metrics, ManagerConfig config, const Clock& clock,
+                 ApiClientPtr election_client)
     : client_(std::move(client)),
       event_client_(std::move(event_client)),
+      election_client_(election_client != nullptr ? std::move(election_client) : client_),
       metrics_(std::move(metrics)),
       config_(std::move(config)),
       clock_(clock),
@@ -175,7 +185,7 @@ Status Manager::Run(std::stop_token stop) {
   if (config_.leader_election) {
     EPHEMERA_RETURN_IF_ERROR(ValidateLeaderElection(*config_.leader_election));
     elector_ = std::make_unique<LeaderElector>(
-        client_, *config_.leader_election,
+        election_client_, *config_.leader_election,
         LeaderCallbacks{.on_started_leading = [this] { Post(Event::kLeading); },
                         .on_stopped_leading = [this] { Post(Event::kLost); },
                         .on_new_leader =

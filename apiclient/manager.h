@@ -85,9 +85,10 @@ class Manager {
   // The HTTP endpoint's port once Run() serves it (for tests that ask for port 0).
   int http_port() const { return http_port_.load(); }
 
-  // For tests: a Manager over given clients.
+  // For tests: a Manager over given clients. The lease goes through `election_client` (null:
+  // `client`).
   Manager(ApiClientPtr client, ApiClientPtr event_client, std::unique_ptr<MetricsRegistry> metrics,
-          ManagerConfig config, const Clock& clock);
+          ManagerConfig config, const Clock& clock, ApiClientPtr election_client = nullptr);
 
  private:
   // The runnables of one kind (always, or leader-only), started in the order added on a thread
@@ -102,6 +103,9 @@ class Manager {
 
   const ApiClientPtr client_;
   const ApiClientPtr event_client_;
+  // The lease's own client, as kube-controller-manager has: its rate limit and connections are
+  // not shared with the controllers, so a queue of their requests never delays a renewal.
+  const ApiClientPtr election_client_;
   const std::unique_ptr<MetricsRegistry> metrics_;
   const ManagerConfig config_;
   const Clock& clock_;

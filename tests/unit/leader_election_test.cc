@@ -518,6 +518,38 @@ TEST_CASE("Manager: a lost lease stops the leader's work before another may lead
   CHECK(stopped_at - outage_at < lease.lease_duration);
 }
 
+TEST_CASE(
+    "Manager: the lease has a client of its own / a drained controllers' client costs no lease",
+    "[unit][leader]") {
+  ManagerFixture f;
+  // The controllers' client: every request waits 5 s (a rate limiter with a long queue).
+  auto busy = std::make_shared<LeaseClient>(f.server);
+  busy->before = [](const std::string&) {
+    std::this_thread::sleep_for(seconds(5));
+    return Status::Ok();
+  };
+  const auto lease = ShortLease("m");
+  std::atomic<bool> overrun{false};
+  auto manager = std::make_unique<Manager>(
+      busy, busy, std::make_unique<MetricsRegistry>(),
+      ManagerConfig{.leader_election = lease, .on_stop_overrun = [&] { overrun = true; }},
+      SystemClock(), f.client);
+  manager->Add(std::make_shared<Recorder>("leader", f.journal, f.mu, nullptr, nullptr));
+  std::stop_source stop;
+  Status result = Status::Unknown("not run");
+  std::thread runner([&] { result = manager->Run(stop.get_token()); });
+  REQUIRE(WaitUntil([&] { return f.Journal().size() == 1; }));
+  // Three lease durations: each renewal must have gone through the election client.
+  std::this_thread::sleep_for(3 * lease.lease_duration);
+  CHECK(manager->IsLeader());
+  CHECK(f.server.holder() == "m");
+  CHECK(busy->calls == 0);
+  stop.request_stop();
+  runner.join();
+  CHECK(result.ok());
+  CHECK_FALSE(overrun);
+}
+
 TEST_CASE("Manager: work that does not stop within the lease's margin ends the process",
           "[unit][leader]") {
   ManagerFixture f;
