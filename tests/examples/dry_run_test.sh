@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every file in examples/ passes `kubectl apply --dry-run=server` against the test cluster
-# ($EPHEMERA_TEST_CLUSTER), after the StorageClasses the examples name are created. A broken copy
+# ($EPHEMERA_TEST_CLUSTER), after the StorageClasses the examples name and the VolumeSnapshot CRDs
+# (those of the release scripts/setup pins) are created. A broken copy
 # of one example must fail, so that the check is known to check something. Every example is listed
 # in examples/README.md.
 set -euo pipefail
@@ -35,6 +36,11 @@ volumeBindingMode: WaitForFirstConsumer
 reclaimPolicy: Delete
 parameters: {csi.storage.k8s.io/fstype: xfs}
 YAML
+# The VolumeSnapshot CRDs, for examples/volume-snapshot.yaml: the cluster's API must know the kind.
+crds=$root/.tools/files/external-snapshotter
+[[ -f $crds/snapshot.storage.k8s.io_volumesnapshots.yaml ]] || fail "$crds has no VolumeSnapshot CRDs (run scripts/setup)"
+for f in "$crds"/*.yaml; do "$kubectl" apply -f "$f" >/dev/null; done
+"$kubectl" wait --for condition=established --timeout=60s crd/volumesnapshots.snapshot.storage.k8s.io >/dev/null
 "$kubectl" create namespace "$ns" >/dev/null
 
 count=0
@@ -48,7 +54,7 @@ for file in "$root"/examples/*.yaml; do
   echo "ok   $name: $out" | tr '\n' ' '; echo
   count=$((count + 1))
 done
-[[ $count -ge 7 ]] || fail "only $count examples found"
+[[ $count -ge 11 ]] || fail "only $count examples found"
 
 # Nothing was created for real.
 left=$("$kubectl" get pods,deployments,statefulsets,daemonsets,jobs,services -n "$ns" -o name)

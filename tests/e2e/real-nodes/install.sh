@@ -3,9 +3,9 @@
 #
 #   install_images LOG               scripts/images build (the Dockerfile, sidecars, pause,
 #                                    busybox; cached when nothing changed)
-#   install_cluster DIR LOG [ARGS]   scripts/cluster up --dir DIR --real-nodes 2 ARGS (e.g.
-#                                    --owner-pid PID); sets K (kubectl as cluster admin on it)
-#                                    and INSTALL_KUBECONFIG
+#   install_cluster DIR LOG [ARGS]   scripts/cluster up --dir DIR --real-nodes 2 --snapshots ARGS
+#                                    (e.g. --owner-pid PID); sets K (kubectl as cluster admin on
+#                                    it) and INSTALL_KUBECONFIG
 #   install_manifests WORK LOG [KUSTOMIZATION]
 #                                    labels the nodes for the driver, the namespace, capacity
 #                                    certificates (in WORK/certs), then `kubectl apply -k` of
@@ -34,7 +34,8 @@ install_images() {
 
 install_cluster() {
   local dir=$1 log=$2; shift 2
-  install_log_on_failure "$log" "$ROOT/scripts/cluster" up --dir "$dir" --real-nodes "${#INSTALL_NODES[@]}" "$@" || return 1
+  install_log_on_failure "$log" "$ROOT/scripts/cluster" up --dir "$dir" --real-nodes "${#INSTALL_NODES[@]}" \
+    --snapshots "$@" || return 1
   INSTALL_KUBECONFIG=$dir/kubeconfig
   K="$ROOT/.tools/bin/kubectl --kubeconfig $INSTALL_KUBECONFIG"
 }
