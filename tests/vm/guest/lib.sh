@@ -218,7 +218,7 @@ check_snapshots() {
   if $CLIENT $SOCK stage "$rid" /tmp/snap-r ext4; then
     [ "$(md5sum < /tmp/snap-r/data)" = "$sum" ] && pass "restored data equal" || fail "restored data differs"
     [ ! -e /tmp/snap-r/later ] && pass "the file written after the snapshot is not in the restore" || fail "later file in the restore"
-    kb=$(df -k /tmp/snap-r | awk 'NR == 2 {print $2}')
+    kb=$(df -kP /tmp/snap-r | awk 'NR == 2 {print $2}')
     [ "$kb" -gt 100000 ] && pass "restore's filesystem grown to the device: $kb KiB" || fail "restore's filesystem: $kb KiB"
     grep ' /tmp/snap-r ' /proc/mounts | grep -q dax && pass "restore mounted with dax" || fail "restore not dax: $(grep ' /tmp/snap-r ' /proc/mounts)"
     $CLIENT $SOCK unstage "$rid" /tmp/snap-r || fail "unstage the restore"
@@ -295,6 +295,9 @@ check_snapshot_kills() {
   left=$(ls /tmp/state/snapshots 2>/dev/null | grep -v '^\.' || true)
   [ -z "$left" ] && pass "no snapshot record left" || fail "snapshot records left: $left"
   [ -z "$($CLIENT $SOCK list-snapshots)" ] && pass "ListSnapshots empty" || fail "ListSnapshots: $($CLIENT $SOCK list-snapshots)"
+  echo "recovery actions logged so far, by kind:"
+  grep -o '"recovery" action="[^"]*"' /tmp/driver.log | sort | uniq -c
+  grep -q ORPHANED /tmp/driver.log && fail "an orphan was reported" || pass "no orphan was ever reported"
 }
 
 # Benchmarks (bench-*.sh): the raw side of a comparison. The suite defines raw_create I and
