@@ -96,9 +96,10 @@ class FakeLvm : public CommandRunner {
       std::string rows;
       for (const auto& [name, size] : lvs_) {
         if (!rows.empty()) rows += ",";
-        rows += R"({"lv_name":")" + name + R"(", "vg_name":")" + kVg + R"(", "lv_size":")" +
-                std::to_string(size) + R"(", "lv_path":"/dev/)" + kVg + "/" + name +
-                R"(", "lv_attr":"-wi-a-----"})";
+        rows.append(R"({"lv_name":")").append(name).append(R"(", "vg_name":")").append(kVg);
+        rows.append(R"(", "lv_size":")").append(std::to_string(size));
+        rows.append(R"(", "lv_path":"/dev/)").append(kVg).append("/").append(name);
+        rows.append(R"(", "lv_attr":"-wi-a-----"})");
       }
       return {0, R"({"report":[{"lv":[)" + rows + "]}]}"};
     }
