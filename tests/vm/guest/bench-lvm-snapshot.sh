@@ -25,6 +25,7 @@ sync
 echo "volume $src: $LVSIZE bytes in $VG, $DATA_MIB MiB of data written in $(( $(uptime_s) - t )) s"
 df -k /tmp/s1
 : > /tmp/times
+log_lines=$(wc -l < /tmp/driver.log)
 i=0
 while [ $i -lt "$N" ]; do
   t0=$(now_ns)
@@ -59,6 +60,13 @@ awk '{ print $2 } ' /tmp/times | sort -n > /tmp/c; awk '{ print $4 } ' /tmp/time
 m() { sed -n "$(( $(wc -l < "$1") / 2 + 1 ))p" "$1"; }
 echo "median ratio driver/raw: snapshot $(awk -v a="$(m /tmp/a)" -v b="$(m /tmp/b)" 'BEGIN { printf "%.2f", a / b }')," \
   "restore $(awk -v a="$(m /tmp/c)" -v b="$(m /tmp/d)" 'BEGIN { printf "%.2f", a / b }')"
+# The driver's own time for the same calls, from its log (the server's duration of each call:
+# without the client process, which the lines above include).
+tail -n +$((log_lines + 1)) /tmp/driver.log > /tmp/bench.log
+grep -o '"/csi.v1.Controller/CreateSnapshot" code="OK" us="[0-9]*"' /tmp/bench.log | sed 's/.*us="\([0-9]*\)"/\1/' > /tmp/raw.times
+bench_report "driver snapshot (server)" 1
+grep -o '"/csi.v1.Controller/CreateVolume" code="OK" us="[0-9]*"' /tmp/bench.log | sed 's/.*us="\([0-9]*\)"/\1/' > /tmp/raw.times
+bench_report "driver restore (server)" 1
 # What the driver's side carries beyond the driver: each call is a new ephemera-csi-client
 # process (gRPC's libraries loaded under TCG), timed here on a call that does almost nothing.
 : > /tmp/raw.times
@@ -73,8 +81,10 @@ out=$(lvcreate -y -s -L "${LVSIZE}B" -n cow-snap "$VG/$src" 2>&1)
 rc=$?
 t1=$(now_ns)
 echo "lvcreate -s of the mounted DAX volume: exit $rc in $(( (t1 - t0) / 1000000 )) ms: $out"
-[ $rc = 0 ] && { lvs -o lv_name,lv_attr,origin "$VG"; lvremove -q -y "$VG/cow-snap" > /dev/null 2>&1; }
-dmesg | grep -i -E 'device-mapper|dm-' | tail -5
+[ $rc = 0 ] && lvs -o lv_name,lv_attr,origin "$VG"
+dmesg | grep -i -E 'device-mapper|dm-|dax' | tail -5
+# A failed lvcreate -s may leave its LV behind.
+lvs --noheadings -o lv_name "$VG" 2>/dev/null | grep -q cow-snap && lvremove -q -y "$VG/cow-snap" > /dev/null 2>&1
 $CLIENT $SOCK unstage "$src" /tmp/s1 || fail "unstage"
 $CLIENT $SOCK delete "$src" || fail "delete the volume"
 stop_driver
