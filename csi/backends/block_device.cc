@@ -9,7 +9,6 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
-#include <future>
 #include <memory>
 #include <vector>
 
@@ -131,93 +130,78 @@ Status CopyBlockDevice(const std::string& source, int64_t source_size, const std
     if (saved == EBUSY) return Status::FailedPrecondition(target + " is in use");
     return Status::Internal(ErrnoMessage("open " + target, saved));
   }
-  // Two buffers: the next piece is read (on a second thread) while this one is written, so that
-  // the copy takes about as long as the slower of reading and writing, not their sum.
-  std::unique_ptr<void, FreeDeleter> holders[2];
-  char* buffers[2] = {nullptr, nullptr};
-  for (int i = 0; i < 2; ++i) {
-    void* raw = nullptr;
-    if (posix_memalign(&raw, kCopyAlign, kCopyChunk) != 0) {
-      close(src);
-      close(dst);
-      return Status::Internal("no memory for the copy buffers");
-    }
-    holders[i].reset(raw);
-    buffers[i] = static_cast<char*>(raw);
+  void* raw = nullptr;
+  if (posix_memalign(&raw, kCopyAlign, kCopyChunk) != 0) {
+    close(src);
+    close(dst);
+    return Status::Internal("no memory for the copy buffer");
   }
-  // Fills `buffer` with the `len` bytes of the target at `pos`: the source's, then zeros. Only one
-  // fill runs at a time, so it alone uses `src`.
-  auto fill = [&](char* buffer, int64_t pos, size_t len) -> Status {
+  std::unique_ptr<void, FreeDeleter> holder(raw);
+  char* buffer = static_cast<char*>(raw);
+  Status status;
+  bool zeroed = false;  // the buffer holds zeros (for the part after the source)
+  for (int64_t pos = 0; pos < target_size && status.ok();) {
+    auto want = static_cast<size_t>(std::min<int64_t>(target_size - pos, kCopyChunk));
     size_t have = 0;
     if (pos < source_size) {
-      auto want = static_cast<size_t>(std::min<int64_t>(source_size - pos, len));
+      want = static_cast<size_t>(std::min<int64_t>(source_size - pos, kCopyChunk));
       // A tail shorter than the block size cannot be read with O_DIRECT (only in tests: the
       // backends' sizes are multiples of megabytes).
       if (src_direct && want % kCopyAlign != 0) {
         close(src);
         src = open(source.c_str(), O_RDONLY | O_CLOEXEC);
         src_direct = false;
-        if (src < 0) return Status::Internal(ErrnoMessage("open " + source));
+        if (src < 0) {
+          status = Status::Internal(ErrnoMessage("open " + source));
+          break;
+        }
       }
       while (have < want) {
         ssize_t n = pread(src, buffer + have, want - have, pos + static_cast<int64_t>(have));
         if (n < 0) {
           if (errno == EINTR) continue;
-          return Status::Internal(ErrnoMessage("reading " + source));
+          status = Status::Internal(ErrnoMessage("reading " + source));
+          break;
         }
         if (n == 0) {
-          return Status::Internal("reading " + source + ": it ended at byte " +
-                                  std::to_string(pos + static_cast<int64_t>(have)) + " of " +
-                                  std::to_string(source_size));
+          status = Status::Internal("reading " + source + ": it ended at byte " +
+                                    std::to_string(pos + static_cast<int64_t>(have)) + " of " +
+                                    std::to_string(source_size));
+          break;
         }
         have += static_cast<size_t>(n);
       }
+      if (!status.ok()) break;
+      zeroed = false;
+    } else {
+      if (!zeroed) memset(buffer, 0, kCopyChunk);
+      zeroed = true;
+      have = want;
     }
-    if (have < len) memset(buffer + have, 0, len - have);
-    return Status::Ok();
-  };
-  // Writes `len` bytes of `buffer` at `pos` of the target; only the calling thread uses `dst`.
-  auto put = [&](const char* buffer, int64_t pos, size_t len) -> Status {
-    if (dst_direct && len % kCopyAlign != 0) {
+    if (dst_direct && have % kCopyAlign != 0) {
       close(dst);
       dst = open(target.c_str(), O_WRONLY | O_CLOEXEC);
       dst_direct = false;
-      if (dst < 0) return Status::Internal(ErrnoMessage("open " + target));
+      if (dst < 0) {
+        status = Status::Internal(ErrnoMessage("open " + target));
+        break;
+      }
     }
-    for (size_t done = 0; done < len;) {
-      ssize_t n = pwrite(dst, buffer + done, len - done, pos + static_cast<int64_t>(done));
+    for (size_t done = 0; done < have;) {
+      ssize_t n = pwrite(dst, buffer + done, have - done, pos + static_cast<int64_t>(done));
       if (n < 0) {
         if (errno == EINTR) continue;
-        return Status::Internal(ErrnoMessage("writing " + target));
+        status = Status::Internal(ErrnoMessage("writing " + target));
+        break;
       }
       if (n == 0) {
-        return Status::Internal("writing " + target + ": no progress at byte " +
-                                std::to_string(pos + static_cast<int64_t>(done)));
+        status = Status::Internal("writing " + target + ": no progress at byte " +
+                                  std::to_string(pos + static_cast<int64_t>(done)));
+        break;
       }
       done += static_cast<size_t>(n);
     }
-    return Status::Ok();
-  };
-  auto piece = [&](int64_t pos) {
-    return static_cast<size_t>(std::min<int64_t>(target_size - pos, kCopyChunk));
-  };
-  int64_t pos = 0;
-  size_t len = target_size > 0 ? piece(0) : 0;
-  Status status = target_size > 0 ? fill(buffers[0], 0, len) : Status::Ok();
-  int current = 0;
-  while (status.ok() && pos < target_size) {
-    const int64_t next = pos + static_cast<int64_t>(len);
-    const size_t next_len = next < target_size ? piece(next) : 0;
-    std::future<Status> reading;
-    if (next < target_size) {
-      reading = std::async(std::launch::async, fill, buffers[1 - current], next, next_len);
-    }
-    Status written = put(buffers[current], pos, len);
-    Status read = reading.valid() ? reading.get() : Status::Ok();
-    status = !written.ok() ? written : read;
-    pos = next;
-    len = next_len;
-    current = 1 - current;
+    pos += static_cast<int64_t>(have);
   }
   if (status.ok() && fdatasync(dst) != 0) {
     status = Status::Internal(ErrnoMessage("fdatasync " + target));
