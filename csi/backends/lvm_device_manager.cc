@@ -142,8 +142,16 @@ StatusOr<std::vector<LvmLogicalVolume>> ParseLvsReport(const std::string& text) 
   return lvs;
 }
 
-LvmDeviceManager::LvmDeviceManager(CommandRunner& runner, int pmem_percentage, Eraser erase)
-    : runner_(runner), pmem_percentage_(pmem_percentage), erase_(std::move(erase)) {}
+LvmDeviceManager::LvmDeviceManager(CommandRunner& runner, int pmem_percentage, Eraser erase,
+                                   BlockCopier copy)
+    : runner_(runner),
+      pmem_percentage_(pmem_percentage),
+      erase_(std::move(erase)),
+      copy_(std::move(copy)) {}
+
+bool LvmDeviceManager::IsSnapshotName(const std::string& name) {
+  return name.starts_with(kSnapshotPrefix);
+}
 
 Status LvmDeviceManager::SetUpRegion(const std::string& region, int64_t region_size, int64_t align,
                                      int64_t available) {
@@ -271,95 +279,105 @@ StatusOr<Device> LvmDeviceManager::ToDevice(const LvmLogicalVolume& lv) {
   return Device{lv.name, lv.size, lv.path, DeviceSupportsDax(lv.path)};
 }
 
-StatusOr<Device> LvmDeviceManager::Create(const std::string& id, int64_t size,
-                                          DeviceUsage /*usage*/) {
-  EPHEMERA_RETURN_IF_ERROR(ValidateVolumeId("id", id));
-  std::lock_guard<std::mutex> lock(mu_);
-  if (size <= 0 || size % alignment_ != 0) {
-    return Status::InvalidArgument("size " + std::to_string(size) +
-                                   " is not a positive multiple of the extent size " +
-                                   std::to_string(alignment_));
-  }
+StatusOr<std::string> LvmDeviceManager::ChooseGroupLocked(const std::string& name, int64_t size) {
   // With one volume group (the usual case: one PMEM region) lvcreate itself is the check: it
   // refuses a name that exists ("already exists") and a size that does not fit ("insufficient free
   // space"). Each LVM command costs hundreds of milliseconds in a small guest, so the reports
   // before it (lvs, vgs) are skipped there. With several groups, one is chosen by its free space.
-  std::string vg_name;
-  if (vgs_.size() == 1) {
-    vg_name = vgs_[0];
-  } else {
-    StatusOr<LvmLogicalVolume> existing = FindLocked(id);
-    if (existing.ok()) return Status::AlreadyExists("device " + id + " exists");
-    if (existing.status().code() != Code::kNotFound) return existing.status();
-    StatusOr<std::vector<LvmVolumeGroup>> groups = VolumeGroupsLocked();
-    if (!groups.ok()) return groups.status();
-    // The group with the most free space that holds the volume.
-    const LvmVolumeGroup* best = nullptr;
-    for (const LvmVolumeGroup& g : *groups) {
-      if (g.free >= size && (best == nullptr || g.free > best->free)) best = &g;
-    }
-    if (best == nullptr) {
-      int64_t largest = 0;
-      for (const LvmVolumeGroup& g : *groups)
-        largest = std::max(largest, g.free);
-      return Status::ResourceExhausted("volume of " + std::to_string(size) +
-                                       " bytes does not fit: the largest free space is " +
-                                       std::to_string(largest) + " bytes");
-    }
-    vg_name = best->name;
+  if (vgs_.size() == 1) return vgs_[0];
+  StatusOr<LvmLogicalVolume> existing = FindLocked(name);
+  if (existing.ok()) return Status::AlreadyExists("device " + name + " exists");
+  if (existing.status().code() != Code::kNotFound) return existing.status();
+  StatusOr<std::vector<LvmVolumeGroup>> groups = VolumeGroupsLocked();
+  if (!groups.ok()) return groups.status();
+  // The group with the most free space that holds the volume.
+  const LvmVolumeGroup* best = nullptr;
+  for (const LvmVolumeGroup& g : *groups) {
+    if (g.free >= size && (best == nullptr || g.free > best->free)) best = &g;
   }
+  if (best == nullptr) {
+    int64_t largest = 0;
+    for (const LvmVolumeGroup& g : *groups)
+      largest = std::max(largest, g.free);
+    return Status::ResourceExhausted("volume of " + std::to_string(size) +
+                                     " bytes does not fit: the largest free space is " +
+                                     std::to_string(largest) + " bytes");
+  }
+  return best->name;
+}
+
+Status LvmDeviceManager::LvCreateLocked(const std::string& name, int64_t size,
+                                        const std::string& vg, bool zero) {
   // -Zy -Wy: the start of the volume is zeroed and old signatures wiped, so that no filesystem of
-  // an earlier volume shows through.
-  StatusOr<CommandResult> result = runner_.Run(
-      {"lvcreate", "-y", "-Zy", "-Wy", "-n", id, "-L", std::to_string(size) + "B", vg_name},
-      kDeviceCommandTimeout);
+  // an earlier volume shows through. A copy writes every block, so it skips both.
+  const char* flag = zero ? "y" : "n";
+  StatusOr<CommandResult> result =
+      runner_.Run({"lvcreate", "-y", std::string("-Z") + flag, std::string("-W") + flag, "-n", name,
+                   "-L", std::to_string(size) + "B", vg},
+                  kDeviceCommandTimeout);
   if (result.status().code() == Code::kDeadlineExceeded) {
     // Killed at its time limit, lvcreate may have left the volume, whole or in part (the metadata
     // is committed before the start is zeroed and wiped): removed as after any other failure. Had
     // the name existed before, lvcreate would have refused it at once, not hung (unless it hung on
     // the group's lock, and then lvs hangs too and removes nothing). Should lvs or lvremove fail
     // here, the caller's `creating` record remains and recovery removes the volume.
-    StatusOr<LvmLogicalVolume> partial = FindLocked(id);
+    StatusOr<LvmLogicalVolume> partial = FindLocked(name);
     if (partial.ok()) {
-      (void)runner_.Run({"lvremove", "-y", partial->vg + "/" + id}, kDeviceCommandTimeout);
+      (void)runner_.Run({"lvremove", "-y", partial->vg + "/" + name}, kDeviceCommandTimeout);
     }
     return result.status();
   }
   if (!result.ok()) return result.status();
-  if (result->exit_code != 0) {
-    // lvcreate checks the name before anything else: the volume is the existing one, not ours to
-    // remove.
-    if (result->output.find("already exists") != std::string::npos) {
-      return Status::AlreadyExists("device " + id + " exists: " + result->output);
-    }
-    // Nothing may be left behind.
-    StatusOr<LvmLogicalVolume> partial = FindLocked(id);
-    if (partial.ok())
-      (void)runner_.Run({"lvremove", "-y", partial->vg + "/" + id}, kDeviceCommandTimeout);
-    if (result->output.find("insufficient free space") != std::string::npos ||
-        result->output.find("Insufficient free space") != std::string::npos) {
-      return Status::ResourceExhausted("lvcreate: " + result->output);
-    }
-    // Other wordings of a size that does not fit (e.g. "Volume too large"): the group decides.
-    StatusOr<std::vector<LvmVolumeGroup>> groups = VolumeGroupsLocked();
-    if (groups.ok()) {
-      for (const LvmVolumeGroup& g : *groups) {
-        if (g.name == vg_name && g.free < size) {
-          return Status::ResourceExhausted("lvcreate: " + result->output);
-        }
+  if (result->exit_code == 0) return Status::Ok();
+  // lvcreate checks the name before anything else: the volume is the existing one, not ours to
+  // remove.
+  if (result->output.find("already exists") != std::string::npos) {
+    return Status::AlreadyExists("device " + name + " exists: " + result->output);
+  }
+  // Nothing may be left behind.
+  StatusOr<LvmLogicalVolume> partial = FindLocked(name);
+  if (partial.ok())
+    (void)runner_.Run({"lvremove", "-y", partial->vg + "/" + name}, kDeviceCommandTimeout);
+  if (result->output.find("insufficient free space") != std::string::npos ||
+      result->output.find("Insufficient free space") != std::string::npos) {
+    return Status::ResourceExhausted("lvcreate: " + result->output);
+  }
+  // Other wordings of a size that does not fit (e.g. "Volume too large"): the group decides.
+  StatusOr<std::vector<LvmVolumeGroup>> groups = VolumeGroupsLocked();
+  if (groups.ok()) {
+    for (const LvmVolumeGroup& g : *groups) {
+      if (g.name == vg && g.free < size) {
+        return Status::ResourceExhausted("lvcreate: " + result->output);
       }
     }
-    return Status::Internal("lvcreate exited with " + std::to_string(result->exit_code) + ": " +
-                            result->output);
   }
+  return Status::Internal("lvcreate exited with " + std::to_string(result->exit_code) + ": " +
+                          result->output);
+}
+
+StatusOr<Device> LvmDeviceManager::Create(const std::string& id, int64_t size,
+                                          DeviceUsage /*usage*/) {
+  EPHEMERA_RETURN_IF_ERROR(ValidateVolumeId("id", id));
+  if (IsSnapshotName(id)) return Status::InvalidArgument("id " + id + ": a snapshot's ID");
+  std::lock_guard<std::mutex> lock(mu_);
+  if (size <= 0 || size % alignment_ != 0) {
+    return Status::InvalidArgument("size " + std::to_string(size) +
+                                   " is not a positive multiple of the extent size " +
+                                   std::to_string(alignment_));
+  }
+  StatusOr<std::string> vg_name = ChooseGroupLocked(id, size);
+  if (!vg_name.ok()) return vg_name.status();
+  EPHEMERA_RETURN_IF_ERROR(LvCreateLocked(id, size, *vg_name, /*zero=*/true));
   // No report after a successful lvcreate: the volume is active, at the path LVM gives it, and of
   // the requested size (a multiple of every group's extent size, so not rounded).
-  std::string path = "/dev/" + vg_name + "/" + id;
+  std::string path = "/dev/" + *vg_name + "/" + id;
   return Device{id, size, path, DeviceSupportsDax(path)};
 }
 
 Status LvmDeviceManager::Delete(const std::string& id, bool erase) {
   EPHEMERA_RETURN_IF_ERROR(ValidateVolumeId("id", id));
+  // A snapshot is no volume: a DeleteVolume of its ID must not remove it.
+  if (IsSnapshotName(id)) return Status::Ok();
   std::string vg_name;
   std::string path;
   int64_t size = 0;
@@ -434,6 +452,7 @@ Status LvmDeviceManager::RemoveLocked(const std::string& vg, const std::string& 
 
 StatusOr<Device> LvmDeviceManager::Get(const std::string& id) {
   EPHEMERA_RETURN_IF_ERROR(ValidateVolumeId("id", id));
+  if (IsSnapshotName(id)) return Status::NotFound("device " + id + " not found");
   std::lock_guard<std::mutex> lock(mu_);
   StatusOr<LvmLogicalVolume> lv = FindLocked(id);
   if (!lv.ok()) return lv.status();
@@ -446,7 +465,7 @@ StatusOr<std::vector<Device>> LvmDeviceManager::List() {
   if (!lvs.ok()) return lvs.status();
   std::vector<Device> devices;
   for (const LvmLogicalVolume& lv : *lvs) {
-    if (!ValidateVolumeId("id", lv.name).ok()) continue;
+    if (!ValidateVolumeId("id", lv.name).ok() || IsSnapshotName(lv.name)) continue;
     devices.push_back(Device{lv.name, lv.size, lv.path, false});
   }
   std::sort(devices.begin(), devices.end(),
@@ -470,6 +489,7 @@ StatusOr<Capacity> LvmDeviceManager::GetCapacity() {
 
 StatusOr<Device> LvmDeviceManager::Expand(const std::string& id, int64_t new_size) {
   EPHEMERA_RETURN_IF_ERROR(ValidateVolumeId("id", id));
+  if (IsSnapshotName(id)) return Status::NotFound("device " + id + " not found");
   std::lock_guard<std::mutex> lock(mu_);
   if (new_size <= 0 || new_size % alignment_ != 0) {
     return Status::InvalidArgument("size " + std::to_string(new_size) +
@@ -493,6 +513,182 @@ StatusOr<Device> LvmDeviceManager::Expand(const std::string& id, int64_t new_siz
   StatusOr<LvmLogicalVolume> grown = FindLocked(id);
   if (!grown.ok()) return grown.status();
   return ToDevice(*grown);
+}
+
+StatusOr<LvmLogicalVolume> LvmDeviceManager::LocateLocked(const std::string& name) {
+  // An active logical volume has its node: then no report is needed (hundreds of milliseconds in a
+  // small guest). Init() activates every volume of our groups, so this is the common case.
+  for (const std::string& vg : vgs_) {
+    std::string node = "/dev/";
+    node.append(vg).append("/").append(name);
+    struct stat st {};
+    if (stat(node.c_str(), &st) != 0 || !S_ISBLK(st.st_mode)) continue;
+    StatusOr<int64_t> size = BlockDeviceSize(node);
+    if (!size.ok()) return size.status();
+    return LvmLogicalVolume{name, vg, *size, node, ""};
+  }
+  StatusOr<LvmLogicalVolume> lv = FindLocked(name);
+  if (!lv.ok()) return lv.status();
+  if (lv->attr.size() >= 5 && lv->attr[4] != 'a') {
+    EPHEMERA_RETURN_IF_ERROR(
+        RunChecked(runner_, {"lvchange", "-ay", lv->vg + "/" + name}, kDeviceCommandTimeout));
+  }
+  return lv;
+}
+
+StatusOr<SnapshotData> LvmDeviceManager::CreateSnapshot(const std::string& snapshot_id,
+                                                        const std::string& source_id) {
+  EPHEMERA_RETURN_IF_ERROR(ValidateVolumeId("snapshot id", snapshot_id));
+  EPHEMERA_RETURN_IF_ERROR(ValidateVolumeId("source id", source_id));
+  if (!IsSnapshotName(snapshot_id) || IsSnapshotName(source_id)) {
+    return Status::InvalidArgument("snapshot " + snapshot_id + " of " + source_id +
+                                   ": not a snapshot ID of a volume ID");
+  }
+  const std::string partial = snapshot_id + std::string(kPartialSuffix);
+  std::unique_lock<std::mutex> lock(mu_);
+  StatusOr<LvmLogicalVolume> source = LocateLocked(source_id);
+  if (source.status().code() == Code::kNotFound) {
+    return Status::NotFound("device " + source_id + " not found");
+  }
+  if (!source.ok()) return source.status();
+  // The copy goes into the source's group (with one group, the only one): its extents are
+  // counted there, and a restore finds it beside the volume.
+  Status created = LvCreateLocked(partial, source->size, source->vg, /*zero=*/false);
+  if (created.code() == Code::kAlreadyExists) {
+    // A copy that an earlier attempt left (the caller holds the snapshot's lock: nobody writes
+    // it): removed, then made anew.
+    EPHEMERA_RETURN_IF_ERROR(RemoveLocked(source->vg, partial));
+    created = LvCreateLocked(partial, source->size, source->vg, /*zero=*/false);
+  }
+  EPHEMERA_RETURN_IF_ERROR(created);
+  const std::string partial_path = "/dev/" + source->vg + "/" + partial;
+  // Without the lock: the caller keeps the other calls on the volume and the snapshot away, and
+  // the other volumes' calls go on meanwhile.
+  lock.unlock();
+  Status copied = copy_(source->path, source->size, partial_path, source->size);
+  lock.lock();
+  if (copied.ok()) {
+    // The commit point: from here on the copy is a snapshot.
+    copied =
+        RunChecked(runner_, {"lvrename", source->vg, partial, snapshot_id}, kDeviceCommandTimeout);
+  }
+  if (!copied.ok()) {
+    Status removed = RemoveLocked(source->vg, partial);
+    if (!removed.ok()) {
+      log::Warning("lvm backend: cannot remove an unfinished snapshot copy",
+                   {{"lv", partial}, {"error", removed.ToString()}});
+    }
+    return copied;
+  }
+  return SnapshotData{snapshot_id, source->size, source->size, "copy"};
+}
+
+Status LvmDeviceManager::DeleteSnapshot(const std::string& snapshot_id, bool erase) {
+  EPHEMERA_RETURN_IF_ERROR(ValidateVolumeId("snapshot id", snapshot_id));
+  // Not a snapshot's name: no snapshot of ours (and never a volume's logical volume).
+  if (!IsSnapshotName(snapshot_id)) return Status::Ok();
+  // The finished snapshot, a copy cut short, or (after a crash between the copy's end and the
+  // removal of a stale copy) both.
+  for (const std::string& name : {snapshot_id + std::string(kPartialSuffix), snapshot_id}) {
+    std::string vg;
+    std::string path;
+    int64_t size = 0;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      StatusOr<LvmLogicalVolume> lv = LocateLocked(name);
+      if (lv.status().code() == Code::kNotFound) continue;
+      if (!lv.ok()) return lv.status();
+      vg = lv->vg;
+      path = lv->path;
+      size = lv->size;
+    }
+    // Without the lock, as a volume's erase.
+    if (erase) EPHEMERA_RETURN_IF_ERROR(erase_(path, size));
+    std::lock_guard<std::mutex> lock(mu_);
+    EPHEMERA_RETURN_IF_ERROR(RemoveLocked(vg, name));
+  }
+  return Status::Ok();
+}
+
+StatusOr<SnapshotData> LvmDeviceManager::GetSnapshot(const std::string& snapshot_id) {
+  EPHEMERA_RETURN_IF_ERROR(ValidateVolumeId("snapshot id", snapshot_id));
+  if (!IsSnapshotName(snapshot_id)) {
+    return Status::NotFound("snapshot " + snapshot_id + " not found");
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  StatusOr<LvmLogicalVolume> lv = LocateLocked(snapshot_id);
+  if (lv.status().code() == Code::kNotFound) {
+    return Status::NotFound("snapshot " + snapshot_id + " not found");
+  }
+  if (!lv.ok()) return lv.status();
+  return SnapshotData{snapshot_id, lv->size, lv->size, ""};
+}
+
+StatusOr<std::vector<SnapshotData>> LvmDeviceManager::ListSnapshots() {
+  std::lock_guard<std::mutex> lock(mu_);
+  StatusOr<std::vector<LvmLogicalVolume>> lvs = LogicalVolumesLocked();
+  if (!lvs.ok()) return lvs.status();
+  std::vector<SnapshotData> snapshots;
+  for (const LvmLogicalVolume& lv : *lvs) {
+    // Copies in progress (".partial") are not snapshots.
+    if (!IsSnapshotName(lv.name) || !ValidateVolumeId("id", lv.name).ok() ||
+        lv.name.ends_with(kPartialSuffix)) {
+      continue;
+    }
+    snapshots.push_back(SnapshotData{lv.name, lv.size, lv.size, ""});
+  }
+  std::sort(snapshots.begin(), snapshots.end(),
+            [](const SnapshotData& a, const SnapshotData& b) { return a.id < b.id; });
+  return snapshots;
+}
+
+StatusOr<Device> LvmDeviceManager::CreateFromSource(const std::string& id, int64_t size,
+                                                    DeviceUsage /*usage*/, SourceKind kind,
+                                                    const std::string& source_id) {
+  EPHEMERA_RETURN_IF_ERROR(ValidateVolumeId("id", id));
+  EPHEMERA_RETURN_IF_ERROR(ValidateVolumeId("source id", source_id));
+  if (IsSnapshotName(id)) return Status::InvalidArgument("id " + id + ": a snapshot's ID");
+  std::unique_lock<std::mutex> lock(mu_);
+  if (size <= 0 || size % alignment_ != 0) {
+    return Status::InvalidArgument("size " + std::to_string(size) +
+                                   " is not a positive multiple of the extent size " +
+                                   std::to_string(alignment_));
+  }
+  // A snapshot's copy in progress is never a source; nor is a snapshot given as a volume.
+  StatusOr<LvmLogicalVolume> source =
+      (kind == SourceKind::kSnapshot) == IsSnapshotName(source_id) &&
+              !source_id.ends_with(kPartialSuffix)
+          ? LocateLocked(source_id)
+          : StatusOr<LvmLogicalVolume>(Status::NotFound(""));
+  if (source.status().code() == Code::kNotFound) {
+    return Status::NotFound(std::string(kind == SourceKind::kSnapshot ? "snapshot " : "device ") +
+                            source_id + " not found");
+  }
+  if (!source.ok()) return source.status();
+  if (source->size > size) {
+    return Status::OutOfRange("the source holds " + std::to_string(source->size) +
+                              " bytes, more than the " + std::to_string(size) + " asked");
+  }
+  StatusOr<std::string> vg = ChooseGroupLocked(id, size);
+  if (!vg.ok()) return vg.status();
+  EPHEMERA_RETURN_IF_ERROR(LvCreateLocked(id, size, *vg, /*zero=*/false));
+  const std::string path = "/dev/" + *vg + "/" + id;
+  lock.unlock();
+  Status copied = copy_(source->path, source->size, path, size);
+  lock.lock();
+  if (!copied.ok()) {
+    // Nothing may be left behind (should the removal fail, the caller's `creating` record stays
+    // and its recovery removes the volume).
+    Status removed = RemoveLocked(*vg, id);
+    if (!removed.ok()) {
+      log::Warning("lvm backend: cannot remove a volume whose copy failed",
+                   {{"lv", id}, {"error", removed.ToString()}});
+    }
+    return copied;
+  }
+  log::Info("lvm backend: volume copied from its source",
+            {{"volume", id}, {"source", source_id}, {"bytes", std::to_string(source->size)}});
+  return Device{id, size, path, DeviceSupportsDax(path)};
 }
 
 }  // namespace ephemera::csi

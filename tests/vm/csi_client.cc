@@ -14,6 +14,13 @@
 //   ephemera-csi-client SOCKET publish-ephemeral ID DIR SIZE [KEY=VALUE...]
 //                                                     (an inline ephemeral volume, ext4)
 //   ephemera-csi-client SOCKET unpublish ID DIR
+//   ephemera-csi-client SOCKET create-from NAME BYTES snapshot|volume SOURCE_ID [KEY=VALUE...]
+//                                                     -> "<volume id> <capacity bytes> <node>"
+//                                                     (a volume from a data source; BYTES 0:
+//                                                     no capacity range; <node>: its topology)
+//   ephemera-csi-client SOCKET snapshot NAME VOLUME_ID -> "<snapshot id> <size bytes> <ready>"
+//   ephemera-csi-client SOCKET delete-snapshot ID
+//   ephemera-csi-client SOCKET list-snapshots         -> "<snapshot id> <source volume id>" lines
 #include <grpcpp/grpcpp.h>
 
 #include <iostream>
@@ -77,9 +84,9 @@ bool ParseKeyValues(int argc, char** argv, int first,
 
 int main(int argc, char** argv) {
   if (argc < 3) {
-    std::cerr
-        << "usage: ephemera-csi-client SOCKET "
-           "create|delete|capacity|stage|unstage|publish|publish-ephemeral|unpublish|expand ...\n";
+    std::cerr << "usage: ephemera-csi-client SOCKET "
+                 "create|delete|capacity|stage|unstage|publish|publish-ephemeral|unpublish|expand|"
+                 "create-from|snapshot|delete-snapshot|list-snapshots ...\n";
     return 2;
   }
   auto channel =
@@ -170,6 +177,65 @@ int main(int argc, char** argv) {
     request.set_target_path(argv[4]);
     NodeUnpublishVolumeResponse response;
     return Report(node->NodeUnpublishVolume(&context, request, &response));
+  }
+  if (command == "create-from" && argc >= 7) {
+    CreateVolumeRequest request;
+    if (!ParseKeyValues(argc, argv, 7, request.mutable_parameters())) return 2;
+    request.set_name(argv[3]);
+    if (std::stoll(argv[4]) > 0) {
+      request.mutable_capacity_range()->set_required_bytes(std::stoll(argv[4]));
+    }
+    SetMountCapability(request.add_volume_capabilities(), "ext4");
+    std::string kind = argv[5];
+    if (kind == "snapshot") {
+      request.mutable_volume_content_source()->mutable_snapshot()->set_snapshot_id(argv[6]);
+    } else if (kind == "volume") {
+      request.mutable_volume_content_source()->mutable_volume()->set_volume_id(argv[6]);
+    } else {
+      return 2;
+    }
+    CreateVolumeResponse response;
+    grpc::Status status = controller->CreateVolume(&context, request, &response);
+    if (status.ok()) {
+      std::string node_id = "-";
+      if (response.volume().accessible_topology_size() > 0) {
+        for (const auto& [key, value] : response.volume().accessible_topology(0).segments())
+          node_id = value;
+      }
+      std::cout << response.volume().volume_id() << " " << response.volume().capacity_bytes() << " "
+                << node_id << "\n";
+    }
+    return Report(status);
+  }
+  if (command == "snapshot" && argc == 5) {
+    CreateSnapshotRequest request;
+    request.set_name(argv[3]);
+    request.set_source_volume_id(argv[4]);
+    CreateSnapshotResponse response;
+    grpc::Status status = controller->CreateSnapshot(&context, request, &response);
+    if (status.ok()) {
+      std::cout << response.snapshot().snapshot_id() << " " << response.snapshot().size_bytes()
+                << " " << (response.snapshot().ready_to_use() ? "ready" : "not-ready") << "\n";
+    }
+    return Report(status);
+  }
+  if (command == "delete-snapshot" && argc == 4) {
+    DeleteSnapshotRequest request;
+    request.set_snapshot_id(argv[3]);
+    DeleteSnapshotResponse response;
+    return Report(controller->DeleteSnapshot(&context, request, &response));
+  }
+  if (command == "list-snapshots" && argc == 3) {
+    ListSnapshotsRequest request;
+    ListSnapshotsResponse response;
+    grpc::Status status = controller->ListSnapshots(&context, request, &response);
+    if (status.ok()) {
+      for (const auto& entry : response.entries()) {
+        std::cout << entry.snapshot().snapshot_id() << " " << entry.snapshot().source_volume_id()
+                  << "\n";
+      }
+    }
+    return Report(status);
   }
   std::cerr << "bad command line\n";
   return 2;

@@ -180,9 +180,124 @@ check_restart_recovery() {
   echo "kill cycles: $KILL_CYCLES ($((KILL_CYCLES * 2)) SIGKILLs)"
   after_r=$(resources)
   if [ "$before_r" = "$after_r" ]; then pass "kills in create and delete: nothing leaked"; else fail "devices before: [$before_r] after: [$after_r]"; fi
-  left=$(ls /tmp/state | grep -v '^\.' || true)
+  left=$(ls /tmp/state | grep -v -e '^\.' -e '^snapshots$' || true)
   [ -z "$left" ] && pass "no volume record left" || fail "records left: $left"
   grep -c "\"recovery\" action=" /tmp/driver.log | sed 's/^/recovery actions logged: /'
+}
+
+# check_snapshots: a snapshot of a mounted ext4 volume with data (not synced by the test), data
+# written after it, a restore into a larger volume (the data, not the later file; the filesystem
+# grown at stage; DAX; the topology names this node), a clone of the volume (both files), a restore
+# smaller than the snapshot -> OUT_OF_RANGE, an unknown snapshot -> NOT_FOUND; the capacity goes
+# down by the snapshot's size and back; everything deleted -> the devices as before.
+check_snapshots() {
+  before_s=$(resources)
+  cap0=$($CLIENT $SOCK capacity)
+  mkdir -p /tmp/snap-src /tmp/snap-r /tmp/snap-c
+  out=$($CLIENT $SOCK create snap-src 67108864) || { fail "create the snapshot's volume: $out"; return; }
+  src=${out%% *}
+  $CLIENT $SOCK stage "$src" /tmp/snap-src ext4 || { fail "stage $src"; return; }
+  dd if=/dev/urandom of=/tmp/snap-src/data bs=1M count=8 2>/dev/null
+  sum=$(md5sum < /tmp/snap-src/data)
+  cap1=$($CLIENT $SOCK capacity)
+  t=$(uptime_s)
+  out=$($CLIENT $SOCK snapshot snap-1 "$src")
+  if [ $? = 0 ]; then pass "snapshot of a mounted volume: $out ($(( $(uptime_s) - t )) s)"; else fail "snapshot: $out"; return; fi
+  snap=${out%% *}
+  case $out in *" 67108864 ready") pass "snapshot size 64 MiB, ready" ;; *) fail "snapshot answer: $out" ;; esac
+  cap2=$($CLIENT $SOCK capacity)
+  [ $(( ${cap1%% *} - ${cap2%% *} )) = 67108864 ] && pass "the snapshot takes 64 MiB of the capacity" ||
+    fail "capacity before the snapshot $cap1, after $cap2"
+  lvs --noheadings -o lv_name 2>/dev/null | grep -q "$snap" && pass "the snapshot is a logical volume" || fail "no LV $snap"
+  $CLIENT $SOCK list-snapshots | grep -q "^$snap $src\$" && pass "ListSnapshots names it and its volume" || fail "ListSnapshots: $($CLIENT $SOCK list-snapshots)"
+  echo later > /tmp/snap-src/later
+  out=$($CLIENT $SOCK create-from snap-r1 134217728 snapshot "$snap")
+  if [ $? = 0 ]; then pass "restored into 128 MiB: $out"; else fail "restore: $out"; fi
+  rid=${out%% *}
+  case $out in *" vm") pass "the restore's topology is this node" ;; *) fail "restore topology: $out" ;; esac
+  if $CLIENT $SOCK stage "$rid" /tmp/snap-r ext4; then
+    [ "$(md5sum < /tmp/snap-r/data)" = "$sum" ] && pass "restored data equal" || fail "restored data differs"
+    [ ! -e /tmp/snap-r/later ] && pass "the file written after the snapshot is not in the restore" || fail "later file in the restore"
+    kb=$(df -kP /tmp/snap-r | awk 'NR == 2 {print $2}')
+    [ "$kb" -gt 100000 ] && pass "restore's filesystem grown to the device: $kb KiB" || fail "restore's filesystem: $kb KiB"
+    grep ' /tmp/snap-r ' /proc/mounts | grep -q dax && pass "restore mounted with dax" || fail "restore not dax: $(grep ' /tmp/snap-r ' /proc/mounts)"
+    $CLIENT $SOCK unstage "$rid" /tmp/snap-r || fail "unstage the restore"
+  else
+    fail "stage the restore"
+  fi
+  out=$($CLIENT $SOCK create-from snap-c1 0 volume "$src")
+  if [ $? = 0 ]; then pass "clone of the mounted volume: $out"; else fail "clone: $out"; fi
+  cid=${out%% *}
+  if $CLIENT $SOCK stage "$cid" /tmp/snap-c ext4; then
+    [ "$(md5sum < /tmp/snap-c/data)" = "$sum" ] && [ "$(cat /tmp/snap-c/later)" = later ] &&
+      pass "the clone has the data and the later file" || fail "clone's data"
+    $CLIENT $SOCK unstage "$cid" /tmp/snap-c || fail "unstage the clone"
+  else
+    fail "stage the clone"
+  fi
+  out=$($CLIENT $SOCK create-from snap-small 33554432 snapshot "$snap" 2>&1)
+  case $out in OUT_OF_RANGE*) pass "restore smaller than the snapshot: OUT_OF_RANGE" ;; *) fail "smaller restore: $out" ;; esac
+  out=$($CLIENT $SOCK create-from snap-none 0 snapshot "snap-0000000000000000000000000000000000000000" 2>&1)
+  case $out in NOT_FOUND*) pass "unknown snapshot: NOT_FOUND" ;; *) fail "unknown snapshot: $out" ;; esac
+  $CLIENT $SOCK unstage "$src" /tmp/snap-src || fail "unstage the source"
+  # The snapshot outlives its volume.
+  $CLIENT $SOCK delete "$src" || fail "delete the source"
+  $CLIENT $SOCK create-from snap-r2 0 snapshot "$snap" > /dev/null && pass "restore after the volume was deleted" || fail "restore after the volume's deletion"
+  $CLIENT $SOCK delete "$(volume_id snap-r2)" || fail "delete snap-r2"
+  for v in "$rid" "$cid"; do $CLIENT $SOCK delete "$v" || fail "delete $v"; done
+  $CLIENT $SOCK delete-snapshot "$snap" && pass "snapshot deleted" || fail "delete the snapshot"
+  $CLIENT $SOCK delete-snapshot "$snap" && pass "snapshot deleted again: OK" || fail "second delete of the snapshot"
+  [ "$(resources)" = "$before_s" ] && pass "snapshots, restores, clones: nothing left" || fail "devices before: [$before_s] after: [$(resources)]"
+  [ "$($CLIENT $SOCK capacity)" = "$cap0" ] && pass "capacity back to $cap0" || fail "capacity $cap0 before, $($CLIENT $SOCK capacity) after"
+}
+
+# check_snapshot_kills: KILL_CYCLES cycles of SIGKILLs of the driver at the delays of
+# check_restart_recovery into a CreateSnapshot, a DeleteSnapshot and a CreateVolume from the
+# snapshot, each followed by a restart and the deletion of what the call was making; at the end
+# the devices and the records (volumes' and snapshots') are as before.
+check_snapshot_kills() {
+  before_k=$(resources)
+  out=$($CLIENT $SOCK create kill-src 33554432 eraseafter=false) || { fail "create kill-src: $out"; return; }
+  ksrc=${out%% *}
+  cycle=0
+  while [ $cycle -lt "$KILL_CYCLES" ]; do
+    case $((cycle % 12)) in
+      0) delay=0 ;; 1) delay=0.1 ;; 2) delay=0.25 ;; 3) delay=0.5 ;; 4) delay=1 ;;
+      5) delay=0.05 ;; 6) delay=0.15 ;; 7) delay=0.2 ;; 8) delay=0.3 ;; 9) delay=0.4 ;;
+      10) delay=0.7 ;; *) delay=0.85 ;;
+    esac
+    cycle=$((cycle + 1))
+    snap=$(printf 'snap-%s' "$(printf '%s' "ks-$cycle" | sha256sum | cut -c1-40)")
+    # a kill inside CreateSnapshot
+    $CLIENT $SOCK snapshot "ks-$cycle" "$ksrc" > /dev/null 2>&1 &
+    client=$!; sleep $delay; kill_driver; wait $client 2>/dev/null
+    start_driver || { fail "restart after a kill in CreateSnapshot (cycle $cycle, $delay s)"; return; }
+    $CLIENT $SOCK delete-snapshot "$snap" > /dev/null || fail "delete-snapshot after a kill in CreateSnapshot (cycle $cycle)"
+    # a kill inside DeleteSnapshot
+    $CLIENT $SOCK snapshot "ks-$cycle" "$ksrc" > /dev/null || fail "snapshot ks-$cycle"
+    $CLIENT $SOCK delete-snapshot "$snap" > /dev/null 2>&1 &
+    client=$!; sleep $delay; kill_driver; wait $client 2>/dev/null
+    start_driver || { fail "restart after a kill in DeleteSnapshot (cycle $cycle, $delay s)"; return; }
+    # a kill inside a restore (the snapshot is taken again if the delete got through)
+    $CLIENT $SOCK snapshot "ks-$cycle" "$ksrc" > /dev/null || fail "snapshot ks-$cycle again"
+    $CLIENT $SOCK create-from "kr-$cycle" 0 snapshot "$snap" > /dev/null 2>&1 &
+    client=$!; sleep $delay; kill_driver; wait $client 2>/dev/null
+    start_driver || { fail "restart after a kill in a restore (cycle $cycle, $delay s)"; return; }
+    $CLIENT $SOCK delete "$(volume_id "kr-$cycle")" > /dev/null || fail "delete after a kill in a restore (cycle $cycle)"
+    $CLIENT $SOCK delete-snapshot "$snap" > /dev/null || fail "delete-snapshot ks-$cycle"
+  done
+  echo "snapshot kill cycles: $KILL_CYCLES ($((KILL_CYCLES * 3)) SIGKILLs)"
+  $CLIENT $SOCK delete "$ksrc" > /dev/null || fail "delete kill-src"
+  after_k=$(resources)
+  if [ "$before_k" = "$after_k" ]; then pass "kills in snapshot create, delete and restore: nothing leaked"; else fail "devices before: [$before_k] after: [$after_k]"; fi
+  left=$(ls /tmp/state | grep -v -e '^\.' -e '^snapshots$' || true)
+  [ -z "$left" ] && pass "no volume record left" || fail "volume records left: $left"
+  left=$(ls /tmp/state/snapshots 2>/dev/null | grep -v '^\.' || true)
+  [ -z "$left" ] && pass "no snapshot record left" || fail "snapshot records left: $left"
+  [ -z "$($CLIENT $SOCK list-snapshots)" ] && pass "ListSnapshots empty" || fail "ListSnapshots: $($CLIENT $SOCK list-snapshots)"
+  echo "recovery actions logged so far, by kind:"
+  grep -o '"recovery" action="[^"]*"' /tmp/driver.log | sort | uniq -c
+  grep -q ORPHANED /tmp/driver.log && fail "an orphan was reported" || pass "no orphan was ever reported"
 }
 
 # Benchmarks (bench-*.sh): the raw side of a comparison. The suite defines raw_create I and

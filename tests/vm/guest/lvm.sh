@@ -1,5 +1,6 @@
 # The lvm backend in the guest: the driver on a real PMEM region, csi-sanity in full, then checks
-# of size, DAX, exhaustion, inline ephemeral volumes, restart recovery and leaks with
+# of size, DAX, exhaustion, inline ephemeral volumes, snapshots, restores and clones, restart
+# recovery (also inside snapshot calls) and leaks with
 # ephemera-csi-client (tests/vm/guest/lib.sh).
 . /host/lib.sh
 export LVM_SUPPRESS_FD_WARNINGS=1
@@ -19,8 +20,14 @@ check_exhaustion
 echo "fill and exhaustion checks took $(( $(uptime_s) - t )) s"
 check_ephemeral
 t=$(uptime_s)
+check_snapshots
+echo "snapshot checks took $(( $(uptime_s) - t )) s"
+t=$(uptime_s)
 check_restart_recovery
 echo "restart recovery checks took $(( $(uptime_s) - t )) s"
+t=$(uptime_s)
+check_snapshot_kills
+echo "snapshot kill checks took $(( $(uptime_s) - t )) s"
 
 after=$(resources)
 if [ "$before" = "$after" ]; then pass "no logical volume leaked"; else fail "LVs before: [$before] after: [$after]"; fi
