@@ -950,15 +950,21 @@ Status CapacityController::SyncItem(const std::string& key, bool* pending) {
       // the others (those of a poll: 2,000 of them at 1,000 nodes and 2 classes), after the
       // changed ones already waiting.
       const bool urgent = urgent_.count(key) > 0;
+      auto is_urgent = [this](const std::string& k) { return urgent_.count(k) > 0; };
       auto w = waiting_keys_.find(key);
-      if (w != waiting_keys_.end() && w->second == endpoint && !urgent) return Status::Ok();
+      if (w != waiting_keys_.end() && w->second == endpoint) {
+        if (!urgent) return Status::Ok();
+        // Already among the changed ones at the front: it keeps its place.
+        const std::deque<std::string>& line = waiting_[endpoint];
+        if (std::all_of(line.begin(), std::find(line.begin(), line.end(), key), is_urgent)) {
+          return Status::Ok();
+        }
+      }
       RemoveWaitingLocked(key);  // it waited for another endpoint, or goes to the front now
       waiting_keys_[key] = endpoint;
       std::deque<std::string>& line = waiting_[endpoint];
       if (urgent) {
-        line.insert(std::find_if(line.begin(), line.end(),
-                                 [this](const std::string& k) { return urgent_.count(k) == 0; }),
-                    key);
+        line.insert(std::find_if_not(line.begin(), line.end(), is_urgent), key);
       } else {
         line.push_back(key);
       }

@@ -908,6 +908,11 @@ TEST_CASE("Capacity controller asks a changed item before the items of a poll",
   CHECK(Eventually([&] {
     return controller.WaitingKeys() == std::vector<std::string>{key("n4"), key("n3"), key("n2")};
   }));
+  // Another change on n4 while it waits: it keeps its place.
+  controller.VolumeChanged(VolumeOn("n4"));
+  CHECK(Stays([&] {
+    return controller.WaitingKeys() == std::vector<std::string>{key("n4"), key("n3"), key("n2")};
+  }));
   // The answer for n1 frees the slot for n4.
   REQUIRE(source->Release("n1", CapacityResult{.available = 1LL << 30}) == 1);
   CHECK(Eventually([&] { return source->Held("n4") == 1; }));
