@@ -373,7 +373,8 @@ CapacityController::CapacityController(apiclient::ApiClientPtr client,
           "Placed claims that reserve nothing because they are odd, by reason.", {"reason"})),
       clamped_(metrics.Counter(
           "csistoragecapacity_reservations_clamped_total",
-          "Publishes where placed claims reserved more than the driver's figure (published 0).")) {
+          "Publishes where placed claims reserved more than the driver's figure (published 0).")),
+      pacer_(options_.debounce) {
   // Only the per-item backoff limits retries: items are independent (their own node or class),
   // GetCapacity calls are bounded per endpoint and writes have their own token bucket.
   queue_ = std::make_unique<apiclient::WorkQueue>(
@@ -386,6 +387,28 @@ CapacityController::CapacityController(apiclient::ApiClientPtr client,
 
 CapacityController::~CapacityController() {
   Stop();
+}
+
+apiclient::Clock::Duration ChangePacer::Changed(const std::string& key,
+                                                apiclient::Clock::TimePoint now) {
+  State& s = items_[key];
+  if (s.scheduled) {
+    // A call is to come and has not started: it covers this change too.
+    return std::max<apiclient::Clock::Duration>(*s.scheduled - now, {});
+  }
+  s.scheduled = std::max(now, s.next_free);  // at once for a quiet item
+  return *s.scheduled - now;
+}
+
+void ChangePacer::Started(const std::string& key, apiclient::Clock::TimePoint now) {
+  State& s = items_[key];
+  s.scheduled.reset();
+  s.next_free = now + interval_;
+}
+
+void ChangePacer::Retain(const std::function<bool(const std::string&)>& keep) {
+  for (auto it = items_.begin(); it != items_.end();)
+    it = keep(it->first) ? std::next(it) : items_.erase(it);
 }
 
 std::string CapacityController::KeyOf(const CapacityItem& item) {
@@ -512,14 +535,13 @@ Status CapacityController::Start(std::stop_token stop) {
                                volume_changed(pv);
                              },
                          .on_update =
-                             [this, volume_changed](const ObjectPtr& old_pv, const ObjectPtr& pv) {
+                             [this](const ObjectPtr& old_pv, const ObjectPtr& pv) {
                                PvClaim(*pv, false);
                                // An expansion changes the free space; phase, claim and
                                // annotation changes do not (a release frees nothing until the
                                // PV is deleted).
                                if (!VolumeUpdateMatters(*old_pv, *pv)) return;
-                               volume_changed(old_pv);
-                               volume_changed(pv);
+                               VolumeChanged(*old_pv, *pv);
                              },
                          .on_delete =
                              [this, volume_changed](const ObjectPtr& pv) {
@@ -621,17 +643,20 @@ void CapacityController::Trigger() {
 }
 
 void CapacityController::MarkStale(const std::function<bool(const CapacityItem&)>& which) {
-  std::vector<std::string> keys;
+  std::vector<std::pair<std::string, apiclient::Clock::Duration>> keys;
   {
     std::lock_guard<std::mutex> lock(mu_);
+    const auto now = clock_.Now();
     for (const auto& [key, wanted] : wanted_) {
       if (!which(wanted.item)) continue;
       stale_.insert(key);
-      keys.push_back(key);
+      urgent_.insert(key);
+      changed_at_.emplace(key, now);
+      keys.emplace_back(key, pacer_.Changed(key, now));
     }
   }
-  for (const auto& key : keys)
-    queue_->AddAfter(key, options_.debounce);
+  for (const auto& [key, delay] : keys)
+    queue_->AddAfter(key, delay);  // a zero delay adds at once
 }
 
 void CapacityController::RefreshAll() {
@@ -650,6 +675,17 @@ void CapacityController::RefreshAll() {
 void CapacityController::VolumeChanged(const Object& pv) {
   if (PvDriver(pv) != driver_) return;
   MarkStale([&](const CapacityItem& item) { return AffinityMatches(pv, item.segment); });
+}
+
+void CapacityController::VolumeChanged(const Object& old_pv, const Object& pv) {
+  // One mark for both segments: an item of both is one change, not a second one to pace.
+  const bool old_ours = PvDriver(old_pv) == driver_;
+  const bool ours = PvDriver(pv) == driver_;
+  if (!old_ours && !ours) return;
+  MarkStale([&](const CapacityItem& item) {
+    return (old_ours && AffinityMatches(old_pv, item.segment)) ||
+           (ours && AffinityMatches(pv, item.segment));
+  });
 }
 
 void CapacityController::ClassChanged(const std::string& name) {
@@ -802,6 +838,16 @@ Status CapacityController::Resync() {
     for (auto it = clamped_keys_.begin(); it != clamped_keys_.end();) {
       it = wanted_.count(*it) > 0 ? std::next(it) : clamped_keys_.erase(it);
     }
+    pacer_.Retain([this](const std::string& key) { return wanted_.count(key) > 0; });
+    for (auto it = urgent_.begin(); it != urgent_.end();) {
+      it = wanted_.count(*it) > 0 ? std::next(it) : urgent_.erase(it);
+    }
+    for (auto it = changed_at_.begin(); it != changed_at_.end();) {
+      it = wanted_.count(it->first) > 0 ? std::next(it) : changed_at_.erase(it);
+    }
+    for (auto it = change_asked_.begin(); it != change_asked_.end();) {
+      it = wanted_.count(it->first) > 0 ? std::next(it) : change_asked_.erase(it);
+    }
     std::vector<std::string> nodes;
     for (const auto& [node, claims] : node_claims_)
       nodes.push_back(node);
@@ -900,18 +946,42 @@ Status CapacityController::SyncItem(const std::string& key, bool* pending) {
     std::lock_guard<std::mutex> lock(mu_);
     int& calls = endpoint_calls_[endpoint];
     if (calls >= limit) {
-      // Its turn comes with an answer from the endpoint.
+      // Its turn comes with an answer from the endpoint. An item marked by a change goes before
+      // the others (those of a poll: 2,000 of them at 1,000 nodes and 2 classes), after the
+      // changed ones already waiting.
+      const bool urgent = urgent_.count(key) > 0;
+      auto is_urgent = [this](const std::string& k) { return urgent_.count(k) > 0; };
       auto w = waiting_keys_.find(key);
-      if (w != waiting_keys_.end() && w->second == endpoint) return Status::Ok();
-      RemoveWaitingLocked(key);  // it waited for another endpoint (its segment's nodes changed)
+      if (w != waiting_keys_.end() && w->second == endpoint) {
+        if (!urgent) return Status::Ok();
+        // Already among the changed ones at the front: it keeps its place.
+        const std::deque<std::string>& line = waiting_[endpoint];
+        if (std::all_of(line.begin(), std::find(line.begin(), line.end(), key), is_urgent)) {
+          return Status::Ok();
+        }
+      }
+      RemoveWaitingLocked(key);  // it waited for another endpoint, or goes to the front now
       waiting_keys_[key] = endpoint;
-      waiting_[endpoint].push_back(key);
+      std::deque<std::string>& line = waiting_[endpoint];
+      if (urgent) {
+        line.insert(std::find_if_not(line.begin(), line.end(), is_urgent), key);
+      } else {
+        line.push_back(key);
+      }
       return Status::Ok();
     }
     RemoveWaitingLocked(key);
     ++calls;
     in_flight_[key] = nullptr;
     stale_.erase(key);  // a change from now on marks it again
+    urgent_.erase(key);
+    const auto now = clock_.Now();
+    pacer_.Started(key, now);
+    auto changed = changed_at_.find(key);
+    if (changed != changed_at_.end()) {
+      change_asked_[key] = {changed->second, now};
+      changed_at_.erase(changed);
+    }
   }
   std::map<std::string, std::string> params;
   if (ObjectPtr sc = classes_->store().Get(wanted.item.storage_class)) {
@@ -1036,10 +1106,19 @@ Status CapacityController::Publish(const std::string& key, const Wanted& wanted)
   ObjectPtr have;
   int64_t reserved = 0;
   bool newly_clamped = false;
+  // A change this publish answers: when it came and when the call that counts it started.
+  std::optional<std::pair<apiclient::Clock::TimePoint, apiclient::Clock::TimePoint>> change;
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto known = known_.find(key);
     if (known == known_.end()) return Status::Ok();  // never answered: nothing (not even zero)
+    auto asked = change_asked_.find(key);
+    auto answer = asked_at_.find(key);
+    if (asked != change_asked_.end() && answer != asked_at_.end() &&
+        answer->second >= asked->second.second) {
+      change = asked->second;
+      change_asked_.erase(asked);
+    }
     reserved = ReservedLocked(key, wanted);
     value = ApplyReservations(known->second, reserved);
     const bool clamped = reserved > 0 && reserved > known->second.available;
@@ -1096,8 +1175,18 @@ Status CapacityController::Publish(const std::string& key, const Wanted& wanted)
     if (!result.ok()) return result.status();
     writes_metric_.With({"update"}).Inc();
     ObjectSeen(*result);
-    log::Info("updated CSIStorageCapacity", {{"name", Field(**result, "metadata", "name")},
-                                             {"capacity", Field(**result, "capacity")}});
+    log::Fields fields = {{"name", Field(**result, "metadata", "name")},
+                          {"capacity", Field(**result, "capacity")}};
+    if (change) {
+      // Where the time of a change goes: until the call started (pacing, queue, endpoint
+      // slots), then the call, the write rate and the write itself.
+      auto ms = [](apiclient::Clock::Duration d) {
+        return std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(d).count());
+      };
+      fields.emplace_back("changeToCallMs", ms(change->second - change->first));
+      fields.emplace_back("changeToWrittenMs", ms(clock_.Now() - change->first));
+    }
+    log::Info("updated CSIStorageCapacity", fields);
     return Status::Ok();
   });
 }
@@ -1108,6 +1197,13 @@ std::set<std::string> CapacityController::UnreachableNodes() {
   for (const auto& [node, error] : unreachable_)
     out.insert(node);
   return out;
+}
+
+std::vector<std::string> CapacityController::WaitingKeys(const std::string& endpoint) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = waiting_.find(endpoint);
+  return it == waiting_.end() ? std::vector<std::string>{}
+                              : std::vector<std::string>(it->second.begin(), it->second.end());
 }
 
 void CapacityController::NodeAnswered(const std::string& node, const Status& status) {

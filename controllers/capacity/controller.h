@@ -11,7 +11,7 @@
 // the items (segment x class), plus "resync" (work out the wanted items, delete obsolete and
 // duplicate objects) and "poll" (mark every item stale, every poll interval). Working on an item:
 // if its capacity is due (never asked, poll, or marked stale by a PV, class, pod or topology
-// change, debounced), ask the driver; then make its CSIStorageCapacity match: create it if
+// change, paced), ask the driver; then make its CSIStorageCapacity match: create it if
 // missing, update it if changed, nothing when nothing changed. A failure re-queues the item with
 // its own exponential backoff; other items go on. Objects with our labels that exist at start
 // are adopted (matched on class and topology). Cached objects are never modified.
@@ -24,6 +24,10 @@
 // writes, through one token bucket (write_qps / write_burst).
 //
 // All timing (poll, debounce, backoff, write rate) uses the injected Clock.
+//
+// Changes are paced per item (ChangePacer): the first change of a quiet item is asked at once, the
+// changes that follow within `debounce` of that call ride along with one more call at the end of
+// it; an item marked by a change goes before the items of a poll waiting for the same endpoint.
 //
 // A driver without GET_CAPACITY: one clear error (log and Event-free), no objects, no exit.
 #pragma once
@@ -60,6 +64,8 @@ struct CapacityOptions {
   std::string ns;           // where the CSIStorageCapacity objects live
   std::string managed_by = "ephemera-controller-manager";
   std::chrono::milliseconds poll_interval{60000};
+  // The least time between two calls for an item that changes keep asking for (ChangePacer); a
+  // topology change resyncs after it.
   std::chrono::milliseconds debounce{200};
   bool immediate_binding = false;
   double write_qps = 1;  // --kube-api-capacity-qps
@@ -153,6 +159,32 @@ int64_t AddReserved(int64_t a, int64_t b);
 // to what is left.
 CapacityResult ApplyReservations(const CapacityResult& driver, int64_t reserved);
 
+// When the driver is asked again for an item after a change (PV, class, inline-volume pod, our
+// object changed by someone else): at once when the item is quiet (its last call started at least
+// `interval` ago), else when `interval` has passed since that call; the changes until the call
+// starts ride along with it. So a single change is published without waiting, and a burst of
+// changes to one item costs at most one call (and one write) per `interval`, as the trailing
+// debounce did. Not thread-safe (the controller holds its lock).
+class ChangePacer {
+ public:
+  explicit ChangePacer(apiclient::Clock::Duration interval) : interval_(interval) {}
+  // A change of `key` at `now`: how long until the call that covers it.
+  apiclient::Clock::Duration Changed(const std::string& key, apiclient::Clock::TimePoint now);
+  // A call for `key` started at `now` (whatever asked for it): it covers the changes so far.
+  void Started(const std::string& key, apiclient::Clock::TimePoint now);
+  // Forgets the items `keep` says no to.
+  void Retain(const std::function<bool(const std::string&)>& keep);
+  size_t size() const { return items_.size(); }
+
+ private:
+  struct State {
+    std::optional<apiclient::Clock::TimePoint> scheduled;  // a call to come covers changes
+    apiclient::Clock::TimePoint next_free;                 // last call's start + interval
+  };
+  const apiclient::Clock::Duration interval_;
+  std::map<std::string, State> items_;
+};
+
 class CapacityController final : public apiclient::Runnable {
  public:
   CapacityController(apiclient::ApiClientPtr client, std::shared_ptr<CapacitySource> source,
@@ -171,6 +203,8 @@ class CapacityController final : public apiclient::Runnable {
   // What the informers' handlers call on a change (public for tests): the items the change can
   // affect are marked stale and queued after the debounce.
   void VolumeChanged(const apiclient::Object& pv);
+  // A PV update that matters (VolumeUpdateMatters): the items of the old and the new segments.
+  void VolumeChanged(const apiclient::Object& old_pv, const apiclient::Object& pv);
   void ClassChanged(const std::string& name);
   // A claim added or changed (its reservation starts, moves or ends), or deleted.
   void ClaimChanged(const apiclient::Object& pvc);
@@ -190,6 +224,8 @@ class CapacityController final : public apiclient::Runnable {
   bool Disabled() const { return disabled_.load(); }
   // Nodes whose own endpoint did not answer the last GetCapacity (per-node source only).
   std::set<std::string> UnreachableNodes();
+  // The items waiting for a free call slot of `endpoint` ("" = central), in their order.
+  std::vector<std::string> WaitingKeys(const std::string& endpoint = "");
 
   // The queue key of an item.
   static std::string KeyOf(const CapacityItem& item);
@@ -209,6 +245,7 @@ class CapacityController final : public apiclient::Runnable {
                 apiclient::Clock::TimePoint start, StatusOr<CapacityResult> result);
   Status Resync();
   void Trigger();  // a debounced resync
+  // Marks the items `which` selects stale and queues each when its ChangePacer says.
   void MarkStale(const std::function<bool(const CapacityItem&)>& which);
   Status Prepare();  // driver name and capability
   std::map<std::string, Wanted> WantedItems();
@@ -302,6 +339,14 @@ class CapacityController final : public apiclient::Runnable {
   // claim "ns/name" -> the driver's PV whose claimRef names it.
   std::map<std::string, std::string> pv_claims_;  // GUARDED_BY(mu_)
   std::set<std::string> clamped_keys_;            // GUARDED_BY(mu_): items published at zero
+  ChangePacer pacer_;                             // GUARDED_BY(mu_)
+  // Items marked by a change since their last call started: first in line for an endpoint.
+  std::set<std::string> urgent_;  // GUARDED_BY(mu_)
+  // item key -> the first change since its last call started, and then that call's start (for
+  // the log line of the write: how long from the change to the call, and to the write).
+  std::map<std::string, apiclient::Clock::TimePoint> changed_at_;  // GUARDED_BY(mu_)
+  std::map<std::string, std::pair<apiclient::Clock::TimePoint, apiclient::Clock::TimePoint>>
+      change_asked_;  // GUARDED_BY(mu_)
 
   std::atomic<bool> stopped_{false};
   std::atomic<bool> disabled_{false};

@@ -766,7 +766,36 @@ TEST_CASE("Capacity controller asks every item again each poll interval of the c
   controller.Stop();
 }
 
-TEST_CASE("Capacity controller refreshes a changed segment once after the debounce",
+TEST_CASE("Capacity change pacer: at once when quiet, one call per interval in a burst",
+          "[unit][capacity]") {
+  using std::chrono::milliseconds;
+  ChangePacer pacer(milliseconds(200));
+  const apiclient::Clock::TimePoint t0{std::chrono::hours(1)};
+  auto changed = [&](const std::string& key, int at_ms) {
+    return std::chrono::duration_cast<milliseconds>(pacer.Changed(key, t0 + milliseconds(at_ms)))
+        .count();
+  };
+  CHECK(changed("a", 0) == 0);   // never asked: at once
+  CHECK(changed("a", 10) == 0);  // its call has not started: rides along
+  pacer.Started("a", t0 + milliseconds(20));
+  CHECK(changed("a", 50) == 170);   // 200 ms after the call
+  CHECK(changed("a", 100) == 120);  // rides along with that one
+  CHECK(changed("a", 219) == 1);
+  CHECK(changed("b", 100) == 0);               // other items are on their own
+  pacer.Started("a", t0 + milliseconds(221));  // late: a busy worker
+  CHECK(changed("a", 300) == 121);
+  pacer.Started("a", t0 + milliseconds(421));
+  CHECK(changed("a", 621) == 0);  // quiet again: at once
+  // A call for any reason (a poll) counts.
+  pacer.Started("c", t0);
+  CHECK(changed("c", 50) == 150);
+  CHECK(pacer.size() == 3);
+  pacer.Retain([](const std::string& key) { return key != "a"; });
+  CHECK(pacer.size() == 2);
+  CHECK(changed("a", 630) == 0);  // forgotten: quiet
+}
+
+TEST_CASE("Capacity controller asks a quiet segment at once and paces a burst of changes",
           "[unit][capacity]") {
   auto client = std::make_shared<MemoryClient>();
   Populate(*client, 2, {"late", "late2"});
@@ -783,30 +812,117 @@ TEST_CASE("Capacity controller refreshes a changed segment once after the deboun
   REQUIRE(controller.Start(std::stop_token{}).ok());
   REQUIRE(Eventually([&] { return client->All("csistoragecapacities").size() == 4; }));
   REQUIRE(source->Calls("n1") == 2);
-  {
+  auto set_n1 = [&](int64_t bytes) {
     std::lock_guard<std::mutex> lock(source->mu);
-    source->capacity["n1"] = 768LL << 20;
-  }
-  // Five changes within the debounce: n1's two items are asked once each; n2 not at all.
+    source->capacity["n1"] = bytes;
+  };
+  auto n1_published = [&](const std::string& value) {
+    return Published(*client, "late")["n1"] == value && Published(*client, "late2")["n1"] == value;
+  };
+  clock.Advance(std::chrono::seconds(1));  // quiet: the first calls were a second ago
+  // One change of a quiet segment: both of n1's items asked and published with no clock time
+  // passing (the trailing debounce waited 200 ms here).
+  set_n1(768LL << 20);
+  controller.VolumeChanged(VolumeOn("n1"));
+  REQUIRE(Eventually([&] { return n1_published("768Mi") && source->Calls("n1") == 4; }));
+  // A burst right after those calls: five changes within 150 ms ride along with one call per
+  // item, 200 ms after the last ones.
+  set_n1(512LL << 20);
   for (int i = 0; i < 5; ++i) {
     controller.VolumeChanged(VolumeOn("n1"));
     clock.Advance(std::chrono::milliseconds(30));
   }
-  clock.Advance(std::chrono::milliseconds(49));  // 199 ms after the first change
-  CHECK(Stays([&] { return source->Calls("n1") == 2; }));
-  clock.Advance(std::chrono::milliseconds(1));
-  CHECK(Eventually([&] {
-    return Published(*client, "late")["n1"] == "768Mi" &&
-           Published(*client, "late2")["n1"] == "768Mi";
-  }));
+  clock.Advance(std::chrono::milliseconds(49));  // 199 ms after the calls
   CHECK(Stays([&] { return source->Calls("n1") == 4; }));
+  clock.Advance(std::chrono::milliseconds(1));
+  CHECK(Eventually([&] { return n1_published("512Mi"); }));
+  CHECK(Stays([&] { return source->Calls("n1") == 6; }));
+  // A change 100 ms after those calls waits for the rest of the 200 ms.
+  clock.Advance(std::chrono::milliseconds(100));
+  set_n1(256LL << 20);
+  controller.VolumeChanged(VolumeOn("n1"));
+  clock.Advance(std::chrono::milliseconds(99));
+  CHECK(Stays([&] { return source->Calls("n1") == 6; }));
+  clock.Advance(std::chrono::milliseconds(1));
+  CHECK(Eventually([&] { return n1_published("256Mi") && source->Calls("n1") == 8; }));
+  // Quiet again: the next change goes at once.
+  clock.Advance(std::chrono::seconds(1));
+  set_n1(128LL << 20);
+  controller.VolumeChanged(VolumeOn("n1"));
+  CHECK(Eventually([&] { return n1_published("128Mi") && source->Calls("n1") == 10; }));
+  CHECK(Stays([&] { return source->Calls("n1") == 10; }));
   CHECK(source->Calls("n2") == 2);
+  // An expansion's update (old and new PV on n1) is one change: one call per item.
+  clock.Advance(std::chrono::seconds(1));
+  controller.VolumeChanged(VolumeOn("n1"), VolumeOn("n1"));
+  CHECK(Eventually([&] { return source->Calls("n1") == 12; }));
+  clock.Advance(std::chrono::seconds(1));
+  CHECK(Stays([&] { return source->Calls("n1") == 12; }));
   // A PV of another driver changes nothing.
   Object other = VolumeOn("n2");
   other["spec"]["csi"]["driver"] = "other.driver";
   controller.VolumeChanged(other);
   clock.Advance(std::chrono::seconds(1));
   CHECK(Stays([&] { return source->Calls("n2") == 2; }));
+  controller.Stop();
+}
+
+TEST_CASE("Capacity controller asks a changed item before the items of a poll",
+          "[unit][capacity]") {
+  auto client = std::make_shared<MemoryClient>();
+  Populate(*client, 4);
+  auto source = std::make_shared<FakeSource>();
+  source->capacity = {{"n1", 1LL << 30}, {"n2", 2LL << 30}, {"n3", 3LL << 30}, {"n4", 4LL << 30}};
+  apiclient::MetricsRegistry metrics;
+  FakeClock clock;
+  // One call at a time to the central driver.
+  CapacityController controller(client, source, metrics,
+                                {.ns = "ns",
+                                 .poll_interval = std::chrono::hours(1),
+                                 .write_qps = 0,
+                                 .threads = 1,
+                                 .clock = &clock});
+  REQUIRE(controller.Start(std::stop_token{}).ok());
+  REQUIRE(
+      Eventually([&] { return Published(*client).size() == 4 && controller.ItemSyncs() == 4; }));
+  auto key = [](const std::string& node) {
+    return CapacityController::KeyOf({.segment = {{kKey, node}}, .storage_class = "late"});
+  };
+  clock.Advance(std::chrono::seconds(1));
+  {
+    std::lock_guard<std::mutex> lock(source->mu);
+    source->hang_all = true;
+  }
+  // A poll: n1 asked (held), the others wait in order.
+  controller.RefreshAll();
+  REQUIRE(Eventually([&] {
+    return source->Held("n1") == 1 &&
+           controller.WaitingKeys() == std::vector<std::string>{key("n2"), key("n3"), key("n4")};
+  }));
+  // A change on n4, then one on n3: they go first, in the order of their changes.
+  controller.VolumeChanged(VolumeOn("n4"));
+  CHECK(Eventually([&] {
+    return controller.WaitingKeys() == std::vector<std::string>{key("n4"), key("n2"), key("n3")};
+  }));
+  controller.VolumeChanged(VolumeOn("n3"));
+  CHECK(Eventually([&] {
+    return controller.WaitingKeys() == std::vector<std::string>{key("n4"), key("n3"), key("n2")};
+  }));
+  // Another change on n4 while it waits: it keeps its place.
+  controller.VolumeChanged(VolumeOn("n4"));
+  CHECK(Stays([&] {
+    return controller.WaitingKeys() == std::vector<std::string>{key("n4"), key("n3"), key("n2")};
+  }));
+  // The answer for n1 frees the slot for n4.
+  REQUIRE(source->Release("n1", CapacityResult{.available = 1LL << 30}) == 1);
+  CHECK(Eventually([&] { return source->Held("n4") == 1; }));
+  CHECK(source->Calls("n2") == 1);
+  {
+    std::lock_guard<std::mutex> lock(source->mu);
+    source->hang_all = false;
+  }
+  source->Release("", CapacityResult{.available = 4LL << 30});
+  CHECK(Eventually([&] { return source->Calls("n2") == 2 && controller.WaitingKeys().empty(); }));
   controller.Stop();
 }
 
@@ -1174,7 +1290,8 @@ TEST_CASE(
   controller.VolumeChanged(pv);
   CHECK(Stays([&] { return Published(*client)["n1"] == "768Mi" && source->Calls() == calls; }));
   CHECK(controller.Reservations() == 1);
-  clock.Advance(std::chrono::milliseconds(200));  // the debounce: n1 asked again
+  clock.Advance(
+      std::chrono::milliseconds(200));  // 200 ms after its calls at start: n1 asked again (paced)
   CHECK(Eventually([&] { return controller.Reservations() == 0; }));
   CHECK(Stays([&] {
     return Published(*client) == Values{{"n1", "768Mi"}, {"n2", "2Gi"}} &&
