@@ -82,6 +82,16 @@ class Manager::Group {
   std::vector<std::shared_ptr<Runnable>> started_;  // GUARDED_BY(mu_)
 };
 
+namespace {
+
+// `preferred`, or `fallback` when there is none.
+ApiClientPtr EitherClient(ApiClientPtr preferred, const ApiClientPtr& fallback) {
+  if (preferred != nullptr) return preferred;
+  return fallback;
+}
+
+}  // namespace
+
 StatusOr<std::unique_ptr<Manager>> Manager::New(const RestConfig& rest, ManagerConfig config,
                                                 const Clock& clock) {
   auto metrics = std::make_unique<MetricsRegistry>();
@@ -122,7 +132,7 @@ Manager::Manager(ApiClientPtr client, ApiClientPtr event_client,
                  ApiClientPtr election_client)
     : client_(std::move(client)),
       event_client_(std::move(event_client)),
-      election_client_(election_client != nullptr ? std::move(election_client) : client_),
+      election_client_(EitherClient(std::move(election_client), client_)),
       metrics_(std::move(metrics)),
       config_(std::move(config)),
       clock_(clock),
