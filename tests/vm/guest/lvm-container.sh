@@ -194,8 +194,12 @@ stop_container TERM && pass "the container stopped on SIGTERM" || fail "the cont
 
 after=$(resources)
 [ "$before" = "$after" ] && pass "no logical volume leaked" || fail "LVs before: [$before] after: [$after]"
-left=$(ls /var/lib/ephemera-pmem-csi/state 2>/dev/null | grep -v '^\.' || true)
+# The lvm backend keeps snapshot records in the state directory's snapshots/ (there since it takes
+# snapshots): the directory may stay, empty.
+left=$(ls /var/lib/ephemera-pmem-csi/state 2>/dev/null | grep -v -e '^\.' -e '^snapshots$' || true)
 [ -z "$left" ] && pass "no volume record left" || fail "records left: $left"
+left=$(ls /var/lib/ephemera-pmem-csi/state/snapshots 2>/dev/null | grep -v '^\.' || true)
+[ -z "$left" ] && pass "no snapshot record left" || fail "snapshot records left: $left"
 [ "$(lvm_mounts)" = "$mounts_before" ] && pass "no mount left under /var/lib/kubelet" ||
   fail "mounts left: $(grep ' /var/lib/kubelet/' /proc/mounts)"
 if [ $FAILED != 0 ]; then echo "---- driver log (last 80 lines) ----"; tail -80 /tmp/driver.log; fi
