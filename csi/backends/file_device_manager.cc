@@ -12,6 +12,7 @@
 #include <filesystem>
 
 #include "common/log.h"
+#include "csi/backends/block_device.h"
 #include "csi/backends/loop_device.h"
 #include "csi/mount_util.h"
 #include "csi/system_error.h"
@@ -36,28 +37,8 @@ int64_t RoundUpToUnit(int64_t bytes) {
 Status FlushVolume(const std::string& file) {
   StatusOr<std::vector<std::string>> loops = FindLoopsForFile(file);
   if (!loops.ok()) return loops.status();
-  if (loops->empty()) return Status::Ok();
-  StatusOr<std::vector<MountEntry>> mounts = ReadMountInfo();
-  if (!mounts.ok()) return mounts.status();
-  for (const std::string& loop : *loops) {
-    StatusOr<std::string> major_minor = DeviceMajorMinor(loop);
-    if (!major_minor.ok()) return major_minor.status();
-    for (const MountEntry& entry : *mounts) {
-      if (entry.major_minor != *major_minor) continue;
-      int fd = open(entry.mount_point.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-      if (fd < 0) continue;  // a mount of another namespace's path, or gone meanwhile
-      int rc = syncfs(fd);
-      int saved = errno;
-      close(fd);
-      if (rc != 0) return Status::Internal(ErrnoMessage("syncfs " + entry.mount_point, saved));
-    }
-    int fd = open(loop.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return Status::Internal(ErrnoMessage("open " + loop));
-    int rc = fsync(fd);
-    int saved = errno;
-    close(fd);
-    if (rc != 0) return Status::Internal(ErrnoMessage("fsync " + loop, saved));
-  }
+  for (const std::string& loop : *loops)
+    EPHEMERA_RETURN_IF_ERROR(FlushBlockDevice(loop));
   return Status::Ok();
 }
 
