@@ -334,6 +334,7 @@ CapacityController::CapacityController(apiclient::ApiClientPtr client,
                                        std::shared_ptr<CapacitySource> source,
                                        apiclient::MetricsRegistry& metrics, CapacityOptions options)
     : client_(std::move(client)),
+      writer_(options.write_client != nullptr ? options.write_client : client_),
       source_(std::move(source)),
       options_(std::move(options)),
       clock_(options_.clock != nullptr ? *options_.clock : apiclient::SystemClock()),
@@ -887,7 +888,7 @@ Status CapacityController::Resync() {
   for (const auto& object : obsolete) {
     const std::string name = Field(*object, "metadata", "name");
     const Status s = Write([&] {
-      Status d = client_->Delete(kCSIStorageCapacities, options_.ns, name,
+      Status d = writer_->Delete(kCSIStorageCapacities, options_.ns, name,
                                  {.precondition_uid = Field(*object, "metadata", "uid")});
       if (d.ok() || apiclient::IsNotFound(d)) {
         writes_metric_.With({"delete"}).Inc();
@@ -1145,7 +1146,7 @@ Status CapacityController::Publish(const std::string& key, const Wanted& wanted)
   }
   if (have == nullptr) {
     return Write([&] {
-      auto created = client_->Create(kCSIStorageCapacities, options_.ns,
+      auto created = writer_->Create(kCSIStorageCapacities, options_.ns,
                                      DesiredCapacityObject(item, value, options_, driver_,
                                                            node_owner ? &*node_owner : nullptr));
       if (!created.ok()) return created.status();
@@ -1171,7 +1172,7 @@ Status CapacityController::Publish(const std::string& key, const Wanted& wanted)
     updated.erase("maximumVolumeSize");
   }
   return Write([&] {
-    auto result = client_->Update(kCSIStorageCapacities, options_.ns, updated);
+    auto result = writer_->Update(kCSIStorageCapacities, options_.ns, updated);
     if (!result.ok()) return result.status();
     writes_metric_.With({"update"}).Inc();
     ObjectSeen(*result);

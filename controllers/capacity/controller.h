@@ -70,6 +70,11 @@ struct CapacityOptions {
   bool immediate_binding = false;
   double write_qps = 1;  // --kube-api-capacity-qps
   int write_burst = 5;   // --kube-api-capacity-burst
+  // The client of the CSIStorageCapacity writes; null = the controller's client. The
+  // controller-manager gives it a client of its own, rate-limited at write_qps / write_burst and
+  // not at --kube-api-qps, as external-provisioner does: capacity writes neither wait behind the
+  // other controllers' requests nor take their share.
+  apiclient::ApiClientPtr write_client;
   // --capacity-threads: workers, and GetCapacity calls at once to a central driver.
   int threads = 4;
   apiclient::Object owner;  // owner reference, or null
@@ -277,6 +282,7 @@ class CapacityController final : public apiclient::Runnable {
   void ReevaluateClaims();
 
   const apiclient::ApiClientPtr client_;
+  const apiclient::ApiClientPtr writer_;  // options.write_client, or client_
   const std::shared_ptr<CapacitySource> source_;
   CapacityOptions options_;
   const apiclient::Clock& clock_;

@@ -8,6 +8,7 @@
 #include "apiclient/errors.h"
 #include "apiclient/leader_election.h"
 #include "apiclient/manager.h"
+#include "apiclient/rest_client.h"
 #include "common/log.h"
 #include "controllers/capacity/bootstrap_tls.h"
 #include "controllers/capacity/controller.h"
@@ -16,6 +17,8 @@
 
 namespace ephemera::controllers {
 namespace {
+
+constexpr const char* kUserAgent = "ephemera-controller-manager/0.1";
 
 using apiclient::ArrayField;
 using apiclient::BoolField;
@@ -104,7 +107,16 @@ StatusOr<TlsFiles> CapacityTls(const ManagerOptions& options, apiclient::ApiClie
 
 // Adds the storage-capacity controller and what it asks: one source per node from
 // --csi-node-endpoint, or from the driver's pods (a runnable of its own), or the central driver.
-Status AddCapacity(const ManagerOptions& options, apiclient::Manager& manager) {
+// Its CSIStorageCapacity writes go through a client of their own (`rest` with the capacity QPS
+// and burst), as external-provisioner's do.
+Status AddCapacity(const ManagerOptions& options, const apiclient::RestConfig& rest,
+                   apiclient::Manager& manager) {
+  apiclient::RestConfig write_config = rest;
+  write_config.qps = options.kube_api_capacity_qps;
+  write_config.burst = options.kube_api_capacity_burst;
+  write_config.user_agent = kUserAgent + std::string(" (storage-capacity)");
+  auto write_client = apiclient::RestClient::New(write_config);
+  if (!write_client.ok()) return write_client.status().WithContext("API client for capacity");
   std::shared_ptr<CapacitySource> source;
   if (!options.csi_node_endpoints.empty() || !options.csi_node_endpoints_selector.empty()) {
     auto tls = CapacityTls(options, *manager.client());
@@ -148,6 +160,7 @@ Status AddCapacity(const ManagerOptions& options, apiclient::Manager& manager) {
                         .threads = options.capacity_threads,
                         .reservations = options.capacity_reservations,
                         .node_owner = options.capacity_node_ownerref};
+  copts.write_client = *std::move(write_client);
   copts.events = manager.EventRecorderFor("ephemera.io/storage-capacity");
   if (options.capacity_ownerref_level >= 0) {
     auto owner = ResolveOwner(*manager.client(), options.capacity_ownerref_level);
@@ -182,7 +195,7 @@ int RunManager(const ManagerOptions& options) {
   config->burst = options.kube_api_burst;
   log::Info("API server", {{"config", config->DescribeForLog()}});
 
-  apiclient::ManagerConfig runtime{.user_agent = "ephemera-controller-manager/0.1",
+  apiclient::ManagerConfig runtime{.user_agent = kUserAgent,
                                    .http_endpoint = options.http_endpoint};
   if (options.leader_elect) {
     runtime.leader_election =
@@ -211,7 +224,7 @@ int RunManager(const ManagerOptions& options) {
                                .release_terminated_pods = options.release_terminated_pods}));
   }
   if (Enabled(options, "storage-capacity")) {
-    s = AddCapacity(options, **manager);
+    s = AddCapacity(options, *config, **manager);
     if (!s.ok()) {
       log::Error("cannot set up the storage-capacity controller", s);
       return s.code() == Code::kInvalidArgument ? 2 : 1;

@@ -449,6 +449,53 @@ class MemoryClient final : public apiclient::ApiClient {
   int writes_ = 0;
 };
 
+// Reads another client's store and refuses every write.
+class ReadOnlyView final : public apiclient::ApiClient {
+ public:
+  explicit ReadOnlyView(std::shared_ptr<MemoryClient> store) : store_(std::move(store)) {}
+
+  StatusOr<ObjectPtr> Get(const apiclient::Resource& r, const std::string& ns,
+                          const std::string& name) override {
+    return store_->Get(r, ns, name);
+  }
+  StatusOr<apiclient::ListResult> List(const apiclient::Resource& r, const std::string& ns,
+                                       const apiclient::ListOptions& options) override {
+    return store_->List(r, ns, options);
+  }
+  StatusOr<ObjectPtr> Create(const apiclient::Resource&, const std::string&,
+                             const Object&) override {
+    return Refused();
+  }
+  StatusOr<ObjectPtr> Update(const apiclient::Resource&, const std::string&,
+                             const Object&) override {
+    return Refused();
+  }
+  StatusOr<ObjectPtr> UpdateStatus(const apiclient::Resource&, const std::string&,
+                                   const Object&) override {
+    return Refused();
+  }
+  StatusOr<ObjectPtr> MergePatch(const apiclient::Resource&, const std::string&, const std::string&,
+                                 const Object&) override {
+    return Refused();
+  }
+  StatusOr<ObjectPtr> Apply(const apiclient::Resource&, const std::string&, const Object&,
+                            const std::string&, bool) override {
+    return Refused();
+  }
+  Status Delete(const apiclient::Resource&, const std::string&, const std::string&,
+                const apiclient::DeleteOptions&) override {
+    return Refused();
+  }
+  StatusOr<apiclient::WatchStreamPtr> Watch(const apiclient::Resource& r, const std::string& ns,
+                                            const apiclient::WatchOptions& options) override {
+    return store_->Watch(r, ns, options);
+  }
+
+ private:
+  static Status Refused() { return Status::Unavailable("this client does not write"); }
+  std::shared_ptr<MemoryClient> store_;
+};
+
 class FakeSource final : public CapacitySource {
  public:
   StatusOr<std::string> DriverName() override { return std::string(kDriver); }
@@ -679,6 +726,39 @@ TEST_CASE("Capacity controller creates updates only on change and keeps the last
       metrics.Render().find("csistoragecapacity_getcapacity_errors_total{code=\"UNAVAILABLE\"}") !=
       std::string::npos);
   CHECK(metrics.Render().find("csistoragecapacities_desired_goal 2") != std::string::npos);
+  controller.Stop();
+}
+
+TEST_CASE("Capacity controller writes through its own client when it has one", "[unit][capacity]") {
+  // The controller-manager's capacity client: its own rate limit (--kube-api-capacity-qps), as
+  // external-provisioner's. Here the controller's client refuses every write, so an object
+  // written, updated or deleted can only have gone through the write client.
+  auto client = std::make_shared<MemoryClient>();
+  Populate(*client);
+  auto reader = std::make_shared<ReadOnlyView>(client);
+  auto source = std::make_shared<FakeSource>();
+  source->capacity = {{"n1", 1LL << 30}, {"n2", 2LL << 30}};
+  apiclient::MetricsRegistry metrics;
+  FakeClock clock;
+  CapacityController controller(reader, source, metrics,
+                                {.ns = "ns",
+                                 .poll_interval = std::chrono::hours(1),
+                                 .write_qps = 0,
+                                 .write_client = client,
+                                 .clock = &clock});
+  REQUIRE(controller.Start(std::stop_token{}).ok());
+  REQUIRE(
+      Eventually([&] { return Published(*client).size() == 2 && controller.ItemSyncs() == 2; }));
+  CHECK(client->writes() == 2);
+  {
+    std::lock_guard<std::mutex> lock(source->mu);
+    source->capacity["n1"] = 512LL << 20;
+  }
+  const uint64_t before = controller.ItemSyncs();
+  controller.RefreshAll();
+  REQUIRE(Eventually([&] { return controller.ItemSyncs() >= before + 2; }));
+  CHECK(client->writes() == 3);
+  CHECK(Published(*client) == std::map<std::string, std::string>{{"n1", "512Mi"}, {"n2", "2Gi"}});
   controller.Stop();
 }
 
