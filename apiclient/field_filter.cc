@@ -1,9 +1,14 @@
 #include "apiclient/field_filter.h"
 
+#include <utility>
+
 namespace ephemera::apiclient {
 
 FieldFilter::FieldFilter(std::initializer_list<std::pair<std::string, FieldFilter>> members)
     : keep_all_(false), members_(members) {}
+
+FieldFilter::FieldFilter(std::vector<std::pair<std::string, FieldFilter>> members)
+    : keep_all_(false), members_(std::move(members)) {}
 
 const FieldFilter* FieldFilter::Member(std::string_view name) const {
   if (keep_all_) return this;

@@ -25,6 +25,7 @@ class FieldFilter {
   FieldFilter() = default;
   // Keeps only these members (of an object, or of each object in an array).
   FieldFilter(std::initializer_list<std::pair<std::string, FieldFilter>> members);
+  explicit FieldFilter(std::vector<std::pair<std::string, FieldFilter>> members);
 
   bool keeps_all() const { return keep_all_; }
   // The node for a member; nullptr when the member is dropped.

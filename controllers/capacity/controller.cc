@@ -116,6 +116,61 @@ Object InlineVolumePod(const Object& pod, const std::string& driver) {
   return out;
 }
 
+// What the informers decode of each object (the rest is never built): identity and what the
+// controller reads. A real cluster's Nodes (status.images, conditions) and Pods are mostly what
+// the controller never looks at, and every object's managedFields are a large part of it.
+using apiclient::FieldFilter;
+
+FieldFilter IdentityAnd(std::initializer_list<std::pair<std::string, FieldFilter>> metadata_extra,
+                        std::initializer_list<std::pair<std::string, FieldFilter>> top) {
+  const FieldFilter all;
+  std::vector<std::pair<std::string, FieldFilter>> meta = {{"name", all},
+                                                           {"namespace", all},
+                                                           {"uid", all},
+                                                           {"resourceVersion", all},
+                                                           {"deletionTimestamp", all}};
+  meta.insert(meta.end(), metadata_extra.begin(), metadata_extra.end());
+  std::vector<std::pair<std::string, FieldFilter>> members = {
+      {"apiVersion", all}, {"kind", all}, {"metadata", FieldFilter(meta)}};
+  members.insert(members.end(), top.begin(), top.end());
+  return FieldFilter(members);
+}
+
+std::shared_ptr<const FieldFilter> NodeFilter() {
+  const FieldFilter all;
+  return std::make_shared<const FieldFilter>(IdentityAnd({{"labels", all}}, {}));
+}
+
+std::shared_ptr<const FieldFilter> CsiNodeFilter() {
+  const FieldFilter all;
+  return std::make_shared<const FieldFilter>(IdentityAnd({}, {{"spec", {{"drivers", all}}}}));
+}
+
+std::shared_ptr<const FieldFilter> VolumeFilter() {
+  const FieldFilter all;
+  return std::make_shared<const FieldFilter>(IdentityAnd({}, {{"spec",
+                                                               {{"capacity", all},
+                                                                {"nodeAffinity", all},
+                                                                {"csi", {{"driver", all}}},
+                                                                {"claimRef", all}}}}));
+}
+
+std::shared_ptr<const FieldFilter> PodFilter() {
+  const FieldFilter all;
+  return std::make_shared<const FieldFilter>(
+      IdentityAnd({}, {{"spec", {{"nodeName", all}, {"volumes", {{"csi", {{"driver", all}}}}}}},
+                       {"status", {{"phase", all}}}}));
+}
+
+std::shared_ptr<const FieldFilter> ClaimFilter() {
+  const FieldFilter all;
+  return std::make_shared<const FieldFilter>(
+      IdentityAnd({{"annotations", all}}, {{"spec",
+                                            {{"storageClassName", all},
+                                             {"volumeName", all},
+                                             {"resources", {{"requests", {{"storage", all}}}}}}}}));
+}
+
 // A claim trimmed to what a reservation reads: identity, the selected-node annotation, class,
 // volume name and request, each as it came (ReadPlacedClaim checks the types).
 Object TrimClaim(const Object& pvc) {
@@ -473,27 +528,30 @@ Status CapacityController::Start(std::stop_token stop) {
   }
 
   csinodes_ = std::make_unique<apiclient::Informer>(
-      client_, apiclient::InformerOptions{.resource = kCSINodes});
-  nodes_ = std::make_unique<apiclient::Informer>(client_,
-                                                 apiclient::InformerOptions{.resource = kNodes});
+      client_, apiclient::InformerOptions{.resource = kCSINodes, .decode_filter = CsiNodeFilter()});
+  nodes_ = std::make_unique<apiclient::Informer>(
+      client_, apiclient::InformerOptions{.resource = kNodes, .decode_filter = NodeFilter()});
   classes_ = std::make_unique<apiclient::Informer>(
       client_, apiclient::InformerOptions{.resource = kStorageClasses});
   volumes_ = std::make_unique<apiclient::Informer>(
-      client_, apiclient::InformerOptions{.resource = kPersistentVolumes});
+      client_,
+      apiclient::InformerOptions{.resource = kPersistentVolumes, .decode_filter = VolumeFilter()});
   // CSI inline volumes are no PVs: the driver creates one when kubelet publishes it and deletes it
   // at unpublish. A pod with one that turns Running (kubelet reports after the mounts) or is
   // deleted for good (after the unmounts) changes its node's free space.
   const std::string driver = driver_;
   pods_ = std::make_unique<apiclient::Informer>(
       client_,
-      apiclient::InformerOptions{.resource = kPods, .transform = [driver](const Object& pod) {
-                                   return InlineVolumePod(pod, driver);
-                                 }});
+      apiclient::InformerOptions{
+          .resource = kPods,
+          .transform = [driver](const Object& pod) { return InlineVolumePod(pod, driver); },
+          .decode_filter = PodFilter()});
   if (options_.reservations) {
     claims_ = std::make_unique<apiclient::Informer>(
         client_,
         apiclient::InformerOptions{.resource = kPersistentVolumeClaims,
-                                   .transform = [](const Object& pvc) { return TrimClaim(pvc); }});
+                                   .transform = [](const Object& pvc) { return TrimClaim(pvc); },
+                                   .decode_filter = ClaimFilter()});
     claims_->AddHandlers(
         {.on_add = [this](const ObjectPtr& pvc) { ClaimChanged(*pvc); },
          .on_update = [this](const ObjectPtr&, const ObjectPtr& pvc) { ClaimChanged(*pvc); },
