@@ -1,6 +1,7 @@
 # The direct backend in the guest: a PMEM namespace per volume on a real (emulated) region.
 # csi-sanity in full, then alignment, DAX, FileIO (sector mode), fragmentation, exhaustion, inline
-# ephemeral volumes, snapshots, restores and clones, and restart recovery, with ephemera-csi-client (tests/vm/guest/lib.sh).
+# ephemeral volumes, snapshots, restores and clones, and restart recovery (also inside snapshot
+# calls), with ephemera-csi-client (tests/vm/guest/lib.sh).
 . /host/lib.sh
 GiB=1073741824
 # Namespaces with their name and mode: what must be the same before and after.
