@@ -96,8 +96,12 @@ int64_t LargestVolumeIn(int64_t extent, int64_t alignment) {
   return 0;
 }
 
-DirectDeviceManager::DirectDeviceManager(PmemApi& api, Eraser erase)
-    : api_(api), erase_(std::move(erase)) {}
+DirectDeviceManager::DirectDeviceManager(PmemApi& api, Eraser erase, BlockCopier copy)
+    : api_(api), erase_(std::move(erase)), copy_(std::move(copy)) {}
+
+bool DirectDeviceManager::IsSnapshotName(const std::string& name) {
+  return name.starts_with(kSnapshotPrefix);
+}
 
 Status DirectDeviceManager::Init() {
   std::lock_guard<std::mutex> lock(mu_);
@@ -129,6 +133,56 @@ StatusOr<std::vector<PmemNamespace>> DirectDeviceManager::FindLocked(const std::
   return found;
 }
 
+StatusOr<std::vector<PmemNamespace>> DirectDeviceManager::NamedLocked(const std::string& name) {
+  StatusOr<std::vector<PmemNamespace>> all = api_.Namespaces();
+  if (!all.ok()) return all.status();
+  std::vector<PmemNamespace> found;
+  for (PmemNamespace& ns : *all) {
+    if (ns.alt_name == name) found.push_back(std::move(ns));
+  }
+  return found;
+}
+
+StatusOr<PmemNamespace> DirectDeviceManager::MakeLocked(const std::string& alt_name, int64_t usable,
+                                                        int64_t raw, PmemMode mode) {
+  // A kernel may keep more metadata than UsableSize() computes: then the namespace is made again,
+  // larger by what was missing.
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    StatusOr<std::vector<PmemRegion>> regions = api_.Regions();
+    if (!regions.ok()) return regions.status();
+    // Best fit: the region whose largest free range is the smallest that holds the namespace.
+    const PmemRegion* best = nullptr;
+    int64_t largest = 0;
+    for (const PmemRegion& region : *regions) {
+      largest = std::max(largest, LargestVolumeIn(region.max_available_extent, alignment_));
+      if (region.max_available_extent >= raw &&
+          (best == nullptr || region.max_available_extent < best->max_available_extent)) {
+        best = &region;
+      }
+    }
+    if (best == nullptr) {
+      return Status::ResourceExhausted("volume of " + std::to_string(usable) +
+                                       " bytes (namespace of " + std::to_string(raw) +
+                                       " bytes) does not fit: the largest volume that fits has " +
+                                       std::to_string(largest) + " bytes");
+    }
+    StatusOr<PmemNamespace> ns = api_.CreateNamespace(best->name, alt_name, raw, mode, kFsdaxAlign);
+    if (!ns.ok()) return ns.status();
+    if (ns->usable_size >= usable && !ns->blockdev.empty()) return ns;
+    log::Warning("direct backend: namespace too small; making it again",
+                 {{"namespace", ns->name},
+                  {"bytes", std::to_string(raw)},
+                  {"usable", std::to_string(ns->usable_size)},
+                  {"asked", std::to_string(usable)}});
+    EPHEMERA_RETURN_IF_ERROR(api_.DestroyNamespace(ns->name));
+    StatusOr<int64_t> more = RoundUp(usable - std::min(ns->usable_size, usable), alignment_);
+    if (!more.ok()) return more.status();
+    raw += std::max(*more, alignment_);
+  }
+  return Status::Internal("could not make a namespace with " + std::to_string(usable) +
+                          " usable bytes");
+}
+
 StatusOr<Device> DirectDeviceManager::Create(const std::string& id, int64_t size,
                                              DeviceUsage usage) {
   EPHEMERA_RETURN_IF_ERROR(ValidateVolumeId("id", id));
@@ -149,42 +203,9 @@ StatusOr<Device> DirectDeviceManager::Create(const std::string& id, int64_t size
   PmemMode mode = ModeFor(usage);
   StatusOr<int64_t> raw = RawSizeFor(size, mode, alignment_);
   if (!raw.ok()) return raw.status();
-  // A kernel may keep more metadata than UsableSize() computes: then the namespace is made again,
-  // larger by what was missing.
-  for (int attempt = 0; attempt < 3; ++attempt) {
-    StatusOr<std::vector<PmemRegion>> regions = api_.Regions();
-    if (!regions.ok()) return regions.status();
-    // Best fit: the region whose largest free range is the smallest that holds the namespace.
-    const PmemRegion* best = nullptr;
-    int64_t largest = 0;
-    for (const PmemRegion& region : *regions) {
-      largest = std::max(largest, LargestVolumeIn(region.max_available_extent, alignment_));
-      if (region.max_available_extent >= *raw &&
-          (best == nullptr || region.max_available_extent < best->max_available_extent)) {
-        best = &region;
-      }
-    }
-    if (best == nullptr) {
-      return Status::ResourceExhausted("volume of " + std::to_string(size) +
-                                       " bytes (namespace of " + std::to_string(*raw) +
-                                       " bytes) does not fit: the largest volume that fits has " +
-                                       std::to_string(largest) + " bytes");
-    }
-    StatusOr<PmemNamespace> ns = api_.CreateNamespace(best->name, id, *raw, mode, kFsdaxAlign);
-    if (!ns.ok()) return ns.status();
-    if (ns->usable_size >= size && !ns->blockdev.empty()) return ToDevice(*ns);
-    log::Warning("direct backend: namespace too small; making it again",
-                 {{"namespace", ns->name},
-                  {"bytes", std::to_string(*raw)},
-                  {"usable", std::to_string(ns->usable_size)},
-                  {"asked", std::to_string(size)}});
-    EPHEMERA_RETURN_IF_ERROR(api_.DestroyNamespace(ns->name));
-    StatusOr<int64_t> more = RoundUp(size - std::min(ns->usable_size, size), alignment_);
-    if (!more.ok()) return more.status();
-    *raw += std::max(*more, alignment_);
-  }
-  return Status::Internal("could not make a namespace with " + std::to_string(size) +
-                          " usable bytes");
+  StatusOr<PmemNamespace> ns = MakeLocked(id, size, *raw, mode);
+  if (!ns.ok()) return ns.status();
+  return ToDevice(*ns);
 }
 
 Status DirectDeviceManager::Delete(const std::string& id, bool erase) {
@@ -262,6 +283,204 @@ StatusOr<Capacity> DirectDeviceManager::GetCapacity() {
 
 StatusOr<Device> DirectDeviceManager::Expand(const std::string& /*id*/, int64_t /*new_size*/) {
   return Status::Unimplemented("the direct backend cannot grow a namespace");
+}
+
+StatusOr<PmemNamespace> DirectDeviceManager::EnabledLocked(const PmemNamespace& ns) {
+  if (!ns.blockdev.empty()) return ns;
+  // Renaming it to its own name disables nothing more and enables it.
+  EPHEMERA_RETURN_IF_ERROR(api_.RenameNamespace(ns.name, ns.alt_name));
+  StatusOr<std::vector<PmemNamespace>> all = api_.Namespaces();
+  if (!all.ok()) return all.status();
+  for (const PmemNamespace& again : *all) {
+    if (again.name == ns.name && !again.blockdev.empty()) return again;
+  }
+  return Status::Internal("namespace " + ns.name + " of " + ns.alt_name +
+                          " has no enabled block device");
+}
+
+StatusOr<SnapshotData> DirectDeviceManager::CreateSnapshot(const std::string& snapshot_id,
+                                                           const std::string& source_id) {
+  EPHEMERA_RETURN_IF_ERROR(ValidateVolumeId("snapshot id", snapshot_id));
+  EPHEMERA_RETURN_IF_ERROR(ValidateVolumeId("source id", source_id));
+  if (!IsSnapshotName(snapshot_id) || !source_id.starts_with(kIdPrefix)) {
+    return Status::InvalidArgument("snapshot " + snapshot_id + " of " + source_id +
+                                   ": not a snapshot ID of a volume ID");
+  }
+  const std::string partial = snapshot_id + std::string(kPartialSuffix);
+  std::unique_lock<std::mutex> lock(mu_);
+  StatusOr<std::vector<PmemNamespace>> source = FindLocked(source_id);
+  if (!source.ok()) return source.status();
+  if (source->empty()) return Status::NotFound("device " + source_id + " not found");
+  StatusOr<PmemNamespace> origin = EnabledLocked(source->front());
+  if (!origin.ok()) return origin.status();
+  StatusOr<std::vector<PmemNamespace>> existing = NamedLocked(snapshot_id);
+  if (!existing.ok()) return existing.status();
+  if (!existing->empty()) return Status::AlreadyExists("snapshot " + snapshot_id + " exists");
+  // A copy that an earlier attempt left (the caller holds the snapshot's lock: nobody writes it):
+  // removed, then made anew.
+  StatusOr<std::vector<PmemNamespace>> left = NamedLocked(partial);
+  if (!left.ok()) return left.status();
+  for (const PmemNamespace& ns : *left) {
+    EPHEMERA_RETURN_IF_ERROR(api_.DestroyNamespace(ns.name));
+  }
+  // The volume's mode and size: the copy holds what the volume's block device holds.
+  StatusOr<PmemNamespace> copy =
+      MakeLocked(partial, origin->usable_size, origin->raw_size, origin->mode);
+  if (!copy.ok()) return copy.status();
+  // Without the lock: the caller keeps the other calls on the volume and the snapshot away, and
+  // the other volumes' calls go on meanwhile.
+  lock.unlock();
+  Status copied = copy_("/dev/" + origin->blockdev, origin->usable_size, "/dev/" + copy->blockdev,
+                        copy->usable_size);
+  lock.lock();
+  // The commit point: from here on the copy is a snapshot.
+  if (copied.ok()) copied = api_.RenameNamespace(copy->name, snapshot_id);
+  if (!copied.ok()) {
+    Status removed = api_.DestroyNamespace(copy->name);
+    if (!removed.ok()) {
+      log::Warning("direct backend: cannot remove an unfinished snapshot copy",
+                   {{"namespace", copy->name}, {"error", removed.ToString()}});
+    }
+    return copied;
+  }
+  return SnapshotData{snapshot_id, origin->usable_size, copy->raw_size, "copy"};
+}
+
+Status DirectDeviceManager::DeleteSnapshot(const std::string& snapshot_id, bool erase) {
+  EPHEMERA_RETURN_IF_ERROR(ValidateVolumeId("snapshot id", snapshot_id));
+  // Not a snapshot's name: no snapshot of ours (and never a volume's namespace).
+  if (!IsSnapshotName(snapshot_id)) return Status::Ok();
+  // The finished snapshot, a copy cut short, or both.
+  for (const std::string& name : {snapshot_id + std::string(kPartialSuffix), snapshot_id}) {
+    std::vector<PmemNamespace> found;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      StatusOr<std::vector<PmemNamespace>> named = NamedLocked(name);
+      if (!named.ok()) return named.status();
+      for (const PmemNamespace& ns : *named) {
+        if (!erase || !ns.blockdev.empty()) {
+          found.push_back(ns);
+          continue;
+        }
+        // Disabled by a rename cut short: enabled for the erase. One that cannot be enabled
+        // never got its copy (the copy comes after the namespace is enabled), so it holds no data
+        // of the volume.
+        StatusOr<PmemNamespace> enabled = EnabledLocked(ns);
+        if (!enabled.ok()) {
+          log::Warning("direct backend: a snapshot's namespace cannot be enabled for its erase",
+                       {{"namespace", ns.name}, {"error", enabled.status().ToString()}});
+        }
+        found.push_back(enabled.ok() ? *enabled : ns);
+      }
+    }
+    // Without the lock, as a volume's erase.
+    if (erase) {
+      for (const PmemNamespace& ns : found) {
+        if (!ns.blockdev.empty()) {
+          EPHEMERA_RETURN_IF_ERROR(erase_("/dev/" + ns.blockdev, ns.usable_size));
+        }
+      }
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const PmemNamespace& ns : found) {
+      EPHEMERA_RETURN_IF_ERROR(api_.DestroyNamespace(ns.name));
+    }
+  }
+  return Status::Ok();
+}
+
+StatusOr<SnapshotData> DirectDeviceManager::GetSnapshot(const std::string& snapshot_id) {
+  EPHEMERA_RETURN_IF_ERROR(ValidateVolumeId("snapshot id", snapshot_id));
+  if (!IsSnapshotName(snapshot_id)) {
+    return Status::NotFound("snapshot " + snapshot_id + " not found");
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  StatusOr<std::vector<PmemNamespace>> found = NamedLocked(snapshot_id);
+  if (!found.ok()) return found.status();
+  if (found->empty()) return Status::NotFound("snapshot " + snapshot_id + " not found");
+  const PmemNamespace& ns = found->front();
+  return SnapshotData{snapshot_id, ns.usable_size, ns.raw_size, ""};
+}
+
+StatusOr<std::vector<SnapshotData>> DirectDeviceManager::ListSnapshots() {
+  std::lock_guard<std::mutex> lock(mu_);
+  StatusOr<std::vector<PmemNamespace>> all = api_.Namespaces();
+  if (!all.ok()) return all.status();
+  std::vector<SnapshotData> snapshots;
+  for (const PmemNamespace& ns : *all) {
+    // Copies in progress (".partial") are not snapshots.
+    if (!IsSnapshotName(ns.alt_name) || !ValidateVolumeId("id", ns.alt_name).ok() ||
+        ns.alt_name.ends_with(kPartialSuffix)) {
+      continue;
+    }
+    snapshots.push_back(SnapshotData{ns.alt_name, ns.usable_size, ns.raw_size, ""});
+  }
+  std::sort(snapshots.begin(), snapshots.end(),
+            [](const SnapshotData& a, const SnapshotData& b) { return a.id < b.id; });
+  snapshots.erase(
+      std::unique(snapshots.begin(), snapshots.end(),
+                  [](const SnapshotData& a, const SnapshotData& b) { return a.id == b.id; }),
+      snapshots.end());
+  return snapshots;
+}
+
+StatusOr<Device> DirectDeviceManager::CreateFromSource(const std::string& id, int64_t size,
+                                                       DeviceUsage usage, SourceKind kind,
+                                                       const std::string& source_id) {
+  EPHEMERA_RETURN_IF_ERROR(ValidateVolumeId("id", id));
+  EPHEMERA_RETURN_IF_ERROR(ValidateVolumeId("source id", source_id));
+  if (!id.starts_with(kIdPrefix)) {
+    return Status::InvalidArgument("id: the direct backend names namespaces \"" +
+                                   std::string(kIdPrefix) + "...\"");
+  }
+  std::unique_lock<std::mutex> lock(mu_);
+  if (size <= 0 || size % alignment_ != 0) {
+    return Status::InvalidArgument("size " + std::to_string(size) +
+                                   " is not a positive multiple of the allocation unit " +
+                                   std::to_string(alignment_));
+  }
+  const std::string what = kind == SourceKind::kSnapshot ? "snapshot " : "device ";
+  // A snapshot's copy in progress is never a source; nor is a snapshot given as a volume, or the
+  // reverse.
+  StatusOr<std::vector<PmemNamespace>> source = std::vector<PmemNamespace>{};
+  if (kind == SourceKind::kSnapshot && IsSnapshotName(source_id) &&
+      !source_id.ends_with(kPartialSuffix)) {
+    source = NamedLocked(source_id);
+  } else if (kind == SourceKind::kVolume && source_id.starts_with(kIdPrefix)) {
+    source = FindLocked(source_id);
+  }
+  if (!source.ok()) return source.status();
+  if (source->empty()) return Status::NotFound(what + source_id + " not found");
+  StatusOr<PmemNamespace> origin = EnabledLocked(source->front());
+  if (!origin.ok()) return origin.status();
+  StatusOr<std::vector<PmemNamespace>> existing = FindLocked(id);
+  if (!existing.ok()) return existing.status();
+  if (!existing->empty()) return Status::AlreadyExists("device " + id + " exists");
+
+  const PmemMode mode = ModeFor(usage);
+  const int64_t usable = std::max(size, origin->usable_size);
+  StatusOr<int64_t> raw = RawSizeFor(usable, mode, alignment_);
+  if (!raw.ok()) return raw.status();
+  StatusOr<PmemNamespace> made = MakeLocked(id, usable, *raw, mode);
+  if (!made.ok()) return made.status();
+  lock.unlock();
+  Status copied = copy_("/dev/" + origin->blockdev, origin->usable_size, "/dev/" + made->blockdev,
+                        made->usable_size);
+  lock.lock();
+  if (!copied.ok()) {
+    // Nothing may be left behind (should the removal fail, the caller's `creating` record stays
+    // and its recovery removes the namespace).
+    Status removed = api_.DestroyNamespace(made->name);
+    if (!removed.ok()) {
+      log::Warning("direct backend: cannot remove a volume whose copy failed",
+                   {{"namespace", made->name}, {"error", removed.ToString()}});
+    }
+    return copied;
+  }
+  log::Info(
+      "direct backend: volume copied from its source",
+      {{"volume", id}, {"source", source_id}, {"bytes", std::to_string(origin->usable_size)}});
+  return ToDevice(*made);
 }
 
 }  // namespace ephemera::csi

@@ -20,14 +20,26 @@
 // State is the kernel's: the namespaces and their labels, read anew on every call; after a
 // restart the VolumeManager matches them with its records as for the other backends.
 //
+// Snapshots are copies, as in the `lvm` backend: a snapshot is a namespace of its volume's mode and
+// size named by the snapshot ID ("snap-...", which no volume ID starts with, so the volume calls
+// and the listing never see it), filled from the volume's block device (flushed first) with an
+// O_DIRECT copy. The copy is made under the name "<snapshot ID>.partial"; once it is synced the
+// namespace is renamed (disabled, its label renamed, enabled again: the commit point), so a copy
+// cut short by a crash is never a snapshot. A volume from a snapshot or a volume is a new namespace
+// (its final name: the caller's `creating` record covers a crash) holding a copy of the source,
+// the rest zeroed. Snapshots take their namespaces from the regions like volumes, so the capacity
+// shows them. Copies and erases run without the backend's lock.
+//
 // Thread safety: every method holds one mutex, so that no two libndctl calls ever overlap.
 #pragma once
 
 #include <functional>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <vector>
 
+#include "csi/backends/block_device.h"
 #include "csi/backends/device_manager.h"
 #include "csi/backends/pmem_api.h"
 
@@ -54,9 +66,17 @@ class DirectDeviceManager : public DeviceManager {
  public:
   static constexpr const char* kIdPrefix = "eph-";
 
+  // Snapshot IDs start with it (DeriveSnapshotId), volume IDs never do.
+  static constexpr std::string_view kSnapshotPrefix = "snap-";
+  // The name of a snapshot's namespace while its copy is made.
+  static constexpr std::string_view kPartialSuffix = ".partial";
+
   // `api` must outlive the manager. `erase` overwrites a block device (ZeroBlockDevice in
-  // production).
-  DirectDeviceManager(PmemApi& api, Eraser erase);
+  // production); `copy` copies one block device onto another (CopyBlockDevice in production).
+  DirectDeviceManager(PmemApi& api, Eraser erase, BlockCopier copy = CopyBlockDevice);
+
+  // Whether the namespace name `name` is (a copy in progress of) a snapshot, not a volume.
+  static bool IsSnapshotName(const std::string& name);
 
   // Reads the regions and fixes Alignment(). Errors: FAILED_PRECONDITION when there is no PMEM
   // region; INTERNAL.
@@ -73,11 +93,32 @@ class DirectDeviceManager : public DeviceManager {
   // UNIMPLEMENTED: an fsdax namespace cannot grow while it is in use.
   StatusOr<Device> Expand(const std::string& id, int64_t new_size) override;
 
+  bool SupportsSnapshots() const override { return true; }
+  StatusOr<SnapshotData> CreateSnapshot(const std::string& snapshot_id,
+                                        const std::string& source_id) override;
+  Status DeleteSnapshot(const std::string& snapshot_id, bool erase) override;
+  StatusOr<SnapshotData> GetSnapshot(const std::string& snapshot_id) override;
+  StatusOr<std::vector<SnapshotData>> ListSnapshots() override;
+  // The new namespace holds at least `size` bytes and at least the source's (the caller checks
+  // that the source's volume size is not above `size`; a namespace's usable size may exceed it).
+  StatusOr<Device> CreateFromSource(const std::string& id, int64_t size, DeviceUsage usage,
+                                    SourceKind kind, const std::string& source_id) override;
+
  private:
+  // The volume namespaces named `id` ("eph-..." only).
   StatusOr<std::vector<PmemNamespace>> FindLocked(const std::string& id);
+  // The namespaces whose label name is `name`, whatever it is.
+  StatusOr<std::vector<PmemNamespace>> NamedLocked(const std::string& name);
+  // Makes a namespace `alt_name` of `mode` with at least `usable` bytes, starting from `raw` bytes
+  // (see Create()), in the region that fits it best.
+  StatusOr<PmemNamespace> MakeLocked(const std::string& alt_name, int64_t usable, int64_t raw,
+                                     PmemMode mode);
+  // `ns` with its block device: a namespace left disabled by a rename cut short is enabled.
+  StatusOr<PmemNamespace> EnabledLocked(const PmemNamespace& ns);
 
   PmemApi& api_;
   Eraser erase_;
+  BlockCopier copy_;
   int64_t alignment_ = kFsdaxAlign;
   std::mutex mu_;
 };

@@ -91,6 +91,21 @@ PmemNamespace Describe(ndctl_namespace* ndns) {
   return ns;
 }
 
+// The namespace whose device name is `name` ("namespace0.1"), or nullptr.
+ndctl_namespace* FindNamespace(ndctl_ctx* ctx, const std::string& name) {
+  ndctl_bus* bus = nullptr;
+  ndctl_bus_foreach(ctx, bus) {
+    ndctl_region* region = nullptr;
+    ndctl_region_foreach(bus, region) {
+      ndctl_namespace* ndns = nullptr;
+      ndctl_namespace_foreach(region, ndns) {
+        if (Str(ndctl_namespace_get_devname(ndns)) == name) return ndns;
+      }
+    }
+  }
+  return nullptr;
+}
+
 }  // namespace
 
 StatusOr<std::unique_ptr<LibndctlPmemApi>> LibndctlPmemApi::Open() {
@@ -235,25 +250,35 @@ StatusOr<PmemNamespace> LibndctlPmemApi::CreateNamespace(const std::string& regi
 
 Status LibndctlPmemApi::DestroyNamespace(const std::string& name) {
   ndctl_invalidate(ctx_);
-  ndctl_bus* bus = nullptr;
-  ndctl_bus_foreach(ctx_, bus) {
-    ndctl_region* region = nullptr;
-    ndctl_region_foreach(bus, region) {
-      ndctl_namespace* ndns = nullptr;
-      ndctl_namespace_foreach(region, ndns) {
-        if (Str(ndctl_namespace_get_devname(ndns)) != name) continue;
-        // Refuses (EBUSY) while the block device is mounted or held open.
-        int rc = ndctl_namespace_disable_safe(ndns);
-        if (rc == -EBUSY) {
-          return Status::FailedPrecondition("namespace " + name + " is in use");
-        }
-        if (rc < 0) return Failed("disable " + name, rc);
-        rc = ndctl_namespace_delete(ndns);
-        if (rc < 0) return Failed("delete " + name, rc);
-        return Status::Ok();
-      }
-    }
+  ndctl_namespace* ndns = FindNamespace(ctx_, name);
+  if (ndns == nullptr) return Status::Ok();
+  // Refuses (EBUSY) while the block device is mounted or held open.
+  int rc = ndctl_namespace_disable_safe(ndns);
+  if (rc == -EBUSY) return Status::FailedPrecondition("namespace " + name + " is in use");
+  if (rc < 0) return Failed("disable " + name, rc);
+  rc = ndctl_namespace_delete(ndns);
+  if (rc < 0) return Failed("delete " + name, rc);
+  return Status::Ok();
+}
+
+Status LibndctlPmemApi::RenameNamespace(const std::string& name, const std::string& alt_name) {
+  ndctl_invalidate(ctx_);
+  ndctl_namespace* ndns = FindNamespace(ctx_, name);
+  if (ndns == nullptr) return Status::NotFound("namespace " + name + " not found");
+  // The kernel renames only a namespace that no driver holds and no pfn or btt claims:
+  // disable_safe unbinds the block device (EBUSY while it is mounted or open) and releases the
+  // claim of its personality, whose info block stays on the media.
+  int rc = ndctl_namespace_disable_safe(ndns);
+  if (rc == -EBUSY) return Status::FailedPrecondition("namespace " + name + " is in use");
+  if (rc < 0) return Failed("disable " + name, rc);
+  if (Str(ndctl_namespace_get_alt_name(ndns)) != alt_name) {
+    rc = ndctl_namespace_set_alt_name(ndns, alt_name.c_str());  // a label update
+    if (rc < 0) return Failed("rename " + name + " to " + alt_name, rc);
   }
+  // Enabling probes the media: the kernel finds the pfn (or btt) info block and makes the
+  // personality and its block device again, over the same data.
+  rc = ndctl_namespace_enable(ndns);
+  if (rc < 0) return Failed("enable " + name + " after renaming it", rc);
   return Status::Ok();
 }
 

@@ -28,6 +28,7 @@ class LibndctlPmemApi : public PmemApi {
                                           int64_t raw_size, PmemMode mode,
                                           int64_t fsdax_align) override;
   Status DestroyNamespace(const std::string& name) override;
+  Status RenameNamespace(const std::string& name, const std::string& alt_name) override;
 
  private:
   explicit LibndctlPmemApi(ndctl_ctx* ctx) : ctx_(ctx) {}

@@ -56,6 +56,13 @@ class PmemApi {
   // Disables and deletes the namespace `name` (e.g. "namespace0.1"). OK when it does not exist.
   // Errors: FAILED_PRECONDITION when its block device is mounted or held open; INTERNAL.
   virtual Status DestroyNamespace(const std::string& name) = 0;
+
+  // Gives the namespace `name` the label name `alt_name`, keeping its data: the namespace is
+  // disabled (its fsdax or sector personality released), renamed in its label, and enabled
+  // again, the kernel finding its personality from the info block on the media. A process killed
+  // part-way leaves it disabled (no block device) under the old or the new name; renaming it again
+  // enables it. Errors: NOT_FOUND; FAILED_PRECONDITION when it is in use; INTERNAL.
+  virtual Status RenameNamespace(const std::string& name, const std::string& alt_name) = 0;
 };
 
 }  // namespace ephemera::csi
