@@ -14,26 +14,14 @@
 
 namespace {
 
-// The config file needs a path: one per process, rewritten for each input, removed at exit; in
-// /dev/shm (tmpfs) where there is one, since a truncate and write on a disk filesystem cost a
-// tenth of each run.
-class ConfigFile {
- public:
-  ConfigFile()
-      : path_((access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp") +
-              std::string("/ephemera-fuzz-config-") + std::to_string(getpid()) + ".yaml") {}
-  ConfigFile(const ConfigFile&) = delete;
-  ConfigFile& operator=(const ConfigFile&) = delete;
-  ~ConfigFile() { unlink(path_.c_str()); }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
-
+// The config file needs a path: one per process, in /dev/shm (tmpfs) where there is one, since a
+// truncate and write on a disk filesystem cost a tenth of each run; removed after each input, as
+// a run stopped by SIGINT ends without static destructors.
 const std::string& ConfigPath() {
-  static const ConfigFile file;
-  return file.path();
+  static const std::string path = (access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp") +
+                                  std::string("/ephemera-fuzz-config-") + std::to_string(getpid()) +
+                                  ".yaml";
+  return path;
 }
 
 }  // namespace
@@ -53,5 +41,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
   controllers::ManagerOptions options;
   (void)controllers::ParseManagerOptions({"--config=" + ConfigPath()}, &options);
+  unlink(ConfigPath().c_str());
   return 0;
 }
