@@ -344,3 +344,35 @@ bench_report() {
     END { p = int(NR * 99 / 100) + 1; if (p > NR) p = NR
           printf "%-28s n=%d median=%.1f ms p99=%.1f ms mean=%.1f ms\n", n, NR, a[int(NR / 2) + 1], a[p], s / NR }'
 }
+
+# snapshot_bench_report RAW LOG_LINES: the report of bench-*-snapshot.sh. /tmp/times holds a line
+# per iteration, "driver-snapshot driver-restore raw-snapshot raw-restore" in microseconds (the
+# driver's side timed around its client call); RAW names the raw side; the driver's log lines after
+# LOG_LINES give the driver's own time per call.
+snapshot_bench_report() {  # RAW LOG_LINES
+  cp /tmp/times /tmp/raw.times
+  bench_report "driver snapshot" 1
+  bench_report "driver restore" 2
+  bench_report "$1 (snapshot)" 3
+  bench_report "$1 (restore)" 4
+  awk '{ print $1 }' /tmp/times | sort -n > /tmp/a; awk '{ print $3 }' /tmp/times | sort -n > /tmp/b
+  awk '{ print $2 }' /tmp/times | sort -n > /tmp/c; awk '{ print $4 }' /tmp/times | sort -n > /tmp/d
+  m() { sed -n "$(( $(wc -l < "$1") / 2 + 1 ))p" "$1"; }
+  echo "median ratio driver/raw: snapshot $(awk -v a="$(m /tmp/a)" -v b="$(m /tmp/b)" 'BEGIN { printf "%.2f", a / b }')," \
+    "restore $(awk -v a="$(m /tmp/c)" -v b="$(m /tmp/d)" 'BEGIN { printf "%.2f", a / b }')"
+  # The driver's own time for the same calls, from its log (the server's duration of each call:
+  # without the client process, which the lines above include).
+  tail -n +$(($2 + 1)) /tmp/driver.log > /tmp/bench.log
+  grep -o '"/csi.v1.Controller/CreateSnapshot" code="OK" us="[0-9]*"' /tmp/bench.log | sed 's/.*us="\([0-9]*\)"/\1/' > /tmp/raw.times
+  bench_report "driver snapshot (server)" 1
+  grep -o '"/csi.v1.Controller/CreateVolume" code="OK" us="[0-9]*"' /tmp/bench.log | sed 's/.*us="\([0-9]*\)"/\1/' > /tmp/raw.times
+  bench_report "driver restore (server)" 1
+  # What the driver's side carries beyond the driver: each call is a new ephemera-csi-client
+  # process (gRPC's libraries loaded under TCG), timed here on a call that does almost nothing.
+  : > /tmp/raw.times
+  for j in 1 2 3 4 5; do
+    t0=$(now_ns); $CLIENT $SOCK capacity > /dev/null; t1=$(now_ns)
+    echo "$(( (t1 - t0) / 1000 ))" >> /tmp/raw.times
+  done
+  bench_report "csi client start + GetCapacity" 1
+}
