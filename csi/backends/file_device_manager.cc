@@ -31,17 +31,6 @@ int64_t RoundUpToUnit(int64_t bytes) {
          FileDeviceManager::kAlignment;
 }
 
-// Writes what the filesystems mounted from `file`'s loop devices hold in memory down to the file
-// (syncfs of every such mount, fsync of the device for raw block use), so that a copy of the file
-// has what was written before the call: a crash-consistent image, as after a power cut.
-Status FlushVolume(const std::string& file) {
-  StatusOr<std::vector<std::string>> loops = FindLoopsForFile(file);
-  if (!loops.ok()) return loops.status();
-  for (const std::string& loop : *loops)
-    EPHEMERA_RETURN_IF_ERROR(FlushBlockDevice(loop));
-  return Status::Ok();
-}
-
 Status SyncDir(const std::string& dir) {
   int fd = open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0) return Status::Internal(ErrnoMessage("open " + dir));
@@ -134,7 +123,10 @@ Status FileDeviceManager::Init() {
   StatusOr<std::vector<LoopInfo>> loops = ListLoopsInDir(dir_);
   if (!loops.ok()) return loops.status();
   for (const LoopInfo& loop : *loops) {
-    if (!loop.deleted) continue;
+    if (!loop.deleted) {
+      loops_[loop.file].push_back(loop.device);
+      continue;
+    }
     StatusOr<bool> in_use = LoopInUse(loop.device);
     if (in_use.ok() && !*in_use) {
       log::Info("file backend: detaching the loop device of a deleted file",
@@ -220,7 +212,7 @@ StatusOr<Device> FileDeviceManager::Create(const std::string& id, int64_t size,
   }
   close(fd);
   if (status.ok()) status = SyncDir(dir_);
-  StatusOr<std::string> loop = status.ok() ? AttachLoop(path) : StatusOr<std::string>(status);
+  StatusOr<std::string> loop = status.ok() ? AttachLocked(path) : StatusOr<std::string>(status);
   if (!loop.ok()) {
     unlink(path.c_str());
     return loop.status();
@@ -233,6 +225,7 @@ Status FileDeviceManager::Delete(const std::string& id, bool erase) {
   std::string path = FilePath(id);
   {
     std::lock_guard<std::mutex> lock(mu_);
+    // Every loop device of the file, also one that somebody else attached: a scan, not loops_.
     StatusOr<std::vector<std::string>> loops = FindLoopsForFile(path);
     if (!loops.ok()) return loops.status();
     for (const std::string& loop : *loops) {
@@ -246,6 +239,7 @@ Status FileDeviceManager::Delete(const std::string& id, bool erase) {
     }
     for (const std::string& loop : *loops)
       EPHEMERA_RETURN_IF_ERROR(DetachLoop(loop));
+    loops_.erase(path);
   }
   // Without the lock: the file has no loop device now, and the caller keeps the other calls on
   // this volume away, so only the erase touches it.
@@ -257,6 +251,38 @@ Status FileDeviceManager::Delete(const std::string& id, bool erase) {
   return SyncDir(dir_);
 }
 
+StatusOr<std::vector<std::string>> FileDeviceManager::LoopsLocked(const std::string& file) {
+  if (auto known = loops_.find(file); known != loops_.end()) {
+    std::vector<std::string> confirmed;
+    for (const std::string& device : known->second) {
+      std::string backing = LoopBackingFile(device);
+      if (backing == file || backing == file + " (deleted)") confirmed.push_back(device);
+    }
+    if (!confirmed.empty()) {
+      known->second = confirmed;
+      return confirmed;
+    }
+    loops_.erase(known);  // detached behind our back: look again
+  }
+  StatusOr<std::vector<std::string>> found = FindLoopsForFile(file);
+  if (found.ok() && !found->empty()) loops_[file] = *found;
+  return found;
+}
+
+StatusOr<std::string> FileDeviceManager::AttachLocked(const std::string& file) {
+  StatusOr<std::string> loop = AttachLoop(file);
+  if (loop.ok()) loops_[file].push_back(*loop);
+  return loop;
+}
+
+Status FileDeviceManager::FlushLocked(const std::string& file) {
+  StatusOr<std::vector<std::string>> loops = LoopsLocked(file);
+  if (!loops.ok()) return loops.status();
+  for (const std::string& loop : *loops)
+    EPHEMERA_RETURN_IF_ERROR(FlushBlockDevice(loop));
+  return Status::Ok();
+}
+
 StatusOr<Device> FileDeviceManager::GetLocked(const std::string& id, bool attach) {
   std::string path = FilePath(id);
   struct stat st {};
@@ -265,12 +291,12 @@ StatusOr<Device> FileDeviceManager::GetLocked(const std::string& id, bool attach
     return Status::Internal(ErrnoMessage("stat " + path));
   }
   Device device{id, st.st_size, "", false};
-  StatusOr<std::vector<std::string>> loops = FindLoopsForFile(path);
+  StatusOr<std::vector<std::string>> loops = LoopsLocked(path);
   if (!loops.ok()) return loops.status();
   if (!loops->empty()) {
     device.path = loops->front();
   } else if (attach) {
-    StatusOr<std::string> loop = AttachLoop(path);
+    StatusOr<std::string> loop = AttachLocked(path);
     if (!loop.ok()) return loop.status();
     device.path = *loop;
   }
@@ -421,7 +447,7 @@ StatusOr<SnapshotData> FileDeviceManager::CreateSnapshot(const std::string& snap
   if (unlink(partial.c_str()) != 0 && errno != ENOENT) {
     return Status::Internal(ErrnoMessage("unlink " + partial));
   }
-  EPHEMERA_RETURN_IF_ERROR(FlushVolume(source));
+  EPHEMERA_RETURN_IF_ERROR(FlushLocked(source));
   // The copy allocates at most what the source has allocated.
   int64_t charge = RoundUpToUnit(static_cast<int64_t>(st.st_blocks) * 512);
   StatusOr<CopyMethod> method = CopyFile(lock, source, partial, st.st_size, charge, charge);
@@ -503,11 +529,11 @@ StatusOr<Device> FileDeviceManager::CreateFromSource(const std::string& id, int6
       kind == SourceKind::kSnapshot ? SnapshotPath(source_id) : FilePath(source_id);
   std::string path = FilePath(id);
   std::unique_lock<std::mutex> lock(mu_);
-  if (kind == SourceKind::kVolume) EPHEMERA_RETURN_IF_ERROR(FlushVolume(source));
+  if (kind == SourceKind::kVolume) EPHEMERA_RETURN_IF_ERROR(FlushLocked(source));
   StatusOr<CopyMethod> method = CopyFile(lock, source, path, size, size, 0);
   if (!method.ok()) return method.status();
   Status synced = SyncDir(dir_);
-  StatusOr<std::string> loop = synced.ok() ? AttachLoop(path) : StatusOr<std::string>(synced);
+  StatusOr<std::string> loop = synced.ok() ? AttachLocked(path) : StatusOr<std::string>(synced);
   if (!loop.ok()) {
     unlink(path.c_str());
     return loop.status();

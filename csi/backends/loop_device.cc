@@ -110,6 +110,15 @@ StatusOr<std::vector<std::string>> FindLoopsForFile(const std::string& file) {
   return devices;
 }
 
+std::string LoopBackingFile(const std::string& device) {
+  constexpr std::string_view kPrefix = "/dev/loop";
+  if (!device.starts_with(kPrefix) || device.size() == kPrefix.size() ||
+      device.find_first_not_of("0123456789", kPrefix.size()) != std::string::npos) {
+    return "";
+  }
+  return ReadFirstLine("/sys/block/" + device.substr(5) + "/loop/backing_file");
+}
+
 StatusOr<std::vector<LoopInfo>> ListLoopsInDir(const std::string& dir) {
   StatusOr<std::vector<LoopInfo>> loops = ListLoops();
   if (!loops.ok()) return loops.status();

@@ -22,7 +22,12 @@ StatusOr<std::string> AttachLoop(const std::string& file);
 
 // The loop devices ("/dev/loopN") whose backing file is `file`, including devices whose file has
 // been unlinked since ("file (deleted)" in sysfs).
+// Reads every loop device's backing file in sysfs: the cost grows with the machine's loop devices.
 StatusOr<std::vector<std::string>> FindLoopsForFile(const std::string& file);
+
+// The backing file of one loop device ("/dev/loopN") as sysfs shows it (with " (deleted)" when it
+// was unlinked); "" when the device has none (detached) or is not a loop device. One sysfs read.
+std::string LoopBackingFile(const std::string& device);
 
 // Every loop device whose backing file lies directly in `dir` as (device, backing file) pairs; the
 // file name has any " (deleted)" suffix removed and `deleted` set.
