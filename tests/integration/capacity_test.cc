@@ -31,6 +31,7 @@
 #include "tests/integration/cluster_client.h"
 #include "tests/integration/csi/driver_fixture.h"
 #include "tests/integration/process.h"
+#include "tests/test_paths.h"
 
 namespace ephemera::testing {
 namespace {
@@ -310,13 +311,12 @@ TEST_CASE("Storage capacity: a deleted Node's objects are gone within seconds",
 // Returns its path; *kustomize_dir gets the directory to delete them with.
 std::string ManifestRbacKubeconfig(const TestCluster& cluster, const std::string& ns,
                                    const std::string& suffix, std::string* kustomize_dir) {
-  const std::string k = std::string(EPHEMERA_SOURCE_DIR) + "/.tools/bin/kubectl --kubeconfig " +
-                        cluster.kubeconfig() + " ";
+  const std::string k =
+      std::string(kSourceDir) + "/.tools/bin/kubectl --kubeconfig " + cluster.kubeconfig() + " ";
   const std::string dir = cluster.dir() + "/rbac-" + suffix;
   std::filesystem::create_directories(dir);
-  std::filesystem::copy_file(
-      std::string(EPHEMERA_SOURCE_DIR) + "/manifests/controller-manager-rbac.yaml",
-      dir + "/controller-manager-rbac.yaml");
+  std::filesystem::copy_file(std::string(kSourceDir) + "/manifests/controller-manager-rbac.yaml",
+                             dir + "/controller-manager-rbac.yaml");
   std::ofstream(dir + "/kustomization.yaml") << "namespace: " << ns << "\nnameSuffix: \"-" << suffix
                                              << "\"\nresources: [controller-manager-rbac.yaml]\n";
   *kustomize_dir = dir;
@@ -447,8 +447,8 @@ TEST_CASE(
   CHECK(controller->Running());
   controller->Stop();
   (void)client->Delete(kCSINodes, "", node, {});  // if the garbage collector has not yet
-  Shell(std::string(EPHEMERA_SOURCE_DIR) + "/.tools/bin/kubectl --kubeconfig " +
-        cluster.kubeconfig() + " delete -k " + rbac_dir + " --wait=false >/dev/null 2>&1");
+  Shell(std::string(kSourceDir) + "/.tools/bin/kubectl --kubeconfig " + cluster.kubeconfig() +
+        " delete -k " + rbac_dir + " --wait=false >/dev/null 2>&1");
 }
 
 TEST_CASE(
@@ -1464,7 +1464,7 @@ TEST_CASE(
   SetPodIP(*client, ns, "manager", host);
   REQUIRE(Eventually([&] { return Capacities(*client, ns, {sc}).size() == 3; }));
 
-  const std::string plugin = std::string(EPHEMERA_BINARY_DIR) + "/bin/kubectl-ephemera";
+  const std::string plugin = std::string(kBinaryDir) + "/bin/kubectl-ephemera";
   // node-1's CONFIRMED cell in seconds, or -1 (unknown, or no row).
   auto confirmed_node1 = [&]() -> int {
     const std::string table =

@@ -7,6 +7,8 @@
 #include <random>
 #include <stdexcept>
 
+#include "tests/test_paths.h"
+
 namespace ephemera::testing {
 
 TestCluster TestCluster::FromEnvironment() {
@@ -47,7 +49,7 @@ std::string TestCluster::CreateNamespace(const std::string& prefix) const {
 
 bool TestCluster::CompactEtcd() const {
   const std::string command =
-      std::string(EPHEMERA_SOURCE_DIR) + "/tests/cluster/etcd-compact '" + dir_ + "' > /dev/null";
+      std::string(kSourceDir) + "/tests/cluster/etcd-compact '" + dir_ + "' > /dev/null";
   return std::system(command.c_str()) == 0;  // NOLINT(concurrency-mt-unsafe,cert-env33-c)
 }
 

@@ -17,6 +17,7 @@
 #include "apiclient/errors.h"
 #include "tests/integration/cluster_client.h"
 #include "tests/integration/process.h"
+#include "tests/test_paths.h"
 
 namespace ephemera::testing {
 namespace {
@@ -371,8 +372,7 @@ TEST_CASE("Ephemeral volumes: safe beside kube-controller-manager's own controll
   EnsureLateBindingClass(*client);
   // Both controllers race for the same PVCs.
   ControllerProcess ours(cluster, {});
-  ControllerProcess theirs(cluster,
-                           std::string(EPHEMERA_SOURCE_DIR) + "/.tools/bin/kube-controller-manager",
+  ControllerProcess theirs(cluster, std::string(kSourceDir) + "/.tools/bin/kube-controller-manager",
                            {"--kubeconfig", cluster.dir() + "/kube-controller-manager.kubeconfig",
                             "--controllers", "ephemeral-volume-controller", "--leader-elect=false",
                             "--use-service-account-credentials=true", "--secure-port", "0"});
@@ -526,9 +526,8 @@ TEST_CASE("Ephemeral volumes: kube-apiserver SIGKILLed during 500 pods / none lo
     });
   }
   REQUIRE(Eventually([&] { return next.load() > kPodCount / 10; }, seconds(30)));
-  const std::string restart = std::string(EPHEMERA_SOURCE_DIR) +
-                              "/scripts/cluster restart --dir '" + cluster.dir() +
-                              "' --component kube-apiserver --signal KILL";
+  const std::string restart = std::string(kSourceDir) + "/scripts/cluster restart --dir '" +
+                              cluster.dir() + "' --component kube-apiserver --signal KILL";
   const int restarted = std::system(restart.c_str());  // NOLINT(concurrency-mt-unsafe,cert-env33-c)
   const int created_by_then = confirmed.load();
   for (auto& t : creators)

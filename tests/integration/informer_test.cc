@@ -15,6 +15,7 @@
 
 #include "apiclient/errors.h"
 #include "tests/integration/cluster_client.h"
+#include "tests/test_paths.h"
 
 namespace ephemera::testing {
 namespace {
@@ -152,9 +153,8 @@ TEST_CASE("Informer: no event lost across a restart of kube-apiserver",
   REQUIRE(client->Create(kConfigMaps, ns, ConfigMap(ns, "before", "1")).ok());
   REQUIRE(recorder.WaitFor("add", "before"));
 
-  const std::string restart = std::string(EPHEMERA_SOURCE_DIR) +
-                              "/scripts/cluster restart --dir '" + cluster.dir() +
-                              "' --component kube-apiserver 2>/dev/null";
+  const std::string restart = std::string(kSourceDir) + "/scripts/cluster restart --dir '" +
+                              cluster.dir() + "' --component kube-apiserver 2>/dev/null";
   REQUIRE(std::system(restart.c_str()) == 0);  // NOLINT(concurrency-mt-unsafe,cert-env33-c)
 
   // Right after the restart, while the informer is still reconnecting.

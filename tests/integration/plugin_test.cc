@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "tests/integration/cluster_client.h"
+#include "tests/test_paths.h"
 
 namespace ephemera::testing {
 namespace {
@@ -22,10 +23,10 @@ namespace res = apiclient::resources;
 constexpr const char* kDriver = "pmem-csi.ephemera.io";
 
 std::string PluginBinary() {
-  return std::string(EPHEMERA_BINARY_DIR) + "/bin/kubectl-ephemera";
+  return std::string(kBinaryDir) + "/bin/kubectl-ephemera";
 }
 std::string Kubectl() {
-  return std::string(EPHEMERA_SOURCE_DIR) + "/.tools/bin/kubectl";
+  return std::string(kSourceDir) + "/.tools/bin/kubectl";
 }
 
 struct Result {
@@ -53,7 +54,7 @@ Result RunProgram(const TestCluster& cluster, const std::vector<std::string>& ar
     dup2(err, 2);
     const char* path = std::getenv("PATH");  // NOLINT(concurrency-mt-unsafe)
     const std::string new_path =
-        std::string(EPHEMERA_BINARY_DIR) + "/bin:" + (path != nullptr ? path : "/usr/bin:/bin");
+        std::string(kBinaryDir) + "/bin:" + (path != nullptr ? path : "/usr/bin:/bin");
     setenv("PATH", new_path.c_str(), 1);                    // NOLINT(concurrency-mt-unsafe)
     setenv("KUBECONFIG", cluster.kubeconfig().c_str(), 1);  // NOLINT(concurrency-mt-unsafe)
     std::vector<char*> args;

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "tests/integration/cluster_client.h"
+#include "tests/test_paths.h"
 
 namespace ephemera::testing {
 
@@ -66,7 +67,7 @@ class TestProcess {
 };
 
 inline std::string ManagerBinary() {
-  return std::string(EPHEMERA_BINARY_DIR) + "/bin/ephemera-controller-manager";
+  return std::string(kBinaryDir) + "/bin/ephemera-controller-manager";
 }
 
 // ephemera-controller-manager's flags for the test cluster: no leader election, -v 2, then `extra`.

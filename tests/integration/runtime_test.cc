@@ -18,6 +18,7 @@
 #include "common/http_endpoint.h"
 #include "tests/integration/cluster_client.h"
 #include "tests/integration/http_get.h"
+#include "tests/test_paths.h"
 
 namespace ephemera::testing {
 namespace {
@@ -48,7 +49,7 @@ std::string RunCommand(const std::string& command) {
 pid_t StartCandidate(const TestCluster& cluster, const std::string& ns, const std::string& out) {
   const pid_t pid = fork();
   if (pid == 0) {
-    const std::string helper = std::string(EPHEMERA_BINARY_DIR) + "/bin/ephemera_leader_helper";
+    const std::string helper = std::string(kBinaryDir) + "/bin/ephemera_leader_helper";
     execl(helper.c_str(), helper.c_str(), cluster.kubeconfig().c_str(), ns.c_str(), "ephemera-test",
           out.c_str(), static_cast<char*>(nullptr));
     _exit(127);
@@ -162,9 +163,8 @@ TEST_CASE("Events: repeats aggregate into a series / kubectl get events shows th
     }
   }
   CHECK(warnings == 1);
-  const std::string kubectl = std::string(EPHEMERA_SOURCE_DIR) +
-                              "/.tools/bin/kubectl --kubeconfig " + cluster.kubeconfig() +
-                              " get events -n " + ns + " 2>&1";
+  const std::string kubectl = std::string(kSourceDir) + "/.tools/bin/kubectl --kubeconfig " +
+                              cluster.kubeconfig() + " get events -n " + ns + " 2>&1";
   const std::string out = RunCommand(kubectl);
   INFO(out);
   CHECK(out.find("FailedBinding") != std::string::npos);

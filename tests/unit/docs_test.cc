@@ -9,12 +9,13 @@
 #include "common/flags.h"
 #include "controllers/manager/options.h"
 #include "csi/config.h"
+#include "tests/test_paths.h"
 
 namespace ephemera {
 namespace {
 
 std::string ReadSource(const std::string& relative) {
-  std::ifstream in(std::string(EPHEMERA_SOURCE_DIR) + "/" + relative);
+  std::ifstream in(std::string(::ephemera::testing::kSourceDir) + "/" + relative);
   REQUIRE(in.good());
   std::stringstream s;
   s << in.rdbuf();

@@ -17,6 +17,7 @@
 
 #include "csi/backends/loop_device.h"
 #include "csi/mount_util.h"
+#include "tests/test_paths.h"
 
 extern char** environ;
 
@@ -29,7 +30,7 @@ std::string DriverBinary() {
   // on the main thread before they start anything.
   // NOLINTNEXTLINE(concurrency-mt-unsafe): no concurrent setenv (above)
   const char* env = getenv("EPHEMERA_CSI_DRIVER");
-  return env != nullptr ? env : EPHEMERA_CSI_DRIVER_PATH;
+  return env != nullptr ? env : ::ephemera::testing::kCsiDriverPath;
 }
 
 }  // namespace
