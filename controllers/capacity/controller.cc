@@ -1,6 +1,7 @@
 #include "controllers/capacity/controller.h"
 
 #include <algorithm>
+#include <iterator>
 #include <limits>
 
 #include "apiclient/errors.h"
@@ -897,6 +898,12 @@ Status CapacityController::Resync() {
     for (auto it = clamped_keys_.begin(); it != clamped_keys_.end();) {
       it = wanted_.count(*it) > 0 ? std::next(it) : clamped_keys_.erase(it);
     }
+    for (auto it = written_at_.begin(); it != written_at_.end();) {
+      it = wanted_.count(it->first) > 0 ? std::next(it) : written_at_.erase(it);
+    }
+    for (auto it = written_limit_.begin(); it != written_limit_.end();) {
+      it = wanted_.count(it->first) > 0 ? std::next(it) : written_limit_.erase(it);
+    }
     pacer_.Retain([this](const std::string& key) { return wanted_.count(key) > 0; });
     for (auto it = urgent_.begin(); it != urgent_.end();) {
       it = wanted_.count(*it) > 0 ? std::next(it) : urgent_.erase(it);
@@ -1165,6 +1172,15 @@ Status CapacityController::Publish(const std::string& key, const Wanted& wanted)
   ObjectPtr have;
   int64_t reserved = 0;
   bool newly_clamped = false;
+  const apiclient::Clock::TimePoint computed = clock_.Now();
+  // The figure is in the API: what claim pacing compares with, and which reservations it counts.
+  auto written = [&] {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      WrittenLocked(key, computed, value);
+    }
+    WakeParked();
+  };
   // A change this publish answers: when it came and when the call that counts it started.
   std::optional<std::pair<apiclient::Clock::TimePoint, apiclient::Clock::TimePoint>> change;
   {
@@ -1210,6 +1226,7 @@ Status CapacityController::Publish(const std::string& key, const Wanted& wanted)
       if (!created.ok()) return created.status();
       writes_metric_.With({"create"}).Inc();
       ObjectSeen(*created);
+      written();
       log::Info("created CSIStorageCapacity", {{"name", Field(**created, "metadata", "name")},
                                                {"storageClass", item.storage_class},
                                                {"segment", DescribeSegment(item.segment)},
@@ -1218,7 +1235,10 @@ Status CapacityController::Publish(const std::string& key, const Wanted& wanted)
     });
   }
   const bool owned = !node_owner || OwnedOnlyBy(*have, *node_owner);
-  if (CapacityUpToDate(*have, value) && owned) return Status::Ok();
+  if (CapacityUpToDate(*have, value) && owned) {
+    written();
+    return Status::Ok();
+  }
   Object updated = *have;  // a copy: the cached object stays untouched
   // An object of an older version (or whose Node was made again under the same name) gets the
   // Node as its owner: one update, once.
@@ -1234,6 +1254,7 @@ Status CapacityController::Publish(const std::string& key, const Wanted& wanted)
     if (!result.ok()) return result.status();
     writes_metric_.With({"update"}).Inc();
     ObjectSeen(*result);
+    written();
     log::Fields fields = {{"name", Field(**result, "metadata", "name")},
                           {"capacity", Field(**result, "capacity")}};
     if (change) {
@@ -1358,6 +1379,137 @@ size_t CapacityController::Reservations() {
   return reservations_.size();
 }
 
+void CapacityController::WrittenLocked(const std::string& key, apiclient::Clock::TimePoint computed,
+                                       const CapacityResult& value) {
+  auto& at = written_at_[key];
+  at = std::max(at, computed);
+  written_limit_[key] = value.maximum_volume_size.value_or(value.available);
+}
+
+bool CapacityController::ReservationWrittenLocked(const std::string& claim) {
+  const Reservation& r = reservations_.at(claim);
+  auto keys = node_keys_.find(r.node);
+  if (keys == node_keys_.end()) return true;  // no item of ours holds the node
+  for (const auto& key : keys->second) {
+    auto wanted = wanted_.find(key);
+    if (wanted == wanted_.end() || wanted->second.item.storage_class != r.storage_class) continue;
+    auto at = written_at_.find(key);
+    if (at == written_at_.end() || at->second < r.since) return false;
+  }
+  return true;
+}
+
+void CapacityController::PruneInFlightLocked(apiclient::Clock::TimePoint now) {
+  for (auto it = in_flight_claims_.begin(); it != in_flight_claims_.end();) {
+    const std::string& claim = it->first;
+    bool done = now - it->second.admitted >= options_.claim_pacing_hold;
+    if (!done && reservations_.count(claim) > 0) {
+      done = ReservationWrittenLocked(claim);
+    } else if (!done) {
+      // Not reserved: its volume exists (counted by the driver's figure), or it is not placed yet.
+      done = pv_claims_.count(claim) > 0;
+    }
+    it = done ? in_flight_claims_.erase(it) : std::next(it);
+  }
+}
+
+int64_t CapacityController::InFlightBytesLocked() {
+  // Every class: the classes of one driver share its pools (as for reservations).
+  int64_t sum = 0;
+  for (const auto& [claim, c] : in_flight_claims_)
+    sum = AddReserved(sum, c.bytes);
+  return sum;
+}
+
+std::optional<int64_t> CapacityController::LargestWrittenLocked(const std::string& storage_class) {
+  std::optional<int64_t> largest;
+  for (const auto& [key, wanted] : wanted_) {
+    if (wanted.item.storage_class != storage_class) continue;
+    auto limit = written_limit_.find(key);
+    if (limit == written_limit_.end()) continue;
+    largest = std::max(largest.value_or(0), limit->second);
+  }
+  return largest;
+}
+
+bool CapacityController::Admit(const std::string& claim, const std::string& storage_class,
+                               int64_t bytes, std::function<void()> wake) {
+  if (!options_.claim_pacing || !options_.reservations) return true;
+  std::lock_guard<std::mutex> lock(mu_);
+  if (in_flight_claims_.count(claim) > 0) return true;  // admitted before (a retried create)
+  const std::optional<int64_t> largest = LargestWrittenLocked(storage_class);
+  if (!largest) return true;  // not a class of ours, or nothing published yet
+  const apiclient::Clock::TimePoint now = clock_.Now();
+  PruneInFlightLocked(now);
+  const int64_t in_flight = InFlightBytesLocked();
+  auto& parked = parked_[storage_class];
+  auto mine = std::find_if(parked.begin(), parked.end(),
+                           [&](const ParkedClaim& p) { return p.claim == claim; });
+  if (in_flight == 0 || AddReserved(in_flight, bytes) <= *largest) {
+    if (mine != parked.end()) parked.erase(mine);
+    if (parked.empty()) parked_.erase(storage_class);
+    in_flight_claims_[claim] = InFlightClaim{storage_class, bytes, now};
+    return true;
+  }
+  // Parked (once: asked again, it keeps its place with the newer wake) until WakeParked.
+  if (mine != parked.end()) {
+    mine->wake = std::move(wake);
+  } else {
+    parked.push_back(ParkedClaim{claim, bytes, std::move(wake)});
+  }
+  return false;
+}
+
+void CapacityController::Abandon(const std::string& claim) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    in_flight_claims_.erase(claim);
+  }
+  WakeParked();
+}
+
+void CapacityController::CancelWakes() {
+  std::lock_guard<std::mutex> wake_lock(wake_mu_);
+  wakes_cancelled_ = true;
+  std::lock_guard<std::mutex> lock(mu_);
+  parked_.clear();
+}
+
+size_t CapacityController::ClaimsInFlight() {
+  std::lock_guard<std::mutex> lock(mu_);
+  PruneInFlightLocked(clock_.Now());
+  return in_flight_claims_.size();
+}
+
+void CapacityController::WakeParked() {
+  std::vector<std::function<void()>> wakes;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (parked_.empty()) return;
+    PruneInFlightLocked(clock_.Now());
+    for (auto it = parked_.begin(); it != parked_.end();) {
+      auto& parked = it->second;
+      const std::optional<int64_t> largest = LargestWrittenLocked(it->first);
+      int64_t in_flight = InFlightBytesLocked();
+      // Wake, in order, those that fit beside what counts now (the first one always when nothing
+      // counts). A woken claim leaves the line: its Admit decides, and parks it again if others
+      // were faster. One whose pod went meanwhile is simply not asked for again.
+      while (!parked.empty()) {
+        const int64_t with = AddReserved(in_flight, parked.front().bytes);
+        if (in_flight != 0 && (!largest || with > *largest)) break;
+        in_flight = with;
+        if (parked.front().wake) wakes.push_back(std::move(parked.front().wake));
+        parked.pop_front();
+      }
+      it = parked.empty() ? parked_.erase(it) : std::next(it);
+    }
+  }
+  std::lock_guard<std::mutex> wake_lock(wake_mu_);
+  if (wakes_cancelled_) return;
+  for (const auto& wake : wakes)
+    wake();
+}
+
 void CapacityController::SetReservation(const std::string& claim,
                                         std::optional<Reservation> reservation,
                                         const std::string& skip_reason) {
@@ -1374,8 +1526,13 @@ void CapacityController::SetReservation(const std::string& claim,
     }
     std::set<std::string> nodes;
     auto old = reservations_.find(claim);
+    if (reservation) reservation->since = clock_.Now();
     if (old != reservations_.end()) {
       nodes.insert(old->second.node);
+      // Still on the same node (its PV came): counted since it first was.
+      if (reservation && reservation->node == old->second.node) {
+        reservation->since = old->second.since;
+      }
       if (reservation && reservation->node == old->second.node && old->second.pv_seen) {
         reservation->pv_seen = old->second.pv_seen;  // already waiting for a fresher figure
       }
@@ -1411,6 +1568,8 @@ void CapacityController::SetReservation(const std::string& claim,
   // key once, so a burst of claims on one node costs one write of its object per turn.
   for (const auto& key : keys)
     queue_->Add(key);
+  // An ended reservation may end an admitted claim's wait.
+  if (!reservation) WakeParked();
 }
 
 void CapacityController::ClaimChanged(const Object& pvc) {
@@ -1437,7 +1596,7 @@ void CapacityController::ClaimChanged(const Object& pvc) {
     SetReservation(claim, std::nullopt, "unknown_node");
     return;
   }
-  Reservation r{.node = c.node, .bytes = c.bytes};
+  Reservation r{.node = c.node, .storage_class = c.storage_class, .bytes = c.bytes};
   bool pv_exists = !c.volume_name.empty() && volumes_->store().Get(c.volume_name) != nullptr;
   bool newly_seen = false;
   {
@@ -1464,6 +1623,10 @@ void CapacityController::ClaimChanged(const Object& pvc) {
 
 void CapacityController::ClaimGone(const Object& pvc) {
   if (!options_.reservations) return;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    in_flight_claims_.erase(ClaimKey(pvc));
+  }
   SetReservation(ClaimKey(pvc), std::nullopt, "");
 }
 

@@ -56,6 +56,7 @@
 #include "apiclient/rate_limiter.h"
 #include "apiclient/workqueue.h"
 #include "controllers/capacity/source.h"
+#include "controllers/claim_admission.h"
 
 namespace ephemera::controllers {
 
@@ -93,6 +94,11 @@ struct CapacityOptions {
   bool reservations = true;
   // --capacity-node-ownerref: the object of a segment of one node is owned by that Node only.
   bool node_owner = true;
+  // --capacity-claim-pacing: the controller admits the claims of the ephemeral-volume controller
+  // of its process (ClaimAdmission, claim_admission.h). Needs reservations.
+  bool claim_pacing = true;
+  // An admitted claim counts as not yet published for at most this long.
+  std::chrono::milliseconds claim_pacing_hold{1000};
 };
 
 // One (segment, class) pair. Ordered so it can key maps.
@@ -190,7 +196,7 @@ class ChangePacer {
   std::map<std::string, State> items_;
 };
 
-class CapacityController final : public apiclient::Runnable {
+class CapacityController final : public apiclient::Runnable, public ClaimAdmission {
  public:
   CapacityController(apiclient::ApiClientPtr client, std::shared_ptr<CapacitySource> source,
                      apiclient::MetricsRegistry& metrics, CapacityOptions options);
@@ -219,6 +225,19 @@ class CapacityController final : public apiclient::Runnable {
   void PvClaim(const apiclient::Object& pv, bool deleted);
   // Claims whose reservation is counted now (placed, volume not yet in the driver's figure).
   size_t Reservations();
+
+  // ClaimAdmission (claim pacing; admits everything without options.claim_pacing and
+  // options.reservations): the claims admitted and not yet counted in what is written (their
+  // reservation), plus this one, must fit in the largest published figure of the class (the
+  // maximumVolumeSize, else the capacity, that kube-scheduler compares a claim with); claims of
+  // all the driver's classes count, as they share its pools. The first claim is always admitted;
+  // an unpublished class is not paced.
+  bool Admit(const std::string& claim, const std::string& storage_class, int64_t bytes,
+             std::function<void()> wake) override;
+  void Abandon(const std::string& claim) override;
+  void CancelWakes() override;
+  // Admitted claims not yet counted in what is written (for tests and the log).
+  size_t ClaimsInFlight();
 
   const std::string& driver() const { return driver_; }
   // Writes (create, update, delete) done so far.
@@ -267,7 +286,11 @@ class CapacityController final : public apiclient::Runnable {
   // Reservations of placed claims.
   struct Reservation {
     std::string node;
+    std::string storage_class;
     int64_t bytes = 0;
+    // When the reservation started (or moved): a publish of its node's items computed after
+    // that counts it.
+    apiclient::Clock::TimePoint since{};
     // When the claim's PV was first seen: from then on the driver's figure counts the volume, so
     // the reservation counts only for items whose last answer was asked before that.
     std::optional<apiclient::Clock::TimePoint> pv_seen;
@@ -280,6 +303,20 @@ class CapacityController final : public apiclient::Runnable {
   // Drops reservations whose volume every item of their node now counts. Under mu_.
   void SettleLocked(const std::string& node);
   void ReevaluateClaims();
+  // Claim pacing. Drops the admitted claims that no longer count (published, volume there, or
+  // older than the hold). Under mu_.
+  void PruneInFlightLocked(apiclient::Clock::TimePoint now);
+  // True when the claim's reservation is in what was written for its node's items of its class.
+  bool ReservationWrittenLocked(const std::string& claim);
+  // Bytes of admitted claims that still count (all classes: they share the driver's pools); the
+  // largest written figure of a class (nullopt: none written). Under mu_.
+  int64_t InFlightBytesLocked();
+  std::optional<int64_t> LargestWrittenLocked(const std::string& storage_class);
+  // Wakes the parked claims that may be admitted now (in their order).
+  void WakeParked();
+  // An item's figure as written (or found up to date) from a publish computed at `computed`.
+  void WrittenLocked(const std::string& key, apiclient::Clock::TimePoint computed,
+                     const CapacityResult& value);
 
   const apiclient::ApiClientPtr client_;
   const apiclient::ApiClientPtr writer_;  // options.write_client, or client_
@@ -348,6 +385,25 @@ class CapacityController final : public apiclient::Runnable {
   ChangePacer pacer_;                             // GUARDED_BY(mu_)
   // Items marked by a change since their last call started: first in line for an endpoint.
   std::set<std::string> urgent_;  // GUARDED_BY(mu_)
+  // Claim pacing: admitted claims not yet counted; per class, the claims waiting (in order);
+  // per item, when the publish that is in the API was computed and its figure there.
+  struct InFlightClaim {
+    std::string storage_class;
+    int64_t bytes = 0;
+    apiclient::Clock::TimePoint admitted;
+  };
+  struct ParkedClaim {
+    std::string claim;
+    int64_t bytes = 0;
+    std::function<void()> wake;
+  };
+  std::map<std::string, InFlightClaim> in_flight_claims_;          // GUARDED_BY(mu_)
+  std::map<std::string, std::deque<ParkedClaim>> parked_;          // GUARDED_BY(mu_)
+  std::map<std::string, apiclient::Clock::TimePoint> written_at_;  // GUARDED_BY(mu_)
+  std::map<std::string, int64_t> written_limit_;                   // GUARDED_BY(mu_)
+  // Held while wakes run; CancelWakes takes it, so none runs after it returns.
+  std::mutex wake_mu_;
+  bool wakes_cancelled_ = false;  // GUARDED_BY(wake_mu_)
   // item key -> the first change since its last call started, and then that call's start (for
   // the log line of the write: how long from the change to the call, and to the write).
   std::map<std::string, apiclient::Clock::TimePoint> changed_at_;  // GUARDED_BY(mu_)

@@ -2,6 +2,7 @@
 
 #include "apiclient/errors.h"
 #include "common/log.h"
+#include "common/quantity.h"
 
 namespace ephemera::controllers {
 namespace {
@@ -173,8 +174,8 @@ EphemeralVolumeController::EphemeralVolumeController(
     apiclient::MetricsRegistry& metrics, EphemeralVolumeOptions options)
     : client_(std::move(client)),
       events_(std::move(events)),
-      options_(options),
-      clock_(options.clock != nullptr ? *options.clock : apiclient::SystemClock()),
+      options_(std::move(options)),
+      clock_(options_.clock != nullptr ? *options_.clock : apiclient::SystemClock()),
       creates_(metrics
                    .Counter("ephemeral_volume_controller_create_total",
                             "Number of PersistentVolumeClaims created for ephemeral volumes.")
@@ -190,6 +191,12 @@ EphemeralVolumeController::EphemeralVolumeController(
                              "Number of PersistentVolumeClaims of terminated pods deleted "
                              "(--release-terminated-pods).")
                     .With({})),
+      paced_(metrics
+                 .Counter("ephemeral_volume_controller_claims_paced_total",
+                          "Number of times a PersistentVolumeClaim was held back because the "
+                          "claims created just before it are not yet counted in the published "
+                          "storage capacity (claim pacing).")
+                 .With({})),
       create_latency_(metrics
                           .Histogram("ephemeral_volume_controller_create_latency_seconds",
                                      "Time from a pod being seen to the creation of its "
@@ -296,6 +303,8 @@ Status EphemeralVolumeController::Start(std::stop_token stop) {
 
 void EphemeralVolumeController::Stop() {
   if (stopped_.exchange(true)) return;
+  // No wake of the admission reaches this controller's queue any more.
+  if (options_.admission) options_.admission->CancelWakes();
   queue_->ShutDown();
   for (auto& t : workers_)
     t.join();
@@ -334,24 +343,28 @@ Status EphemeralVolumeController::Sync(const std::string& key) {
   if (pod == nullptr) {
     std::lock_guard<std::mutex> lock(seen_mu_);
     seen_.erase(key);
+    // Claims of the pod held back by pacing ("<ns>/<pod>-<volume>"): never created now.
+    paced_claims_.erase(paced_claims_.lower_bound(key + "-"), paced_claims_.lower_bound(key + "."));
     return Status::Ok();
   }
   if (BeingDeleted(*pod)) return Status::Ok();  // Its PVCs go with it.
   if (options_.release_terminated_pods && IsTerminated(*pod)) return ReleaseClaims(*pod);
   Status first_error;
+  bool paced = false;
   for (const auto& volume : Volumes(*pod)) {
     if (!IsEphemeral(volume)) continue;
-    Status s = EnsureClaim(*pod, volume);
+    Status s = EnsureClaim(*pod, volume, &paced);
     if (!s.ok() && first_error.ok()) first_error = std::move(s);
   }
-  if (first_error.ok()) {
+  if (first_error.ok() && !paced) {
     std::lock_guard<std::mutex> lock(seen_mu_);
     seen_.erase(key);
   }
   return first_error;
 }
 
-Status EphemeralVolumeController::EnsureClaim(const Object& pod, const Object& volume) {
+Status EphemeralVolumeController::EnsureClaim(const Object& pod, const Object& volume,
+                                              bool* paced) {
   const std::string ns = Field(pod, "metadata", "namespace");
   const std::string pod_name = Field(pod, "metadata", "name");
   const std::string pod_uid = Field(pod, "metadata", "uid");
@@ -377,7 +390,49 @@ Status EphemeralVolumeController::EnsureClaim(const Object& pod, const Object& v
     return collision(*cached);
   }
 
-  Status created = client_->CreateOnly(kPersistentVolumeClaims, ns, DesiredClaim(pod, volume));
+  Object desired = DesiredClaim(pod, volume);
+  // Claim pacing: the claim key the admission counts, until the claim is created.
+  std::string admitted;
+  if (options_.admission) {
+    const std::string storage_class = Field(desired, "spec", "storageClassName");
+    auto bytes = ParseByteQuantity(Field(desired, "spec", "resources", "requests", "storage"));
+    if (!storage_class.empty() && bytes.ok() && *bytes > 0) {
+      const std::string pod_key = ns + "/" + pod_name;
+      const std::string claim_key = ns + "/" + claim;
+      if (!options_.admission->Admit(claim_key, storage_class, *bytes,
+                                     [this, pod_key] { queue_->Add(pod_key); })) {
+        paced_.Inc();
+        *paced = true;
+        bool first = false;
+        {
+          std::lock_guard<std::mutex> lock(seen_mu_);
+          first = paced_claims_.insert(claim_key).second;
+        }
+        if (first) {
+          // Once per claim: why the pod waits for its claim.
+          log::Info(
+              "claim held back until the claims created before it are counted in the "
+              "published capacity",
+              {{"pod", pod_key}, {"claim", claim}, {"storageClass", storage_class}});
+          if (events_) {
+            events_->Record(pod, "Normal", "ClaimPaced", "Provisioning",
+                            "ephemeral volume " + volume_name + ": PVC " + claim_key +
+                                " (StorageClass " + storage_class +
+                                ") waits until the claims created before it are counted in the "
+                                "published storage capacity (claim pacing)");
+          }
+        }
+        queue_->AddAfter(pod_key, options_.admission_retry);
+        return Status::Ok();
+      }
+      admitted = claim_key;
+    }
+  }
+  Status created = client_->CreateOnly(kPersistentVolumeClaims, ns, desired);
+  if (!admitted.empty()) {
+    std::lock_guard<std::mutex> lock(seen_mu_);
+    paced_claims_.erase(admitted);
+  }
   if (created.ok()) {
     creates_.Inc();
     {
@@ -400,6 +455,7 @@ Status EphemeralVolumeController::EnsureClaim(const Object& pod, const Object& v
     if (existing.ok()) return collision(**existing);
     return existing.status();
   }
+  if (!admitted.empty()) options_.admission->Abandon(admitted);
   create_failures_.Inc();
   Warn(pod, "FailedCreate",
        "ephemeral volume " + volume_name + ": creating PVC " + ns + "/" + claim +

@@ -19,6 +19,7 @@
 #include <chrono>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -30,6 +31,7 @@
 #include "apiclient/manager.h"
 #include "apiclient/metrics.h"
 #include "apiclient/workqueue.h"
+#include "controllers/claim_admission.h"
 
 namespace ephemera::controllers {
 
@@ -39,6 +41,11 @@ struct EphemeralVolumeOptions {
   std::chrono::seconds cache_sync_timeout{120};
   // The clock of the work queue, the informers and the latency metric; null = the real one.
   const apiclient::Clock* clock = nullptr;
+  // Claim pacing (claim_admission.h; the storage-capacity controller of the same process, with
+  // --capacity-claim-pacing): a claim is created only when admitted. Null = never paced.
+  std::shared_ptr<ClaimAdmission> admission;
+  // A pod whose claim was not admitted is synced again after this, if not woken before.
+  std::chrono::milliseconds admission_retry{1000};
 };
 
 // The name of the PVC of a pod's ephemeral volume: "<pod>-<volume>".
@@ -74,7 +81,8 @@ class EphemeralVolumeController final : public apiclient::Runnable {
  private:
   void Worker();
   void EnqueuePod(const apiclient::ObjectPtr& pod);
-  Status EnsureClaim(const apiclient::Object& pod, const apiclient::Object& volume);
+  // *paced: the claim was not admitted yet (the pod is synced again later).
+  Status EnsureClaim(const apiclient::Object& pod, const apiclient::Object& volume, bool* paced);
   Status ReleaseClaims(const apiclient::Object& pod);
   void Warn(const apiclient::Object& pod, const std::string& reason, const std::string& note);
 
@@ -85,6 +93,7 @@ class EphemeralVolumeController final : public apiclient::Runnable {
   apiclient::CounterCell& creates_;
   apiclient::CounterCell& create_failures_;
   apiclient::CounterCell& releases_;
+  apiclient::CounterCell& paced_;
   apiclient::HistogramCell& create_latency_;
   std::unique_ptr<apiclient::WorkQueue> queue_;
   std::unique_ptr<apiclient::Informer> pods_;
@@ -95,6 +104,8 @@ class EphemeralVolumeController final : public apiclient::Runnable {
   // When a pod was first seen, for the pod-seen-to-PVC-created latency. Entries go when all of
   // the pod's PVCs exist.
   std::unordered_map<std::string, apiclient::Clock::TimePoint> seen_;  // GUARDED_BY(seen_mu_)
+  // Claims ("ns/name") held back by claim pacing and not created yet: an Event once for each.
+  std::set<std::string> paced_claims_;  // GUARDED_BY(seen_mu_)
 };
 
 }  // namespace ephemera::controllers

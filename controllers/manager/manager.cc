@@ -110,7 +110,7 @@ StatusOr<TlsFiles> CapacityTls(const ManagerOptions& options, apiclient::ApiClie
 // Its CSIStorageCapacity writes go through a client of their own (`rest` with the capacity QPS
 // and burst), as external-provisioner's do.
 Status AddCapacity(const ManagerOptions& options, const apiclient::RestConfig& rest,
-                   apiclient::Manager& manager) {
+                   apiclient::Manager& manager, std::shared_ptr<CapacityController>* added) {
   apiclient::RestConfig write_config = rest;
   write_config.qps = options.kube_api_capacity_qps;
   write_config.burst = options.kube_api_capacity_burst;
@@ -159,7 +159,8 @@ Status AddCapacity(const ManagerOptions& options, const apiclient::RestConfig& r
                         .write_burst = options.kube_api_capacity_burst,
                         .threads = options.capacity_threads,
                         .reservations = options.capacity_reservations,
-                        .node_owner = options.capacity_node_ownerref};
+                        .node_owner = options.capacity_node_ownerref,
+                        .claim_pacing = options.capacity_claim_pacing};
   copts.write_client = *std::move(write_client);
   copts.events = manager.EventRecorderFor("ephemera.io/storage-capacity");
   if (options.capacity_ownerref_level >= 0) {
@@ -169,8 +170,9 @@ Status AddCapacity(const ManagerOptions& options, const apiclient::RestConfig& r
     }
     copts.owner = *owner;
   }
-  manager.Add(std::make_shared<CapacityController>(manager.client(), std::move(source),
-                                                   manager.metrics(), copts));
+  *added = std::make_shared<CapacityController>(manager.client(), std::move(source),
+                                                manager.metrics(), copts);
+  manager.Add(*added);
   return Status::Ok();
 }
 
@@ -216,19 +218,25 @@ int RunManager(const ManagerOptions& options) {
     log::Error("cannot create the API client", manager.status());
     return 1;
   }
-  if (Enabled(options, "ephemeral-volume")) {
-    (*manager)->Add(std::make_shared<EphemeralVolumeController>(
-        (*manager)->client(), (*manager)->EventRecorderFor("ephemera.io/ephemeral-volume"),
-        (*manager)->metrics(),
-        EphemeralVolumeOptions{.workers = options.concurrent_ephemeralvolume_syncs,
-                               .release_terminated_pods = options.release_terminated_pods}));
-  }
+  std::shared_ptr<CapacityController> capacity;
   if (Enabled(options, "storage-capacity")) {
-    s = AddCapacity(options, *config, **manager);
+    s = AddCapacity(options, *config, **manager, &capacity);
     if (!s.ok()) {
       log::Error("cannot set up the storage-capacity controller", s);
       return s.code() == Code::kInvalidArgument ? 2 : 1;
     }
+  }
+  if (Enabled(options, "ephemeral-volume")) {
+    EphemeralVolumeOptions eopts{.workers = options.concurrent_ephemeralvolume_syncs,
+                                 .release_terminated_pods = options.release_terminated_pods};
+    // Claim pacing: the claims of ephemeral volumes are admitted by the storage-capacity
+    // controller (controllers/claim_admission.h).
+    if (capacity && options.capacity_claim_pacing && options.capacity_reservations) {
+      eopts.admission = capacity;
+    }
+    (*manager)->Add(std::make_shared<EphemeralVolumeController>(
+        (*manager)->client(), (*manager)->EventRecorderFor("ephemera.io/ephemeral-volume"),
+        (*manager)->metrics(), std::move(eopts)));
   }
   s = (*manager)->Run(signals.token());
   if (!s.ok()) log::Error("stopped with an error", s);

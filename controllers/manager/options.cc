@@ -87,6 +87,7 @@ std::vector<flags::Flag> ManagerFlags(ManagerOptions& o) {
       Bool("capacity-for-immediate-binding", &o.capacity_for_immediate_binding,
            "capacityForImmediateBinding"),
       Bool("capacity-reservations", &o.capacity_reservations, "capacityReservations"),
+      Bool("capacity-claim-pacing", &o.capacity_claim_pacing, "capacityClaimPacing"),
       Bool("capacity-node-ownerref", &o.capacity_node_ownerref, "capacityNodeOwnerref"),
       Int("capacity-ownerref-level", &o.capacity_ownerref_level,
           {.min = -1, .max = kMaxOwnerrefLevel}, "capacityOwnerrefLevel"),
@@ -229,6 +230,11 @@ storage-capacity (CSIStorageCapacity objects from the CSI driver's GetCapacity):
   --capacity-for-immediate-binding[=B]    also Immediate classes (default false)
   --capacity-reservations[=B]             subtract placed claims whose volume does not exist yet
                                           from their node's capacity (default true)
+  --capacity-claim-pacing[=B]             with both controllers and reservations: hold back an
+                                          ephemeral volume's claim while the claims created
+                                          before it that are not yet in the published capacity
+                                          would not fit on its class's roomiest node (default
+                                          true)
   --capacity-node-ownerref[=B]            the object of a one-node segment is owned by that
                                           Node only (default true)
   --capacity-ownerref-level N             owner of the objects, as external-provisioner's: -1

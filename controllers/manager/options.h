@@ -53,6 +53,7 @@ struct ManagerOptions {
   std::chrono::milliseconds capacity_poll_interval{60000};
   bool capacity_for_immediate_binding = false;
   bool capacity_reservations = true;   // --capacity-reservations
+  bool capacity_claim_pacing = true;   // --capacity-claim-pacing
   bool capacity_node_ownerref = true;  // --capacity-node-ownerref
   // external-provisioner's meaning: how many controller references to follow from the pod
   // $POD_NAME to the owner of the objects; -1 = no owner, 0 = the pod, 1 = its ReplicaSet, ...

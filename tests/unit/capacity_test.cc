@@ -1422,5 +1422,94 @@ TEST_CASE(
   controller.Stop();
 }
 
+TEST_CASE(
+    "Claim pacing: claims are admitted while they fit on the roomiest published node together "
+    "with those not yet counted, and woken when they are",
+    "[unit][capacity]") {
+  auto client = std::make_shared<MemoryClient>();
+  Populate(*client, 2, {"late"});
+  auto source = std::make_shared<FakeSource>();
+  source->capacity = {{"n1", 1LL << 30}, {"n2", 2LL << 30}};
+  apiclient::MetricsRegistry metrics;
+  FakeClock clock;
+  const bool pacing = GENERATE(true, false);
+  CapacityController controller(client, source, metrics,
+                                {.ns = "ns",
+                                 .poll_interval = std::chrono::hours(1),
+                                 .write_qps = 0,
+                                 .clock = &clock,
+                                 .claim_pacing = pacing,
+                                 .claim_pacing_hold = std::chrono::seconds(1)});
+  REQUIRE(controller.Start(std::stop_token{}).ok());
+  REQUIRE(Eventually([&] { return Published(*client).size() == 2; }));
+  std::mutex mu;
+  std::multiset<std::string> woken;
+  auto wake = [&](const std::string& claim) {
+    return [&, claim] {
+      std::lock_guard<std::mutex> lock(mu);
+      woken.insert(claim);
+    };
+  };
+  auto was_woken = [&](const std::string& claim) {
+    std::lock_guard<std::mutex> lock(mu);
+    return woken.count(claim);
+  };
+  constexpr int64_t kGi = 1LL << 30;
+
+  // 2Gi is the largest figure (n2): two claims of 1Gi may go, a third one not yet.
+  CHECK(controller.Admit("app/a", "late", kGi, wake("app/a")));
+  CHECK(controller.Admit("app/b", "late", kGi, wake("app/b")));
+  // Admitted before (a create that is retried): still admitted, counted once.
+  CHECK(controller.Admit("app/a", "late", kGi, wake("app/a")));
+  // A class that is not published is never paced.
+  CHECK(controller.Admit("app/x", "other", 100 * kGi, wake("app/x")));
+  if (!pacing) {
+    CHECK(controller.Admit("app/c", "late", kGi / 2, wake("app/c")));
+    CHECK(controller.ClaimsInFlight() == 0);
+    controller.Stop();
+    return;
+  }
+  CHECK(controller.ClaimsInFlight() == 2);
+  CHECK_FALSE(controller.Admit("app/c", "late", kGi / 2, wake("app/c")));
+  // Asked again before it is woken: it keeps its place, one wake.
+  CHECK_FALSE(controller.Admit("app/c", "late", kGi / 2, wake("app/c")));
+
+  // a placed on n2 and its reservation written: a no longer counts, but b (1Gi) and c (512Mi)
+  // would not fit on the largest figure now (1Gi on both nodes): c stays parked.
+  controller.ClaimChanged(Claim("a", "n2", "1Gi"));
+  REQUIRE(Eventually([&] { return Published(*client)["n2"] == "1Gi"; }));
+  CHECK(Eventually([&] { return controller.ClaimsInFlight() == 1; }));
+  CHECK(Stays([&] { return was_woken("app/c") == 0; }));
+  // b placed on n1 (published 0 there): nothing counts any more, c is woken, once, and admitted.
+  controller.ClaimChanged(Claim("b", "n1", "1Gi"));
+  CHECK(Eventually([&] { return was_woken("app/c") == 1; }));
+  CHECK(controller.ClaimsInFlight() == 0);
+  CHECK(controller.Admit("app/c", "late", kGi / 2, wake("app/c")));
+
+  // A claim never placed (its pod cannot be scheduled) holds the others up for the hold only.
+  CHECK_FALSE(controller.Admit("app/d", "late", kGi, wake("app/d")));
+  clock.Advance(std::chrono::milliseconds(999));
+  CHECK_FALSE(controller.Admit("app/d", "late", kGi, wake("app/d")));
+  clock.Advance(std::chrono::milliseconds(1));
+  CHECK(controller.Admit("app/d", "late", kGi, wake("app/d")));
+
+  // An admitted claim that was not created after all (Abandon), or deleted: the next one is woken.
+  CHECK_FALSE(controller.Admit("app/e", "late", kGi, wake("app/e")));
+  controller.Abandon("app/d");
+  CHECK(Eventually([&] { return was_woken("app/e") == 1; }));
+  CHECK(controller.Admit("app/e", "late", kGi, wake("app/e")));
+  CHECK_FALSE(controller.Admit("app/f", "late", kGi, wake("app/f")));
+  controller.ClaimGone(Claim("e", nullptr, "1Gi"));
+  CHECK(Eventually([&] { return was_woken("app/f") == 1; }));
+
+  // After CancelWakes (the ephemeral-volume controller stops) no wake is called.
+  CHECK(controller.Admit("app/f", "late", kGi, wake("app/f")));
+  CHECK_FALSE(controller.Admit("app/g", "late", kGi, wake("app/g")));
+  controller.CancelWakes();
+  controller.Abandon("app/f");
+  CHECK(Stays([&] { return was_woken("app/g") == 0; }));
+  controller.Stop();
+}
+
 }  // namespace
 }  // namespace ephemera::controllers

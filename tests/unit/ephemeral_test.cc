@@ -3,6 +3,8 @@
 // tests look at what it wrote.
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <map>
+#include <mutex>
 #include <thread>
 
 #include "apiclient/errors.h"
@@ -55,10 +57,14 @@ struct Fixture {
       std::make_shared<apiclient::EventRecorder>(api, apiclient::EventSource{"test", "test"});
   std::unique_ptr<EphemeralVolumeController> controller;
 
-  void Start(bool release_terminated_pods = false) {
+  void Start(bool release_terminated_pods = false,
+             std::shared_ptr<ClaimAdmission> admission = nullptr) {
     controller = std::make_unique<EphemeralVolumeController>(
         api, events, metrics,
-        EphemeralVolumeOptions{.workers = 2, .release_terminated_pods = release_terminated_pods});
+        EphemeralVolumeOptions{.workers = 2,
+                               .release_terminated_pods = release_terminated_pods,
+                               .admission = std::move(admission),
+                               .admission_retry = std::chrono::seconds(2)});
     REQUIRE(controller->Start(std::stop_token{}).ok());
   }
   ~Fixture() {
@@ -110,6 +116,78 @@ TEST_CASE("Ephemeral volumes: one owned PVC per ephemeral volume, as the templat
   const int writes = f.api->writes();
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
   CHECK(f.api->writes() == writes);
+}
+
+// A ClaimAdmission that admits what `open` lets through and records what it was asked.
+struct ScriptedAdmission : ClaimAdmission {
+  std::mutex mu;
+  std::function<bool(const std::string&)> open = [](const std::string&) { return false; };
+  std::vector<std::string> asked;  // "claim class bytes"
+  std::vector<std::string> abandoned;
+  std::map<std::string, std::function<void()>> wakes;
+  bool cancelled = false;
+  bool Admit(const std::string& claim, const std::string& storage_class, int64_t bytes,
+             std::function<void()> wake) override {
+    std::lock_guard<std::mutex> lock(mu);
+    asked.push_back(claim + " " + storage_class + " " + std::to_string(bytes));
+    if (open(claim)) return true;
+    wakes[claim] = std::move(wake);
+    return false;
+  }
+  void Abandon(const std::string& claim) override {
+    std::lock_guard<std::mutex> lock(mu);
+    abandoned.push_back(claim);
+  }
+  void CancelWakes() override {
+    std::lock_guard<std::mutex> lock(mu);
+    cancelled = true;
+    wakes.clear();
+  }
+  size_t Asked() {
+    std::lock_guard<std::mutex> lock(mu);
+    return asked.size();
+  }
+};
+
+TEST_CASE("Ephemeral volumes: a claim not admitted (claim pacing) waits for its wake or the retry",
+          "[unit][ephemeral]") {
+  Fixture f;
+  auto admission = std::make_shared<ScriptedAdmission>();
+  Object no_class = EphemeralVolume("plain", "1Gi");
+  no_class["ephemeral"]["volumeClaimTemplate"]["spec"].erase("storageClassName");
+  f.api->Put(kPods, Pod("web", {EphemeralVolume("scratch", "1Gi")}));
+  f.api->Put(kPods, Pod("other", {no_class}));
+  f.Start(false, admission);
+  // The claim with a class is asked for (its class, its bytes) and not made; the one without a
+  // class is never paced.
+  REQUIRE(Eventually([&] { return f.Claim("other-plain") != nullptr; }));
+  REQUIRE(Eventually([&] { return admission->Asked() >= 1; }));
+  {
+    std::lock_guard<std::mutex> lock(admission->mu);
+    CHECK(admission->asked.front() == "ns/web-scratch ephemera-pmem-ext4 1073741824");
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  CHECK(f.Claim("web-scratch") == nullptr);
+  // Not woken: asked again after the retry (2 s here), still not admitted.
+  CHECK(Eventually([&] { return admission->Asked() >= 2; }));
+  CHECK(f.Claim("web-scratch") == nullptr);
+  // Admitted, then woken: made at once (the next retry is 2 s away).
+  std::function<void()> wake;
+  {
+    std::lock_guard<std::mutex> lock(admission->mu);
+    admission->open = [](const std::string&) { return true; };
+    wake = admission->wakes["ns/web-scratch"];
+  }
+  REQUIRE(wake);
+  wake();
+  CHECK(Eventually([&] { return f.Claim("web-scratch") != nullptr; },
+                   std::chrono::milliseconds(250)));
+  CHECK(f.metrics.Render().find("ephemeral_volume_controller_claims_paced_total") !=
+        std::string::npos);
+  f.controller->Stop();
+  std::lock_guard<std::mutex> lock(admission->mu);
+  CHECK(admission->cancelled);
+  CHECK(admission->abandoned.empty());
 }
 
 TEST_CASE("Ephemeral volumes: a PVC deleted while its pod lives is created again",
