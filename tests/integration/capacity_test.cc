@@ -772,6 +772,59 @@ class ScriptedController final : public ::csi::v1::Controller::Service {
   }
 };
 
+// The scripted driver (kScripted) serving `per_node` on a socket of its own in `dir`, its CSIDriver
+// (storageCapacity: true) and a WaitForFirstConsumer class `sc` ("<prefix>-<suffix>"). Everything
+// goes at the end of the test (declare it before the controller, which then stops first).
+struct ScriptedSetup {
+  ScriptedSetup(const TestCluster& cluster, apiclient::ApiClient& api, const std::string& prefix,
+                std::map<std::string, int64_t> per_node)
+      : client(api),
+        dir(cluster.dir() + "/" + prefix + "-" + RandomSuffix()),
+        suffix(RandomSuffix()),
+        sc(prefix + "-" + suffix),
+        identity(kScripted) {
+    std::filesystem::create_directories(dir);
+    scripted.per_node = std::move(per_node);
+    grpc::ServerBuilder builder;
+    builder.AddListeningPort("unix://" + dir + "/csi.sock", grpc::InsecureServerCredentials());
+    builder.RegisterService(&identity);
+    builder.RegisterService(&scripted);
+    server = builder.BuildAndStart();
+    REQUIRE(server != nullptr);
+    const Object csidriver = {{"apiVersion", "storage.k8s.io/v1"},
+                              {"kind", "CSIDriver"},
+                              {"metadata", {{"name", kScripted}}},
+                              {"spec", {{"storageCapacity", true}, {"attachRequired", false}}}};
+    auto made = client.Create(apiclient::resources::kCSIDrivers, "", csidriver);
+    REQUIRE((made.ok() || apiclient::IsAlreadyExists(made.status())));
+    REQUIRE(client
+                .Create(kStorageClasses, "",
+                        {{"apiVersion", "storage.k8s.io/v1"},
+                         {"kind", "StorageClass"},
+                         {"metadata", {{"name", sc}}},
+                         {"provisioner", kScripted},
+                         {"volumeBindingMode", "WaitForFirstConsumer"}})
+                .ok());
+  }
+  ~ScriptedSetup() {
+    (void)client.Delete(kStorageClasses, "", sc, {});
+    (void)client.Delete(apiclient::resources::kCSIDrivers, "", kScripted, {});
+    if (server) server->Shutdown();
+    std::filesystem::remove_all(dir);
+  }
+  ScriptedSetup(const ScriptedSetup&) = delete;
+  ScriptedSetup& operator=(const ScriptedSetup&) = delete;
+  std::string Address() const { return "--csi-address=unix://" + dir + "/csi.sock"; }
+
+  apiclient::ApiClient& client;
+  const std::string dir;
+  const std::string suffix;
+  const std::string sc;
+  TestIdentity identity;
+  ScriptedController scripted;
+  std::unique_ptr<grpc::Server> server;
+};
+
 TEST_CASE(
     "Storage capacity: kube-scheduler puts a pod whose ephemeral volume fits one node on "
     "that node",
@@ -779,42 +832,15 @@ TEST_CASE(
   const TestCluster cluster = TestCluster::FromEnvironment();
   auto client = cluster.AdminClient();
   RegisterDriverOnNodes(*client);
-  const std::string dir = cluster.dir() + "/scripted-" + RandomSuffix();
-  std::filesystem::create_directories(dir);
-  TestIdentity identity(kScripted);
-  ScriptedController scripted;
-  scripted.per_node = {{"node-1", 100LL << 20}, {"node-2", 2LL << 30}, {"node-3", 100LL << 20}};
-  grpc::ServerBuilder builder;
-  builder.AddListeningPort("unix://" + dir + "/csi.sock", grpc::InsecureServerCredentials());
-  builder.RegisterService(&identity);
-  builder.RegisterService(&scripted);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  REQUIRE(server != nullptr);
-
-  const Object csidriver = {{"apiVersion", "storage.k8s.io/v1"},
-                            {"kind", "CSIDriver"},
-                            {"metadata", {{"name", kScripted}}},
-                            {"spec", {{"storageCapacity", true}, {"attachRequired", false}}}};
-  auto made = client->Create(apiclient::resources::kCSIDrivers, "", csidriver);
-  REQUIRE((made.ok() || apiclient::IsAlreadyExists(made.status())));
-  const std::string suffix = RandomSuffix();
-  const std::string sc_name = "sched-" + suffix;
-  ClassCleanup cleanup{*client, {sc_name}};
-  REQUIRE(client
-              ->Create(kStorageClasses, "",
-                       {{"apiVersion", "storage.k8s.io/v1"},
-                        {"kind", "StorageClass"},
-                        {"metadata", {{"name", sc_name}}},
-                        {"provisioner", kScripted},
-                        {"volumeBindingMode", "WaitForFirstConsumer"}})
-              .ok());
+  ScriptedSetup setup(cluster, *client, "sched",
+                      {{"node-1", 100LL << 20}, {"node-2", 2LL << 30}, {"node-3", 100LL << 20}});
+  const std::string& sc_name = setup.sc;
   const std::string ns = cluster.CreateNamespace("sched");
   // Both controllers: ephemeral-volume makes the PVC, storage-capacity the capacities.
-  ControllerProcess controller(
-      cluster, {"--controllers=ephemeral-volume,storage-capacity",
-                "--csi-address=unix://" + dir + "/csi.sock", "--capacity-namespace=" + ns,
-                "--capacity-poll-interval=1h", "--kube-api-capacity-qps=20",
-                "--kube-api-capacity-burst=20"});
+  ControllerProcess controller(cluster,
+                               {"--controllers=ephemeral-volume,storage-capacity", setup.Address(),
+                                "--capacity-namespace=" + ns, "--capacity-poll-interval=1h",
+                                "--kube-api-capacity-qps=20", "--kube-api-capacity-burst=20"});
   REQUIRE(Eventually([&] { return Capacities(*client, ns, {sc_name}).size() == 3; }));
 
   Object volume = {{"name", "data"}};
@@ -838,10 +864,6 @@ TEST_CASE(
       seconds(60)));
   CHECK(selected == "node-2");
   (void)client->Delete(apiclient::resources::kPods, ns, "big", {});
-  (void)client->Delete(apiclient::resources::kCSIDrivers, "", kScripted, {});
-  controller.Stop();
-  server->Shutdown();
-  std::filesystem::remove_all(dir);
 }
 
 TEST_CASE(
@@ -851,45 +873,20 @@ TEST_CASE(
   const TestCluster cluster = TestCluster::FromEnvironment();
   auto client = cluster.AdminClient();
   RegisterDriverOnNodes(*client);
-  const std::string dir = cluster.dir() + "/pacing-" + RandomSuffix();
-  std::filesystem::create_directories(dir);
-  TestIdentity identity(kScripted);
-  ScriptedController scripted;
   // Room for 3, 2 and 1 volumes of 256Mi: 6 in all, and 6 pods at once.
   constexpr int64_t kMi = 1LL << 20;
   const std::map<std::string, int64_t> room = {
       {"node-1", 768 * kMi}, {"node-2", 512 * kMi}, {"node-3", 256 * kMi}};
-  scripted.per_node = room;
-  grpc::ServerBuilder builder;
-  builder.AddListeningPort("unix://" + dir + "/csi.sock", grpc::InsecureServerCredentials());
-  builder.RegisterService(&identity);
-  builder.RegisterService(&scripted);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  REQUIRE(server != nullptr);
-  const Object csidriver = {{"apiVersion", "storage.k8s.io/v1"},
-                            {"kind", "CSIDriver"},
-                            {"metadata", {{"name", kScripted}}},
-                            {"spec", {{"storageCapacity", true}, {"attachRequired", false}}}};
-  auto made = client->Create(apiclient::resources::kCSIDrivers, "", csidriver);
-  REQUIRE((made.ok() || apiclient::IsAlreadyExists(made.status())));
-  const std::string sc = "pacing-" + RandomSuffix();
-  ClassCleanup cleanup{*client, {sc}};
-  REQUIRE(client
-              ->Create(kStorageClasses, "",
-                       {{"apiVersion", "storage.k8s.io/v1"},
-                        {"kind", "StorageClass"},
-                        {"metadata", {{"name", sc}}},
-                        {"provisioner", kScripted},
-                        {"volumeBindingMode", "WaitForFirstConsumer"}})
-              .ok());
+  ScriptedSetup setup(cluster, *client, "pacing", room);
+  const std::string& sc = setup.sc;
   const std::string ns = cluster.CreateNamespace("pacing");
   const int port = 23000 + static_cast<int>((getpid() + 500) % 1000);
   const std::string metrics_address = "127.0.0.1:" + std::to_string(port);
   ControllerProcess controller(
-      cluster, {"--controllers=ephemeral-volume,storage-capacity",
-                "--csi-address=unix://" + dir + "/csi.sock", "--capacity-namespace=" + ns,
-                "--capacity-poll-interval=1h", "--kube-api-capacity-qps=20",
-                "--kube-api-capacity-burst=20", "--http-endpoint=" + metrics_address});
+      cluster,
+      {"--controllers=ephemeral-volume,storage-capacity", setup.Address(),
+       "--capacity-namespace=" + ns, "--capacity-poll-interval=1h", "--kube-api-capacity-qps=20",
+       "--kube-api-capacity-burst=20", "--http-endpoint=" + metrics_address});
   REQUIRE(Eventually([&] { return Capacities(*client, ns, {sc}).size() == 3; }));
 
   // No provisioner runs: a placed claim keeps its node (and its reservation), so what
@@ -941,10 +938,6 @@ TEST_CASE(
             .find("ephemeral_volume_controller_claims_paced_total 0") == std::string::npos);
   for (int i = 0; i < kPods; ++i)
     (void)client->Delete(apiclient::resources::kPods, ns, "p" + std::to_string(i), {});
-  (void)client->Delete(apiclient::resources::kCSIDrivers, "", kScripted, {});
-  controller.Stop();
-  server->Shutdown();
-  std::filesystem::remove_all(dir);
 }
 
 // A pod on claim `claim` (no kubelet runs it: kube-scheduler only places it).
@@ -976,42 +969,19 @@ TEST_CASE(
   const TestCluster cluster = TestCluster::FromEnvironment();
   auto client = cluster.AdminClient();
   RegisterDriverOnNodes(*client);
-  const std::string dir = cluster.dir() + "/reserve-" + RandomSuffix();
-  std::filesystem::create_directories(dir);
-  TestIdentity identity(kScripted);
-  ScriptedController scripted;
   // Only node-1 has room for 256Mi: kube-scheduler has one choice.
-  scripted.per_node = {{"node-1", 1LL << 30}, {"node-2", 100LL << 20}, {"node-3", 100LL << 20}};
-  grpc::ServerBuilder builder;
-  builder.AddListeningPort("unix://" + dir + "/csi.sock", grpc::InsecureServerCredentials());
-  builder.RegisterService(&identity);
-  builder.RegisterService(&scripted);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  REQUIRE(server != nullptr);
-  const Object csidriver = {{"apiVersion", "storage.k8s.io/v1"},
-                            {"kind", "CSIDriver"},
-                            {"metadata", {{"name", kScripted}}},
-                            {"spec", {{"storageCapacity", true}, {"attachRequired", false}}}};
-  auto made = client->Create(apiclient::resources::kCSIDrivers, "", csidriver);
-  REQUIRE((made.ok() || apiclient::IsAlreadyExists(made.status())));
-  const std::string suffix = RandomSuffix();
-  const std::string sc = "reserve-" + suffix;
-  ClassCleanup cleanup{*client, {sc}};
-  REQUIRE(client
-              ->Create(kStorageClasses, "",
-                       {{"apiVersion", "storage.k8s.io/v1"},
-                        {"kind", "StorageClass"},
-                        {"metadata", {{"name", sc}}},
-                        {"provisioner", kScripted},
-                        {"volumeBindingMode", "WaitForFirstConsumer"}})
-              .ok());
+  ScriptedSetup setup(cluster, *client, "reserve",
+                      {{"node-1", 1LL << 30}, {"node-2", 100LL << 20}, {"node-3", 100LL << 20}});
+  ScriptedController& scripted = setup.scripted;
+  const std::string& suffix = setup.suffix;
+  const std::string& sc = setup.sc;
   const std::string ns = cluster.CreateNamespace("reserve");
   const int port = 23000 + static_cast<int>(getpid() % 1000);
   const std::string metrics_address = "127.0.0.1:" + std::to_string(port);
   ControllerProcess controller(
-      cluster, {"--csi-address=unix://" + dir + "/csi.sock", "--capacity-namespace=" + ns,
-                "--capacity-poll-interval=1h", "--kube-api-capacity-qps=20",
-                "--kube-api-capacity-burst=20", "--http-endpoint=" + metrics_address});
+      cluster, {setup.Address(), "--capacity-namespace=" + ns, "--capacity-poll-interval=1h",
+                "--kube-api-capacity-qps=20", "--kube-api-capacity-burst=20",
+                "--http-endpoint=" + metrics_address});
   auto metrics = [&] { return Shell("curl -s http://" + metrics_address + "/metrics"); };
   auto node1 = [&]() -> std::pair<int64_t, int64_t> {  // capacity, maximumVolumeSize
     auto objects = Capacities(*client, ns, {sc});
@@ -1151,10 +1121,6 @@ TEST_CASE(
 
   (void)client->Delete(apiclient::resources::kPods, ns, "pod-claim-a", {});
   (void)client->Delete(kPersistentVolumes, "", "pv-a-" + suffix, {});
-  (void)client->Delete(apiclient::resources::kCSIDrivers, "", kScripted, {});
-  controller.Stop();
-  server->Shutdown();
-  std::filesystem::remove_all(dir);
 }
 
 // A CA with a server and a client certificate, and a foreign CA with its own client certificate.
