@@ -14,8 +14,11 @@ using apiclient::Object;
 using apiclient::ObjectPtr;
 using apiclient::resources::kPersistentVolumeClaims;
 using apiclient::resources::kPods;
+using apiclient::resources::kStorageClasses;
 
 constexpr char kClaimIndex[] = "ephemeral-claims";
+constexpr char kAnnStorageProvisioner[] = "volume.kubernetes.io/storage-provisioner";
+constexpr char kAnnBetaStorageProvisioner[] = "volume.beta.kubernetes.io/storage-provisioner";
 
 bool IsEphemeral(const Object& volume) {
   return volume.is_object() && volume.contains("ephemeral") && volume["ephemeral"].is_object() &&
@@ -99,7 +102,39 @@ std::shared_ptr<const apiclient::FieldFilter> ClaimFilter() {
                                                            {"deletionTimestamp", all}}}});
 }
 
+// What the controller reads of a StorageClass.
+std::shared_ptr<const apiclient::FieldFilter> ClassFilter() {
+  using apiclient::FieldFilter;
+  const FieldFilter all;
+  return std::make_shared<const FieldFilter>(
+      FieldFilter{{"apiVersion", all},
+                  {"kind", all},
+                  {"metadata", {{"name", all}, {"resourceVersion", all}}},
+                  {"provisioner", all},
+                  {"volumeBindingMode", all}});
+}
+
 }  // namespace
+
+std::string ProvisionerAnnotationFor(const Object& storage_class) {
+  if (Field(storage_class, "volumeBindingMode") != "WaitForFirstConsumer") return "";
+  std::string provisioner = Field(storage_class, "provisioner");
+  // In-tree plugins: the PV controller decides (and may rename them for CSI migration).
+  if (provisioner.rfind("kubernetes.io/", 0) == 0) return "";
+  return provisioner;
+}
+
+void AnnotateProvisioner(Object& claim, const std::string& provisioner) {
+  if (provisioner.empty()) return;
+  if (!Field(claim, "metadata", "annotations", kAnnStorageProvisioner).empty() ||
+      !Field(claim, "metadata", "annotations", kAnnBetaStorageProvisioner).empty()) {
+    return;  // The template names one: the PV controller settles it, as without us.
+  }
+  Object& annotations = claim["metadata"]["annotations"];
+  if (!annotations.is_object()) annotations = Object::object();
+  annotations[kAnnStorageProvisioner] = provisioner;
+  annotations[kAnnBetaStorageProvisioner] = provisioner;
+}
 
 std::string EphemeralClaimName(const std::string& pod, const std::string& volume) {
   return pod + "-" + volume;
@@ -236,6 +271,12 @@ EphemeralVolumeController::EphemeralVolumeController(
                                           .transform = TrimClaim,
                                           .decode_filter = ClaimFilter()});
 
+  if (options_.annotate_storage_provisioner) {
+    classes_ = std::make_unique<apiclient::Informer>(
+        client_,
+        apiclient::InformerOptions{.resource = kStorageClasses, .decode_filter = ClassFilter()});
+  }
+
   pods_->AddHandlers({.on_add = [this](const ObjectPtr& pod) { EnqueuePod(pod); },
                       .on_update =
                           [this](const ObjectPtr& old_pod, const ObjectPtr& pod) {
@@ -287,17 +328,24 @@ void EphemeralVolumeController::EnqueuePod(const ObjectPtr& pod) {
 }
 
 Status EphemeralVolumeController::Start(std::stop_token stop) {
+  std::vector<const apiclient::Informer*> informers = {claims_.get(), pods_.get()};
   claims_->Start();
   pods_->Start();
+  if (classes_) {
+    classes_->Start();
+    informers.push_back(classes_.get());
+  }
   EPHEMERA_RETURN_IF_ERROR(apiclient::WaitForCacheSync(
       stop, std::chrono::duration_cast<std::chrono::milliseconds>(options_.cache_sync_timeout),
-      {claims_.get(), pods_.get()}));
+      informers));
   for (int i = 0; i < std::max(1, options_.workers); ++i) {
     workers_.emplace_back([this] { Worker(); });
   }
-  log::Info("ephemeral-volume controller started",
-            {{"workers", std::to_string(options_.workers)},
-             {"releaseTerminatedPods", options_.release_terminated_pods ? "true" : "false"}});
+  log::Info(
+      "ephemeral-volume controller started",
+      {{"workers", std::to_string(options_.workers)},
+       {"releaseTerminatedPods", options_.release_terminated_pods ? "true" : "false"},
+       {"annotateStorageProvisioner", options_.annotate_storage_provisioner ? "true" : "false"}});
   return Status::Ok();
 }
 
@@ -311,10 +359,11 @@ void EphemeralVolumeController::Stop() {
   workers_.clear();
   pods_->Stop();
   claims_->Stop();
+  if (classes_) classes_->Stop();
 }
 
 bool EphemeralVolumeController::Synced() const {
-  return pods_->HasSynced() && claims_->HasSynced();
+  return pods_->HasSynced() && claims_->HasSynced() && (!classes_ || classes_->HasSynced());
 }
 
 void EphemeralVolumeController::Worker() {
@@ -391,6 +440,14 @@ Status EphemeralVolumeController::EnsureClaim(const Object& pod, const Object& v
   }
 
   Object desired = DesiredClaim(pod, volume);
+  if (classes_) {
+    const std::string class_name = Field(desired, "spec", "storageClassName");
+    if (!class_name.empty()) {
+      if (const ObjectPtr storage_class = classes_->store().Get(class_name)) {
+        AnnotateProvisioner(desired, ProvisionerAnnotationFor(*storage_class));
+      }
+    }
+  }
   // Claim pacing: the claim key the admission counts, until the claim is created.
   std::string admitted;
   if (options_.admission) {

@@ -6,8 +6,22 @@
 // same PVC name, labels, annotations, spec and owner reference; pods being deleted are skipped; a
 // PVC of that name that the pod does not control is never touched (Warning Event FailedBinding,
 // retry with backoff); a PVC deleted while its pod lives is recreated. Beyond it: a Normal Event
-// when a PVC is created, a Warning naming the owner of a colliding PVC, a latency histogram, and
-// opt-in release of the PVCs of pods that will never run again (phase Succeeded or Failed).
+// when a PVC is created, a Warning naming the owner of a colliding PVC, a latency histogram,
+// opt-in release of the PVCs of pods that will never run again (phase Succeeded or Failed), and
+// the provisioner annotation set at creation where it is already known (see below).
+//
+// The provisioner annotation (--annotate-storage-provisioner, on by default): a claim of a
+// WaitForFirstConsumer class whose provisioner is an external (CSI) one is created with
+// `volume.kubernetes.io/storage-provisioner` (and its beta twin) naming that provisioner: what
+// kube-controller-manager's PV controller would write on it once kube-scheduler has chosen a node.
+// The external provisioner acts only on claims that carry it, so without it every claim waits for
+// the PV controller's next sync after placement — one worker for the whole cluster, at that
+// controller's API rate limit — and costs it one more write. With it, provisioning starts when the
+// node is chosen, and the PV controller finds nothing to write (it writes only when the value
+// differs). Left alone: classes with Immediate binding (the PV controller first looks for an
+// existing volume), in-tree provisioners ("kubernetes.io/...": CSI migration renames them),
+// claims without an explicit class, classes not (yet) in the cache, and templates that set the
+// annotation themselves.
 //
 // The sync is level-based: it reads the pod and PVCs from the informers' caches, makes the API
 // match, and returns an error for anything worth retrying. It never modifies a cached object.
@@ -46,6 +60,9 @@ struct EphemeralVolumeOptions {
   std::shared_ptr<ClaimAdmission> admission;
   // A pod whose claim was not admitted is synced again after this, if not woken before.
   std::chrono::milliseconds admission_retry{1000};
+  // --annotate-storage-provisioner: the provisioner annotation at creation (see above). Needs
+  // list/watch of StorageClasses.
+  bool annotate_storage_provisioner = true;
 };
 
 // The name of the PVC of a pod's ephemeral volume: "<pod>-<volume>".
@@ -53,6 +70,14 @@ std::string EphemeralClaimName(const std::string& pod, const std::string& volume
 
 // The PVC that the ephemeral volume `volume` (an entry of pod.spec.volumes) of `pod` needs.
 apiclient::Object DesiredClaim(const apiclient::Object& pod, const apiclient::Object& volume);
+
+// The provisioner to name in a claim of `storage_class` at its creation, or "" for none: the
+// class's provisioner when it binds WaitForFirstConsumer and is not an in-tree one.
+std::string ProvisionerAnnotationFor(const apiclient::Object& storage_class);
+
+// Sets the provisioner annotations of `claim` (and its beta twin) to `provisioner`, unless it is
+// empty or the claim names a provisioner already.
+void AnnotateProvisioner(apiclient::Object& claim, const std::string& provisioner);
 
 // True when `pvc` has a controller owner reference to the pod with this uid.
 bool IsControlledBy(const apiclient::Object& pvc, const std::string& pod_uid);
@@ -98,6 +123,7 @@ class EphemeralVolumeController final : public apiclient::Runnable {
   std::unique_ptr<apiclient::WorkQueue> queue_;
   std::unique_ptr<apiclient::Informer> pods_;
   std::unique_ptr<apiclient::Informer> claims_;
+  std::unique_ptr<apiclient::Informer> classes_;  // null without annotate_storage_provisioner
   std::vector<std::thread> workers_;
   std::atomic<bool> stopped_{false};
   std::mutex seen_mu_;

@@ -227,8 +227,10 @@ int RunManager(const ManagerOptions& options) {
     }
   }
   if (Enabled(options, "ephemeral-volume")) {
-    EphemeralVolumeOptions eopts{.workers = options.concurrent_ephemeralvolume_syncs,
-                                 .release_terminated_pods = options.release_terminated_pods};
+    EphemeralVolumeOptions eopts{
+        .workers = options.concurrent_ephemeralvolume_syncs,
+        .release_terminated_pods = options.release_terminated_pods,
+        .annotate_storage_provisioner = options.annotate_storage_provisioner};
     // Claim pacing: the claims of ephemeral volumes are admitted by the storage-capacity
     // controller (controllers/claim_admission.h).
     if (capacity && options.capacity_claim_pacing && options.capacity_reservations) {

@@ -53,6 +53,8 @@ std::vector<flags::Flag> ManagerFlags(ManagerOptions& o) {
       Double("kube-api-qps", &o.kube_api_qps, "kubeAPIQPS"),
       Int("kube-api-burst", &o.kube_api_burst, {.min = 1}, "kubeAPIBurst"),
       Bool("release-terminated-pods", &o.release_terminated_pods, "releaseTerminatedPods"),
+      Bool("annotate-storage-provisioner", &o.annotate_storage_provisioner,
+           "annotateStorageProvisioner"),
       Bool("leader-elect", &o.leader_elect, le + "leaderElect"),
       String("leader-elect-namespace", &o.leader_elect_namespace, le + "namespace"),
       String("leader-elect-lease-name", &o.leader_elect_lease_name, le + "leaseName"),
@@ -199,6 +201,10 @@ Flags (also settable in the --config YAML file, camelCase; flags win):
   --concurrent-ephemeralvolume-syncs N    workers of the ephemeral-volume controller (default 5)
   --kube-api-qps Q, --kube-api-burst B    client-side rate limit (default 20, 30)
   --release-terminated-pods[=true|false]  delete the PVCs of Succeeded/Failed pods (default false)
+  --annotate-storage-provisioner[=B]      create a claim of a WaitForFirstConsumer class of an
+                                          external provisioner with its provisioner annotation,
+                                          so that provisioning starts when kube-scheduler picks
+                                          a node (default true; reads StorageClasses)
   --leader-elect[=true|false]             leader election (default true)
   --leader-elect-namespace NS             namespace of the Lease (default $POD_NAMESPACE or kube-system)
   --leader-elect-lease-name NAME          (default ephemera-controller-manager)

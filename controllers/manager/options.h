@@ -24,6 +24,7 @@ struct ManagerOptions {
   double kube_api_qps = 20;
   int kube_api_burst = 30;
   bool release_terminated_pods = false;
+  bool annotate_storage_provisioner = true;  // --annotate-storage-provisioner
   bool leader_elect = true;
   std::string leader_elect_namespace;  // default: $POD_NAMESPACE, else kube-system
   std::string leader_elect_lease_name = "ephemera-controller-manager";

@@ -147,15 +147,33 @@ TEST_CASE("Ephemeral volumes: PVCs made as the reference makes them / the schedu
     CHECK(Field(*pvc, "spec", "storageClassName") == "late");
     CHECK(Field(*pvc, "spec", "resources", "requests", "storage") == size);
   }
+  // A pod that no node fits: kube-scheduler never chooses a node for its claim, so the PV
+  // controller never names the provisioner in it; the claim does so from its creation (ours).
+  Object unplaced = Pod(ns, "unplaced", {EphemeralVolume("scratch", "1Gi")});
+  unplaced["spec"]["nodeSelector"] = {{"ephemera.io/no-such-node", "true"}};
+  REQUIRE(client->Create(kPods, ns, unplaced).ok());
+  ObjectPtr waiting;
+  REQUIRE(
+      Eventually([&] { return (waiting = GetClaim(*client, ns, "unplaced-scratch")) != nullptr; }));
+  CHECK(Field(*waiting, "metadata", "annotations", "volume.kubernetes.io/storage-provisioner") ==
+        "pmem-csi.ephemera.io");
+  CHECK(Field(*waiting, "metadata", "annotations",
+              "volume.beta.kubernetes.io/storage-provisioner") == "pmem-csi.ephemera.io");
+  CHECK(Field(*waiting, "metadata", "annotations", "volume.kubernetes.io/selected-node").empty());
   // kube-scheduler sees the PVCs and chooses a node for the late-binding class.
   CHECK(Eventually([&] {
     auto pvc = GetClaim(*client, ns, "web-scratch");
     return pvc &&
            !Field(*pvc, "metadata", "annotations", "volume.kubernetes.io/selected-node").empty();
   }));
-  CHECK(Eventually([&] { return EventsFor(*client, ns, "ProvisioningClaimCreated").size() == 2; }));
+  // web's two and unplaced's one.
+  CHECK(Eventually([&] { return EventsFor(*client, ns, "ProvisioningClaimCreated").size() == 3; }));
+
+  CHECK(Field(*GetClaim(*client, ns, "web-scratch"), "metadata", "annotations",
+              "volume.kubernetes.io/storage-provisioner") == "pmem-csi.ephemera.io");
 
   // Pod deleted: the garbage collector deletes the PVCs it owns.
+  REQUIRE(client->Delete(kPods, ns, "unplaced", {.propagation_policy = "Background"}).ok());
   REQUIRE(client->Delete(kPods, ns, "web", {.propagation_policy = "Background"}).ok());
   CHECK(Eventually(
       [&] { return !GetClaim(*client, ns, "web-scratch") && !GetClaim(*client, ns, "web-cache"); },

@@ -190,6 +190,72 @@ TEST_CASE("Ephemeral volumes: a claim not admitted (claim pacing) waits for its 
   CHECK(admission->abandoned.empty());
 }
 
+Object Class(const std::string& name, const std::string& provisioner, const std::string& mode) {
+  return {{"apiVersion", "storage.k8s.io/v1"},
+          {"kind", "StorageClass"},
+          {"metadata", {{"name", name}}},
+          {"provisioner", provisioner},
+          {"volumeBindingMode", mode}};
+}
+
+TEST_CASE("Ephemeral volumes: a claim of a late-binding external class names its provisioner",
+          "[unit][ephemeral]") {
+  const char* const ann = "volume.kubernetes.io/storage-provisioner";
+  const char* const beta = "volume.beta.kubernetes.io/storage-provisioner";
+  Fixture f;
+  f.api->Put(apiclient::resources::kStorageClasses,
+             Class("late", "pmem-csi.ephemera.io", "WaitForFirstConsumer"));
+  f.api->Put(apiclient::resources::kStorageClasses,
+             Class("now", "pmem-csi.ephemera.io", "Immediate"));
+  f.api->Put(apiclient::resources::kStorageClasses,
+             Class("in-tree", "kubernetes.io/aws-ebs", "WaitForFirstConsumer"));
+  auto with_class = [](const std::string& volume, const std::string& storage_class) {
+    Object v = EphemeralVolume(volume, "1Gi");
+    v["ephemeral"]["volumeClaimTemplate"]["spec"]["storageClassName"] = storage_class;
+    return v;
+  };
+  Object own = with_class("own", "late");
+  own["ephemeral"]["volumeClaimTemplate"]["metadata"]["annotations"][ann] = "someone.else";
+  Object no_class = EphemeralVolume("none", "1Gi");
+  no_class["ephemeral"]["volumeClaimTemplate"]["spec"].erase("storageClassName");
+  f.api->Put(kPods, Pod("web", {with_class("late", "late"), with_class("now", "now"),
+                                with_class("tree", "in-tree"), with_class("gone", "missing"), own,
+                                no_class}));
+  f.Start();
+  REQUIRE(Eventually([&] { return f.api->All(kPersistentVolumeClaims).size() == 6; }));
+  const auto late = f.Claim("web-late");
+  CHECK(Field(*late, "metadata", "annotations", ann) == "pmem-csi.ephemera.io");
+  CHECK(Field(*late, "metadata", "annotations", beta) == "pmem-csi.ephemera.io");
+  CHECK(Field(*late, "metadata", "annotations", "note") == "x");  // the template's stay
+  // Immediate binding, an in-tree provisioner, a class not known, no class: left to the PV
+  // controller, as without us.
+  for (const char* name : {"web-now", "web-tree", "web-gone", "web-none"}) {
+    INFO(name);
+    CHECK(Field(*f.Claim(name), "metadata", "annotations", ann).empty());
+    CHECK(Field(*f.Claim(name), "metadata", "annotations", beta).empty());
+  }
+  // The template's own value is kept, and no beta one is added beside it.
+  CHECK(Field(*f.Claim("web-own"), "metadata", "annotations", ann) == "someone.else");
+  CHECK(Field(*f.Claim("web-own"), "metadata", "annotations", beta).empty());
+}
+
+TEST_CASE("Ephemeral volumes: --annotate-storage-provisioner=false leaves the annotation out",
+          "[unit][ephemeral]") {
+  Fixture f;
+  f.api->Put(apiclient::resources::kStorageClasses,
+             Class("ephemera-pmem-ext4", "pmem-csi.ephemera.io", "WaitForFirstConsumer"));
+  f.api->Put(kPods, Pod("web", {EphemeralVolume("scratch", "1Gi")}));
+  f.controller = std::make_unique<EphemeralVolumeController>(
+      f.api, f.events, f.metrics,
+      EphemeralVolumeOptions{.workers = 1, .annotate_storage_provisioner = false});
+  REQUIRE(f.controller->Start(std::stop_token{}).ok());
+  REQUIRE(Eventually([&] { return f.Claim("web-scratch") != nullptr; }));
+  CHECK(Field(*f.Claim("web-scratch"), "metadata", "annotations",
+              "volume.kubernetes.io/storage-provisioner")
+            .empty());
+  CHECK(Field(*f.Claim("web-scratch"), "metadata", "annotations", "note") == "x");
+}
+
 TEST_CASE("Ephemeral volumes: a PVC deleted while its pod lives is created again",
           "[unit][ephemeral]") {
   Fixture f;
